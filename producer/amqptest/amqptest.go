@@ -1,0 +1,92 @@
+// Package amqptest helps tests that talk to a real RabbitMQ: where to find it, what to do
+// when it is not there, and exchange and stream names that are unique to one test and
+// deleted after it.
+//
+// The broker is at $HERALD_TEST_AMQP_URL, or amqp://guest:guest@127.0.0.1:5672/ when that
+// is unset. When it cannot be reached the test fails if $CI is "true" (CI must run these
+// tests) and is skipped otherwise.
+package amqptest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// DefaultURL is the broker tests use when HERALD_TEST_AMQP_URL is unset.
+const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
+
+// URL returns the broker URL for tests after checking that the broker answers; it fails
+// the test under CI and skips it elsewhere when it does not.
+func URL(t testing.TB) string {
+	t.Helper()
+	url := os.Getenv("HERALD_TEST_AMQP_URL")
+	if url == "" {
+		url = DefaultURL
+	}
+	conn, err := amqp.DialConfig(url, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("RabbitMQ at %s is unreachable and CI=true: %v", url, err)
+		}
+		t.Skipf("RabbitMQ at %s is unreachable (set CI=true to fail instead): %v", url, err)
+	}
+	_ = conn.Close()
+	return url
+}
+
+// Names returns an exchange and a stream name unique to this test run, and deletes both
+// (if they were declared) when the test ends.
+func Names(t testing.TB, url string) (exchange, stream string) {
+	t.Helper()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	base := "herald-test." + sanitize(t.Name()) + "." + hex.EncodeToString(b[:])
+	exchange, stream = base+".x", base+".stream"
+	t.Cleanup(func() { Delete(t, url, exchange, stream) })
+	return exchange, stream
+}
+
+// Delete removes an exchange and a queue if they exist, logging (not failing) on error.
+func Delete(t testing.TB, url, exchange, queue string) {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Logf("amqptest: cleanup: dial: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Logf("amqptest: cleanup: channel: %v", err)
+		return
+	}
+	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+		t.Logf("amqptest: cleanup: delete queue %s: %v", queue, err)
+		if ch, err = conn.Channel(); err != nil {
+			return
+		}
+	}
+	if err := ch.ExchangeDelete(exchange, false, false); err != nil {
+		t.Logf("amqptest: cleanup: delete exchange %s: %v", exchange, err)
+	}
+}
+
+func sanitize(name string) string {
+	name = strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			return r
+		}
+		return '_'
+	}, name)
+	if len(name) > 60 {
+		name = name[:60]
+	}
+	return name
+}
