@@ -1,0 +1,161 @@
+package consumer
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/heraldgw/herald/producer/message"
+)
+
+// EmbeddedConfig configures the embedded bus.
+type EmbeddedConfig struct {
+	// RetainMessages is how many recent messages the log keeps for resume. Default 10000.
+	RetainMessages int
+	// RetainBytes caps the bytes of data the log keeps; the oldest messages go first.
+	// Default 64 MiB.
+	RetainBytes int64
+	// Logger receives the bus's logs. Default: discard.
+	Logger *slog.Logger
+	// OnLagged is called with the number of messages the dispatcher fell so far behind on
+	// that the log dropped them before they were dispatched. Optional.
+	OnLagged func(n int64)
+}
+
+// Embedded is the in-process bus a single gateway runs on when no broker is configured.
+// Publish appends to a bounded log (a ring buffer) that gives every message its offset,
+// starting at 0; Run dispatches the log, in order, from one goroutine. A publisher never
+// waits for fan-out: if the dispatcher falls behind by more than the log holds, the
+// messages it missed are counted (OnLagged) and skipped.
+type Embedded struct {
+	cfg EmbeddedConfig
+	d   Dispatcher
+	log *slog.Logger
+
+	// wake has room for one signal: Publish sends without blocking, Run receives.
+	wake chan struct{}
+
+	// mu protects ring, head, size, bytes and next.
+	mu    sync.Mutex
+	ring  []message.Message // the log; ring[head] is the oldest of size messages
+	head  int
+	size  int
+	bytes int64
+	next  int64 // the offset the next published message gets
+}
+
+// NewEmbedded returns an embedded bus that dispatches to d once Run is called.
+func NewEmbedded(cfg EmbeddedConfig, d Dispatcher) *Embedded {
+	if cfg.RetainMessages <= 0 {
+		cfg.RetainMessages = 10000
+	}
+	if cfg.RetainBytes <= 0 {
+		cfg.RetainBytes = 64 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Embedded{
+		cfg:  cfg,
+		d:    d,
+		log:  cfg.Logger,
+		wake: make(chan struct{}, 1),
+		ring: make([]message.Message, cfg.RetainMessages),
+	}
+}
+
+// Publish validates m, gives it an id and time where it has none, appends it to the log
+// and returns its id. It never blocks on delivery.
+func (e *Embedded) Publish(ctx context.Context, m message.Message) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("embedded bus: publish: %w", err)
+	}
+	m.Prepare(time.Now())
+	if err := m.Validate(); err != nil {
+		return "", fmt.Errorf("embedded bus: publish: %w", err)
+	}
+	// The caller may reuse its buffers: the log keeps its own copies.
+	m.Data = bytes.Clone(m.Data)
+	m.Users = slices.Clone(m.Users)
+
+	e.mu.Lock()
+	m.Offset = e.next
+	e.next++
+	e.append(m)
+	e.mu.Unlock()
+
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+	return m.ID, nil
+}
+
+// append adds m at the tail, evicting from the head to stay within both caps.
+// e.mu must be held.
+func (e *Embedded) append(m message.Message) {
+	for e.size > 0 && (e.size == len(e.ring) || e.bytes+int64(len(m.Data)) > e.cfg.RetainBytes) {
+		e.bytes -= int64(len(e.ring[e.head].Data))
+		e.ring[e.head] = message.Message{}
+		e.head = (e.head + 1) % len(e.ring)
+		e.size--
+	}
+	e.ring[(e.head+e.size)%len(e.ring)] = m
+	e.size++
+	e.bytes += int64(len(m.Data))
+}
+
+// Run dispatches every published message, in offset order, until ctx is done.
+func (e *Embedded) Run(ctx context.Context) error {
+	var next int64 // the next offset to dispatch
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-e.wake:
+		}
+		for {
+			m, ok, skipped := e.at(next)
+			if skipped > 0 {
+				e.log.Warn("embedded bus: dispatcher fell behind the log; messages skipped", "skipped", skipped)
+				if e.cfg.OnLagged != nil {
+					e.cfg.OnLagged(skipped)
+				}
+			}
+			if !ok {
+				break
+			}
+			e.d.Dispatch(m)
+			next = m.Offset + 1
+		}
+	}
+}
+
+// at returns the message at offset off, or the oldest retained one after it when off was
+// evicted (with how many were skipped). ok is false when off has not been published yet.
+func (e *Embedded) at(off int64) (m message.Message, ok bool, skipped int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	oldest := e.next - int64(e.size)
+	if off < oldest {
+		skipped, off = oldest-off, oldest
+	}
+	if off >= e.next {
+		return message.Message{}, false, skipped
+	}
+	return e.ring[(e.head+int(off-oldest))%len(e.ring)], true, skipped
+}
+
+// Newest returns the offset of the newest message published, or -1 when none has been.
+func (e *Embedded) Newest() int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.next - 1
+}
+
+// Connected reports that the embedded bus can take publishes: always.
+func (e *Embedded) Connected() bool { return true }

@@ -1,0 +1,224 @@
+// Command herald-gateway runs Herald's WebSocket gateway: on RabbitMQ when an AMQP URL is
+// configured, else on the embedded in-process bus. Run with -help for every flag.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/heraldgw/herald/consumer"
+	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/producer"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Stderr))
+}
+
+// run starts the gateway and serves until ctx ends, then drains. It returns the exit code.
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "herald-gateway: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("gateway failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// bus is what the gateway runs on: a publisher, its health, and the loop that consumes.
+type bus struct {
+	gateway.Publisher
+	gateway.BusHealth
+	run   func(context.Context) error
+	ready <-chan struct{} // closed once messages published from now on reach the hub
+	close func()
+}
+
+func serve(ctx context.Context, cfg config, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector(),
+	)
+	metrics := gateway.NewMetrics(reg)
+	hub := gateway.NewHub(gateway.HubConfig{DedupWindow: cfg.DedupWindow, Logger: log, Metrics: metrics})
+
+	var b bus
+	var err error
+	if cfg.AMQPURL == "" {
+		b = embeddedBus(cfg, log, metrics, hub)
+	} else if b, err = rabbitBus(ctx, cfg, log, metrics, hub); err != nil {
+		return err
+	}
+	defer b.close()
+
+	if cfg.InsecureUserParam {
+		log.Warn("INSECURE: --insecure-user-param is on: any client may claim any user with ?user=; for demos and tests only")
+	}
+	if cfg.APIKey == "" {
+		log.Info("the HTTP publish API is off (no API key); set HERALD_API_KEY to turn it on")
+	}
+	srv, err := gateway.NewServer(gateway.Config{
+		NodeID:               cfg.NodeID,
+		APIKey:               cfg.APIKey,
+		WriteQueueBytes:      cfg.WriteQueueBytes,
+		MaxMessageBytes:      cfg.MaxMessageBytes,
+		WriteTimeout:         cfg.WriteTimeout,
+		PingInterval:         cfg.PingInterval,
+		PublishTimeout:       cfg.PublishTimeout,
+		DisableClientPublish: cfg.NoClientPublish,
+		InsecureUserParam:    cfg.InsecureUserParam,
+		Logger:               log,
+		Metrics:              metrics,
+		Registry:             reg,
+	}, hub, b.Publisher, b.BusHealth)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	httpSrv := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	busCtx, stopBus := context.WithCancel(context.Background())
+	defer stopBus()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() {
+		if err := b.run(busCtx); err != nil {
+			errc <- fmt.Errorf("bus: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	})
+	go func() {
+		select {
+		case <-b.ready:
+			srv.SetBusReady(true)
+			log.Info("bus consuming; gateway ready")
+		case <-busCtx.Done():
+		}
+	}()
+	log.Info("herald gateway listening", "addr", ln.Addr().String(), "node", cfg.NodeID, "bus", busName(cfg))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("signal received: draining", "timeout", cfg.ShutdownTimeout)
+	case runErr = <-errc:
+	}
+
+	// Drain: turn unready, stop taking connections, close clients with 1001 in batches,
+	// then stop the HTTP server (in-flight publishes finish) and the bus.
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(drainCtx); err != nil {
+		log.Warn("drain did not finish in time", "err", err)
+	}
+	if err := httpSrv.Shutdown(drainCtx); err != nil {
+		log.Warn("HTTP shutdown did not finish in time", "err", err)
+		_ = httpSrv.Close()
+	}
+	stopBus()
+	wg.Wait()
+	log.Info("gateway stopped")
+	return runErr
+}
+
+func busName(cfg config) string {
+	if cfg.AMQPURL == "" {
+		return "embedded"
+	}
+	return "rabbitmq"
+}
+
+func embeddedBus(cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *gateway.Hub) bus {
+	log.Warn("no AMQP URL: running on the embedded in-process bus; this gateway is a single node. Set HERALD_AMQP_URL to run several on RabbitMQ")
+	e := consumer.NewEmbedded(consumer.EmbeddedConfig{
+		RetainMessages: cfg.RetainMessages,
+		RetainBytes:    cfg.RetainBytes,
+		Logger:         log,
+		OnLagged:       metrics.BusLagged,
+	}, hub)
+	hub.SetLogStart(e.Newest())
+	ready := make(chan struct{})
+	close(ready)
+	return bus{Publisher: e, BusHealth: e, run: e.Run, ready: ready, close: func() {}}
+}
+
+// rabbitHealth is connected when both the publisher and the stream consumer are.
+type rabbitHealth struct {
+	p *producer.Publisher
+	s *consumer.Stream
+}
+
+func (h rabbitHealth) Connected() bool { return h.p.Connected() && h.s.Connected() }
+
+func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *gateway.Hub) (bus, error) {
+	onState := func(connected bool) { metrics.BusConnection(connected) }
+	pub, err := producer.New(ctx, producer.Config{
+		URL:           cfg.AMQPURL,
+		Exchange:      cfg.Exchange,
+		Name:          "herald-gateway-publisher-" + cfg.NodeID,
+		Logger:        log.With("part", "publisher"),
+		OnStateChange: onState,
+	})
+	if err != nil {
+		return bus{}, fmt.Errorf("publisher: %w", err)
+	}
+	stream := consumer.NewStream(consumer.StreamConfig{
+		URL:           cfg.AMQPURL,
+		Exchange:      cfg.Exchange,
+		Stream:        cfg.Stream,
+		MaxAge:        cfg.StreamMaxAge,
+		MaxBytes:      cfg.StreamMaxBytes,
+		Prefetch:      cfg.Prefetch,
+		Name:          "herald-gateway-consumer-" + cfg.NodeID,
+		Logger:        log.With("part", "consumer"),
+		OnStateChange: onState,
+		OnDecodeError: func(error) { metrics.BusDecodeError() },
+	}, hub)
+	return bus{
+		Publisher: pub,
+		BusHealth: rabbitHealth{p: pub, s: stream},
+		run:       stream.Run,
+		ready:     stream.Ready(),
+		close:     func() { _ = pub.Close() },
+	}, nil
+}

@@ -1,0 +1,381 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/heraldgw/herald/producer/message"
+)
+
+// closeGrace is how long a connection waits for the peer's close frame after sending its
+// own, before it drops the TCP connection.
+const closeGrace = time.Second
+
+// batchFlushBytes is where the write pump sends a batch and starts the next one, so a
+// long queue goes out in writes of bounded size.
+const batchFlushBytes = 64 << 10
+
+// Conn is one client's WebSocket connection. Two goroutines serve it: the read pump (the
+// HTTP handler's goroutine) reads and answers the client's frames; the write pump is the
+// only goroutine that writes to the socket. Everyone else, the hub's fan-out included,
+// hands frames to the write queue with enqueue, which never blocks.
+type Conn struct {
+	id   string
+	usr  string
+	srv  *Server
+	ws   *websocket.Conn
+	nc   *batchConn
+	log  *slog.Logger
+	wake chan struct{} // room for one signal to the write pump
+	done chan struct{} // closed when the connection is finished (see finish)
+
+	// mu protects queue, queued, closeCode, closeText and flushFirst.
+	mu         sync.Mutex
+	queue      []*frame
+	queued     int    // bytes in queue
+	closeCode  int    // 0 while open; the close code once a close is asked for
+	closeText  string // the close frame's reason
+	flushFirst bool   // send what is queued before the close frame
+
+	// spare is owned by the write pump: last batch's slice, reused for the next queue.
+	spare []*frame
+}
+
+func newConn(s *Server, ws *websocket.Conn, nc *batchConn, user string) *Conn {
+	id := message.NewID()[:16]
+	return &Conn{
+		id:   id,
+		usr:  user,
+		srv:  s,
+		ws:   ws,
+		nc:   nc,
+		log:  s.log.With("conn", id),
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+}
+
+func (c *Conn) user() string { return c.usr }
+
+// enqueue adds f to the write queue without blocking. If that would take the queue over
+// its byte cap, the connection is closed as a slow consumer (4008) instead, and what it
+// had queued is dropped: the client resumes from its last offset when it reconnects.
+func (c *Conn) enqueue(f *frame) {
+	c.mu.Lock()
+	if c.closeCode != 0 {
+		c.mu.Unlock()
+		c.srv.metrics.dropped(dropClosed, 1)
+		return
+	}
+	if c.queued+f.size() > c.srv.cfg.WriteQueueBytes {
+		dropped := len(c.queue) + 1
+		c.closeCode, c.closeText, c.flushFirst = CloseSlowConsumer, "slow consumer: write queue full", false
+		c.clearQueue()
+		c.mu.Unlock()
+		c.srv.metrics.dropped(dropSlowConsumer, dropped)
+		c.srv.metrics.slowConsumer()
+		c.log.Info("slow consumer closed", "user", c.usr, "dropped", dropped)
+		c.signal()
+		return
+	}
+	c.queue = append(c.queue, f)
+	c.queued += f.size()
+	c.mu.Unlock()
+	c.signal()
+}
+
+func (c *Conn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// clearQueue empties the queue. c.mu must be held.
+func (c *Conn) clearQueue() {
+	clear(c.queue)
+	c.queue = c.queue[:0]
+	c.queued = 0
+}
+
+// depth returns the number of frames and bytes waiting in the write queue.
+func (c *Conn) depth() (frames, bytes int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue), c.queued
+}
+
+// requestClose asks the write pump to close the connection with code; the first request
+// wins. With flush, what is queued is sent before the close frame; without, it is dropped.
+func (c *Conn) requestClose(code int, text string, flush bool) {
+	c.mu.Lock()
+	if c.closeCode != 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.closeCode, c.closeText, c.flushFirst = code, text, flush
+	dropped := 0
+	if !flush {
+		dropped = len(c.queue)
+		c.clearQueue()
+	}
+	c.mu.Unlock()
+	if dropped > 0 {
+		c.srv.metrics.dropped(dropClosed, dropped)
+	}
+	c.signal()
+}
+
+func (c *Conn) closing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeCode != 0
+}
+
+// writePump sends queued frames to the socket, all that are queued in one write with a
+// deadline, and pings the client. It ensures there is at most one writer to the
+// connection by executing all writes from this goroutine, close frames included.
+func (c *Conn) writePump() {
+	ping := time.NewTicker(c.srv.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-ping.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
+				c.log.Debug("ping failed", "err", err)
+				_ = c.nc.Close() // the read pump ends and finishes the connection
+				return
+			}
+		case <-c.wake:
+			c.mu.Lock()
+			batch := c.queue
+			c.queue, c.queued = c.spare[:0], 0
+			code, text, flush := c.closeCode, c.closeText, c.flushFirst
+			c.mu.Unlock()
+
+			var err error
+			if code == 0 || flush {
+				err = c.writeBatch(batch)
+			}
+			clear(batch)
+			c.spare = batch
+			if err != nil {
+				c.log.Debug("write failed", "err", err)
+				c.srv.metrics.dropped(dropWriteFailed, len(batch))
+				_ = c.nc.Close()
+				return
+			}
+			if code != 0 {
+				c.sendClose(code, text)
+				return
+			}
+		}
+	}
+}
+
+// writeBatch writes frames to the socket in as few writes as batchFlushBytes allows.
+func (c *Conn) writeBatch(batch []*frame) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	if err := c.ws.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
+		return err
+	}
+	var err error
+	start := 0
+	c.nc.hold()
+	for i, f := range batch {
+		var pm *websocket.PreparedMessage
+		if pm, err = f.prepare(); err == nil {
+			err = c.ws.WritePreparedMessage(pm)
+		}
+		if err != nil {
+			break
+		}
+		if c.nc.buffered() >= batchFlushBytes && i < len(batch)-1 {
+			if err = c.release(batch[start : i+1]); err != nil {
+				return err
+			}
+			start = i + 1
+			c.nc.hold()
+		}
+	}
+	if rerr := c.release(batch[start:]); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// release writes what the batchConn holds and counts the frames as delivered.
+func (c *Conn) release(sent []*frame) error {
+	n, err := c.nc.release()
+	if err != nil {
+		return err
+	}
+	c.srv.metrics.wrote(sent, n, time.Now())
+	return nil
+}
+
+// sendClose sends a close frame and half-closes the socket; the read pump then ends on
+// the peer's close frame, or after closeGrace.
+func (c *Conn) sendClose(code int, text string) {
+	err := c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text),
+		time.Now().Add(c.srv.cfg.WriteTimeout))
+	if err != nil {
+		c.log.Debug("close frame not sent", "code", code, "err", err)
+	}
+	c.nc.closeWrite()
+	_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
+}
+
+// readPump reads the client's frames and answers them until the connection ends, then
+// finishes the connection. It runs on the HTTP handler's goroutine.
+func (c *Conn) readPump() {
+	defer c.finish()
+	cfg := &c.srv.cfg
+	c.ws.SetReadLimit(cfg.MaxMessageBytes)
+	c.extendRead()
+	c.ws.SetPongHandler(func(string) error { c.extendRead(); return nil })
+	for {
+		mt, data, err := c.ws.ReadMessage()
+		if err != nil {
+			c.readEnded(err)
+			return
+		}
+		if c.closing() {
+			continue // read until the peer's close frame or the grace deadline
+		}
+		c.extendRead()
+		switch {
+		case mt == websocket.BinaryMessage:
+			c.requestClose(websocket.CloseUnsupportedData, "binary frames are not supported", false)
+		case !utf8.Valid(data):
+			c.requestClose(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8", false)
+		default:
+			c.handle(data)
+		}
+	}
+}
+
+// extendRead moves the read deadline on while the connection is open: the client has
+// PongTimeout to answer each ping.
+func (c *Conn) extendRead() {
+	if !c.closing() {
+		_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.PingInterval + c.srv.cfg.PongTimeout))
+	}
+}
+
+// readEnded records why reading ended, as the close code the connection ends with
+// unless one was already set. After a frame over the size limit, the WebSocket library
+// has sent close 1009; the rest of the client's frame is read and discarded for a
+// moment, so that closing does not reset the connection before the client reads why.
+func (c *Conn) readEnded(err error) {
+	code := websocket.CloseAbnormalClosure
+	var ce *websocket.CloseError
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		code = websocket.CloseMessageTooBig
+	case errors.As(err, &ce):
+		code = ce.Code
+	}
+	c.mu.Lock()
+	if c.closeCode == 0 {
+		c.closeCode = code
+		c.clearQueue()
+	}
+	c.mu.Unlock()
+	c.log.Debug("read ended", "code", code, "err", err)
+	if code == websocket.CloseMessageTooBig {
+		c.nc.closeWrite()
+		_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
+		_, _ = io.Copy(io.Discard, c.nc.Conn)
+	}
+}
+
+// finish ends the connection: it leaves the hub, stops the write pump, closes the socket
+// and drops whatever is still queued. Called once, by the read pump.
+func (c *Conn) finish() {
+	c.srv.hub.leave(c)
+	c.mu.Lock()
+	code, dropped := c.closeCode, len(c.queue)
+	c.clearQueue()
+	c.mu.Unlock()
+	if dropped > 0 {
+		c.srv.metrics.dropped(dropClosed, dropped)
+	}
+	close(c.done)
+	_ = c.nc.Close()
+	c.srv.metrics.closed(code)
+	c.log.Debug("connection finished", "code", code)
+}
+
+// handle answers one client frame.
+func (c *Conn) handle(data []byte) {
+	r, perr := decodeRequest(data)
+	if perr != nil {
+		c.replyError(perr.code, perr.msg, r.Ref)
+		return
+	}
+	switch r.Op {
+	case "subscribe":
+		ch := *r.Channel
+		c.srv.hub.subscribe(c, ch, func() {
+			c.enqueue(replyTo(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref}))
+		})
+	case "unsubscribe":
+		ch := *r.Channel
+		c.srv.hub.unsubscribe(c, ch, func() {
+			c.enqueue(replyTo(replyFrame{Op: "unsubscribed", Channel: ch, Ref: r.Ref}))
+		})
+	case "publish":
+		c.publish(r)
+	}
+}
+
+// publish puts a client's message on the bus and answers ack, or error when the bus did
+// not take it.
+func (c *Conn) publish(r request) {
+	if c.srv.cfg.DisableClientPublish {
+		c.replyError(CodeForbidden, "clients may not publish on this gateway", r.Ref)
+		return
+	}
+	m := message.Message{From: c.usr, Data: r.Data}
+	if r.Channel != nil {
+		m.Channel = *r.Channel
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.PublishTimeout)
+	id, err := c.srv.pub.Publish(ctx, m)
+	cancel()
+	if err != nil {
+		if isInvalid(err) {
+			c.replyError(CodeBadRequest, err.Error(), r.Ref)
+			return
+		}
+		c.srv.metrics.publishFailed(sourceWS)
+		c.log.Warn("client publish failed", "err", err)
+		c.replyError(CodeUnavailable, "the bus cannot take messages now; retry", r.Ref)
+		return
+	}
+	c.srv.metrics.published(sourceWS)
+	c.enqueue(replyTo(replyFrame{Op: "ack", Ref: r.Ref, ID: id}))
+}
+
+func (c *Conn) replyError(code, msg, ref string) {
+	c.srv.metrics.clientError(code)
+	c.enqueue(replyTo(errorFrame{Op: "error", Code: code, Message: msg, Ref: ref}))
+}
+
+// isInvalid reports whether a publish failed because the message itself is invalid.
+func isInvalid(err error) bool {
+	return errors.Is(err, message.ErrBadChannel) || errors.Is(err, message.ErrNoData) ||
+		errors.Is(err, message.ErrBadData) || errors.Is(err, message.ErrBadUser)
+}

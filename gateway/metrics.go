@@ -1,0 +1,268 @@
+package gateway
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reasons a message to one connection was dropped (label of herald_messages_dropped_total).
+const (
+	dropSlowConsumer = "slow_consumer" // the connection's write queue overflowed: closed with 4008
+	dropClosed       = "closed"        // the connection was closing or closed
+	dropWriteFailed  = "write_failed"  // the socket write failed or timed out
+	dropDuplicate    = "duplicate"     // a message id seen within the deduplication window
+	dropUndecodable  = "undecodable"   // a bus message that is not a Herald message
+	dropLagged       = "lagged"        // the embedded bus's log moved past undispatched messages
+)
+
+// Sources of published messages (label of herald_messages_published_total).
+const (
+	sourceWS   = "ws"
+	sourceHTTP = "http"
+)
+
+// Metrics is the gateway's Prometheus instrumentation. Its methods may be called on a nil
+// *Metrics, which counts nothing (for tests of parts in isolation).
+type Metrics struct {
+	accepted           prometheus.Counter
+	refused            *prometheus.CounterVec
+	closedConns        *prometheus.CounterVec
+	publishedTotal     *prometheus.CounterVec
+	publishFailedTotal *prometheus.CounterVec
+	receivedTotal      prometheus.Counter
+	delivered          prometheus.Counter
+	droppedTotal       *prometheus.CounterVec
+	bytesWritten       prometheus.Counter
+	slowConsumers      prometheus.Counter
+	clientErrors       *prometheus.CounterVec
+	latency            prometheus.Histogram
+	busReconnects      prometheus.Counter
+	busDisconnects     prometheus.Counter
+}
+
+// NewMetrics creates the gateway's counters and registers them with reg. The gauges that
+// read live state (connections, write queues, subscriptions, bus) are registered by
+// NewServer, which knows that state.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_connections_accepted_total",
+			Help: "WebSocket connections accepted (upgraded).",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_handshakes_refused_total",
+			Help: "WebSocket handshakes refused before the upgrade, by reason.",
+		}, []string{"reason"}),
+		closedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_connections_closed_total",
+			Help: "WebSocket connections closed, by close code (1006: no close frame).",
+		}, []string{"code"}),
+		publishedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_messages_published_total",
+			Help: "Messages this gateway published to the bus and the bus accepted, by source (ws, http).",
+		}, []string{"source"}),
+		publishFailedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_publish_failures_total",
+			Help: "Publishes the bus did not accept (answered unavailable or 503), by source.",
+		}, []string{"source"}),
+		receivedTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_messages_received_total",
+			Help: "Messages received from the bus and routed to their recipients.",
+		}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_messages_delivered_total",
+			Help: "Message frames written to client sockets (one per recipient).",
+		}),
+		droppedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_messages_dropped_total",
+			Help: "Messages not delivered to a recipient (or not routed at all), by reason.",
+		}, []string{"reason"}),
+		bytesWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_bytes_written_total",
+			Help: "Bytes of frames written to client sockets.",
+		}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_slow_consumers_total",
+			Help: "Connections closed with 4008 because their write queue overflowed.",
+		}),
+		clientErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_client_errors_total",
+			Help: "Error frames sent to clients, by code.",
+		}, []string{"code"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "herald_delivery_latency_seconds",
+			Help:    "Time from a message's publish to its write to a client socket.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		busReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_bus_reconnects_total",
+			Help: "Times a connection to the broker was re-established after a loss.",
+		}),
+		busDisconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_bus_disconnects_total",
+			Help: "Times a connection to the broker was lost.",
+		}),
+	}
+	reg.MustRegister(m.accepted, m.refused, m.closedConns, m.publishedTotal, m.publishFailedTotal,
+		m.receivedTotal, m.delivered, m.droppedTotal, m.bytesWritten, m.slowConsumers,
+		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects)
+	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged} {
+		m.droppedTotal.WithLabelValues(r)
+	}
+	for _, s := range []string{sourceWS, sourceHTTP} {
+		m.publishedTotal.WithLabelValues(s)
+		m.publishFailedTotal.WithLabelValues(s)
+	}
+	return m
+}
+
+func (m *Metrics) dropped(reason string, n int) {
+	if m != nil && n > 0 {
+		m.droppedTotal.WithLabelValues(reason).Add(float64(n))
+	}
+}
+
+func (m *Metrics) received() {
+	if m != nil {
+		m.receivedTotal.Inc()
+	}
+}
+
+func (m *Metrics) slowConsumer() {
+	if m != nil {
+		m.slowConsumers.Inc()
+	}
+}
+
+func (m *Metrics) acceptedConn() {
+	if m != nil {
+		m.accepted.Inc()
+	}
+}
+
+func (m *Metrics) refusedHandshake(reason string) {
+	if m != nil {
+		m.refused.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) closed(code int) {
+	if m != nil {
+		m.closedConns.WithLabelValues(strconv.Itoa(code)).Inc()
+	}
+}
+
+func (m *Metrics) published(source string) {
+	if m != nil {
+		m.publishedTotal.WithLabelValues(source).Inc()
+	}
+}
+
+func (m *Metrics) publishFailed(source string) {
+	if m != nil {
+		m.publishFailedTotal.WithLabelValues(source).Inc()
+	}
+}
+
+func (m *Metrics) clientError(code string) {
+	if m != nil {
+		m.clientErrors.WithLabelValues(code).Inc()
+	}
+}
+
+// wrote counts frames written to one socket in one write of n bytes at now.
+func (m *Metrics) wrote(frames []*frame, n int, now time.Time) {
+	if m == nil {
+		return
+	}
+	m.bytesWritten.Add(float64(n))
+	delivered := 0
+	for _, f := range frames {
+		if !f.published.IsZero() {
+			delivered++
+			m.latency.Observe(now.Sub(f.published).Seconds())
+		}
+	}
+	m.delivered.Add(float64(delivered))
+}
+
+// BusDecodeError counts a message from the bus that could not be decoded and was dropped.
+func (m *Metrics) BusDecodeError() { m.dropped(dropUndecodable, 1) }
+
+// BusLagged counts n messages the embedded bus dropped before they were dispatched.
+func (m *Metrics) BusLagged(n int64) { m.dropped(dropLagged, int(n)) }
+
+// BusConnection counts a loss (connected false) or a re-establishment (true) of a
+// connection to the broker.
+func (m *Metrics) BusConnection(connected bool) {
+	if m == nil {
+		return
+	}
+	if connected {
+		m.busReconnects.Inc()
+	} else {
+		m.busDisconnects.Inc()
+	}
+}
+
+// stateCollector reads gauges from live state at scrape time: connections, the write
+// queues (total and largest, in frames and bytes), subscriptions and the bus.
+type stateCollector struct {
+	hub *Hub
+	bus BusHealth
+
+	conns, subs, chans, busUp     *prometheus.Desc
+	qFrames, qBytes, qMaxF, qMaxB *prometheus.Desc
+}
+
+func newStateCollector(hub *Hub, bus BusHealth) *stateCollector {
+	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
+	return &stateCollector{
+		hub:     hub,
+		bus:     bus,
+		conns:   d("herald_connections", "WebSocket connections open now."),
+		subs:    d("herald_subscriptions", "Channel subscriptions across all connections."),
+		chans:   d("herald_channels", "Channels with at least one subscriber."),
+		busUp:   d("herald_bus_connected", "1 when the gateway can publish to and consume from the bus, else 0."),
+		qFrames: d("herald_write_queue_messages", "Frames waiting in all connections' write queues."),
+		qBytes:  d("herald_write_queue_bytes", "Bytes waiting in all connections' write queues."),
+		qMaxF:   d("herald_write_queue_max_messages", "Frames waiting in the fullest connection's write queue."),
+		qMaxB:   d("herald_write_queue_max_bytes", "Bytes waiting in the fullest connection's write queue."),
+	}
+}
+
+func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{s.conns, s.subs, s.chans, s.busUp, s.qFrames, s.qBytes, s.qMaxF, s.qMaxB} {
+		ch <- d
+	}
+}
+
+func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	var n, frames, bytes, maxF, maxB int
+	s.hub.forEach(func(c member) {
+		n++
+		if d, ok := c.(interface{ depth() (int, int) }); ok {
+			f, b := d.depth()
+			frames, bytes = frames+f, bytes+b
+			maxF, maxB = max(maxF, f), max(maxB, b)
+		}
+	})
+	chans, subs := s.hub.Channels()
+	up := 0.0
+	if s.bus.Connected() {
+		up = 1
+	}
+	g := func(d *prometheus.Desc, v int) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
+	}
+	g(s.conns, n)
+	g(s.subs, subs)
+	g(s.chans, chans)
+	g(s.qFrames, frames)
+	g(s.qBytes, bytes)
+	g(s.qMaxF, maxF)
+	g(s.qMaxB, maxB)
+	ch <- prometheus.MustNewConstMetric(s.busUp, prometheus.GaugeValue, up)
+}

@@ -1,0 +1,185 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/heraldgw/herald/producer/message"
+)
+
+// Error codes of the error frame (PROTOCOL.md section 1).
+const (
+	CodeBadRequest  = "bad_request"
+	CodeUnknownOp   = "unknown_op"
+	CodeForbidden   = "forbidden"
+	CodeRateLimited = "rate_limited"
+	CodeTooLarge    = "too_large"
+	CodeUnavailable = "unavailable"
+)
+
+// Close codes the gateway sends besides the standard ones gorilla names.
+const (
+	CloseSlowConsumer = 4008 // the write queue overflowed
+	CloseRateLimited  = 4029 // rate limited too long
+)
+
+// Subprotocol is the WebSocket subprotocol the gateway speaks.
+const Subprotocol = "herald.v1"
+
+// frame is one text frame to send. A broadcast frame is encoded once and shared by every
+// recipient; the prepared form for the WebSocket library is made once, on first write.
+type frame struct {
+	data []byte
+	// published is when the message was published (zero for replies), for latency.
+	published time.Time
+
+	prepOnce sync.Once
+	prepared *websocket.PreparedMessage
+	prepErr  error
+}
+
+// prepare returns the frame in the form the WebSocket library writes, making it on the
+// first call. Safe for concurrent use by every recipient's write pump.
+func (f *frame) prepare() (*websocket.PreparedMessage, error) {
+	f.prepOnce.Do(func() {
+		f.prepared, f.prepErr = websocket.NewPreparedMessage(websocket.TextMessage, f.data)
+	})
+	return f.prepared, f.prepErr
+}
+
+// size is what the frame counts against a write queue's byte cap.
+func (f *frame) size() int { return len(f.data) }
+
+// Frames from the gateway to a client. Optional fields are omitted when empty.
+type (
+	welcomeFrame struct {
+		Op     string `json:"op"`
+		Conn   string `json:"conn"`
+		Node   string `json:"node"`
+		User   string `json:"user"`
+		Offset *int64 `json:"offset,omitempty"`
+	}
+	messageFrame struct {
+		Op      string          `json:"op"`
+		ID      string          `json:"id"`
+		Channel string          `json:"channel,omitempty"`
+		Offset  *int64          `json:"offset,omitempty"`
+		From    string          `json:"from,omitempty"`
+		Time    string          `json:"time"`
+		Data    json.RawMessage `json:"data"`
+	}
+	replyFrame struct {
+		Op      string `json:"op"`
+		Channel string `json:"channel,omitempty"`
+		Ref     string `json:"ref,omitempty"`
+		ID      string `json:"id,omitempty"`
+	}
+	errorFrame struct {
+		Op      string `json:"op"`
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Ref     string `json:"ref,omitempty"`
+	}
+)
+
+// newMessageFrame encodes m as a message frame, once for all its recipients.
+func newMessageFrame(m message.Message) *frame {
+	mf := messageFrame{
+		Op:      "message",
+		ID:      m.ID,
+		Channel: m.Channel,
+		From:    m.From,
+		Time:    m.Time.UTC().Format(time.RFC3339Nano),
+		Data:    m.Data,
+	}
+	if m.Offset >= 0 {
+		mf.Offset = &m.Offset
+	}
+	return &frame{data: mustEncode(mf), published: m.Time}
+}
+
+// replyTo encodes a frame answering one client.
+func replyTo(v any) *frame { return &frame{data: mustEncode(v)} }
+
+// mustEncode marshals a frame. The frame types hold only strings, integers and data that
+// the bus has validated as JSON, so an error here is a bug.
+func mustEncode(v any) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		panic(fmt.Sprintf("gateway: encode %T: %v", v, err))
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})
+}
+
+// request is a frame from a client. Fields not used by its op are ignored.
+type request struct {
+	Op      string          `json:"op"`
+	Ref     string          `json:"ref"`
+	Channel *string         `json:"channel"`
+	Since   *int64          `json:"since"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// protocolError is a refused client op: the code and message of the error frame.
+type protocolError struct {
+	code, msg string
+}
+
+func (e *protocolError) Error() string { return e.code + ": " + e.msg }
+
+func badRequest(format string, args ...any) *protocolError {
+	return &protocolError{code: CodeBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+// decodeRequest parses and checks one client frame (valid UTF-8 already). On error it
+// returns the ref it could read, so that the error frame can echo it.
+func decodeRequest(data []byte) (request, *protocolError) {
+	var r request
+	if len(data) == 0 || data[0] != '{' {
+		data = bytes.TrimLeft(data, " \t\r\n")
+	}
+	if len(data) == 0 || data[0] != '{' {
+		return r, badRequest("a frame must be a JSON object")
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		var salvage struct {
+			Ref string `json:"ref"`
+		}
+		_ = json.Unmarshal(data, &salvage)
+		r = request{Ref: salvage.Ref}
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			return r, badRequest("field %q has the wrong type", typeErr.Field)
+		}
+		return r, badRequest("invalid JSON")
+	}
+	switch r.Op {
+	case "":
+		return r, badRequest("missing op")
+	case "subscribe", "unsubscribe":
+		if r.Channel == nil || !message.ValidChannel(*r.Channel) {
+			return r, badRequest("%s needs a channel of 1 to 128 characters of A-Z a-z 0-9 _ - . : /", r.Op)
+		}
+		if r.Since != nil && *r.Since < -1 {
+			return r, badRequest("since must be -1 or an offset")
+		}
+	case "publish":
+		if r.Channel != nil && !message.ValidChannel(*r.Channel) {
+			return r, badRequest("publish channel must be 1 to 128 characters of A-Z a-z 0-9 _ - . : /")
+		}
+		if len(r.Data) == 0 {
+			return r, badRequest("publish needs data")
+		}
+	default:
+		return r, &protocolError{code: CodeUnknownOp, msg: fmt.Sprintf("unknown op %q", r.Op)}
+	}
+	return r, nil
+}

@@ -1,0 +1,397 @@
+// Package gateway is Herald's WebSocket gateway: the HTTP server with /ws, /api/publish,
+// health and metrics endpoints, the Hub that routes every message from the bus to the
+// connections it addresses, and the connections with their bounded write queues.
+//
+// The gateway sees the bus through two small interfaces, Publisher and BusHealth, and is
+// fed by it through Hub.Dispatch; it never imports an AMQP client. The wire contract is
+// PROTOCOL.md.
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/heraldgw/herald/producer/message"
+)
+
+// Publisher puts messages on the bus. Publish returns the message's id (generated when
+// m.ID is empty) once the bus has taken the message: with RabbitMQ, once the broker has
+// confirmed it. An error wrapping one of message's validation errors means the message
+// is invalid; any other error means the bus did not take it and the caller may retry.
+type Publisher interface {
+	Publish(ctx context.Context, m message.Message) (string, error)
+}
+
+// BusHealth tells whether the bus is usable now.
+type BusHealth interface {
+	Connected() bool
+}
+
+// Config configures a Server. Each zero field has the default its comment gives.
+type Config struct {
+	// NodeID names this gateway in welcome frames and logs. Default "herald".
+	NodeID string
+	// APIKey is the bearer key of POST /api/publish. Empty turns the HTTP publish API off
+	// (it answers 404): it is never open without a key.
+	APIKey string
+	// WriteQueueBytes caps each connection's write queue; a connection over it is closed
+	// with 4008. Default 1 MiB.
+	WriteQueueBytes int
+	// MaxMessageBytes caps a client frame, reassembled (else close 1009), and an HTTP
+	// publish body (else 413). Default 64 KiB.
+	MaxMessageBytes int64
+	// WriteTimeout bounds each write to a socket. Default 10s.
+	WriteTimeout time.Duration
+	// PingInterval is how often the gateway pings each client. Default 25s.
+	PingInterval time.Duration
+	// PongTimeout is how long after a ping is due the client may stay silent before the
+	// connection is dropped. Default 10s.
+	PongTimeout time.Duration
+	// PublishTimeout bounds one publish to the bus. Default 5s.
+	PublishTimeout time.Duration
+	// DisableClientPublish refuses publish ops from WebSocket clients (error forbidden).
+	DisableClientPublish bool
+	// InsecureUserParam takes a connection's user from the ?user= query parameter, with no
+	// authentication at all: for demos and tests only.
+	InsecureUserParam bool
+	// DrainBatch is how many connections Shutdown closes at a time. Default 500.
+	DrainBatch int
+	// DrainInterval is the pause between Shutdown's batches. Default 50ms.
+	DrainInterval time.Duration
+	// Logger receives the gateway's logs. Default: discard.
+	Logger *slog.Logger
+	// Metrics counts what the gateway does; the Hub should share it. Default: nothing counted.
+	Metrics *Metrics
+	// Registry is where NewServer registers its live-state gauges and what /metrics
+	// serves. Default: a new registry.
+	Registry *prometheus.Registry
+}
+
+func (c *Config) setDefaults() {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	if c.NodeID == "" {
+		c.NodeID = "herald"
+	}
+	if c.WriteQueueBytes <= 0 {
+		c.WriteQueueBytes = 1 << 20
+	}
+	if c.MaxMessageBytes <= 0 {
+		c.MaxMessageBytes = 64 << 10
+	}
+	def(&c.WriteTimeout, 10*time.Second)
+	def(&c.PingInterval, 25*time.Second)
+	def(&c.PongTimeout, 10*time.Second)
+	def(&c.PublishTimeout, 5*time.Second)
+	def(&c.DrainInterval, 50*time.Millisecond)
+	if c.DrainBatch <= 0 {
+		c.DrainBatch = 500
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+}
+
+//go:embed web
+var webFiles embed.FS
+
+// Server is the gateway's HTTP side: it upgrades /ws requests to connections that join
+// the Hub, takes publishes over HTTP, and serves health, metrics and the demo page.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	metrics  *Metrics
+	hub      *Hub
+	pub      Publisher
+	bus      BusHealth
+	upgrader websocket.Upgrader
+	apiKey   [sha256.Size]byte
+	mux      *http.ServeMux
+
+	draining atomic.Bool
+	busReady atomic.Bool
+	conns    sync.WaitGroup // one per connection until it is finished
+}
+
+// NewServer returns a server for hub that publishes with pub and reports bus health from
+// bus. It registers its gauges with cfg.Registry.
+func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, error) {
+	cfg.setDefaults()
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		metrics: cfg.Metrics,
+		hub:     hub,
+		pub:     pub,
+		bus:     bus,
+		upgrader: websocket.Upgrader{
+			HandshakeTimeout: 10 * time.Second,
+			Subprotocols:     []string{Subprotocol},
+			WriteBufferPool:  &sync.Pool{},
+		},
+		apiKey: sha256.Sum256([]byte(cfg.APIKey)),
+		mux:    http.NewServeMux(),
+	}
+	s.upgrader.Error = s.handshakeError
+	if err := cfg.Registry.Register(newStateCollector(hub, bus)); err != nil {
+		return nil, fmt.Errorf("gateway: register metrics: %w", err)
+	}
+	web, err := fs.Sub(webFiles, "web")
+	if err != nil {
+		return nil, fmt.Errorf("gateway: web files: %w", err)
+	}
+	s.mux.HandleFunc("GET /ws", s.serveWS)
+	s.mux.HandleFunc("POST /api/publish", s.servePublish)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.mux.HandleFunc("GET /readyz", s.serveReady)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry}))
+	s.mux.Handle("GET /", http.FileServerFS(web))
+	return s, nil
+}
+
+// Handler returns the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// SetBusReady marks whether the bus is consuming, so that messages published from now
+// on reach this gateway's clients; /readyz answers 503 until then.
+func (s *Server) SetBusReady(ready bool) { s.busReady.Store(ready) }
+
+// Ready reports whether the gateway should get traffic: the bus is connected and
+// consuming, and the gateway is not draining.
+func (s *Server) Ready() bool {
+	return s.busReady.Load() && s.bus.Connected() && !s.draining.Load()
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	switch {
+	case s.draining.Load():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+	case !s.busReady.Load() || !s.bus.Connected():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "bus unavailable"})
+	default:
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	}
+}
+
+// serveWS checks the query, upgrades the request, and serves the connection until it
+// ends: the handler's goroutine becomes the connection's read pump.
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
+		return
+	}
+	q := r.URL.Query()
+	channels, err := parseChannels(q.Get("channels"))
+	if err != nil {
+		s.refuse(w, http.StatusBadRequest, "bad_query", err.Error())
+		return
+	}
+	if v := q.Get("since"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err != nil || n < -1 {
+			s.refuse(w, http.StatusBadRequest, "bad_query", "since must be -1 or an offset")
+			return
+		}
+	}
+	user := ""
+	if s.cfg.InsecureUserParam {
+		user = q.Get("user")
+	}
+
+	rec := &hijackRecorder{ResponseWriter: w}
+	ws, err := s.upgrader.Upgrade(rec, r, nil)
+	if err != nil {
+		return // the upgrader has answered and counted it
+	}
+	c := newConn(s, ws, rec.conn, user)
+	s.metrics.acceptedConn()
+	s.conns.Add(1)
+	defer s.conns.Done()
+	s.hub.join(c, channels, func(newest int64, known bool) {
+		wf := welcomeFrame{Op: "welcome", Conn: c.id, Node: s.cfg.NodeID, User: user}
+		if known {
+			wf.Offset = &newest
+		}
+		c.enqueue(replyTo(wf))
+	})
+	if s.draining.Load() {
+		c.requestClose(websocket.CloseGoingAway, "gateway shutting down", true)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.writePump()
+	}()
+	c.readPump()
+	<-done
+}
+
+func (s *Server) handshakeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+	s.refuse(w, status, "bad_handshake", reason.Error())
+}
+
+// refuse answers a request that is not upgraded, and counts it.
+func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
+	s.metrics.refusedHandshake(reason)
+	writeError(w, status, reason, msg)
+}
+
+// parseChannels reads the comma-separated channels query parameter.
+func parseChannels(v string) ([]string, error) {
+	if v == "" {
+		return nil, nil
+	}
+	list := strings.Split(v, ",")
+	for _, ch := range list {
+		if !message.ValidChannel(ch) {
+			return nil, fmt.Errorf("invalid channel %q in channels: names are 1 to 128 characters of A-Z a-z 0-9 _ - . : /", ch)
+		}
+	}
+	return list, nil
+}
+
+// publishRequest is the body of POST /api/publish.
+type publishRequest struct {
+	ID      string          `json:"id"`
+	Channel string          `json:"channel"`
+	Users   []string        `json:"users"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// servePublish is POST /api/publish (PROTOCOL.md section 2).
+func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.APIKey == "" {
+		writeError(w, http.StatusNotFound, "api_disabled", "the publish API is off: start the gateway with an API key")
+		return
+	}
+	if !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxMessageBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge,
+				fmt.Sprintf("body is larger than %d bytes", s.cfg.MaxMessageBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, CodeBadRequest, "reading body: "+err.Error())
+		return
+	}
+	var req publishRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, CodeBadRequest, "body must be a JSON object: "+err.Error())
+		return
+	}
+	m := message.Message{ID: req.ID, Channel: req.Channel, Users: req.Users, Data: req.Data}
+	if err := m.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
+	defer cancel()
+	id, err := s.pub.Publish(ctx, m)
+	if err != nil {
+		if isInvalid(err) {
+			writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
+			return
+		}
+		s.metrics.publishFailed(sourceHTTP)
+		s.log.Warn("HTTP publish failed", "err", err)
+		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the bus cannot take messages now; retry")
+		return
+	}
+	s.metrics.published(sourceHTTP)
+	writeJSON(w, http.StatusAccepted, map[string]string{"id": id})
+}
+
+// authorized compares the bearer key with the configured one in constant time (over
+// hashes, so that the length is not revealed either).
+func (s *Server) authorized(r *http.Request) bool {
+	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || key == "" {
+		return false
+	}
+	got := sha256.Sum256([]byte(key))
+	return subtle.ConstantTimeCompare(got[:], s.apiKey[:]) == 1
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	type body struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	writeJSON(w, status, map[string]body{"error": {Code: code, Message: msg}})
+}
+
+// Shutdown drains the gateway: /readyz turns unready and new connections are refused at
+// once; then every connection is sent what it has queued and closed with 1001 (so that
+// it reconnects elsewhere and resumes), DrainBatch at a time. It returns when every
+// connection is finished, or ctx.Err() when ctx ends first.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	var all []*Conn
+	s.hub.forEach(func(m member) {
+		if c, ok := m.(*Conn); ok {
+			all = append(all, c)
+		}
+	})
+	s.log.Info("draining", "connections", len(all))
+	for i := 0; i < len(all); i += s.cfg.DrainBatch {
+		for _, c := range all[i:min(i+s.cfg.DrainBatch, len(all))] {
+			c.requestClose(websocket.CloseGoingAway, "gateway shutting down", true)
+		}
+		if i+s.cfg.DrainBatch < len(all) {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("gateway: shutdown: %w", ctx.Err())
+			case <-time.After(s.cfg.DrainInterval):
+			}
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		s.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("gateway: shutdown: %w", ctx.Err())
+	}
+}
