@@ -182,4 +182,3 @@ func newLogger(c config, out io.Writer) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(out, opts))
 }
-
