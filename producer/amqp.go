@@ -13,8 +13,11 @@ import (
 // Names of the AMQP headers that carry a message's routing (PROTOCOL.md section 3).
 const (
 	HeaderChannel = "channel" // string: the channel; absent for a broadcast to all
-	HeaderUsers   = "users"   // array of strings: restrict delivery to these users
-	HeaderFrom    = "from"    // string: the publishing user; absent for backend publishes
+	// HeaderUsers restricts delivery to these users: a string holding a JSON array of
+	// strings, e.g. ["alice","bob"]. RabbitMQ streams drop array-valued headers, so Encode
+	// sends this form; Decode also takes an AMQP array where a broker keeps one.
+	HeaderUsers = "users"
+	HeaderFrom  = "from" // string: the publishing user; absent for backend publishes
 	// HeaderTime is an extension: the publish time in RFC 3339 with nanoseconds, since the
 	// AMQP timestamp property has whole seconds only. Readers fall back to the property.
 	HeaderTime = "time"
@@ -33,11 +36,8 @@ func Encode(m message.Message) amqp.Publishing {
 		h[HeaderChannel] = m.Channel
 	}
 	if len(m.Users) > 0 {
-		users := make([]interface{}, len(m.Users))
-		for i, u := range m.Users {
-			users[i] = u
-		}
-		h[HeaderUsers] = users
+		users, _ := json.Marshal(m.Users) // a []string always marshals
+		h[HeaderUsers] = string(users)
 	}
 	if m.From != "" {
 		h[HeaderFrom] = m.From
@@ -107,9 +107,16 @@ func headerString(k string, v interface{}) (string, error) {
 }
 
 func headerStrings(k string, v interface{}) ([]string, error) {
-	arr, ok := v.([]interface{})
-	if !ok {
-		return nil, fmt.Errorf("header %s: got %T, want an array of strings", k, v)
+	var arr []interface{}
+	switch v := v.(type) {
+	case []interface{}:
+		arr = v
+	case string:
+		if err := json.Unmarshal([]byte(v), &arr); err != nil {
+			return nil, fmt.Errorf("header %s: %q is not a JSON array of strings", k, v)
+		}
+	default:
+		return nil, fmt.Errorf("header %s: got %T, want a JSON array of strings in a string", k, v)
 	}
 	out := make([]string, 0, len(arr))
 	for _, e := range arr {

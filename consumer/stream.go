@@ -1,0 +1,538 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/heraldgw/herald/producer"
+	"github.com/heraldgw/herald/producer/message"
+)
+
+// Defaults of StreamConfig's zero fields, and limits of the stream consumer.
+const (
+	streamDefaultExchange     = "herald"
+	streamDefaultStream       = "herald.stream"
+	streamDefaultMaxAge       = 24 * time.Hour
+	streamDefaultMaxBytes     = int64(1 << 30)
+	streamDefaultPrefetch     = 1000
+	streamDefaultName         = "herald-consumer"
+	streamDefaultReconnectMin = 100 * time.Millisecond
+	streamDefaultReconnectMax = 10 * time.Second
+	streamMaxPrefetch         = 65535 // basic.qos carries the count in 16 bits
+	streamDialTimeout         = 10 * time.Second
+	streamHandshakeLimit      = 15 * time.Second // TCP, TLS and AMQP handshakes together
+	streamHeartbeat           = 10 * time.Second
+	streamCloseTimeout        = 5 * time.Second
+	streamAttachSkewGuard     = time.Second // see Stream.resumeArg
+)
+
+// StreamConfig configures a Stream. Every gateway that consumes the same stream must use
+// the same Exchange, Stream, MaxAge, MaxBytes and SegmentBytes: RabbitMQ refuses to declare
+// a queue again with different arguments (PRECONDITION_FAILED), and Run reports that.
+type StreamConfig struct {
+	// URL is the broker's AMQP URI, e.g. amqp://user:pass@host:5672/vhost. Required.
+	URL string
+	// Exchange is the durable fanout exchange that publishers publish to; "herald" when empty.
+	Exchange string
+	// Stream is the durable stream queue bound to Exchange; "herald.stream" when empty.
+	Stream string
+	// MaxAge is how long the stream retains messages (x-max-age, sent in whole seconds,
+	// rounded up); 24h when zero.
+	MaxAge time.Duration
+	// MaxBytes caps the stream's size on disk (x-max-length-bytes); 1 GiB when zero.
+	MaxBytes int64
+	// SegmentBytes is the size of one segment file of the stream
+	// (x-stream-max-segment-size-bytes); zero leaves the broker's default (500 MB).
+	// Retention removes whole segments, so it should be well below MaxBytes.
+	SegmentBytes int64
+	// Prefetch is the number of deliveries the broker may send ahead of acks (basic.qos),
+	// from 1 to 65535; 1000 when zero.
+	Prefetch int
+	// Name is the connection name shown in the broker's management tools; "herald-consumer"
+	// when empty.
+	Name string
+	// Logger receives the consumer's logs; they are discarded when nil.
+	Logger *slog.Logger
+	// ReconnectMin is the first delay ceiling before reconnecting; 100ms when zero.
+	// Each failed attempt doubles the ceiling up to ReconnectMax, and each delay is drawn
+	// uniformly between zero and the ceiling (exponential backoff with full jitter).
+	ReconnectMin time.Duration
+	// ReconnectMax is the largest delay ceiling between reconnect attempts; 10s when zero.
+	ReconnectMax time.Duration
+	// OnStateChange, when set, is called from Run's goroutine each time the consumer is
+	// attached to the stream (true) and each time it is lost or shut down (false).
+	OnStateChange func(connected bool)
+	// OnReconnect, when set, is called from Run's goroutine after the consumer is attached
+	// again following a loss (not after the first attach).
+	OnReconnect func()
+	// OnDecodeError, when set, is called from Run's goroutine for a delivery that cannot be
+	// decoded as a Herald message (PROTOCOL.md section 3). The delivery is acked and dropped.
+	OnDecodeError func(err error)
+}
+
+// withDefaults returns c with its zero fields set to their defaults.
+func (c StreamConfig) withDefaults() StreamConfig {
+	if c.Exchange == "" {
+		c.Exchange = streamDefaultExchange
+	}
+	if c.Stream == "" {
+		c.Stream = streamDefaultStream
+	}
+	if c.MaxAge == 0 {
+		c.MaxAge = streamDefaultMaxAge
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = streamDefaultMaxBytes
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = streamDefaultPrefetch
+	}
+	if c.Name == "" {
+		c.Name = streamDefaultName
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = streamDefaultReconnectMin
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = streamDefaultReconnectMax
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		c.ReconnectMax = c.ReconnectMin
+	}
+	return c
+}
+
+// validate reports the first field of a defaulted config that Run cannot work with.
+func (c StreamConfig) validate() error {
+	switch {
+	case c.URL == "":
+		return errors.New("consumer: stream config: URL is required")
+	case c.MaxAge < 0:
+		return fmt.Errorf("consumer: stream config: MaxAge %v is negative", c.MaxAge)
+	case c.MaxBytes < 0:
+		return fmt.Errorf("consumer: stream config: MaxBytes %d is negative", c.MaxBytes)
+	case c.SegmentBytes < 0:
+		return fmt.Errorf("consumer: stream config: SegmentBytes %d is negative", c.SegmentBytes)
+	case c.Prefetch < 1 || c.Prefetch > streamMaxPrefetch:
+		return fmt.Errorf("consumer: stream config: Prefetch %d is outside 1..%d", c.Prefetch, streamMaxPrefetch)
+	case c.ReconnectMin < 0:
+		return fmt.Errorf("consumer: stream config: ReconnectMin %v is negative", c.ReconnectMin)
+	}
+	return nil
+}
+
+// queueArgs are the arguments that declare the stream with its retention.
+func (c StreamConfig) queueArgs() amqp.Table {
+	args := amqp.Table{
+		"x-queue-type":       "stream",
+		"x-max-age":          streamMaxAgeArg(c.MaxAge),
+		"x-max-length-bytes": c.MaxBytes,
+	}
+	if c.SegmentBytes > 0 {
+		args["x-stream-max-segment-size-bytes"] = c.SegmentBytes
+	}
+	return args
+}
+
+// streamMaxAgeArg formats a retention age as RabbitMQ's x-max-age expects it: whole seconds,
+// rounded up, at least one ("86400s").
+func streamMaxAgeArg(d time.Duration) string {
+	secs := int64((d + time.Second - 1) / time.Second)
+	return fmt.Sprintf("%ds", max(secs, 1))
+}
+
+// Stream is one gateway's consumer of the RabbitMQ stream bound to Herald's fanout
+// exchange. It hands every message to its Dispatcher in the stream's order, each with its
+// stream offset, and reconnects on its own: after a connection loss or a broker restart it
+// attaches again just after the last offset it received, so nothing within retention is
+// lost or dispatched twice.
+//
+// Run does all the work on the caller's goroutine: it owns the connection, the channel
+// and the position in the stream, and it is the only goroutine that calls Dispatch and
+// the config's callbacks. Connected, LastOffset and Ready are safe to call from any
+// goroutine.
+type Stream struct {
+	cfg   StreamConfig // defaults applied; read-only after NewStream
+	d     Dispatcher
+	log   *slog.Logger
+	ready chan struct{} // closed by Run when the first consumer is attached
+
+	started   atomic.Bool  // set by the first call of Run
+	connected atomic.Bool  // whether a consumer is attached now
+	last      atomic.Int64 // offset of the last message dispatched; message.NoOffset before one
+
+	// Owned by Run's goroutine.
+	pos      int64     // offset of the last delivery handled (dispatched, dropped or skipped); NoOffset before one
+	attached time.Time // when the first consumer was attached (at "next")
+}
+
+// NewStream returns a Stream that will deliver to d once Run is called. It does not
+// connect; zero fields of cfg take the defaults documented on StreamConfig.
+func NewStream(cfg StreamConfig, d Dispatcher) *Stream {
+	cfg = cfg.withDefaults()
+	s := &Stream{
+		cfg:   cfg,
+		d:     d,
+		log:   cfg.Logger.With("component", "consumer", "stream", cfg.Stream),
+		ready: make(chan struct{}),
+		pos:   message.NoOffset,
+	}
+	s.last.Store(message.NoOffset)
+	return s
+}
+
+// Ready returns a channel that is closed once the first consumer is attached to the
+// stream. Every message published to the exchange after that is dispatched, so a gateway
+// should report itself ready only then. It is never closed when Run fails to start.
+func (s *Stream) Ready() <-chan struct{} { return s.ready }
+
+// Connected reports whether a consumer is attached to the stream now.
+func (s *Stream) Connected() bool { return s.connected.Load() }
+
+// LastOffset returns the stream offset of the last message dispatched, and false when no
+// message has been dispatched yet.
+func (s *Stream) LastOffset() (int64, bool) {
+	off := s.last.Load()
+	return off, off != message.NoOffset
+}
+
+// Run connects, declares the exchange and the stream, binds them, and dispatches every
+// message published from now on until ctx is cancelled; it starts at the stream's next
+// message, not at its retained history. It returns an error only when the configuration
+// is invalid or the first connect or declare fails, so that a gateway fails fast at start
+// with a clear message; after that it reconnects with backoff for as long as ctx lives, and
+// returns nil once ctx is cancelled and the channel and connection are closed. Run may be
+// called once.
+func (s *Stream) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("consumer: stream: Run called twice")
+	}
+	if err := s.cfg.validate(); err != nil {
+		return err
+	}
+	ss, err := s.open(ctx, "next")
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	s.attached = time.Now()
+	s.setConnected(true)
+	close(s.ready)
+	s.log.Info("consumer attached to stream", "offset", "next", "exchange", s.cfg.Exchange)
+
+	resumed := false
+	for {
+		s.setConnected(true) // already true after the first attach
+		if resumed && s.cfg.OnReconnect != nil {
+			s.cfg.OnReconnect()
+		}
+		err := s.consume(ctx, ss)
+		s.setConnected(false)
+		if ctx.Err() != nil {
+			s.log.Info("consumer stopped")
+			return nil
+		}
+		s.log.Warn("consumer lost the stream; reconnecting", "err", err, "last_offset", s.pos)
+		if ss, err = s.reconnect(ctx); err != nil {
+			return nil // ctx is done
+		}
+		resumed = true
+	}
+}
+
+// setConnected records whether a consumer is attached and reports a change.
+func (s *Stream) setConnected(v bool) {
+	if s.connected.Swap(v) != v && s.cfg.OnStateChange != nil {
+		s.cfg.OnStateChange(v)
+	}
+}
+
+// reconnect opens sessions with backoff until one is attached, resuming after the last
+// delivery handled. It returns an error only when ctx is done.
+func (s *Stream) reconnect(ctx context.Context) (*streamSession, error) {
+	for attempt := 0; ; attempt++ {
+		t := time.NewTimer(s.backoff(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		from := s.resumeArg()
+		ss, err := s.open(ctx, from)
+		if err == nil {
+			s.log.Info("consumer attached to stream again", "offset", from, "attempt", attempt+1)
+			return ss, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		s.log.Warn("consumer reconnect failed", "err", err, "attempt", attempt+1)
+	}
+}
+
+// backoff returns the delay before reconnect attempt n (from 0): drawn uniformly from
+// [0, min(ReconnectMax, ReconnectMin*2^n)].
+func (s *Stream) backoff(n int) time.Duration {
+	ceil := s.cfg.ReconnectMax
+	if n < 32 {
+		if d := s.cfg.ReconnectMin << n; d > 0 && d < ceil {
+			ceil = d
+		}
+	}
+	if ceil <= 0 {
+		return 0
+	}
+	return rand.N(ceil + 1)
+}
+
+// resumeArg is the x-stream-offset to attach at after a loss: just after the last
+// delivery handled. Before any delivery there is no offset to resume from, and attaching
+// at "next" again would lose what was published while the consumer was away, so it
+// attaches at the time of the first attach instead. RabbitMQ takes that in whole seconds
+// and starts at the first chunk written at or after it; the guard absorbs clock skew
+// between this host and the broker. Messages published up to about two seconds before the
+// first attach may then be dispatched too: a few older messages rather than a gap.
+func (s *Stream) resumeArg() any {
+	if s.pos != message.NoOffset {
+		return s.pos + 1
+	}
+	return s.attached.Add(-streamAttachSkewGuard)
+}
+
+// streamSession is one connection, channel and consumer of the stream. It is owned by
+// Run's goroutine.
+type streamSession struct {
+	raw        net.Conn // the TCP connection under conn, to bound the close handshake
+	conn       *amqp.Connection
+	ch         *amqp.Channel
+	deliveries <-chan amqp.Delivery
+	connClosed chan *amqp.Error
+	chClosed   chan *amqp.Error
+	cancelled  chan string
+	from       any // the x-stream-offset this session attached at
+}
+
+// open connects and attaches a consumer at offset from ("next", an int64 offset or a
+// time.Time). Cancelling ctx aborts it.
+func (s *Stream) open(ctx context.Context, from any) (_ *streamSession, err error) {
+	ss := &streamSession{from: from}
+	stop := func() {}
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(s.cfg.Name)
+	conn, err := amqp.DialConfig(s.cfg.URL, amqp.Config{
+		Properties: props,
+		Heartbeat:  streamHeartbeat,
+		// Dial is called by DialConfig on this goroutine.
+		Dial: func(network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{Timeout: streamDialTimeout}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// DialConfig clears the deadline once the AMQP handshake is done.
+			if err := c.SetDeadline(time.Now().Add(streamHandshakeLimit)); err != nil {
+				_ = c.Close()
+				return nil, err
+			}
+			ss.raw = c
+			stop = streamCloseOnCancel(ctx, c)
+			return c, nil
+		},
+	})
+	// Until the consumer is attached, cancelling ctx closes the socket, which ends any
+	// handshake or RPC below at once.
+	defer stop()
+	if err != nil {
+		return nil, fmt.Errorf("consumer: connect: %w", err)
+	}
+	ss.conn = conn
+	defer func() {
+		if err != nil {
+			ss.close()
+		}
+	}()
+	ss.connClosed = conn.NotifyClose(make(chan *amqp.Error, 1))
+	if ss.ch, err = conn.Channel(); err != nil {
+		return nil, fmt.Errorf("consumer: open channel: %w", err)
+	}
+	ss.chClosed = ss.ch.NotifyClose(make(chan *amqp.Error, 1))
+	ss.cancelled = ss.ch.NotifyCancel(make(chan string, 1))
+	c := s.cfg
+	if err = ss.ch.ExchangeDeclare(c.Exchange, "fanout", true, false, false, false, nil); err != nil {
+		return nil, fmt.Errorf("consumer: declare exchange %q: %w", c.Exchange, err)
+	}
+	if _, err = ss.ch.QueueDeclare(c.Stream, true, false, false, false, c.queueArgs()); err != nil {
+		return nil, fmt.Errorf("consumer: declare stream %q: %w", c.Stream, err)
+	}
+	if err = ss.ch.QueueBind(c.Stream, "", c.Exchange, false, nil); err != nil {
+		return nil, fmt.Errorf("consumer: bind stream %q to exchange %q: %w", c.Stream, c.Exchange, err)
+	}
+	// A stream consumer must have a prefetch limit, set before it consumes.
+	if err = ss.ch.Qos(c.Prefetch, 0, false); err != nil {
+		return nil, fmt.Errorf("consumer: set prefetch %d: %w", c.Prefetch, err)
+	}
+	ss.deliveries, err = ss.ch.Consume(c.Stream, "", false, false, false, false,
+		amqp.Table{producer.HeaderStreamOffset: from})
+	if err != nil {
+		return nil, fmt.Errorf("consumer: consume stream %q at %v: %w", c.Stream, from, err)
+	}
+	return ss, nil
+}
+
+// streamCloseOnCancel closes c when ctx is done, until the returned stop is called. stop waits
+// for a close that has already begun, so no goroutine outlives it.
+func streamCloseOnCancel(ctx context.Context, c net.Conn) (stop func()) {
+	done := make(chan struct{})
+	stopFunc := context.AfterFunc(ctx, func() {
+		_ = c.Close()
+		close(done)
+	})
+	return func() {
+		if !stopFunc() {
+			<-done
+		}
+	}
+}
+
+// close closes the channel and the connection, waiting at most streamCloseTimeout for
+// the broker to answer.
+func (ss *streamSession) close() {
+	if ss.raw != nil {
+		_ = ss.raw.SetDeadline(time.Now().Add(streamCloseTimeout))
+	}
+	if ss.ch != nil {
+		_ = ss.ch.Close()
+	}
+	if ss.conn != nil {
+		_ = ss.conn.Close()
+	}
+}
+
+// closeReason says why the deliveries of ss ended. The library sends close errors to
+// the notify channels before it closes the deliveries channel.
+func (ss *streamSession) closeReason() error {
+	select {
+	case tag, ok := <-ss.cancelled: // closed, without a tag, when the channel closes
+		if ok {
+			return fmt.Errorf("consumer: consumer %s cancelled by the broker (stream deleted?)", tag)
+		}
+	default:
+	}
+	for _, c := range []chan *amqp.Error{ss.chClosed, ss.connClosed} {
+		select {
+		case e, ok := <-c:
+			if ok && e != nil {
+				return fmt.Errorf("consumer: %w", e)
+			}
+		default:
+		}
+	}
+	return errors.New("consumer: deliveries closed")
+}
+
+// consume reads the session's deliveries until the channel closes or ctx is done, then
+// closes the session. It returns why the deliveries ended, or nil when ctx is done.
+//
+// Acks only return credit to the broker (a stream keeps its messages), so they are sent
+// with multiple=true every Prefetch/2 deliveries, or as soon as no further delivery is
+// waiting, and the unacked count never reaches Prefetch.
+func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
+	ackEvery := max(1, s.cfg.Prefetch/2)
+	pending, lastTag := 0, uint64(0)
+	ack := func() {
+		if pending == 0 {
+			return
+		}
+		// An error means the channel is closing; the deliveries channel will close next.
+		if err := ss.ch.Ack(lastTag, true); err != nil {
+			s.log.Debug("consumer ack failed", "err", err)
+		}
+		pending = 0
+	}
+	defer ss.close()
+	expect := message.NoOffset // the first offset this session should deliver, when resuming at one
+	if off, ok := ss.from.(int64); ok {
+		expect = off
+	}
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		var d amqp.Delivery
+		var ok bool
+		select {
+		case d, ok = <-ss.deliveries:
+		default:
+			ack() // nothing is waiting: return the credit before blocking
+			select {
+			case d, ok = <-ss.deliveries:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		if !ok {
+			return ss.closeReason()
+		}
+		if expect != message.NoOffset {
+			if off, has := streamDeliveryOffset(d); has && off > expect {
+				s.log.Warn("consumer resumed past its position: messages left the stream's retention while it was away",
+					"want_offset", expect, "got_offset", off, "lost", off-expect)
+			}
+			expect = message.NoOffset
+		}
+		s.handle(d)
+		pending++
+		lastTag = d.DeliveryTag
+		if pending >= ackEvery {
+			ack()
+		}
+	}
+}
+
+// handle decodes one delivery and dispatches it, unless it is at or before the position
+// already handled (a stream can deliver again from the start of a chunk when a consumer
+// attaches inside it) or cannot be decoded. It does not ack.
+func (s *Stream) handle(d amqp.Delivery) {
+	off, hasOff := streamDeliveryOffset(d)
+	if hasOff {
+		if s.pos != message.NoOffset && off <= s.pos {
+			s.log.Debug("consumer skipped a delivery already handled", "offset", off, "position", s.pos)
+			return
+		}
+		s.pos = off
+	}
+	m, err := producer.Decode(d)
+	if err != nil {
+		s.log.Warn("consumer dropped a delivery that is not a Herald message", "offset", off, "err", err)
+		if s.cfg.OnDecodeError != nil {
+			s.cfg.OnDecodeError(err)
+		}
+		return
+	}
+	if m.Time.IsZero() {
+		m.Time = time.Now()
+	}
+	s.d.Dispatch(m)
+	if hasOff {
+		s.last.Store(off)
+	}
+}
+
+// streamDeliveryOffset returns the stream offset RabbitMQ puts on a delivery from a stream.
+func streamDeliveryOffset(d amqp.Delivery) (int64, bool) {
+	off, ok := d.Headers[producer.HeaderStreamOffset].(int64)
+	return off, ok && off >= 0
+}
