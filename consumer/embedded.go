@@ -138,16 +138,12 @@ func (e *Embedded) Run(ctx context.Context) error {
 // at returns the message at offset off, or the oldest retained one after it when off was
 // evicted (with how many were skipped). ok is false when off has not been published yet.
 func (e *Embedded) at(off int64) (m message.Message, ok bool, skipped int64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	oldest := e.next - int64(e.size)
-	if off < oldest {
-		skipped, off = oldest-off, oldest
+	var one [1]message.Message
+	got := e.read(off, one[:0])
+	if len(got) == 0 {
+		return message.Message{}, false, 0
 	}
-	if off >= e.next {
-		return message.Message{}, false, skipped
-	}
-	return e.ring[(e.head+int(off-oldest))%len(e.ring)], true, skipped
+	return got[0], true, got[0].Offset - off
 }
 
 // Newest returns the offset of the newest message published, or -1 when none has been.
@@ -159,3 +155,43 @@ func (e *Embedded) Newest() int64 {
 
 // Connected reports that the embedded bus can take publishes: always.
 func (e *Embedded) Connected() bool { return true }
+
+// replayBatch is how many messages Replay copies out of the log at a time.
+const replayBatch = 64
+
+// Replay calls fn with each retained message after offset since, in offset order, until
+// fn returns false, ctx ends, or it reaches the newest message. since -1 starts at the
+// oldest retained message; where since+1 is no longer retained, it starts at the oldest
+// retained, so the caller sees the gap. It holds the log's lock only to copy a batch.
+func (e *Embedded) Replay(ctx context.Context, since int64, fn func(message.Message) bool) error {
+	next := since + 1
+	batch := make([]message.Message, 0, replayBatch)
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("embedded bus: replay: %w", err)
+		}
+		batch = e.read(next, batch[:0])
+		if len(batch) == 0 {
+			return nil
+		}
+		for _, m := range batch {
+			if !fn(m) {
+				return nil
+			}
+			next = m.Offset + 1
+		}
+	}
+}
+
+// read appends to buf up to cap(buf) messages from offset off (or from the oldest
+// retained, when off is older).
+func (e *Embedded) read(off int64, buf []message.Message) []message.Message {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	oldest := e.next - int64(e.size)
+	off = max(off, oldest)
+	for ; off < e.next && len(buf) < cap(buf); off++ {
+		buf = append(buf, e.ring[(e.head+int(off-oldest))%len(e.ring)])
+	}
+	return buf
+}

@@ -34,10 +34,12 @@ type Conn struct {
 	nc   *batchConn
 	log  *slog.Logger
 	wake chan struct{} // room for one signal to the write pump
+	room chan struct{} // room for one signal from the write pump: it wrote a batch
 	done chan struct{} // closed when the connection is finished (see finish)
 
-	// mu protects queue, queued, closeCode, closeText and flushFirst.
+	// mu protects skip, queue, queued, closeCode, closeText and flushFirst.
 	mu         sync.Mutex
+	skip       int64 // frames of messages at or below this offset were replayed: drop them
 	queue      []*frame
 	queued     int    // bytes in queue
 	closeCode  int    // 0 while open; the close code once a close is asked for
@@ -56,19 +58,31 @@ func newConn(s *Server, ws *websocket.Conn, nc *batchConn, user string) *Conn {
 		srv:  s,
 		ws:   ws,
 		nc:   nc,
-		log:  s.log.With("conn", id),
+		log:  s.logger.With("conn", id),
 		wake: make(chan struct{}, 1),
+		room: make(chan struct{}, 1),
 		done: make(chan struct{}),
+		skip: noSkip,
 	}
 }
 
 func (c *Conn) user() string { return c.usr }
+
+func (c *Conn) skipThrough(offset int64) {
+	c.mu.Lock()
+	c.skip = offset
+	c.mu.Unlock()
+}
 
 // enqueue adds f to the write queue without blocking. If that would take the queue over
 // its byte cap, the connection is closed as a slow consumer (4008) instead, and what it
 // had queued is dropped: the client resumes from its last offset when it reconnects.
 func (c *Conn) enqueue(f *frame) {
 	c.mu.Lock()
+	if f.offset >= 0 && f.offset <= c.skip {
+		c.mu.Unlock() // a replay has given it already
+		return
+	}
 	if c.closeCode != 0 {
 		c.mu.Unlock()
 		c.srv.metrics.dropped(dropClosed, 1)
@@ -89,6 +103,36 @@ func (c *Conn) enqueue(f *frame) {
 	c.queued += f.size()
 	c.mu.Unlock()
 	c.signal()
+}
+
+// enqueueReplay queues a replayed frame, waiting while the queue is over half its cap so
+// that a long replay goes at the client's pace, within the cap. It reports false when the
+// connection closed first. Called by the goroutine that replays, never by fan-out.
+func (c *Conn) enqueueReplay(f *frame) bool {
+	for {
+		c.mu.Lock()
+		if c.closeCode != 0 {
+			c.mu.Unlock()
+			return false
+		}
+		if c.queued == 0 || c.queued+f.size() <= c.srv.cfg.WriteQueueBytes/2 {
+			c.queue = append(c.queue, f)
+			c.queued += f.size()
+			c.mu.Unlock()
+			c.signal()
+			return true
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.room:
+		case <-c.done:
+			return false
+		case <-time.After(c.srv.cfg.PingInterval):
+			// The read pump may be the one replaying: keep its deadline moving while
+			// the client reads.
+			c.extendRead()
+		}
+	}
 }
 
 func (c *Conn) signal() {
@@ -166,6 +210,10 @@ func (c *Conn) writePump() {
 			if code == 0 || flush {
 				err = c.writeBatch(batch)
 			}
+			select {
+			case c.room <- struct{}{}:
+			default:
+			}
 			clear(batch)
 			c.spare = batch
 			if err != nil {
@@ -194,9 +242,13 @@ func (c *Conn) writeBatch(batch []*frame) error {
 	start := 0
 	c.nc.hold()
 	for i, f := range batch {
-		var pm *websocket.PreparedMessage
-		if pm, err = f.prepare(); err == nil {
-			err = c.ws.WritePreparedMessage(pm)
+		if f.shared {
+			var pm *websocket.PreparedMessage
+			if pm, err = f.prepare(); err == nil {
+				err = c.ws.WritePreparedMessage(pm)
+			}
+		} else {
+			err = c.ws.WriteMessage(websocket.TextMessage, f.data)
 		}
 		if err != nil {
 			break
@@ -328,9 +380,15 @@ func (c *Conn) handle(data []byte) {
 	switch r.Op {
 	case "subscribe":
 		ch := *r.Channel
-		c.srv.hub.subscribe(c, ch, func() {
-			c.enqueue(replyTo(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref}))
-		})
+		answer := func() { c.enqueue(replyTo(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref})) }
+		if r.Since == nil {
+			c.srv.hub.subscribe(c, ch, answer)
+			return
+		}
+		// Replay the channel from since, then subscribe live: until then c is not
+		// subscribed (the replay reads what live delivery would have sent).
+		c.srv.hub.unsubscribe(c, ch, answer)
+		c.srv.resumeChannel(c, ch, *r.Since)
 	case "unsubscribe":
 		ch := *r.Channel
 		c.srv.hub.unsubscribe(c, ch, func() {

@@ -55,13 +55,20 @@ func testLogger(t *testing.T) *slog.Logger {
 // newTestGateway starts a gateway on the embedded bus (or on pub, when not nil).
 func newTestGateway(t *testing.T, cfg gateway.Config, pub gateway.Publisher) *testGateway {
 	t.Helper()
+	return newTestGatewayRetaining(t, cfg, pub, consumer.EmbeddedConfig{})
+}
+
+// newTestGatewayRetaining is newTestGateway with the embedded bus's retention set.
+func newTestGatewayRetaining(t *testing.T, cfg gateway.Config, pub gateway.Publisher, ecfg consumer.EmbeddedConfig) *testGateway {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	metrics := gateway.NewMetrics(reg)
 	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics, Logger: testLogger(t)})
 	g := &testGateway{t: t, reg: reg}
 	var health gateway.BusHealth = failingBus{}
 	if pub == nil {
-		g.bus = consumer.NewEmbedded(consumer.EmbeddedConfig{}, hub)
+		g.bus = consumer.NewEmbedded(ecfg, hub)
+		cfg.Log = g.bus
 		hub.SetLogStart(g.bus.Newest())
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})

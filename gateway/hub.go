@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,7 +19,13 @@ type member interface {
 	enqueue(f *frame)
 	// user is the connection's user; empty when anonymous.
 	user() string
+	// skipThrough makes the connection drop frames of messages at or below offset: the
+	// ones a replay has already given it. Called by the hub before the connection joins.
+	skipThrough(offset int64)
 }
+
+// noSkip is the skip offset of a subscription that skips nothing.
+const noSkip = math.MinInt64
 
 // HubConfig configures a Hub.
 type HubConfig struct {
@@ -47,7 +54,7 @@ type Hub struct {
 	// whole messages: a connection gets all of a message's fan-out or none of it.
 	mu       sync.RWMutex
 	members  map[member]*membership
-	channels map[string]map[member]struct{}
+	channels map[string]map[member]int64 // subscriber -> offset through which it skips (replayed)
 	users    map[string]map[member]struct{}
 
 	// last is the offset of the newest message dispatched, message.NoOffset before
@@ -57,6 +64,10 @@ type Hub struct {
 
 	// dedup is owned by the dispatching goroutine.
 	dedup *dedup
+	// dups remembers the offsets of recent messages dropped as duplicates, so that a
+	// replay drops them too. dupMu protects it.
+	dupMu sync.Mutex
+	dups  offsetSet
 }
 
 // membership is a connection's state in the hub; protected by Hub.mu.
@@ -79,7 +90,7 @@ func NewHub(cfg HubConfig) *Hub {
 		log:      cfg.Logger,
 		metrics:  cfg.Metrics,
 		members:  make(map[member]*membership),
-		channels: make(map[string]map[member]struct{}),
+		channels: make(map[string]map[member]int64),
 		users:    make(map[string]map[member]struct{}),
 	}
 	if cfg.DedupWindow > 0 {
@@ -107,6 +118,13 @@ func (h *Hub) newest() (int64, bool) {
 func (h *Hub) Dispatch(m message.Message) {
 	if h.dedup != nil && m.ID != "" && h.dedup.seen(m.ID, m.Time) {
 		h.metrics.dropped(dropDuplicate, 1)
+		if m.Offset >= 0 {
+			h.dupMu.Lock()
+			h.dups.add(m.Offset)
+			h.dupMu.Unlock()
+			h.last.Store(m.Offset)
+			h.known.Store(true)
+		}
 		h.log.Debug("duplicate message dropped", "id", m.ID, "offset", m.Offset)
 		return
 	}
@@ -124,8 +142,10 @@ func (h *Hub) Dispatch(m message.Message) {
 			}
 		}
 	case m.Channel != "":
-		for c := range h.channels[m.Channel] {
-			c.enqueue(f)
+		for c, skip := range h.channels[m.Channel] {
+			if m.Offset > skip {
+				c.enqueue(f)
+			}
 		}
 	default:
 		for c := range h.members {
@@ -161,14 +181,40 @@ func (h *Hub) join(c member, channels []string, first func(newest int64, known b
 	ms := &membership{subs: make(map[string]struct{}, len(channels))}
 	h.members[c] = ms
 	if u := c.user(); u != "" {
-		addTo(h.users, u, c)
+		addTo(h.users, u, c, struct{}{})
 	}
 	for _, ch := range channels {
 		if _, dup := ms.subs[ch]; !dup {
 			ms.subs[ch] = struct{}{}
-			addTo(h.channels, ch, c)
+			addTo(h.channels, ch, c, noSkip)
 		}
 	}
+}
+
+// joinAt is join for a connection that a replay has brought up to offset at: it joins
+// only if no message after at has been dispatched yet (else it reports false, and the
+// replay goes on), and live delivery to it then skips offsets at or below at. then is
+// called under the hub's lock, after c joined, to queue the frame that ends the replay.
+func (h *Hub) joinAt(c member, channels []string, at int64, then func()) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.last.Load() > at {
+		return false
+	}
+	c.skipThrough(at)
+	ms := &membership{subs: make(map[string]struct{}, len(channels))}
+	h.members[c] = ms
+	if u := c.user(); u != "" {
+		addTo(h.users, u, c, struct{}{})
+	}
+	for _, ch := range channels {
+		if _, dup := ms.subs[ch]; !dup {
+			ms.subs[ch] = struct{}{}
+			addTo(h.channels, ch, c, noSkip)
+		}
+	}
+	then()
+	return true
 }
 
 // leave removes c and all its subscriptions. Leaving twice is harmless.
@@ -192,16 +238,21 @@ func (h *Hub) leave(c member) {
 // is dispatched in between, it calls then (which queues the answer), so the answer comes
 // before the channel's first message. It reports false when c is not in the hub.
 func (h *Hub) subscribe(c member, ch string, then func()) bool {
+	return h.subscribeAt(c, ch, noSkip, then)
+}
+
+// subscribeAt is subscribe for a channel that a replay has brought c up to offset at: it
+// subscribes only if no message after at has been dispatched yet (else it reports false,
+// and the replay goes on), and live delivery of ch to c then skips offsets through at.
+func (h *Hub) subscribeAt(c member, ch string, at int64, then func()) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ms, ok := h.members[c]
-	if !ok {
+	if !ok || (at != noSkip && h.last.Load() > at) {
 		return false
 	}
-	if _, dup := ms.subs[ch]; !dup {
-		ms.subs[ch] = struct{}{}
-		addTo(h.channels, ch, c)
-	}
+	ms.subs[ch] = struct{}{}
+	addTo(h.channels, ch, c, at)
 	then()
 	return true
 }
@@ -247,21 +298,53 @@ func (h *Hub) Channels() (channels, subscriptions int) {
 	return len(h.channels), subscriptions
 }
 
-func addTo(index map[string]map[member]struct{}, key string, c member) {
+func addTo[V any](index map[string]map[member]V, key string, c member, v V) {
 	set := index[key]
 	if set == nil {
-		set = make(map[member]struct{})
+		set = make(map[member]V)
 		index[key] = set
 	}
-	set[c] = struct{}{}
+	set[c] = v
 }
 
-func removeFrom(index map[string]map[member]struct{}, key string, c member) {
+func removeFrom[V any](index map[string]map[member]V, key string, c member) {
 	set := index[key]
 	delete(set, c)
 	if len(set) == 0 {
 		delete(index, key)
 	}
+}
+
+// duplicate reports whether the message at offset was dropped as a duplicate.
+func (h *Hub) duplicate(offset int64) bool {
+	h.dupMu.Lock()
+	defer h.dupMu.Unlock()
+	return h.dups.has(offset)
+}
+
+// offsetSet is a bounded set of recent offsets: past its cap, the oldest are forgotten.
+type offsetSet struct {
+	set   map[int64]struct{}
+	order []int64
+}
+
+const maxDupOffsets = 10000
+
+func (s *offsetSet) add(off int64) {
+	if s.set == nil {
+		s.set = make(map[int64]struct{})
+	}
+	if len(s.order) >= maxDupOffsets {
+		delete(s.set, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.set[off] = struct{}{}
+	s.order = append(s.order, off)
+}
+
+func (s *offsetSet) has(off int64) bool {
+	_, ok := s.set[off]
+	return ok
 }
 
 // dedup remembers message ids for a window of publish time, in a bounded map with a

@@ -40,6 +40,8 @@ type Metrics struct {
 	latency            prometheus.Histogram
 	busReconnects      prometheus.Counter
 	busDisconnects     prometheus.Counter
+	resumes            *prometheus.CounterVec
+	replayed           prometheus.Counter
 }
 
 // NewMetrics creates the gateway's counters and registers them with reg. The gauges that
@@ -104,10 +106,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "herald_bus_disconnects_total",
 			Help: "Times a connection to the broker was lost.",
 		}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_resume_requests_total",
+			Help: "Resumes asked for with since (at connect or subscribe), by result: resumed (replayed, then live) or reset (since outside the retained log).",
+		}, []string{"result"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_replayed_messages_total",
+			Help: "Messages sent to resuming clients from the log.",
+		}),
 	}
 	reg.MustRegister(m.accepted, m.refused, m.closedConns, m.publishedTotal, m.publishFailedTotal,
 		m.receivedTotal, m.delivered, m.droppedTotal, m.bytesWritten, m.slowConsumers,
-		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects)
+		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.resumes, m.replayed)
+	m.resumes.WithLabelValues("resumed")
+	m.resumes.WithLabelValues("reset")
 	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged} {
 		m.droppedTotal.WithLabelValues(r)
 	}
@@ -186,6 +198,19 @@ func (m *Metrics) wrote(frames []*frame, n int, now time.Time) {
 		}
 	}
 	m.delivered.Add(float64(delivered))
+}
+
+// resumed counts a resume request and the messages it replayed.
+func (m *Metrics) resumed(ok bool, replayed int) {
+	if m == nil {
+		return
+	}
+	result := "resumed"
+	if !ok {
+		result = "reset"
+	}
+	m.resumes.WithLabelValues(result).Inc()
+	m.replayed.Add(float64(replayed))
 }
 
 // BusDecodeError counts a message from the bus that could not be decoded and was dropped.

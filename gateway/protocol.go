@@ -36,8 +36,13 @@ const Subprotocol = "herald.v1"
 // recipient; the prepared form for the WebSocket library is made once, on first write.
 type frame struct {
 	data []byte
+	// offset is the message's offset in the bus's log; message.NoOffset for replies.
+	offset int64
 	// published is when the message was published (zero for replies), for latency.
 	published time.Time
+	// shared frames go to many connections, and are prepared once for all of them;
+	// the others (replies, replayed messages) are written as they are.
+	shared bool
 
 	prepOnce sync.Once
 	prepared *websocket.PreparedMessage
@@ -80,6 +85,17 @@ type (
 		Ref     string `json:"ref,omitempty"`
 		ID      string `json:"id,omitempty"`
 	}
+	resumedFrame struct {
+		Op      string `json:"op"`
+		Since   int64  `json:"since"`
+		Until   int64  `json:"until"`
+		Channel string `json:"channel,omitempty"`
+	}
+	resetFrame struct {
+		Op      string `json:"op"`
+		Offset  int64  `json:"offset"`
+		Channel string `json:"channel,omitempty"`
+	}
 	errorFrame struct {
 		Op      string `json:"op"`
 		Code    string `json:"code"`
@@ -101,11 +117,18 @@ func newMessageFrame(m message.Message) *frame {
 	if m.Offset >= 0 {
 		mf.Offset = &m.Offset
 	}
-	return &frame{data: mustEncode(mf), published: m.Time}
+	return &frame{data: mustEncode(mf), offset: m.Offset, published: m.Time, shared: true}
+}
+
+// replayFrame encodes m for one resuming client.
+func replayFrame(m message.Message) *frame {
+	f := newMessageFrame(m)
+	f.shared = false
+	return f
 }
 
 // replyTo encodes a frame answering one client.
-func replyTo(v any) *frame { return &frame{data: mustEncode(v)} }
+func replyTo(v any) *frame { return &frame{data: mustEncode(v), offset: message.NoOffset} }
 
 // mustEncode marshals a frame. The frame types hold only strings, integers and data that
 // the bus has validated as JSON, so an error here is a bug.

@@ -76,6 +76,9 @@ type Config struct {
 	DrainBatch int
 	// DrainInterval is the pause between Shutdown's batches. Default 50ms.
 	DrainInterval time.Duration
+	// Log is the bus's history, read to resume clients that connect or subscribe with
+	// since. Default nil: such clients get reset.
+	Log Log
 	// Logger receives the gateway's logs. Default: discard.
 	Logger *slog.Logger
 	// Metrics counts what the gateway does; the Hub should share it. Default: nothing counted.
@@ -123,18 +126,24 @@ var webFiles embed.FS
 // the Hub, takes publishes over HTTP, and serves health, metrics and the demo page.
 type Server struct {
 	cfg      Config
-	log      *slog.Logger
+	logger   *slog.Logger
 	metrics  *Metrics
 	hub      *Hub
+	log      Log
 	pub      Publisher
 	bus      BusHealth
 	upgrader websocket.Upgrader
 	apiKey   [sha256.Size]byte
 	mux      *http.ServeMux
 
-	draining atomic.Bool
 	busReady atomic.Bool
-	conns    sync.WaitGroup // one per connection until it is finished
+
+	// connsMu protects draining and all; conns is added to only under it, while not
+	// draining, so that Shutdown's Wait never races an Add.
+	connsMu  sync.Mutex
+	draining atomic.Bool // written under connsMu; read anywhere
+	all      map[*Conn]struct{}
+	conns    sync.WaitGroup // one per connection in all
 }
 
 // NewServer returns a server for hub that publishes with pub and reports bus health from
@@ -143,7 +152,8 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	cfg.setDefaults()
 	s := &Server{
 		cfg:     cfg,
-		log:     cfg.Logger,
+		logger:  cfg.Logger,
+		log:     cfg.Log,
 		metrics: cfg.Metrics,
 		hub:     hub,
 		pub:     pub,
@@ -155,6 +165,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		},
 		apiKey: sha256.Sum256([]byte(cfg.APIKey)),
 		mux:    http.NewServeMux(),
+		all:    make(map[*Conn]struct{}),
 	}
 	s.upgrader.Error = s.handshakeError
 	if err := cfg.Registry.Register(newStateCollector(hub, bus)); err != nil {
@@ -212,11 +223,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusBadRequest, "bad_query", err.Error())
 		return
 	}
+	var since *int64
 	if v := q.Get("since"); v != "" {
-		if n, err := strconv.ParseInt(v, 10, 64); err != nil || n < -1 {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < -1 {
 			s.refuse(w, http.StatusBadRequest, "bad_query", "since must be -1 or an offset")
 			return
 		}
+		since = &n
 	}
 	user := ""
 	if s.cfg.InsecureUserParam {
@@ -230,25 +244,57 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	c := newConn(s, ws, rec.conn, user)
 	s.metrics.acceptedConn()
-	s.conns.Add(1)
-	defer s.conns.Done()
-	s.hub.join(c, channels, func(newest int64, known bool) {
+	if !s.track(c) {
+		// Draining began during the upgrade: tell the client to go elsewhere.
+		_ = ws.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(websocket.CloseGoingAway, "gateway shutting down"),
+			time.Now().Add(time.Second))
+		_ = ws.Close()
+		s.metrics.closed(websocket.CloseGoingAway)
+		return
+	}
+	defer s.untrack(c)
+	welcome := func(newest int64, known bool) {
 		wf := welcomeFrame{Op: "welcome", Conn: c.id, Node: s.cfg.NodeID, User: user}
 		if known {
 			wf.Offset = &newest
 		}
 		c.enqueue(replyTo(wf))
-	})
-	if s.draining.Load() {
-		c.requestClose(websocket.CloseGoingAway, "gateway shutting down", true)
+	}
+	if since == nil {
+		s.hub.join(c, channels, welcome)
+	} else {
+		welcome(s.hub.newest()) // c joins the hub when its replay is done
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		c.writePump()
 	}()
+	if since != nil {
+		s.resumeConnect(c, *since, channels)
+	}
 	c.readPump()
 	<-done
+}
+
+// track adds c to the connections that Shutdown drains; false once draining.
+func (s *Server) track(c *Conn) bool {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	if s.draining.Load() {
+		return false
+	}
+	s.all[c] = struct{}{}
+	s.conns.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *Conn) {
+	s.connsMu.Lock()
+	delete(s.all, c)
+	s.connsMu.Unlock()
+	s.conns.Done()
 }
 
 func (s *Server) handshakeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
@@ -324,7 +370,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.metrics.publishFailed(sourceHTTP)
-		s.log.Warn("HTTP publish failed", "err", err)
+		s.logger.Warn("HTTP publish failed", "err", err)
 		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the bus cannot take messages now; retry")
 		return
 	}
@@ -363,14 +409,14 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // it reconnects elsewhere and resumes), DrainBatch at a time. It returns when every
 // connection is finished, or ctx.Err() when ctx ends first.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.connsMu.Lock()
 	s.draining.Store(true)
-	var all []*Conn
-	s.hub.forEach(func(m member) {
-		if c, ok := m.(*Conn); ok {
-			all = append(all, c)
-		}
-	})
-	s.log.Info("draining", "connections", len(all))
+	all := make([]*Conn, 0, len(s.all))
+	for c := range s.all {
+		all = append(all, c)
+	}
+	s.connsMu.Unlock()
+	s.logger.Info("draining", "connections", len(all))
 	for i := 0; i < len(all); i += s.cfg.DrainBatch {
 		for _, c := range all[i:min(i+s.cfg.DrainBatch, len(all))] {
 			c.requestClose(websocket.CloseGoingAway, "gateway shutting down", true)

@@ -53,6 +53,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 type bus struct {
 	gateway.Publisher
 	gateway.BusHealth
+	gateway.Log
 	run   func(context.Context) error
 	ready <-chan struct{} // closed once messages published from now on reach the hub
 	close func()
@@ -93,6 +94,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		PublishTimeout:       cfg.PublishTimeout,
 		DisableClientPublish: cfg.NoClientPublish,
 		InsecureUserParam:    cfg.InsecureUserParam,
+		Log:                  b.Log,
 		Logger:               log,
 		Metrics:              metrics,
 		Registry:             reg,
@@ -179,7 +181,7 @@ func embeddedBus(cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *ga
 	hub.SetLogStart(e.Newest())
 	ready := make(chan struct{})
 	close(ready)
-	return bus{Publisher: e, BusHealth: e, run: e.Run, ready: ready, close: func() {}}
+	return bus{Publisher: e, BusHealth: e, Log: e, run: e.Run, ready: ready, close: func() {}}
 }
 
 // rabbitHealth is connected when both the publisher and the stream consumer are.

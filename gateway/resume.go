@@ -1,0 +1,178 @@
+package gateway
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/heraldgw/herald/producer/message"
+)
+
+// Log is the bus's ordered, retained history, read to resume clients (PROTOCOL.md
+// section 4).
+type Log interface {
+	// Replay calls fn with the retained messages after offset since (since -1: from the
+	// oldest retained), in offset order, until fn returns false or ctx ends. A message
+	// at or below since may come first (a log may start at a block boundary); one after
+	// since+1 means the log no longer holds since+1. It may return nil at the end of
+	// what the log holds.
+	Replay(ctx context.Context, since int64, fn func(message.Message) bool) error
+}
+
+// newestLog is a Log that knows its newest offset exactly (the embedded bus), so that a
+// since beyond it is known at once to be from another life of the log.
+type newestLog interface {
+	Newest() int64
+}
+
+// resumeWait bounds how long a resume waits for this gateway's live delivery to reach a
+// since that it has not reached yet (the client comes from a gateway that was ahead).
+const resumeWait = 2 * time.Second
+
+// resume brings c up to date from offset since: it replays the log's messages after
+// since that wants accepts, at the client's pace, then hands c over to live delivery with
+// handover, under the hub's lock, so that nothing is missed or sent twice. handover(at,
+// reset) must join c at offset at (reporting false when live delivery has passed at) or,
+// with reset, join it unconditionally and tell the client to reload.
+//
+// It runs on the goroutine of the client that asked, never on fan-out's.
+func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool, handover func(at int64, reset bool) bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	reset := func(why string) {
+		c.log.Debug("resume: reset", "since", since, "why", why)
+		s.metrics.resumed(false, 0)
+		handover(0, true)
+	}
+	if s.log == nil {
+		reset("the bus keeps no log")
+		return
+	}
+	if nl, ok := s.log.(newestLog); ok && since > nl.Newest() {
+		reset("since is beyond the log")
+		return
+	}
+	if newest, _ := s.hub.newest(); since > newest && !s.waitFor(ctx, since) {
+		reset("since is beyond what this gateway has received")
+		return
+	}
+
+	cursor, replayed := since, 0
+	seen := make(map[string]struct{}) // ids replayed, for messages live delivery has not deduplicated yet
+	for ctx.Err() == nil {
+		if handover(cursor, false) {
+			s.metrics.resumed(true, replayed)
+			return
+		}
+		truncated, handed, progressed := false, false, false
+		err := s.log.Replay(ctx, cursor, func(m message.Message) bool {
+			if m.Offset <= cursor {
+				return true
+			}
+			if m.Offset > cursor+1 && !(since == -1 && cursor == -1) {
+				truncated = true
+				return false
+			}
+			cursor, progressed = m.Offset, true
+			if wants(&m) && !s.hub.duplicate(m.Offset) && !seenID(seen, m.ID) {
+				if !c.enqueueReplay(replayFrame(m)) {
+					return false
+				}
+				replayed++
+			}
+			if newest, _ := s.hub.newest(); cursor >= newest && handover(cursor, false) {
+				handed = true
+				return false
+			}
+			return true
+		})
+		switch {
+		case handed:
+			s.metrics.resumed(true, replayed)
+			return
+		case truncated:
+			reset("since is older than the retained log")
+			return
+		case err != nil && ctx.Err() == nil:
+			c.log.Warn("resume: replay failed", "err", err)
+			reset("replay failed")
+			return
+		case !progressed:
+			time.Sleep(10 * time.Millisecond) // the log has not caught up with live delivery yet
+		}
+	}
+}
+
+// seenID reports whether id is in seen, and adds it.
+func seenID(seen map[string]struct{}, id string) bool {
+	if id == "" {
+		return false
+	}
+	if _, ok := seen[id]; ok {
+		return true
+	}
+	seen[id] = struct{}{}
+	return false
+}
+
+// waitFor waits, up to resumeWait, until live delivery has reached offset.
+func (s *Server) waitFor(ctx context.Context, offset int64) bool {
+	deadline := time.Now().Add(resumeWait)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if newest, _ := s.hub.newest(); newest >= offset {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}
+
+// resumeConnect resumes a new connection from since, for its user and channels, and then
+// joins it to the hub.
+func (s *Server) resumeConnect(c *Conn, since int64, channels []string) {
+	wants := func(m *message.Message) bool {
+		switch {
+		case len(m.Users) > 0:
+			return c.usr != "" && slices.Contains(m.Users, c.usr)
+		case m.Channel != "":
+			return slices.Contains(channels, m.Channel)
+		}
+		return true
+	}
+	s.resume(c, since, wants, func(at int64, reset bool) bool {
+		if reset {
+			s.hub.join(c, channels, func(newest int64, _ bool) {
+				c.enqueue(replyTo(resetFrame{Op: "reset", Offset: newest}))
+			})
+			return true
+		}
+		return s.hub.joinAt(c, channels, at, func() {
+			c.enqueue(replyTo(resumedFrame{Op: "resumed", Since: since, Until: at}))
+		})
+	})
+}
+
+// resumeChannel subscribes c to ch from since: it replays ch's messages after since, then
+// subscribes c live.
+func (s *Server) resumeChannel(c *Conn, ch string, since int64) {
+	wants := func(m *message.Message) bool { return len(m.Users) == 0 && m.Channel == ch }
+	s.resume(c, since, wants, func(at int64, reset bool) bool {
+		if reset {
+			return s.hub.subscribe(c, ch, func() {
+				newest, _ := s.hub.newest()
+				c.enqueue(replyTo(resetFrame{Op: "reset", Offset: newest, Channel: ch}))
+			})
+		}
+		return s.hub.subscribeAt(c, ch, at, func() {
+			c.enqueue(replyTo(resumedFrame{Op: "resumed", Since: since, Until: at, Channel: ch}))
+		})
+	})
+}
