@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -172,6 +173,12 @@ type Stream struct {
 	connected atomic.Bool  // whether a consumer is attached now
 	last      atomic.Int64 // offset of the last message dispatched; message.NoOffset before one
 
+	// replaySlots has a place for each replay running (see Replay); replayMu protects
+	// replayConn, the connection replays share.
+	replaySlots chan struct{}
+	replayMu    sync.Mutex
+	replayConn  *amqp.Connection
+
 	// Owned by Run's goroutine.
 	pos      int64     // offset of the last delivery handled (dispatched, dropped or skipped); NoOffset before one
 	attached time.Time // when the first consumer was attached (at "next")
@@ -187,6 +194,8 @@ func NewStream(cfg StreamConfig, d Dispatcher) *Stream {
 		log:   cfg.Logger.With("component", "consumer", "stream", cfg.Stream),
 		ready: make(chan struct{}),
 		pos:   message.NoOffset,
+
+		replaySlots: make(chan struct{}, maxReplays),
 	}
 	s.last.Store(message.NoOffset)
 	return s
@@ -221,6 +230,7 @@ func (s *Stream) Run(ctx context.Context) error {
 	if err := s.cfg.validate(); err != nil {
 		return err
 	}
+	defer s.closeReplays()
 	ss, err := s.open(ctx, "next")
 	if err != nil {
 		if ctx.Err() != nil {

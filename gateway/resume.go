@@ -14,8 +14,9 @@ type Log interface {
 	// Replay calls fn with the retained messages after offset since (since -1: from the
 	// oldest retained), in offset order, until fn returns false or ctx ends. A message
 	// at or below since may come first (a log may start at a block boundary); one after
-	// since+1 means the log no longer holds since+1. It may return nil at the end of
-	// what the log holds.
+	// since+1 means the log no longer holds since+1. A message the bus could not decode
+	// comes with only its Offset (nil Data): it keeps the offsets contiguous and is not
+	// delivered. Replay may return nil at the end of what the log holds.
 	Replay(ctx context.Context, since int64, fn func(message.Message) bool) error
 }
 
@@ -82,7 +83,7 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 				return false
 			}
 			cursor, progressed = m.Offset, true
-			if wants(&m) && !s.hub.duplicate(m.Offset) && !seenID(seen, m.ID) {
+			if m.Data != nil && wants(&m) && !s.hub.duplicate(m.Offset) && !seenID(seen, m.ID) {
 				if !c.enqueueReplay(replayFrame(m)) {
 					return false
 				}

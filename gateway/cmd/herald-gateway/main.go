@@ -219,6 +219,7 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 	return bus{
 		Publisher: pub,
 		BusHealth: rabbitHealth{p: pub, s: stream},
+		Log:       stream,
 		run:       stream.Run,
 		ready:     stream.Ready(),
 		close:     func() { _ = pub.Close() },
