@@ -160,9 +160,20 @@ func (m *Metrics) refusedHandshake(reason string) {
 	}
 }
 
+// closeCodeLabel is the label a close code is counted under: a client may send any code
+// from 3000 to 4999, so codes the protocol does not name are counted as "other", to keep
+// the label set small.
+func closeCodeLabel(code int) string {
+	switch code {
+	case 1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1011, CloseSlowConsumer, CloseRateLimited:
+		return strconv.Itoa(code)
+	}
+	return "other"
+}
+
 func (m *Metrics) closed(code int) {
 	if m != nil {
-		m.closedConns.WithLabelValues(strconv.Itoa(code)).Inc()
+		m.closedConns.WithLabelValues(closeCodeLabel(code)).Inc()
 	}
 }
 

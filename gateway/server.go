@@ -119,7 +119,7 @@ func (c *Config) setDefaults() {
 	}
 }
 
-//go:embed web
+//go:embed web/index.html web/*.js web/*.css
 var webFiles embed.FS
 
 // Server is the gateway's HTTP side: it upgrades /ws requests to connections that join

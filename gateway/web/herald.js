@@ -1,0 +1,781 @@
+// herald.js: the browser client of the Herald WebSocket gateway (wire protocol herald.v1).
+//
+// One ES module with no dependencies and no build step: import it from the gateway
+// (`/herald.js`) or from a copy of the file.
+//
+//   import { Herald } from "/herald.js";
+//   const h = new Herald("/ws", { channels: ["news"] });
+//   h.addEventListener("message", (ev) => console.log(ev.detail.data));
+//   const { id } = await h.publish("news", { text: "hello" });
+//
+// The client reconnects by itself with exponential backoff and full jitter, honours the
+// gateway's close codes, restores its subscriptions, and resumes from the last offset it
+// saw (`since`), dropping any message it has already seen. The pure parts (backoff,
+// duplicate filter, close-code policy, URL building, token expiry) are exported on their
+// own so that they can be tested without a browser.
+
+/** The WebSocket subprotocol the client offers. */
+export const SUBPROTOCOL = "herald.v1";
+
+/** The close code the client sends when `drop()` cuts the connection for a demo or test. */
+export const CLOSE_DROPPED = 4000;
+
+const CHANNEL_RE = /^[A-Za-z0-9_\-.:/]{1,128}$/;
+
+/**
+ * Whether name is a valid channel name: 1 to 128 characters of `A-Z a-z 0-9 _ - . : /`.
+ * @param {unknown} name
+ * @returns {boolean}
+ */
+export function validChannel(name) {
+  return typeof name === "string" && CHANNEL_RE.test(name);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backoff
+
+/**
+ * @typedef {Object} BackoffOptions
+ * @property {number} [base=500] the ceiling of the first delay, in ms
+ * @property {number} [cap=30000] the largest delay, in ms
+ * @property {() => number} [random=Math.random] a source of numbers in [0, 1)
+ * @property {number} [floor=0] the smallest delay, in ms (after 4029, rate limited)
+ */
+
+/**
+ * The delay before reconnect attempt number `attempt` (0 for the first): exponential
+ * backoff with full jitter, a uniformly random delay in [0, min(cap, base * 2^attempt)),
+ * raised to `floor` and never above `cap`.
+ * @param {number} attempt
+ * @param {BackoffOptions} [opts]
+ * @returns {number} milliseconds
+ */
+export function backoffDelay(attempt, { base = 500, cap = 30000, random = Math.random, floor = 0 } = {}) {
+  const ceiling = Math.min(cap, base * 2 ** Math.min(Math.max(attempt, 0), 32));
+  const jittered = Math.floor(random() * ceiling);
+  return Math.min(cap, Math.max(floor, jittered));
+}
+
+/** Backoff counts reconnect attempts and gives the delay before each. */
+export class Backoff {
+  /** @param {BackoffOptions} [opts] */
+  constructor(opts = {}) {
+    /** @private */ this.opts = opts;
+    /** The number of delays given since the last reset. */
+    this.attempt = 0;
+  }
+
+  /**
+   * The delay before the next attempt; each call grows the ceiling.
+   * @param {number} [floor=0] the smallest delay for this attempt, in ms
+   * @returns {number} milliseconds
+   */
+  next(floor = 0) {
+    return backoffDelay(this.attempt++, { ...this.opts, floor });
+  }
+
+  /** Starts again from the first delay, after a connection that stayed up. */
+  reset() {
+    this.attempt = 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Offsets
+
+/**
+ * OffsetFilter drops messages already seen: offsets are one increasing sequence, so a
+ * message whose offset is not above the last one seen is a duplicate. Messages without an
+ * offset (a bus that keeps no log) always pass.
+ */
+export class OffsetFilter {
+  /** @param {number | null} [last=null] the last offset already seen, or null for none */
+  constructor(last = null) {
+    /** @type {number | null} The last offset seen, or null before any. */
+    this.last = typeof last === "number" ? last : null;
+  }
+
+  /**
+   * Whether a message with this offset is new; if it is, it becomes the last seen.
+   * @param {unknown} offset
+   * @returns {boolean}
+   */
+  accept(offset) {
+    if (typeof offset !== "number") return true;
+    if (this.last !== null && offset <= this.last) return false;
+    this.last = offset;
+    return true;
+  }
+
+  /**
+   * Sets where the client starts when it has seen nothing yet (the welcome frame's offset).
+   * @param {unknown} offset
+   */
+  seed(offset) {
+    if (this.last === null && typeof offset === "number") this.last = offset;
+  }
+
+  /**
+   * Moves the last seen offset to `offset`, up or down (a `reset` frame: the log restarted
+   * or the client fell out of retention).
+   * @param {unknown} offset
+   */
+  reset(offset) {
+    if (typeof offset === "number") this.last = offset;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Close codes
+
+/**
+ * What the client does after the connection closed with `code` (PROTOCOL.md section 1):
+ * - "stop": stay closed (1000).
+ * - "token": reconnect only with a new token from getToken (1008).
+ * - "fatal": stay closed, the client is at fault (1003, 1007, 1009).
+ * - "slow": reconnect after a longer backoff (4029, rate limited).
+ * - "reconnect": reconnect with backoff and `since` (1001, 1011, 4008, 1006 network loss,
+ *   and any other code).
+ * @param {number} code
+ * @returns {"stop" | "token" | "fatal" | "slow" | "reconnect"}
+ */
+export function closeAction(code) {
+  switch (code) {
+    case 1000:
+      return "stop";
+    case 1008:
+      return "token";
+    case 1003:
+    case 1007:
+    case 1009:
+      return "fatal";
+    case 4029:
+      return "slow";
+    default:
+      return "reconnect";
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// URLs and tokens
+
+/**
+ * @typedef {Object} ConnectParams
+ * @property {Iterable<string>} [channels] subscribed at connect (the `channels` parameter)
+ * @property {number | null} [since] the last offset seen; null or absent for none
+ * @property {string} [token] a JWT (the `token` parameter)
+ * @property {Record<string, string>} [params] more query parameters
+ */
+
+/**
+ * The URL to connect to. `url` may be absolute (ws:, wss:, http:, https:) or relative to
+ * `base` (the page's address in a browser); http(s) becomes ws(s).
+ * @param {string | URL} url
+ * @param {ConnectParams} [p]
+ * @param {string} [base]
+ * @returns {string}
+ */
+export function buildURL(url, { channels, since, token, params } = {}, base) {
+  const u = new URL(String(url), base);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  if (u.protocol !== "ws:" && u.protocol !== "wss:") {
+    throw new TypeError(`herald: ${u.protocol} is not a WebSocket URL`);
+  }
+  for (const [k, v] of Object.entries(params ?? {})) {
+    if (v !== undefined && v !== null) u.searchParams.set(k, String(v));
+  }
+  const list = [...(channels ?? [])];
+  if (list.length > 0) u.searchParams.set("channels", list.join(","));
+  else u.searchParams.delete("channels");
+  if (typeof since === "number") u.searchParams.set("since", String(since));
+  else u.searchParams.delete("since");
+  if (token) u.searchParams.set("token", token);
+  return u.toString();
+}
+
+/**
+ * The expiry (`exp` claim, seconds since the epoch) of a JWT, or null when the token is
+ * not a JWT or has no `exp`. The signature is not checked: that is the gateway's job.
+ * @param {string | undefined | null} token
+ * @returns {number | null}
+ */
+export function jwtExpiry(token) {
+  if (typeof token !== "string") return null;
+  const parts = token.split(".");
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = atob(b64.padEnd(b64.length + ((4 - (b64.length % 4)) % 4), "="));
+    const exp = JSON.parse(json).exp;
+    return typeof exp === "number" && Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+
+/** An error answered by the gateway (`error` frame) or made by the client. */
+export class HeraldError extends Error {
+  /**
+   * @param {string} code one of PROTOCOL.md's codes (`bad_request`, `forbidden`,
+   *   `rate_limited`, `too_large`, `unavailable`, ...) or the client's own:
+   *   `disconnected` (the connection was lost or not open), `closed` (close() was called),
+   *   `token` (no usable token), `fatal` (the gateway closed for a client bug).
+   * @param {string} message
+   * @param {string} [ref] the ref of the op it answers
+   */
+  constructor(code, message, ref) {
+    super(message);
+    this.name = "HeraldError";
+    /** @type {string} */ this.code = code;
+    /** @type {string | undefined} */ this.ref = ref;
+  }
+}
+
+/**
+ * @typedef {"connecting" | "open" | "reconnecting" | "closed"} HeraldState
+ */
+
+/**
+ * @typedef {Object} MessageFrame
+ * @property {"message"} op
+ * @property {string} id
+ * @property {string} [channel] absent for a broadcast to all
+ * @property {number} [offset] absent where the bus keeps no log
+ * @property {string} [from] the publishing user; absent for backend publishes
+ * @property {string} time RFC 3339
+ * @property {unknown} data
+ */
+
+/**
+ * @typedef {Object} StateDetail
+ * @property {HeraldState} state
+ * @property {number} [code] the close code that caused the change
+ * @property {string} [reason] the close reason
+ * @property {number} [delay] ms until the next attempt (state "reconnecting")
+ */
+
+/**
+ * @typedef {Object} HeraldOptions
+ * @property {string} [token] a JWT, sent as `?token=` at connect
+ * @property {() => (string | Promise<string>)} [getToken] gives a fresh token: called
+ *   before each reconnect, after a close with 1008 (the client reconnects only when the
+ *   token is new), and `refreshBefore` ms before the token's `exp`, when the new token is
+ *   sent with a `refresh` op
+ * @property {Iterable<string>} [channels] channels to subscribe to at connect
+ * @property {number} [since] the last offset the page has already seen (e.g. kept across
+ *   reloads); by default the client starts from the newest offset at its first welcome
+ * @property {Record<string, string>} [params] more query parameters for the connect URL
+ * @property {number} [backoffBase=500] ceiling of the first reconnect delay, ms
+ * @property {number} [backoffCap=30000] the largest reconnect delay, ms
+ * @property {number} [rateLimitedDelay=5000] the smallest delay after close 4029, ms
+ * @property {number} [stableAfter=10000] a connection open this long resets the backoff, ms
+ * @property {number} [refreshBefore=60000] how long before `exp` to refresh the token, ms
+ * @property {() => number} [random=Math.random] source of jitter (tests)
+ * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (tests, non-browser
+ *   runtimes); default globalThis.WebSocket
+ * @property {string} [base] what relative URLs resolve against; default location.href
+ */
+
+/**
+ * @typedef {Object} Pending
+ * @property {"publish" | "subscribe" | "unsubscribe" | "refresh"} kind
+ * @property {(v: any) => void} resolve
+ * @property {(e: Error) => void} reject
+ * @property {string} [channel]
+ */
+
+/**
+ * Herald is a connection to a Herald gateway that stays up: it reconnects after losses and
+ * resumes where it left off. It is an EventTarget; each event is a CustomEvent whose
+ * `detail` is:
+ * - `message`: the message frame ({@link MessageFrame}), each exactly once, in order;
+ * - `state`: a {@link StateDetail} (connecting, open, reconnecting, closed);
+ * - `welcome`: the welcome frame (`conn`, `node`, `user`, `offset`), on every connect;
+ * - `resumed`: the resumed frame (`since`, `until`) after a replay;
+ * - `reset`: the reset frame (`offset`): history was lost, reload your state;
+ * - `error`: a {@link HeraldError} that no Promise answers (an `error` frame without a
+ *   pending op, a refused token, a fatal close).
+ *
+ * The client connects as soon as it is made (in a microtask, so listeners added right
+ * after the constructor see the first `state` event).
+ */
+export class Herald extends EventTarget {
+  /** @type {string | URL} */ #url;
+  /** @type {HeraldOptions} */ #opts;
+  /** @type {string | undefined} */ #token;
+  /** @type {Set<string>} */ #channels;
+  #filter;
+  #backoff;
+  /** @type {WebSocket | null} */ #ws = null;
+  /** @type {HeraldState} */ #state = "connecting";
+  #stopped = false;
+  #seq = 0;
+  /** @type {Map<string, Pending>} */ #pending = new Map();
+  /** @type {Pending[]} waiters for the next welcome */ #waitingOpen = [];
+  /** @type {ReturnType<typeof setTimeout> | null} */ #retryTimer = null;
+  /** @type {ReturnType<typeof setTimeout> | null} */ #refreshTimer = null;
+  /** @type {number | null} */ #openedAt = null;
+  /** @type {object | null} */ #welcome = null;
+
+  /**
+   * @param {string | URL} url the gateway's /ws endpoint, absolute or relative to the page
+   * @param {HeraldOptions} [opts]
+   */
+  constructor(url, opts = {}) {
+    super();
+    this.#url = url;
+    this.#opts = opts;
+    this.#token = opts.token;
+    this.#channels = new Set();
+    for (const ch of opts.channels ?? []) {
+      if (!validChannel(ch)) throw new TypeError(`herald: invalid channel name ${JSON.stringify(ch)}`);
+      this.#channels.add(ch);
+    }
+    this.#filter = new OffsetFilter(opts.since ?? null);
+    this.#backoff = new Backoff({
+      base: opts.backoffBase ?? 500,
+      cap: opts.backoffCap ?? 30000,
+      random: opts.random ?? Math.random,
+    });
+    queueMicrotask(() => {
+      if (!this.#stopped && !this.#ws) {
+        this.#setState("connecting");
+        this.#connect();
+      }
+    });
+  }
+
+  /** @returns {HeraldState} the connection's state now */
+  get state() {
+    return this.#state;
+  }
+
+  /** @returns {number | null} the last offset seen, or null before any */
+  get lastOffset() {
+    return this.#filter.last;
+  }
+
+  /** @returns {string[]} the channels the client is subscribed to (or will be at connect) */
+  get channels() {
+    return [...this.#channels];
+  }
+
+  /** @returns {object | null} the last welcome frame */
+  get welcome() {
+    return this.#welcome;
+  }
+
+  /**
+   * Subscribes to a channel, now when open and at every reconnect. Resolves once the
+   * gateway has answered `subscribed` (or, when not open, once the next connection is up).
+   * @param {string} channel
+   * @returns {Promise<void>}
+   */
+  subscribe(channel) {
+    if (!validChannel(channel)) {
+      return Promise.reject(new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`));
+    }
+    this.#channels.add(channel);
+    return this.#channelOp("subscribe", channel);
+  }
+
+  /**
+   * Unsubscribes from a channel. Resolves once the gateway has answered `unsubscribed` (or,
+   * when not open, at once: the channel is left out of the next connect).
+   * @param {string} channel
+   * @returns {Promise<void>}
+   */
+  unsubscribe(channel) {
+    if (!this.#channels.delete(channel)) return Promise.resolve();
+    if (!this.#isOpen()) return Promise.resolve();
+    return this.#channelOp("unsubscribe", channel);
+  }
+
+  /**
+   * Publishes data to a channel (or to everyone when channel is null). Resolves with the
+   * message's id once the bus has taken it (`ack`); rejects with a {@link HeraldError} when
+   * the gateway refuses it (`error`), when the connection is not open, or when it is lost
+   * before the answer (code `disconnected`: the message may or may not have been taken).
+   * @param {string | null} channel
+   * @param {unknown} data any JSON value
+   * @returns {Promise<{id: string}>}
+   */
+  publish(channel, data) {
+    if (channel !== null && channel !== undefined && !validChannel(channel)) {
+      return Promise.reject(new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`));
+    }
+    if (data === undefined) return Promise.reject(new TypeError("herald: publish needs data"));
+    if (!this.#isOpen()) {
+      return Promise.reject(new HeraldError("disconnected", "herald: not connected; publish again when open"));
+    }
+    const ref = this.#nextRef();
+    /** @type {Record<string, unknown>} */
+    const frame = { op: "publish", ref, data };
+    if (channel !== null && channel !== undefined) frame.channel = channel;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(ref, { kind: "publish", resolve, reject });
+      this.#send(frame);
+    });
+  }
+
+  /**
+   * Sends a fresh token on the open connection (`refresh` op) and uses it for every later
+   * connect. The client calls this by itself before `exp` when `getToken` is given.
+   * @param {string} token
+   * @returns {Promise<void>}
+   */
+  refresh(token) {
+    this.#token = token;
+    this.#scheduleRefresh();
+    if (!this.#isOpen()) return Promise.resolve();
+    const ref = this.#nextRef();
+    return new Promise((resolve, reject) => {
+      this.#pending.set(ref, { kind: "refresh", resolve, reject });
+      this.#send({ op: "refresh", token, ref });
+    });
+  }
+
+  /**
+   * Closes the connection with 1000 and stays closed. Pending publishes are rejected.
+   */
+  close() {
+    this.#stopped = true;
+    this.#clearTimers();
+    const ws = this.#detach();
+    if (ws) ws.close(1000, "client closed");
+    this.#failPending("closed", "herald: the client was closed", true);
+    this.#openedAt = null;
+    this.#setState("closed", { code: 1000, reason: "client closed" });
+  }
+
+  /**
+   * Connects again after close() or after the client stopped (1000, 1008 with no new
+   * token, a fatal close), with `since` when an offset was seen. Does nothing while the
+   * client is connecting, open or waiting to reconnect.
+   */
+  connect() {
+    if (this.#ws || (this.#retryTimer !== null && !this.#stopped)) return;
+    this.#stopped = false;
+    this.#clearTimers();
+    this.#backoff.reset();
+    this.#setState("connecting");
+    this.#connect();
+  }
+
+  /**
+   * Cuts the connection as a network loss would (the gateway sees close code 4000), then
+   * reconnects and resumes as after any loss, but not sooner than `holdMs`. For demos and
+   * tests of resume.
+   * @param {number} [holdMs=0]
+   */
+  drop(holdMs = 0) {
+    const ws = this.#detach();
+    if (!ws) return;
+    try {
+      ws.close(CLOSE_DROPPED, "dropped by the client");
+    } catch {
+      // already closing
+    }
+    this.#closed(1006, "dropped by the client", holdMs);
+  }
+
+  // -------------------------------------------------------------------------------------
+
+  #isOpen() {
+    return this.#state === "open" && this.#ws !== null;
+  }
+
+  #nextRef() {
+    return String(++this.#seq);
+  }
+
+  /** @param {object} frame */
+  #send(frame) {
+    this.#ws?.send(JSON.stringify(frame));
+  }
+
+  /**
+   * @param {"subscribe" | "unsubscribe"} kind
+   * @param {string} channel
+   * @returns {Promise<void>}
+   */
+  #channelOp(kind, channel) {
+    return new Promise((resolve, reject) => {
+      if (!this.#isOpen()) {
+        this.#waitingOpen.push({ kind, resolve, reject, channel });
+        return;
+      }
+      const ref = this.#nextRef();
+      this.#pending.set(ref, { kind, resolve, reject, channel });
+      this.#send({ op: kind, channel, ref });
+    });
+  }
+
+  /**
+   * @param {HeraldState} state
+   * @param {Omit<StateDetail, "state">} [extra]
+   */
+  #setState(state, extra = {}) {
+    this.#state = state;
+    this.#emit("state", { state, ...extra });
+  }
+
+  /**
+   * @param {string} type
+   * @param {unknown} detail
+   */
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #connect() {
+    const WS = this.#opts.WebSocket ?? globalThis.WebSocket;
+    const base = this.#opts.base ?? globalThis.location?.href;
+    let url;
+    try {
+      url = buildURL(
+        this.#url,
+        { channels: this.#channels, since: this.#filter.last, token: this.#token, params: this.#opts.params },
+        base,
+      );
+    } catch (err) {
+      this.#stopped = true;
+      this.#emit("error", new HeraldError("fatal", String(err)));
+      this.#setState("closed", { reason: String(err) });
+      return;
+    }
+    const ws = new WS(url, [SUBPROTOCOL]);
+    this.#ws = ws;
+    ws.onmessage = (ev) => {
+      if (ws === this.#ws) this.#onFrame(ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (ws !== this.#ws) return;
+      this.#detach();
+      this.#closed(ev.code, ev.reason ?? "", 0);
+    };
+  }
+
+  /** Unhooks the current socket and returns it. */
+  #detach() {
+    const ws = this.#ws;
+    if (ws) {
+      ws.onmessage = null;
+      ws.onclose = null;
+      this.#ws = null;
+    }
+    return ws;
+  }
+
+  /** @param {unknown} data */
+  #onFrame(data) {
+    let f;
+    try {
+      f = JSON.parse(String(data));
+    } catch {
+      return; // the gateway sends only JSON objects
+    }
+    if (!f || typeof f !== "object") return;
+    switch (f.op) {
+      case "message":
+        if (this.#filter.accept(f.offset)) this.#emit("message", f);
+        return;
+      case "welcome":
+        this.#onWelcome(f);
+        return;
+      case "resumed":
+        if (typeof f.until === "number" && !f.channel && (this.#filter.last === null || f.until > this.#filter.last)) {
+          this.#filter.last = f.until;
+        }
+        this.#emit("resumed", f);
+        return;
+      case "reset":
+        if (!f.channel) this.#filter.reset(f.offset);
+        this.#emit("reset", f);
+        return;
+      case "ack":
+        this.#settle(f.ref, (p) => p.resolve({ id: f.id }));
+        return;
+      case "subscribed":
+      case "unsubscribed":
+        this.#settle(f.ref, (p) => p.resolve(undefined));
+        return;
+      case "error": {
+        const err = new HeraldError(String(f.code ?? "error"), String(f.message ?? ""), f.ref);
+        const p = typeof f.ref === "string" ? this.#pending.get(f.ref) : undefined;
+        if (!p) {
+          this.#emit("error", err);
+          return;
+        }
+        this.#pending.delete(f.ref);
+        if (p.kind === "subscribe" && p.channel) this.#channels.delete(p.channel);
+        if (p.kind === "refresh") this.#emit("error", err);
+        p.reject(err);
+        return;
+      }
+      default:
+        // An answer to a ref we hold (e.g. to refresh) settles it; other ops are ignored,
+        // so that the gateway may add some.
+        this.#settle(f.ref, (p) => p.resolve(undefined));
+    }
+  }
+
+  /**
+   * @param {unknown} ref
+   * @param {(p: Pending) => void} fn
+   */
+  #settle(ref, fn) {
+    if (typeof ref !== "string") return;
+    const p = this.#pending.get(ref);
+    if (!p) return;
+    this.#pending.delete(ref);
+    fn(p);
+  }
+
+  /** @param {any} f */
+  #onWelcome(f) {
+    this.#welcome = f;
+    this.#filter.seed(f.offset);
+    this.#openedAt = Date.now();
+    this.#emit("welcome", f);
+    this.#setState("open");
+    // Channel ops asked for while closed: subscriptions went in the connect URL.
+    for (const w of this.#waitingOpen.splice(0)) {
+      if (w.kind === "subscribe" && w.channel && !this.#channels.has(w.channel)) {
+        w.resolve(undefined); // unsubscribed again meanwhile
+      } else if (w.kind === "subscribe" && w.channel) {
+        this.#channelOp("subscribe", w.channel).then(w.resolve, w.reject);
+      } else {
+        w.resolve(undefined);
+      }
+    }
+    this.#scheduleRefresh();
+  }
+
+  /**
+   * After the socket is gone: decide whether and when to reconnect.
+   * @param {number} code
+   * @param {string} reason
+   * @param {number} holdMs
+   */
+  #closed(code, reason, holdMs) {
+    if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    const stable = this.#opts.stableAfter ?? 10000;
+    if (this.#openedAt !== null && Date.now() - this.#openedAt >= stable) this.#backoff.reset();
+    this.#openedAt = null;
+    if (this.#stopped) return;
+
+    const action = closeAction(code);
+    if (action === "stop" || action === "fatal" || (action === "token" && !this.#opts.getToken)) {
+      this.#stop(code, reason, action);
+      return;
+    }
+    this.#failPending("disconnected", `herald: connection lost (${code}) before the gateway answered`, false);
+    const floor = action === "slow" ? (this.#opts.rateLimitedDelay ?? 5000) : 0;
+    const delay = Math.max(this.#backoff.next(floor), holdMs);
+    this.#setState("reconnecting", { code, reason, delay });
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      void this.#reconnect(action, code, reason);
+    }, delay);
+  }
+
+  /**
+   * @param {string} action
+   * @param {number} code
+   * @param {string} reason
+   */
+  async #reconnect(action, code, reason) {
+    if (this.#stopped) return;
+    if (this.#opts.getToken) {
+      const old = this.#token;
+      try {
+        const fresh = await this.#opts.getToken();
+        if (fresh) this.#token = fresh;
+      } catch (err) {
+        this.#emit("error", new HeraldError("token", `herald: getToken failed: ${err}`));
+      }
+      if (this.#stopped || this.#ws || this.#retryTimer !== null) return;
+      if (action === "token" && (!this.#token || this.#token === old)) {
+        this.#stop(code, reason, action);
+        return;
+      }
+    }
+    this.#connect();
+  }
+
+  /**
+   * @param {number} code
+   * @param {string} reason
+   * @param {string} action
+   */
+  #stop(code, reason, action) {
+    this.#stopped = true;
+    this.#clearTimers();
+    this.#failPending(action === "stop" ? "closed" : action, `herald: connection closed (${code} ${reason})`, true);
+    if (action === "fatal") {
+      this.#emit("error", new HeraldError("fatal", `herald: the gateway closed the connection (${code} ${reason})`));
+    } else if (action === "token") {
+      this.#emit("error", new HeraldError("token", `herald: token refused (${code} ${reason}) and no new token`));
+    }
+    this.#setState("closed", { code, reason });
+  }
+
+  /**
+   * Rejects the publishes (and refreshes) waiting for an answer. Channel ops wait for the
+   * next connection, which restores subscriptions by itself, unless `all`.
+   * @param {string} code
+   * @param {string} message
+   * @param {boolean} all
+   */
+  #failPending(code, message, all) {
+    for (const [ref, p] of this.#pending) {
+      if (!all && (p.kind === "subscribe" || p.kind === "unsubscribe")) {
+        this.#waitingOpen.push(p);
+      } else {
+        p.reject(new HeraldError(code, message, ref));
+      }
+    }
+    this.#pending.clear();
+    if (all) {
+      for (const w of this.#waitingOpen.splice(0)) w.reject(new HeraldError(code, message));
+    }
+  }
+
+  #clearTimers() {
+    if (this.#retryTimer !== null) clearTimeout(this.#retryTimer);
+    if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
+    this.#retryTimer = this.#refreshTimer = null;
+  }
+
+  /** Arms the refresh timer for the current token, when getToken can give a new one. */
+  #scheduleRefresh() {
+    if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    const exp = jwtExpiry(this.#token);
+    if (!this.#opts.getToken || exp === null || !this.#isOpen()) return;
+    const wait = Math.max(0, exp * 1000 - Date.now() - (this.#opts.refreshBefore ?? 60000));
+    // setTimeout's delay is a 32-bit number of ms.
+    this.#refreshTimer = setTimeout(() => void this.#refreshNow(), Math.min(wait, 2 ** 31 - 1));
+  }
+
+  async #refreshNow() {
+    this.#refreshTimer = null;
+    const getToken = this.#opts.getToken;
+    if (!getToken || !this.#isOpen()) return;
+    let fresh;
+    try {
+      fresh = await getToken();
+    } catch (err) {
+      this.#emit("error", new HeraldError("token", `herald: getToken failed: ${err}`));
+      return;
+    }
+    if (!fresh || fresh === this.#token) return;
+    this.refresh(fresh).catch(() => {}); // a refused refresh is emitted as an error event
+  }
+}
