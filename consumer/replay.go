@@ -117,3 +117,32 @@ func (s *Stream) closeReplays() {
 		s.replayConn = nil
 	}
 }
+
+// Head estimates the newest offset in the stream: it attaches a consumer at "last", which
+// RabbitMQ starts at the first message of the stream's last chunk, and reads that offset
+// (so it may be behind the newest by the rest of that chunk). It reports false when the
+// stream is empty, the broker is away or ctx ends first.
+func (s *Stream) Head(ctx context.Context) (int64, bool) {
+	ch, err := s.replayChannel()
+	if err != nil {
+		return 0, false
+	}
+	defer ch.Close()
+	if err := ch.Qos(1, 0, false); err != nil {
+		return 0, false
+	}
+	deliveries, err := ch.Consume(s.cfg.Stream, "", false, false, false, false,
+		amqp.Table{producer.HeaderStreamOffset: "last"})
+	if err != nil {
+		return 0, false
+	}
+	select {
+	case d, ok := <-deliveries:
+		if !ok {
+			return 0, false
+		}
+		return streamDeliveryOffset(d)
+	case <-ctx.Done():
+		return 0, false
+	}
+}

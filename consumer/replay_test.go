@@ -69,6 +69,11 @@ func TestStreamReplay(t *testing.T) {
 		})
 	}
 
+	// Head is within the last chunk: at most the newest offset, and not before the first.
+	if head, ok := s.Head(ctx); !ok || head < first || head > first+n-1 {
+		t.Errorf("Head: got %d, %v; want within [%d, %d]", head, ok, first, first+n-1)
+	}
+
 	// A replay whose context ends while it waits for messages returns.
 	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancelShort()

@@ -406,12 +406,12 @@ func (c *Conn) publish(r request) {
 		c.replyError(CodeForbidden, "clients may not publish on this gateway", r.Ref)
 		return
 	}
-	m := message.Message{From: c.usr, Data: r.Data}
+	m := message.Message{From: c.usr, Data: r.Data, Source: sourceWS}
 	if r.Channel != nil {
 		m.Channel = *r.Channel
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.PublishTimeout)
-	id, err := c.srv.pub.Publish(ctx, m)
+	id, err := c.srv.publish(ctx, m)
 	cancel()
 	if err != nil {
 		if isInvalid(err) {

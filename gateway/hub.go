@@ -108,6 +108,9 @@ func (h *Hub) SetLogStart(newest int64) {
 	h.known.Store(true)
 }
 
+// LastOffset returns the offset of the newest message dispatched, and whether it is known.
+func (h *Hub) LastOffset() (int64, bool) { return h.newest() }
+
 // newest returns the offset of the newest dispatched message and whether it is known.
 func (h *Hub) newest() (int64, bool) {
 	return h.last.Load(), h.known.Load()
@@ -128,6 +131,7 @@ func (h *Hub) Dispatch(m message.Message) {
 		h.log.Debug("duplicate message dropped", "id", m.ID, "offset", m.Offset)
 		return
 	}
+	start := time.Now()
 	f := newMessageFrame(m)
 
 	h.mu.RLock()
@@ -158,7 +162,7 @@ func (h *Hub) Dispatch(m message.Message) {
 	}
 	h.mu.RUnlock()
 
-	h.metrics.received()
+	h.metrics.received(m.Source, time.Since(start))
 }
 
 func containsBefore(list []string, i int, s string) bool {

@@ -21,6 +21,7 @@ const (
 const (
 	sourceWS   = "ws"
 	sourceHTTP = "http"
+	sourceAMQP = "amqp" // any publisher other than a gateway
 )
 
 // Metrics is the gateway's Prometheus instrumentation. Its methods may be called on a nil
@@ -31,7 +32,10 @@ type Metrics struct {
 	closedConns        *prometheus.CounterVec
 	publishedTotal     *prometheus.CounterVec
 	publishFailedTotal *prometheus.CounterVec
-	receivedTotal      prometheus.Counter
+	receivedTotal      *prometheus.CounterVec
+	fanout             prometheus.Histogram
+	publishLatency     prometheus.Histogram
+	consumerLag        prometheus.Gauge
 	delivered          prometheus.Counter
 	droppedTotal       *prometheus.CounterVec
 	bytesWritten       prometheus.Counter
@@ -69,9 +73,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "herald_publish_failures_total",
 			Help: "Publishes the bus did not accept (answered unavailable or 503), by source.",
 		}, []string{"source"}),
-		receivedTotal: prometheus.NewCounter(prometheus.CounterOpts{
+		receivedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_messages_received_total",
-			Help: "Messages received from the bus and routed to their recipients.",
+			Help: "Messages received from the bus and routed to their recipients, by source: ws or http (published through a gateway), amqp (any other publisher).",
+		}, []string{"source"}),
+		fanout: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "herald_fanout_duration_seconds",
+			Help:    "Time to encode one message and queue it to all its recipients on this gateway.",
+			Buckets: []float64{.00001, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
+		}),
+		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "herald_bus_publish_confirm_seconds",
+			Help:    "Time for the bus to accept a publish from this gateway (with RabbitMQ: until the broker's confirm).",
+			Buckets: []float64{.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5},
+		}),
+		consumerLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_bus_consumer_lag_messages",
+			Help: "How many offsets the newest message in the bus's log is ahead of the last one this gateway dispatched (on RabbitMQ, estimated from the stream's last chunk).",
 		}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_messages_delivered_total",
@@ -116,7 +134,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.accepted, m.refused, m.closedConns, m.publishedTotal, m.publishFailedTotal,
-		m.receivedTotal, m.delivered, m.droppedTotal, m.bytesWritten, m.slowConsumers,
+		m.receivedTotal, m.fanout, m.publishLatency, m.consumerLag, m.delivered, m.droppedTotal, m.bytesWritten, m.slowConsumers,
 		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.resumes, m.replayed)
 	m.resumes.WithLabelValues("resumed")
 	m.resumes.WithLabelValues("reset")
@@ -126,7 +144,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, s := range []string{sourceWS, sourceHTTP} {
 		m.publishedTotal.WithLabelValues(s)
 		m.publishFailedTotal.WithLabelValues(s)
+		m.receivedTotal.WithLabelValues(s)
 	}
+	m.receivedTotal.WithLabelValues(sourceAMQP)
 	return m
 }
 
@@ -136,9 +156,31 @@ func (m *Metrics) dropped(reason string, n int) {
 	}
 }
 
-func (m *Metrics) received() {
+// received counts a message from the bus, by source, and the time its fan-out took.
+func (m *Metrics) received(source string, fanout time.Duration) {
+	if m == nil {
+		return
+	}
+	switch source {
+	case sourceWS, sourceHTTP:
+	default:
+		source = sourceAMQP
+	}
+	m.receivedTotal.WithLabelValues(source).Inc()
+	m.fanout.Observe(fanout.Seconds())
+}
+
+func (m *Metrics) publishDuration(d time.Duration) {
 	if m != nil {
-		m.receivedTotal.Inc()
+		m.publishLatency.Observe(d.Seconds())
+	}
+}
+
+// SetConsumerLag sets how many offsets the newest message in the bus's log is ahead of
+// the last one dispatched.
+func (m *Metrics) SetConsumerLag(n int64) {
+	if m != nil {
+		m.consumerLag.Set(float64(max(n, 0)))
 	}
 }
 
@@ -251,7 +293,11 @@ type stateCollector struct {
 
 	conns, subs, chans, busUp     *prometheus.Desc
 	qFrames, qBytes, qMaxF, qMaxB *prometheus.Desc
+	qDepth                        *prometheus.Desc
 }
+
+// queueDepthBuckets are the upper bounds, in bytes, of herald_write_queue_depth_bytes.
+var queueDepthBuckets = []float64{0, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 512 << 10, 1 << 20, 4 << 20}
 
 func newStateCollector(hub *Hub, bus BusHealth) *stateCollector {
 	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
@@ -266,25 +312,37 @@ func newStateCollector(hub *Hub, bus BusHealth) *stateCollector {
 		qBytes:  d("herald_write_queue_bytes", "Bytes waiting in all connections' write queues."),
 		qMaxF:   d("herald_write_queue_max_messages", "Frames waiting in the fullest connection's write queue."),
 		qMaxB:   d("herald_write_queue_max_bytes", "Bytes waiting in the fullest connection's write queue."),
+		qDepth:  d("herald_write_queue_depth_bytes", "Bytes waiting in each connection's write queue, sampled at scrape."),
 	}
 }
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.conns, s.subs, s.chans, s.busUp, s.qFrames, s.qBytes, s.qMaxF, s.qMaxB} {
+	for _, d := range []*prometheus.Desc{s.conns, s.subs, s.chans, s.busUp, s.qFrames, s.qBytes, s.qMaxF, s.qMaxB, s.qDepth} {
 		ch <- d
 	}
 }
 
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	var n, frames, bytes, maxF, maxB int
+	counts := make([]uint64, len(queueDepthBuckets))
 	s.hub.forEach(func(c member) {
 		n++
 		if d, ok := c.(interface{ depth() (int, int) }); ok {
 			f, b := d.depth()
 			frames, bytes = frames+f, bytes+b
 			maxF, maxB = max(maxF, f), max(maxB, b)
+			for i, le := range queueDepthBuckets {
+				if float64(b) <= le {
+					counts[i]++
+				}
+			}
 		}
 	})
+	buckets := make(map[float64]uint64, len(queueDepthBuckets))
+	for i, le := range queueDepthBuckets {
+		buckets[le] = counts[i]
+	}
+	ch <- prometheus.MustNewConstHistogram(s.qDepth, uint64(n), float64(bytes), buckets)
 	chans, subs := s.hub.Channels()
 	up := 0.0
 	if s.bus.Connected() {

@@ -356,14 +356,14 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, "body must be a JSON object: "+err.Error())
 		return
 	}
-	m := message.Message{ID: req.ID, Channel: req.Channel, Users: req.Users, Data: req.Data}
+	m := message.Message{ID: req.ID, Channel: req.Channel, Users: req.Users, Data: req.Data, Source: sourceHTTP}
 	if err := m.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
 	defer cancel()
-	id, err := s.pub.Publish(ctx, m)
+	id, err := s.publish(ctx, m)
 	if err != nil {
 		if isInvalid(err) {
 			writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
@@ -376,6 +376,16 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.published(sourceHTTP)
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": id})
+}
+
+// publish puts m on the bus and times how long the bus takes to accept it.
+func (s *Server) publish(ctx context.Context, m message.Message) (string, error) {
+	start := time.Now()
+	id, err := s.pub.Publish(ctx, m)
+	if err == nil {
+		s.metrics.publishDuration(time.Since(start))
+	}
+	return id, err
 }
 
 // authorized compares the bearer key with the configured one in constant time (over

@@ -21,6 +21,9 @@ const (
 	// HeaderTime is an extension: the publish time in RFC 3339 with nanoseconds, since the
 	// AMQP timestamp property has whole seconds only. Readers fall back to the property.
 	HeaderTime = "time"
+	// HeaderSource is an extension: where the message entered Herald ("ws", "http"), set
+	// by gateways for metrics; absent for other publishers.
+	HeaderSource = "source"
 	// HeaderStreamOffset is set by RabbitMQ on every delivery from a stream queue.
 	HeaderStreamOffset = "x-stream-offset"
 )
@@ -41,6 +44,9 @@ func Encode(m message.Message) amqp.Publishing {
 	}
 	if m.From != "" {
 		h[HeaderFrom] = m.From
+	}
+	if m.Source != "" {
+		h[HeaderSource] = m.Source
 	}
 	return amqp.Publishing{
 		Headers:      h,
@@ -72,6 +78,8 @@ func Decode(d amqp.Delivery) (message.Message, error) {
 			}
 		case HeaderFrom:
 			m.From, err = headerString(k, v)
+		case HeaderSource:
+			m.Source, err = headerString(k, v)
 		case HeaderUsers:
 			m.Users, err = headerStrings(k, v)
 		case HeaderTime:

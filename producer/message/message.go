@@ -43,6 +43,10 @@ type Message struct {
 	// Offset is the message's place in the bus's log, set by the bus on delivery;
 	// NoOffset where the bus keeps no log.
 	Offset int64
+	// Source is where the message entered Herald, for metrics: "ws" or "http" when a
+	// gateway published it; empty for other publishers (Go services, herald-publish,
+	// any AMQP client).
+	Source string
 }
 
 // Errors returned by Validate; callers match them with errors.Is.

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -55,7 +57,8 @@ type bus struct {
 	gateway.BusHealth
 	gateway.Log
 	run   func(context.Context) error
-	ready <-chan struct{} // closed once messages published from now on reach the hub
+	head  func(context.Context) (int64, bool) // the newest offset in the log, for the lag gauge
+	ready <-chan struct{}                     // closed once messages published from now on reach the hub
 	close func()
 }
 
@@ -66,6 +69,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
 	)
+	reg.MustRegister(buildInfo())
 	metrics := gateway.NewMetrics(reg)
 	hub := gateway.NewHub(gateway.HubConfig{DedupWindow: cfg.DedupWindow, Logger: log, Metrics: metrics})
 
@@ -129,6 +133,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 			errc <- fmt.Errorf("http: %w", err)
 		}
 	})
+	wg.Go(func() { watchLag(busCtx, b, hub, metrics) })
 	go func() {
 		select {
 		case <-b.ready:
@@ -181,7 +186,8 @@ func embeddedBus(cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *ga
 	hub.SetLogStart(e.Newest())
 	ready := make(chan struct{})
 	close(ready)
-	return bus{Publisher: e, BusHealth: e, Log: e, run: e.Run, ready: ready, close: func() {}}
+	head := func(context.Context) (int64, bool) { return e.Newest(), true }
+	return bus{Publisher: e, BusHealth: e, Log: e, run: e.Run, head: head, ready: ready, close: func() {}}
 }
 
 // rabbitHealth is connected when both the publisher and the stream consumer are.
@@ -221,7 +227,55 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		BusHealth: rabbitHealth{p: pub, s: stream},
 		Log:       stream,
 		run:       stream.Run,
+		head:      stream.Head,
 		ready:     stream.Ready(),
 		close:     func() { _ = pub.Close() },
 	}, nil
+}
+
+// lagEvery is how often the consumer lag gauge is refreshed.
+const lagEvery = 5 * time.Second
+
+// watchLag keeps herald_bus_consumer_lag_messages up to date until ctx ends.
+func watchLag(ctx context.Context, b bus, hub *gateway.Hub, metrics *gateway.Metrics) {
+	t := time.NewTicker(lagEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		probe, cancel := context.WithTimeout(ctx, lagEvery)
+		head, ok := b.head(probe)
+		cancel()
+		if !ok {
+			continue
+		}
+		last, known := hub.LastOffset()
+		if !known || last < 0 {
+			last = -1
+		}
+		metrics.SetConsumerLag(head - last)
+	}
+}
+
+// buildInfo is herald_build_info: 1, labelled with the module version and Go version.
+func buildInfo() prometheus.Collector {
+	version := "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		version = bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				version += "+" + s.Value
+			}
+		}
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "herald_build_info",
+		Help:        "Always 1; its labels name the build.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	g.Set(1)
+	return g
 }
