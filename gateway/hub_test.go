@@ -1,0 +1,235 @@
+package gateway
+
+import (
+	"encoding/json"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldgw/herald/producer/message"
+)
+
+// recorder is a hub member that records the offsets queued to it.
+type recorder struct {
+	name string
+	usr  string
+	mu   sync.Mutex
+	got  []int64
+	skip int64
+}
+
+func newRecorder(name, user string) *recorder { return &recorder{name: name, usr: user, skip: noSkip} }
+
+func (r *recorder) enqueue(f *frame) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if f.offset >= 0 && f.offset <= r.skip {
+		return
+	}
+	r.got = append(r.got, f.offset)
+}
+func (r *recorder) user() string { return r.usr }
+func (r *recorder) skipThrough(off int64) {
+	r.mu.Lock()
+	r.skip = off
+	r.mu.Unlock()
+}
+func (r *recorder) offsets() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
+func msg(off int64, channel string, users ...string) message.Message {
+	return message.Message{ID: "m" + string(rune('a'+off)), Offset: off, Channel: channel, Users: users,
+		Data: json.RawMessage(`1`), Time: time.Unix(1000, 0)}
+}
+
+func TestHubRouting(t *testing.T) {
+	h := NewHub(HubConfig{})
+	alice := newRecorder("alice", "alice")
+	alice2 := newRecorder("alice2", "alice")
+	bob := newRecorder("bob", "bob")
+	anon := newRecorder("anon", "")
+	noop := func(int64, bool) {}
+	h.join(alice, []string{"news"}, noop)
+	h.join(alice2, nil, noop)
+	h.join(bob, []string{"news", "sport", "news"}, noop)
+	h.join(anon, []string{"sport"}, noop)
+
+	tests := []struct {
+		m    message.Message
+		want []*recorder
+	}{
+		{msg(0, ""), []*recorder{alice, alice2, bob, anon}},
+		{msg(1, "news"), []*recorder{alice, bob}},
+		{msg(2, "sport"), []*recorder{bob, anon}},
+		{msg(3, "empty"), nil},
+		{msg(4, "", "alice"), []*recorder{alice, alice2}},
+		{msg(5, "sport", "alice", "alice"), []*recorder{alice, alice2}}, // users win; listed twice, once
+		{msg(6, "", "carol"), nil},
+	}
+	want := map[*recorder][]int64{}
+	for _, tt := range tests {
+		h.Dispatch(tt.m)
+		for _, r := range tt.want {
+			want[r] = append(want[r], tt.m.Offset)
+		}
+	}
+	for _, r := range []*recorder{alice, alice2, bob, anon} {
+		if got := r.offsets(); !slices.Equal(got, want[r]) {
+			t.Errorf("%s: got %v, want %v", r.name, got, want[r])
+		}
+	}
+	if chans, subs := h.Channels(); chans != 2 || subs != 4 {
+		t.Errorf("got %d channels, %d subscriptions; want 2, 4", chans, subs)
+	}
+
+	h.unsubscribe(bob, "news", func() {})
+	h.leave(alice)
+	h.leave(alice) // twice is harmless
+	h.Dispatch(msg(7, "news"))
+	h.Dispatch(msg(8, "", "alice"))
+	if got := bob.offsets(); slices.Contains(got, 7) {
+		t.Errorf("bob got %v after unsubscribing from news", got)
+	}
+	if got := alice.offsets(); slices.Contains(got, 8) || slices.Contains(got, 7) {
+		t.Errorf("alice got %v after leaving", got)
+	}
+	if got := alice2.offsets(); !slices.Contains(got, 8) {
+		t.Errorf("alice2 got %v, want offset 8", got)
+	}
+	if h.Len() != 3 {
+		t.Errorf("got %d members, want 3", h.Len())
+	}
+	if chans, _ := h.Channels(); chans != 1 {
+		t.Errorf("got %d channels, want 1 (news has no subscriber left)", chans)
+	}
+}
+
+func TestHubJoinAtAndSubscribeAt(t *testing.T) {
+	h := NewHub(HubConfig{})
+	h.SetLogStart(-1)
+	for i := int64(0); i < 5; i++ {
+		h.Dispatch(msg(i, "c"))
+	}
+	r := newRecorder("r", "")
+	if h.joinAt(r, []string{"c"}, 3, func() {}) {
+		t.Fatal("joinAt 3 after offset 4 was dispatched: got true, want false (the replay must go on)")
+	}
+	ended := false
+	if !h.joinAt(r, []string{"c"}, 6, func() { ended = true }) || !ended {
+		t.Fatal("joinAt 6 at offset 4: got false, want a join (replay ahead of live delivery)")
+	}
+	for i := int64(5); i < 9; i++ {
+		h.Dispatch(msg(i, "c"))
+	}
+	if got := r.offsets(); !slices.Equal(got, []int64{7, 8}) {
+		t.Errorf("got %v, want [7 8]: offsets through 6 came from the replay", got)
+	}
+
+	s := newRecorder("s", "")
+	h.join(s, nil, func(int64, bool) {})
+	if h.subscribeAt(s, "d", 7, func() {}) {
+		t.Error("subscribeAt 7 after offset 8: got true, want false")
+	}
+	if !h.subscribeAt(s, "d", 10, func() {}) {
+		t.Fatal("subscribeAt 10: got false")
+	}
+	for i := int64(9); i < 12; i++ {
+		h.Dispatch(msg(i, "d"))
+	}
+	if got := s.offsets(); !slices.Equal(got, []int64{11}) {
+		t.Errorf("got %v, want [11]", got)
+	}
+}
+
+func TestDedupWindow(t *testing.T) {
+	d := newDedup(time.Minute, 3)
+	t0 := time.Unix(0, 0)
+	steps := []struct {
+		id   string
+		at   time.Duration
+		want bool
+	}{
+		{"a", 0, false},
+		{"a", 30 * time.Second, true},
+		{"b", 31 * time.Second, false},
+		{"a", 61 * time.Second, false}, // out of the window: delivered again
+		{"c", 62 * time.Second, false},
+		{"d", 63 * time.Second, false}, // over the cap of 3: the oldest id is forgotten
+		{"b", 64 * time.Second, false},
+		{"d", 65 * time.Second, true},
+	}
+	for i, s := range steps {
+		if got := d.seen(s.id, t0.Add(s.at)); got != s.want {
+			t.Errorf("step %d: seen(%s at %v) = %v, want %v", i, s.id, s.at, got, s.want)
+		}
+	}
+}
+
+func TestHubDropsDuplicateIDs(t *testing.T) {
+	h := NewHub(HubConfig{})
+	r := newRecorder("r", "")
+	h.join(r, nil, func(int64, bool) {})
+	for off, id := range []string{"x", "y", "x", "z", "y"} {
+		m := msg(int64(off), "")
+		m.ID = id
+		h.Dispatch(m)
+	}
+	if got := r.offsets(); !slices.Equal(got, []int64{0, 1, 3}) {
+		t.Errorf("got %v, want [0 1 3]", got)
+	}
+	if !h.duplicate(2) || !h.duplicate(4) || h.duplicate(3) {
+		t.Error("duplicate offsets: want 2 and 4 remembered, 3 not")
+	}
+}
+
+func TestDecodeRequest(t *testing.T) {
+	tests := []struct {
+		in, op, code, ref string
+	}{
+		{`{"op":"subscribe","channel":"a:b/c-d_e.f","ref":"1"}`, "subscribe", "", "1"},
+		{`  {"op":"publish","data":null}`, "publish", "", ""},
+		{`{"op":"publish","data":{"x":[1,2]},"extra":"ignored"}`, "publish", "", ""},
+		{`{"op":"unsubscribe","channel":"a"}`, "unsubscribe", "", ""},
+		{``, "", CodeBadRequest, ""},
+		{`null`, "", CodeBadRequest, ""},
+		{`{"op":"subscribe","channel":"a","since":9223372036854775808,"ref":"big"}`, "", CodeBadRequest, "big"},
+		{`{"op":"subscribe","channel":"a","since":1.5}`, "", CodeBadRequest, ""},
+		{`{"op":"publish","channel":null,"data":1,"ref":"r"}`, "publish", "", "r"},
+		{`{"op":"publish","channel":"","data":1}`, "", CodeBadRequest, ""},
+		{`{"op":["subscribe"]}`, "", CodeBadRequest, ""},
+		{`{"op":"Subscribe","channel":"a"}`, "", CodeUnknownOp, ""},
+		{strings.Repeat("[", 10000), "", CodeBadRequest, ""},
+		{`{"op":"subscribe","channel":"a",` + strings.Repeat(`"k":{`, 1000), "", CodeBadRequest, ""},
+	}
+	for _, tt := range tests {
+		r, perr := decodeRequest([]byte(tt.in))
+		code := ""
+		if perr != nil {
+			code = perr.code
+		}
+		name := tt.in[:min(len(tt.in), 40)]
+		if code != tt.code || r.Ref != tt.ref || (code == "" && r.Op != tt.op) {
+			t.Errorf("%s: got op %q code %q ref %q, want op %q code %q ref %q", name, r.Op, code, r.Ref, tt.op, tt.code, tt.ref)
+		}
+	}
+}
+
+// TestGatewayDoesNotLinkAMQP holds the boundary of ARCHITECTURE.md: the gateway sees the
+// bus through its own interfaces and never imports an AMQP client, even indirectly.
+func TestGatewayDoesNotLinkAMQP(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if strings.Contains(dep, "amqp") {
+			t.Errorf("package gateway depends on %s", dep)
+		}
+	}
+}
