@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,8 +45,12 @@ type Metrics struct {
 	latency            prometheus.Histogram
 	busReconnects      prometheus.Counter
 	busDisconnects     prometheus.Counter
-	resumes            *prometheus.CounterVec
-	replayed           prometheus.Counter
+	busAway            prometheus.Counter
+
+	busMu    sync.Mutex           // protects busDown
+	busDown  map[string]time.Time // parts of the bus connection that are away, since when
+	resumes  *prometheus.CounterVec
+	replayed prometheus.Counter
 }
 
 // NewMetrics creates the gateway's counters and registers them with reg. The gauges that
@@ -124,6 +129,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "herald_bus_disconnects_total",
 			Help: "Times a connection to the broker was lost.",
 		}),
+		busAway: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_bus_disconnected_seconds_total",
+			Help: "Time connections to the broker spent lost, summed over the publisher and the consumer.",
+		}),
+		busDown: make(map[string]time.Time),
 		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_resume_requests_total",
 			Help: "Resumes asked for with since (at connect or subscribe), by result: resumed (replayed, then live) or reset (since outside the retained log).",
@@ -135,7 +145,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.accepted, m.refused, m.closedConns, m.publishedTotal, m.publishFailedTotal,
 		m.receivedTotal, m.fanout, m.publishLatency, m.consumerLag, m.delivered, m.droppedTotal, m.bytesWritten, m.slowConsumers,
-		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.resumes, m.replayed)
+		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.busAway, m.resumes, m.replayed)
 	m.resumes.WithLabelValues("resumed")
 	m.resumes.WithLabelValues("reset")
 	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged} {
@@ -272,16 +282,25 @@ func (m *Metrics) BusDecodeError() { m.dropped(dropUndecodable, 1) }
 // BusLagged counts n messages the embedded bus dropped before they were dispatched.
 func (m *Metrics) BusLagged(n int64) { m.dropped(dropLagged, int(n)) }
 
-// BusConnection counts a loss (connected false) or a re-establishment (true) of a
-// connection to the broker.
-func (m *Metrics) BusConnection(connected bool) {
+// BusState records that a part of the bus connection (e.g. "publisher", "consumer") was
+// lost (connected false) or is back (true): it counts losses and re-establishments and
+// adds the time each part was away to herald_bus_disconnected_seconds_total. Safe for
+// concurrent use; the first report of a part that is connected counts nothing.
+func (m *Metrics) BusState(part string, connected bool) {
 	if m == nil {
 		return
 	}
-	if connected {
-		m.busReconnects.Inc()
-	} else {
+	m.busMu.Lock()
+	defer m.busMu.Unlock()
+	since, down := m.busDown[part]
+	switch {
+	case !connected && !down:
+		m.busDown[part] = time.Now()
 		m.busDisconnects.Inc()
+	case connected && down:
+		delete(m.busDown, part)
+		m.busReconnects.Inc()
+		m.busAway.Add(time.Since(since).Seconds())
 	}
 }
 

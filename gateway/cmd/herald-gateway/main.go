@@ -199,13 +199,12 @@ type rabbitHealth struct {
 func (h rabbitHealth) Connected() bool { return h.p.Connected() && h.s.Connected() }
 
 func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *gateway.Hub) (bus, error) {
-	onState := func(connected bool) { metrics.BusConnection(connected) }
 	pub, err := producer.New(ctx, producer.Config{
 		URL:           cfg.AMQPURL,
 		Exchange:      cfg.Exchange,
 		Name:          "herald-gateway-publisher-" + cfg.NodeID,
 		Logger:        log.With("part", "publisher"),
-		OnStateChange: onState,
+		OnStateChange: func(up bool) { metrics.BusState("publisher", up) },
 	})
 	if err != nil {
 		return bus{}, fmt.Errorf("publisher: %w", err)
@@ -219,7 +218,7 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		Prefetch:      cfg.Prefetch,
 		Name:          "herald-gateway-consumer-" + cfg.NodeID,
 		Logger:        log.With("part", "consumer"),
-		OnStateChange: onState,
+		OnStateChange: func(up bool) { metrics.BusState("consumer", up) },
 		OnDecodeError: func(error) { metrics.BusDecodeError() },
 	}, hub)
 	return bus{
