@@ -38,9 +38,8 @@ func TestStreamReplay(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	rec.waitFor(ctx, t, n-1) // all but the undecodable one are dispatched live
-	first, _ := s.LastOffset()
-	first -= n - 1 // the stream is new: offsets run from first to first+n-1
+	got := rec.waitFor(ctx, t, n-1) // all but the undecodable one are dispatched live
+	first := got[0].Offset          // the stream is new: offsets run from first to first+n-1
 
 	for _, since := range []int64{-1, first - 1, first + 50, first + 99, first + 250, first + n - 2} {
 		t.Run(fmt.Sprint("since ", since), func(t *testing.T) {

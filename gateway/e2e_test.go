@@ -677,6 +677,7 @@ func TestShutdownClosesWith1001(t *testing.T) {
 		cs = append(cs, c)
 	}
 	g.publish(testKey, `{"data":"before drain"}`)
+	g.waitDispatched(0) // queued to every client before the drain starts
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
