@@ -22,10 +22,12 @@ const closeGrace = time.Second
 // long queue goes out in writes of bounded size.
 const batchFlushBytes = 64 << 10
 
-// Conn is one client's WebSocket connection. Two goroutines serve it: the read pump (the
-// HTTP handler's goroutine) reads and answers the client's frames; the write pump is the
-// only goroutine that writes to the socket. Everyone else, the hub's fan-out included,
-// hands frames to the write queue with enqueue, which never blocks.
+// Conn is one client's WebSocket connection. The read pump (a goroutine of its own)
+// reads and answers the client's frames. Everyone else, the hub's fan-out included, hands
+// frames to the write queue with enqueue, which never blocks; a writer goroutine, started
+// when there is something to write and ended when the queue is empty, writes them. An idle
+// connection so has one parked goroutine and no buffers of its own beyond the small read
+// buffer.
 type Conn struct {
 	id   string
 	usr  string
@@ -33,11 +35,11 @@ type Conn struct {
 	ws   *websocket.Conn
 	nc   *batchConn
 	log  *slog.Logger
-	wake chan struct{} // room for one signal to the write pump
-	room chan struct{} // room for one signal from the write pump: it wrote a batch
+	room chan struct{} // room for one signal from the writer: it wrote a batch
 	done chan struct{} // closed when the connection is finished (see finish)
+	ping *time.Timer   // fires every PingInterval to have the writer ping the client
 
-	// mu protects skip, queue, queued, closeCode, closeText and flushFirst.
+	// mu protects skip, queue, queued, the close fields, pingDue, writing and spare.
 	mu         sync.Mutex
 	skip       int64 // frames of messages at or below this offset were replayed: drop them
 	queue      []*frame
@@ -45,25 +47,42 @@ type Conn struct {
 	closeCode  int    // 0 while open; the close code once a close is asked for
 	closeText  string // the close frame's reason
 	flushFirst bool   // send what is queued before the close frame
-
-	// spare is owned by the write pump: last batch's slice, reused for the next queue.
-	spare []*frame
+	pingDue    bool   // the writer should send a ping
+	// writing is true while a writer goroutine runs, and for good once the writing side
+	// is closed (close frame sent, or a write failed): at most one writer ever runs.
+	writing bool
+	spare   []*frame // the last batch's slice, reused for the next queue
 }
 
 func newConn(s *Server, ws *websocket.Conn, nc *batchConn, user string) *Conn {
 	id := message.NewID()[:16]
-	return &Conn{
+	c := &Conn{
 		id:   id,
 		usr:  user,
 		srv:  s,
 		ws:   ws,
 		nc:   nc,
 		log:  s.logger.With("conn", id),
-		wake: make(chan struct{}, 1),
 		room: make(chan struct{}, 1),
 		done: make(chan struct{}),
 		skip: noSkip,
 	}
+	c.ping = time.AfterFunc(s.cfg.PingInterval, c.pingTick)
+	return c
+}
+
+// pingTick runs on the ping timer: it asks the writer for a ping, and sets the timer again.
+func (c *Conn) pingTick() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	c.mu.Lock()
+	c.pingDue = true
+	c.startWriter()
+	c.mu.Unlock()
+	c.ping.Reset(c.srv.cfg.PingInterval)
 }
 
 func (c *Conn) user() string { return c.usr }
@@ -92,17 +111,17 @@ func (c *Conn) enqueue(f *frame) {
 		dropped := len(c.queue) + 1
 		c.closeCode, c.closeText, c.flushFirst = CloseSlowConsumer, "slow consumer: write queue full", false
 		c.clearQueue()
+		c.startWriter()
 		c.mu.Unlock()
 		c.srv.metrics.dropped(dropSlowConsumer, dropped)
 		c.srv.metrics.slowConsumer()
 		c.log.Info("slow consumer closed", "user", c.usr, "dropped", dropped)
-		c.signal()
 		return
 	}
 	c.queue = append(c.queue, f)
 	c.queued += f.size()
+	c.startWriter()
 	c.mu.Unlock()
-	c.signal()
 }
 
 // enqueueReplay queues a replayed frame, waiting while the queue is over half its cap so
@@ -118,8 +137,8 @@ func (c *Conn) enqueueReplay(f *frame) bool {
 		if c.queued == 0 || c.queued+f.size() <= c.srv.cfg.WriteQueueBytes/2 {
 			c.queue = append(c.queue, f)
 			c.queued += f.size()
+			c.startWriter()
 			c.mu.Unlock()
-			c.signal()
 			return true
 		}
 		c.mu.Unlock()
@@ -135,10 +154,12 @@ func (c *Conn) enqueueReplay(f *frame) bool {
 	}
 }
 
-func (c *Conn) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+// startWriter starts the writer goroutine if none runs and there is something to write.
+// c.mu must be held.
+func (c *Conn) startWriter() {
+	if !c.writing && (len(c.queue) > 0 || c.pingDue || c.closeCode != 0) {
+		c.writing = true
+		go c.writeLoop()
 	}
 }
 
@@ -156,8 +177,9 @@ func (c *Conn) depth() (frames, bytes int) {
 	return len(c.queue), c.queued
 }
 
-// requestClose asks the write pump to close the connection with code; the first request
+// requestClose asks the writer to close the connection with code; the first request
 // wins. With flush, what is queued is sent before the close frame; without, it is dropped.
+// Safe to call from any goroutine.
 func (c *Conn) requestClose(code int, text string, flush bool) {
 	c.mu.Lock()
 	if c.closeCode != 0 {
@@ -170,11 +192,11 @@ func (c *Conn) requestClose(code int, text string, flush bool) {
 		dropped = len(c.queue)
 		c.clearQueue()
 	}
+	c.startWriter()
 	c.mu.Unlock()
 	if dropped > 0 {
 		c.srv.metrics.dropped(dropClosed, dropped)
 	}
-	c.signal()
 }
 
 func (c *Conn) closing() bool {
@@ -183,49 +205,55 @@ func (c *Conn) closing() bool {
 	return c.closeCode != 0
 }
 
-// writePump sends queued frames to the socket, all that are queued in one write with a
-// deadline, and pings the client. It ensures there is at most one writer to the
-// connection by executing all writes from this goroutine, close frames included.
-func (c *Conn) writePump() {
-	ping := time.NewTicker(c.srv.cfg.PingInterval)
-	defer ping.Stop()
-	for {
-		select {
-		case <-c.done:
-			return
-		case <-ping.C:
-			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
-				c.log.Debug("ping failed", "err", err)
-				_ = c.nc.Close() // the read pump ends and finishes the connection
-				return
-			}
-		case <-c.wake:
-			c.mu.Lock()
-			batch := c.queue
-			c.queue, c.queued = c.spare[:0], 0
-			code, text, flush := c.closeCode, c.closeText, c.flushFirst
-			c.mu.Unlock()
+// maxSpare bounds the slice a connection keeps between batches, so that an idle
+// connection does not hold a large one after a burst.
+const maxSpare = 64
 
-			var err error
-			if code == 0 || flush {
-				err = c.writeBatch(batch)
-			}
-			select {
-			case c.room <- struct{}{}:
-			default:
-			}
-			clear(batch)
+// writeLoop writes what is queued, everything queued in one write with a deadline, and
+// the pings and the close frame, until there is nothing left to write; then it ends. It is
+// the connection's only writer: startWriter runs at most one at a time, so all writes to
+// the socket, control frames included, are made from one goroutine at a time.
+func (c *Conn) writeLoop() {
+	for {
+		c.mu.Lock()
+		batch := c.queue
+		c.queue, c.queued, c.spare = c.spare[:0], 0, nil
+		code, text, flush, ping := c.closeCode, c.closeText, c.flushFirst, c.pingDue
+		c.pingDue = false
+		if len(batch) == 0 && !ping && code == 0 {
+			c.spare, c.writing = batch, false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+
+		var err error
+		if code == 0 || flush {
+			err = c.writeBatch(batch)
+		}
+		if err == nil && ping && code == 0 {
+			err = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WriteTimeout))
+		}
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
+		n := len(batch)
+		clear(batch)
+		if cap(batch) <= maxSpare {
+			c.mu.Lock()
 			c.spare = batch
-			if err != nil {
-				c.log.Debug("write failed", "err", err)
-				c.srv.metrics.dropped(dropWriteFailed, len(batch))
-				_ = c.nc.Close()
-				return
-			}
-			if code != 0 {
-				c.sendClose(code, text)
-				return
-			}
+			c.mu.Unlock()
+		}
+		if err != nil {
+			c.log.Debug("write failed", "err", err)
+			c.srv.metrics.dropped(dropWriteFailed, n)
+			_ = c.nc.Close() // the read pump ends and finishes the connection
+			return           // writing stays true: no writer starts again
+		}
+		if code != 0 {
+			c.sendClose(code, text)
+			return
 		}
 	}
 }
@@ -353,8 +381,9 @@ func (c *Conn) readEnded(err error) {
 	}
 }
 
-// finish ends the connection: it leaves the hub, stops the write pump, closes the socket
-// and drops whatever is still queued. Called once, by the read pump.
+// finish ends the connection: it leaves the hub, drops whatever is still queued, stops the
+// pings, closes the socket (which ends a writer in the middle of a write) and lets
+// Shutdown know. Called once, by the read pump.
 func (c *Conn) finish() {
 	c.srv.hub.leave(c)
 	c.mu.Lock()
@@ -365,7 +394,9 @@ func (c *Conn) finish() {
 		c.srv.metrics.dropped(dropClosed, dropped)
 	}
 	close(c.done)
+	c.ping.Stop()
 	_ = c.nc.Close()
+	c.srv.untrack(c)
 	c.srv.metrics.closed(code)
 	c.log.Debug("connection finished", "code", code)
 }

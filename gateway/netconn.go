@@ -90,11 +90,22 @@ type hijackRecorder struct {
 	conn *batchConn
 }
 
+// readBufferSize is the read buffer of a connection: clients send few, small frames, and
+// an idle connection should hold little. The WebSocket library reads larger frames through
+// it in several reads.
+const readBufferSize = 512
+
 func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
 	h.conn = &batchConn{Conn: nc}
+	if brw.Reader.Buffered() == 0 {
+		// Swap the server's 4 KiB read buffer for a small one; the WebSocket library
+		// reuses the reader it is given. (With bytes buffered, the library refuses the
+		// handshake anyway.)
+		brw = bufio.NewReadWriter(bufio.NewReaderSize(h.conn, readBufferSize), brw.Writer)
+	}
 	return h.conn, brw, nil
 }

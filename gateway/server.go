@@ -210,8 +210,8 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
-// serveWS checks the query, upgrades the request, and serves the connection until it
-// ends: the handler's goroutine becomes the connection's read pump.
+// serveWS checks the query, upgrades the request, joins the connection to the hub (or
+// starts its resume) and starts its read pump.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
@@ -250,10 +250,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			websocket.FormatCloseMessage(websocket.CloseGoingAway, "gateway shutting down"),
 			time.Now().Add(time.Second))
 		_ = ws.Close()
+		c.ping.Stop()
 		s.metrics.closed(websocket.CloseGoingAway)
 		return
 	}
-	defer s.untrack(c)
 	welcome := func(newest int64, known bool) {
 		wf := welcomeFrame{Op: "welcome", Conn: c.id, Node: s.cfg.NodeID, User: user}
 		if known {
@@ -266,16 +266,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	} else {
 		welcome(s.hub.newest()) // c joins the hub when its replay is done
 	}
-	done := make(chan struct{})
+	// The handler returns, and with it the request and its buffers; the connection lives
+	// on in its read pump (finish untracks it).
 	go func() {
-		defer close(done)
-		c.writePump()
+		if since != nil {
+			s.resumeConnect(c, *since, channels)
+		}
+		c.readPump()
 	}()
-	if since != nil {
-		s.resumeConnect(c, *since, channels)
-	}
-	c.readPump()
-	<-done
 }
 
 // track adds c to the connections that Shutdown drains; false once draining.

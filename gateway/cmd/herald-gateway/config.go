@@ -34,6 +34,7 @@ type config struct {
 	ShutdownTimeout   time.Duration
 	NoClientPublish   bool
 	InsecureUserParam bool
+	DebugAddr         string
 	LogFormat         string
 	LogLevel          string
 }
@@ -123,6 +124,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.dur(&c.ShutdownTimeout, "shutdown-timeout", "HERALD_SHUTDOWN_TIMEOUT", 30*time.Second, "how long a drain on SIGTERM may take")
 	e.bool(&c.NoClientPublish, "no-client-publish", "HERALD_NO_CLIENT_PUBLISH", "refuse publish ops from WebSocket clients")
 	e.bool(&c.InsecureUserParam, "insecure-user-param", "HERALD_INSECURE_USER_PARAM", "INSECURE, demos and tests only: take the user from ?user= with no authentication")
+	e.str(&c.DebugAddr, "debug-addr", "HERALD_DEBUG_ADDR", "", "address of a separate listener with /debug/pprof for profiling, e.g. 127.0.0.1:6060; empty: off")
 	e.str(&c.LogFormat, "log-format", "HERALD_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 

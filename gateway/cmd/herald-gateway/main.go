@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime"
@@ -142,6 +143,16 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		case <-busCtx.Done():
 		}
 	}()
+	if cfg.DebugAddr != "" {
+		dln, err := net.Listen("tcp", cfg.DebugAddr)
+		if err != nil {
+			return fmt.Errorf("debug listener: %w", err)
+		}
+		debugSrv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
+		defer debugSrv.Close()
+		go func() { _ = debugSrv.Serve(dln) }()
+		log.Info("profiling endpoints on", "addr", dln.Addr().String())
+	}
 	log.Info("herald gateway listening", "addr", ln.Addr().String(), "node", cfg.NodeID, "bus", busName(cfg))
 
 	var runErr error
@@ -257,6 +268,17 @@ func watchLag(ctx context.Context, b bus, hub *gateway.Hub, metrics *gateway.Met
 		}
 		metrics.SetConsumerLag(head - last)
 	}
+}
+
+// pprofMux serves net/http/pprof's handlers, on the debug listener only.
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // buildInfo is herald_build_info: 1, labelled with the module version and Go version.
