@@ -38,6 +38,9 @@ type Conn struct {
 	room chan struct{} // room for one signal from the writer: it wrote a batch
 	done chan struct{} // closed when the connection is finished (see finish)
 	ping *time.Timer   // fires every PingInterval to have the writer ping the client
+	// edge is the connection's identity, permissions and frame rate (limits.go); set
+	// before the read pump starts, then owned by it.
+	edge *connEdge
 
 	// mu protects skip, queue, queued, the close fields, pingDue, writing and spare.
 	mu         sync.Mutex
@@ -318,31 +321,81 @@ func (c *Conn) sendClose(code int, text string) {
 }
 
 // readPump reads the client's frames and answers them until the connection ends, then
-// finishes the connection. It runs on the HTTP handler's goroutine.
+// finishes the connection. It waits for the next frame in a shallow call, and once it has
+// handled every frame that arrived it hands over to a fresh goroutine: reading a frame
+// grows a goroutine's stack, and an idle connection should not keep a grown one.
 func (c *Conn) readPump() {
-	defer c.finish()
-	cfg := &c.srv.cfg
-	c.ws.SetReadLimit(cfg.MaxMessageBytes)
-	c.extendRead()
-	c.ws.SetPongHandler(func(string) error { c.extendRead(); return nil })
 	for {
+		if err := c.awaitFrame(); err != nil {
+			c.readEnded(err)
+			c.finish()
+			return
+		}
 		mt, data, err := c.ws.ReadMessage()
 		if err != nil {
 			c.readEnded(err)
+			c.finish()
 			return
 		}
-		if c.closing() {
-			continue // read until the peer's close frame or the grace deadline
-		}
-		c.extendRead()
 		switch {
+		case c.closing():
+			// read until the peer's close frame or the grace deadline
 		case mt == websocket.BinaryMessage:
 			c.requestClose(websocket.CloseUnsupportedData, "binary frames are not supported", false)
 		case !utf8.Valid(data):
 			c.requestClose(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8", false)
 		default:
+			c.extendRead()
 			c.handle(data)
 		}
+		if c.nc.br != nil && c.nc.br.Buffered() == 0 {
+			go c.readPump()
+			return
+		}
+	}
+}
+
+// startReading sets the read limits and handlers, then starts the read pump.
+func (c *Conn) startReading() {
+	c.ws.SetReadLimit(c.srv.cfg.MaxMessageBytes)
+	c.ws.SetPongHandler(func(string) error { c.extendRead(); return nil })
+	c.extendRead()
+	go c.readPump()
+}
+
+// Frame header bits of RFC 6455 section 5.2, for awaitFrame.
+const (
+	frameOpcodeMask = 0x0f
+	framePong       = 0xa
+	frameMasked     = 0x80
+	frameLenMask    = 0x7f
+	maskKeyLen      = 4
+)
+
+// awaitFrame waits until a frame has begun to arrive. A pong, which it sees whole in the
+// buffer, it consumes itself (extending the read deadline, as the library's pong handler
+// would): the library, given a pong, would go on waiting for a data frame deep in its own
+// calls. It is called only between messages, so the library's reading state is not
+// disturbed. Without access to the buffered reader it returns at once.
+func (c *Conn) awaitFrame() error {
+	br := c.nc.br
+	if br == nil {
+		return nil
+	}
+	for {
+		head, err := br.Peek(2)
+		if err != nil {
+			return err
+		}
+		size := maskKeyLen + int(head[1]&frameLenMask)
+		if head[0]&frameOpcodeMask != framePong || head[1]&frameMasked == 0 || size-maskKeyLen > 125 {
+			return nil // not a well-formed client pong: the library reads it
+		}
+		if _, err := br.Peek(2 + size); err != nil {
+			return err
+		}
+		_, _ = br.Discard(2 + size)
+		c.extendRead()
 	}
 }
 
@@ -374,7 +427,9 @@ func (c *Conn) readEnded(err error) {
 	}
 	c.mu.Unlock()
 	c.log.Debug("read ended", "code", code, "err", err)
+	c.edge.stop() // the token's timer, and the connection's slots
 	if code == websocket.CloseMessageTooBig {
+		c.srv.metrics.limitHit(limitFrameSize)
 		c.nc.closeWrite()
 		_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
 		_, _ = io.Copy(io.Discard, c.nc.Conn)
@@ -401,8 +456,15 @@ func (c *Conn) finish() {
 	c.log.Debug("connection finished", "code", code)
 }
 
-// handle answers one client frame.
+// handle answers one client frame. A frame over the connection's rate is answered with
+// error rate_limited and not acted on. A panic here is recovered, and closes only this
+// connection, with 1011.
 func (c *Conn) handle(data []byte) {
+	defer c.recoverPanic()
+	if ok, tooLong := c.edge.allowFrame(); !ok {
+		c.rateLimited(data, tooLong)
+		return
+	}
 	r, perr := decodeRequest(data)
 	if perr != nil {
 		c.replyError(perr.code, perr.msg, r.Ref)
@@ -411,6 +473,10 @@ func (c *Conn) handle(data []byte) {
 	switch r.Op {
 	case "subscribe":
 		ch := *r.Channel
+		if perr := c.mayJoin(ch); perr != nil {
+			c.replyError(perr.code, perr.msg, r.Ref)
+			return
+		}
 		answer := func() { c.enqueue(replyTo(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref})) }
 		if r.Since == nil {
 			c.srv.hub.subscribe(c, ch, answer)
@@ -427,6 +493,8 @@ func (c *Conn) handle(data []byte) {
 		})
 	case "publish":
 		c.publish(r)
+	case "refresh":
+		c.refresh(r)
 	}
 }
 
@@ -440,6 +508,10 @@ func (c *Conn) publish(r request) {
 	m := message.Message{From: c.usr, Data: r.Data, Source: sourceWS}
 	if r.Channel != nil {
 		m.Channel = *r.Channel
+	}
+	if !c.edge.mayPublish(m.Channel) {
+		c.replyError(CodeForbidden, notPermitted("publish to", m.Channel), r.Ref)
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.PublishTimeout)
 	id, err := c.srv.publish(ctx, m)

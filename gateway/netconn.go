@@ -19,6 +19,10 @@ type batchConn struct {
 	mu      sync.Mutex
 	holding bool
 	buf     *[]byte
+
+	// br is the buffered reader the WebSocket library reads through (nil if the library
+	// was given another); only the read pump uses it.
+	br *bufio.Reader
 }
 
 // batchBufs holds batch buffers between batches, so an idle connection holds none.
@@ -105,7 +109,8 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		// Swap the server's 4 KiB read buffer for a small one; the WebSocket library
 		// reuses the reader it is given. (With bytes buffered, the library refuses the
 		// handshake anyway.)
-		brw = bufio.NewReadWriter(bufio.NewReaderSize(h.conn, readBufferSize), brw.Writer)
+		h.conn.br = bufio.NewReaderSize(h.conn, readBufferSize)
+		brw = bufio.NewReadWriter(h.conn.br, brw.Writer)
 	}
 	return h.conn, brw, nil
 }

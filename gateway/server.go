@@ -70,8 +70,18 @@ type Config struct {
 	// DisableClientPublish refuses publish ops from WebSocket clients (error forbidden).
 	DisableClientPublish bool
 	// InsecureUserParam takes a connection's user from the ?user= query parameter, with no
-	// authentication at all: for demos and tests only.
+	// authentication at all: for demos and tests only. NewServer refuses it together with
+	// Auth.
 	InsecureUserParam bool
+	// Auth is how WebSocket clients authenticate (JWT) and what their tokens permit.
+	// Default: authentication off, every client anonymous and allowed everything.
+	Auth AuthConfig
+	// AllowedOrigins are the browser origins, besides the gateway's own, that may open
+	// WebSocket connections: exact ("https://app.example.com"), a wildcard first label
+	// ("https://*.example.com") or "*" for any. Others get 403. Default: same origin only.
+	AllowedOrigins []string
+	// Limits bounds what clients may take; see Limits for each default.
+	Limits Limits
 	// DrainBatch is how many connections Shutdown closes at a time. Default 500.
 	DrainBatch int
 	// DrainInterval is the pause between Shutdown's batches. Default 50ms.
@@ -117,6 +127,7 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
+	c.Limits.setDefaults()
 }
 
 //go:embed web/index.html web/*.js web/*.css
@@ -137,6 +148,12 @@ type Server struct {
 	mux      *http.ServeMux
 
 	busReady atomic.Bool
+
+	// The edge: who may connect, from where, how often (auth.go, limits.go).
+	auth       *authenticator
+	origins    *originPolicy
+	slots      connSlots
+	handshakes *addrRates // nil: no handshake rate limit
 
 	// connsMu protects draining and all; conns is added to only under it, while not
 	// draining, so that Shutdown's Wait never races an Add.
@@ -168,6 +185,9 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		all:    make(map[*Conn]struct{}),
 	}
 	s.upgrader.Error = s.handshakeError
+	if err := s.setupEdge(); err != nil {
+		return nil, err
+	}
 	if err := cfg.Registry.Register(newStateCollector(hub, bus)); err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
@@ -232,7 +252,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		since = &n
 	}
-	user := ""
+	id, release, ok := s.admit(w, r, channels)
+	if !ok {
+		return // admit has answered and counted it
+	}
+	user := id.user
 	if s.cfg.InsecureUserParam {
 		user = q.Get("user")
 	}
@@ -240,9 +264,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	rec := &hijackRecorder{ResponseWriter: w}
 	ws, err := s.upgrader.Upgrade(rec, r, nil)
 	if err != nil {
+		release()
 		return // the upgrader has answered and counted it
 	}
 	c := newConn(s, ws, rec.conn, user)
+	c.edge = newConnEdge(c, id, release)
 	s.metrics.acceptedConn()
 	if !s.track(c) {
 		// Draining began during the upgrade: tell the client to go elsewhere.
@@ -251,6 +277,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			time.Now().Add(time.Second))
 		_ = ws.Close()
 		c.ping.Stop()
+		c.edge.stop()
 		s.metrics.closed(websocket.CloseGoingAway)
 		return
 	}
@@ -268,11 +295,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	// The handler returns, and with it the request and its buffers; the connection lives
 	// on in its read pump (finish untracks it).
+	if since == nil {
+		c.startReading()
+		return
+	}
 	go func() {
-		if since != nil {
-			s.resumeConnect(c, *since, channels)
-		}
-		c.readPump()
+		s.resumeConnect(c, *since, channels)
+		c.startReading()
 	}()
 }
 
