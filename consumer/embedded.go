@@ -153,6 +153,14 @@ func (e *Embedded) Newest() int64 {
 	return e.next - 1
 }
 
+// Oldest returns the offset of the oldest message the log retains (the next offset to be
+// given when it is empty).
+func (e *Embedded) Oldest(context.Context) (int64, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.next - int64(e.size), true
+}
+
 // Connected reports that the embedded bus can take publishes: always.
 func (e *Embedded) Connected() bool { return true }
 

@@ -123,6 +123,12 @@ func (s *Stream) closeReplays() {
 // (so it may be behind the newest by the rest of that chunk). It reports false when the
 // stream is empty, the broker is away or ctx ends first.
 func (s *Stream) Head(ctx context.Context) (int64, bool) {
+	return s.probe(ctx, "last")
+}
+
+// probe attaches a consumer at offset spec from and returns the offset of its first
+// delivery.
+func (s *Stream) probe(ctx context.Context, from string) (int64, bool) {
 	ch, err := s.replayChannel()
 	if err != nil {
 		return 0, false
@@ -132,7 +138,7 @@ func (s *Stream) Head(ctx context.Context) (int64, bool) {
 		return 0, false
 	}
 	deliveries, err := ch.Consume(s.cfg.Stream, "", false, false, false, false,
-		amqp.Table{producer.HeaderStreamOffset: "last"})
+		amqp.Table{producer.HeaderStreamOffset: from})
 	if err != nil {
 		return 0, false
 	}
@@ -145,4 +151,11 @@ func (s *Stream) Head(ctx context.Context) (int64, bool) {
 	case <-ctx.Done():
 		return 0, false
 	}
+}
+
+// Oldest returns the offset of the oldest message the stream retains: the first delivery
+// of a consumer attached at "first". It reports false when the stream is empty, the
+// broker is away or ctx ends first.
+func (s *Stream) Oldest(ctx context.Context) (int64, bool) {
+	return s.probe(ctx, "first")
 }

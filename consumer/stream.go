@@ -497,9 +497,16 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 			return ss.closeReason()
 		}
 		if expect != message.NoOffset {
+			// Offsets skip a number at each segment's start, so a later offset is not in
+			// itself a loss; an oldest retained offset past the one asked for is.
 			if off, has := streamDeliveryOffset(d); has && off > expect {
-				s.log.Warn("consumer resumed past its position: messages left the stream's retention while it was away",
-					"want_offset", expect, "got_offset", off, "lost", off-expect)
+				probe, cancel := context.WithTimeout(ctx, 5*time.Second)
+				oldest, known := s.Oldest(probe)
+				cancel()
+				if known && oldest > expect {
+					s.log.Warn("consumer resumed past its position: messages left the stream's retention while it was away",
+						"want_offset", expect, "got_offset", off)
+				}
 			}
 			expect = message.NoOffset
 		}

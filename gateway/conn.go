@@ -43,18 +43,30 @@ type Conn struct {
 	edge *connEdge
 
 	// mu protects skip, queue, queued, the close fields, pingDue, writing and spare.
-	mu         sync.Mutex
-	skip       int64 // frames of messages at or below this offset were replayed: drop them
-	queue      []*frame
-	queued     int    // bytes in queue
-	closeCode  int    // 0 while open; the close code once a close is asked for
-	closeText  string // the close frame's reason
-	flushFirst bool   // send what is queued before the close frame
-	pingDue    bool   // the writer should send a ping
+	mu     sync.Mutex
+	skip   int64 // frames of messages at or below this offset were replayed: drop them
+	queue  []*frame
+	queued int // bytes in queue
+	// inflight and inflightBytes are the frames and bytes the writer has taken from the
+	// queue and is writing now: still waiting, for the queue depth gauges.
+	inflight, inflightBytes int
+	closeCode               int    // 0 while open; the close code once a close is asked for
+	closeText               string // the close frame's reason
+	flushFirst              bool   // send what is queued before the close frame
+	pingDue                 bool   // the writer should send a ping
 	// writing is true while a writer goroutine runs, and for good once the writing side
 	// is closed (close frame sent, or a write failed): at most one writer ever runs.
-	writing bool
-	spare   []*frame // the last batch's slice, reused for the next queue
+	// finished is set by finish: no writer starts after it. writers counts the writer
+	// goroutine, for finish to wait for; it is added to only under mu, before finished.
+	writing  bool
+	finished bool
+	writers  sync.WaitGroup
+	// scheduled is true while c waits in the flusher for the next tick; flushedTick is
+	// the tick of c's last write (see flusher).
+	scheduled   bool
+	flushedTick int64
+	roomWanted  bool     // a replay waits for the writer to make room
+	spare       []*frame // the last batch's slice, reused for the next queue
 }
 
 func newConn(s *Server, ws *websocket.Conn, nc *batchConn, user string) *Conn {
@@ -144,6 +156,7 @@ func (c *Conn) enqueueReplay(f *frame) bool {
 			c.mu.Unlock()
 			return true
 		}
+		c.roomWanted = true
 		c.mu.Unlock()
 		select {
 		case <-c.room:
@@ -157,13 +170,22 @@ func (c *Conn) enqueueReplay(f *frame) bool {
 	}
 }
 
-// startWriter starts the writer goroutine if none runs and there is something to write.
-// c.mu must be held.
+// startWriter starts the writer goroutine if none runs and there is something to write,
+// or, for frames of a connection that has written in the current tick, has the flusher
+// start it at the next tick. c.mu must be held.
 func (c *Conn) startWriter() {
-	if !c.writing && (len(c.queue) > 0 || c.pingDue || c.closeCode != 0) {
-		c.writing = true
-		go c.writeLoop()
+	urgent := c.pingDue || c.closeCode != 0
+	if c.writing || c.finished || (c.scheduled && !urgent) || (len(c.queue) == 0 && !urgent) {
+		return
 	}
+	if f := c.srv.flusher; !urgent && f != nil && c.flushedTick == f.tick.Load() {
+		c.scheduled = true
+		f.schedule(c)
+		return
+	}
+	c.writing = true
+	c.writers.Add(1)
+	go c.writeLoop()
 }
 
 // clearQueue empties the queue. c.mu must be held.
@@ -173,11 +195,12 @@ func (c *Conn) clearQueue() {
 	c.queued = 0
 }
 
-// depth returns the number of frames and bytes waiting in the write queue.
+// depth returns the number of frames and bytes waiting to be written: in the write queue,
+// and in the batch being written.
 func (c *Conn) depth() (frames, bytes int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.queue), c.queued
+	return len(c.queue) + c.inflight, c.queued + c.inflightBytes
 }
 
 // requestClose asks the writer to close the connection with code; the first request
@@ -217,40 +240,55 @@ const maxSpare = 64
 // the connection's only writer: startWriter runs at most one at a time, so all writes to
 // the socket, control frames included, are made from one goroutine at a time.
 func (c *Conn) writeLoop() {
+	defer c.writers.Done()
+	var written []*frame // the last batch, for its slice to be reused
 	for {
 		c.mu.Lock()
-		batch := c.queue
-		c.queue, c.queued, c.spare = c.spare[:0], 0, nil
+		if written != nil && cap(written) <= maxSpare {
+			c.spare = written[:0]
+		}
+		c.inflight, c.inflightBytes = 0, 0
 		code, text, flush, ping := c.closeCode, c.closeText, c.flushFirst, c.pingDue
-		c.pingDue = false
-		if len(batch) == 0 && !ping && code == 0 {
-			c.spare, c.writing = batch, false
+		urgent := ping || code != 0
+		tick := int64(0)
+		if c.srv.flusher != nil {
+			tick = c.srv.flusher.tick.Load()
+		}
+		if !urgent && (len(c.queue) == 0 || (written != nil && c.flushedTick == tick)) {
+			// Nothing to write, or this tick's write is done: the rest waits for the next.
+			c.writing = false
+			c.startWriter()
 			c.mu.Unlock()
 			return
 		}
+		batch := c.queue
+		c.inflight, c.inflightBytes = len(batch), c.queued
+		c.queue, c.queued, c.spare = c.spare[:0], 0, nil
+		c.pingDue, c.flushedTick = false, tick
+		room := c.roomWanted
+		c.roomWanted = false
 		c.mu.Unlock()
 
 		var err error
+		sent := 0
 		if code == 0 || flush {
-			err = c.writeBatch(batch)
+			sent, err = c.writeBatch(batch)
 		}
 		if err == nil && ping && code == 0 {
 			err = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WriteTimeout))
 		}
-		select {
-		case c.room <- struct{}{}:
-		default:
+		if room {
+			select {
+			case c.room <- struct{}{}:
+			default:
+			}
 		}
-		n := len(batch)
+		unsent := len(batch) - sent
 		clear(batch)
-		if cap(batch) <= maxSpare {
-			c.mu.Lock()
-			c.spare = batch
-			c.mu.Unlock()
-		}
+		written = batch
 		if err != nil {
 			c.log.Debug("write failed", "err", err)
-			c.srv.metrics.dropped(dropWriteFailed, n)
+			c.srv.metrics.dropped(dropWriteFailed, unsent)
 			_ = c.nc.Close() // the read pump ends and finishes the connection
 			return           // writing stays true: no writer starts again
 		}
@@ -261,51 +299,33 @@ func (c *Conn) writeLoop() {
 	}
 }
 
-// writeBatch writes frames to the socket in as few writes as batchFlushBytes allows.
-func (c *Conn) writeBatch(batch []*frame) error {
+// writeBatch writes frames to the socket: their bytes go into one pooled buffer, written
+// in one call, or in calls of about batchFlushBytes for a long queue. It returns how many
+// frames were written.
+func (c *Conn) writeBatch(batch []*frame) (int, error) {
 	if len(batch) == 0 {
-		return nil
+		return 0, nil
 	}
-	if err := c.ws.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
-		return err
-	}
-	var err error
-	start := 0
-	c.nc.hold()
+	bp := batchBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxPooledBatch {
+			*bp = (*bp)[:0]
+			batchBufs.Put(bp)
+		}
+	}()
+	buf, start := (*bp)[:0], 0
 	for i, f := range batch {
-		if f.shared {
-			var pm *websocket.PreparedMessage
-			if pm, err = f.prepare(); err == nil {
-				err = c.ws.WritePreparedMessage(pm)
+		buf = append(buf, f.wire...)
+		if len(buf) >= batchFlushBytes || i == len(batch)-1 {
+			if _, err := c.nc.Write(buf); err != nil {
+				return start, err
 			}
-		} else {
-			err = c.ws.WriteMessage(websocket.TextMessage, f.data)
-		}
-		if err != nil {
-			break
-		}
-		if c.nc.buffered() >= batchFlushBytes && i < len(batch)-1 {
-			if err = c.release(batch[start : i+1]); err != nil {
-				return err
-			}
-			start = i + 1
-			c.nc.hold()
+			c.srv.metrics.wrote(batch[start:i+1], len(buf), time.Now())
+			buf, start = buf[:0], i+1
 		}
 	}
-	if rerr := c.release(batch[start:]); err == nil {
-		err = rerr
-	}
-	return err
-}
-
-// release writes what the batchConn holds and counts the frames as delivered.
-func (c *Conn) release(sent []*frame) error {
-	n, err := c.nc.release()
-	if err != nil {
-		return err
-	}
-	c.srv.metrics.wrote(sent, n, time.Now())
-	return nil
+	*bp = buf
+	return len(batch), nil
 }
 
 // sendClose sends a close frame and half-closes the socket; the read pump then ends on
@@ -421,11 +441,14 @@ func (c *Conn) readEnded(err error) {
 		code = ce.Code
 	}
 	c.mu.Lock()
+	dropped := 0
 	if c.closeCode == 0 {
 		c.closeCode = code
+		dropped = len(c.queue)
 		c.clearQueue()
 	}
 	c.mu.Unlock()
+	c.srv.metrics.dropped(dropClosed, dropped)
 	c.log.Debug("read ended", "code", code, "err", err)
 	c.edge.stop() // the token's timer, and the connection's slots
 	if code == websocket.CloseMessageTooBig {
@@ -444,16 +467,18 @@ func (c *Conn) finish() {
 	c.mu.Lock()
 	code, dropped := c.closeCode, len(c.queue)
 	c.clearQueue()
+	c.finished = true
 	c.mu.Unlock()
 	if dropped > 0 {
 		c.srv.metrics.dropped(dropClosed, dropped)
 	}
 	close(c.done)
 	c.ping.Stop()
-	_ = c.nc.Close()
-	c.srv.untrack(c)
+	_ = c.nc.Close() // a writer in the middle of a write fails now
+	c.writers.Wait() // and ends
 	c.srv.metrics.closed(code)
 	c.log.Debug("connection finished", "code", code)
+	c.srv.untrack(c) // last: Shutdown may return once every connection is untracked
 }
 
 // handle answers one client frame. A frame over the connection's rate is answered with

@@ -470,7 +470,8 @@ func TestCloseCodes(t *testing.T) {
 }
 
 func TestSlowConsumerClosedWith4008(t *testing.T) {
-	g := newTestGateway(t, gateway.Config{WriteQueueBytes: 64 << 10}, nil)
+	// Publishing waits for each delivery; coalescing writes would only slow that down.
+	g := newTestGateway(t, gateway.Config{WriteQueueBytes: 64 << 10, FlushInterval: -1}, nil)
 	slow := g.dial("channels=flood")
 	slow.expect("welcome")
 	healthy := g.dial("channels=flood")
@@ -501,6 +502,34 @@ func TestSlowConsumerClosedWith4008(t *testing.T) {
 	}
 	if d := counterWith(t, g.reg, "herald_messages_dropped_total", "reason", "slow_consumer"); d < 1 {
 		t.Errorf("got %v dropped, want at least 1", d)
+	}
+}
+
+// TestBusyConnectionWritesCoalesce: frames for a connection that has just written wait
+// for the next flush tick and go out together, in one write.
+func TestBusyConnectionWritesCoalesce(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{FlushInterval: 200 * time.Millisecond}, nil)
+	c := g.dial("channels=burst")
+	c.expect("welcome")
+	writes := counter(t, g.reg, "herald_socket_writes_total")
+	const n = 50
+	for i := 0; i < n; i++ {
+		if _, err := g.bus.Publish(context.Background(), message.Message{Channel: "burst", Data: json.RawMessage(`1`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < n; i++ {
+		c.expect("message")
+	}
+	// The first frame is written at once; the rest, queued within the same tick, wait
+	// for the next tick: a few writes, not fifty. (The counters move just after the
+	// write, so a moment after the client has read it.)
+	waitFor(t, "the deliveries counted", func() bool { return counter(t, g.reg, "herald_messages_delivered_total") == n })
+	if got := counter(t, g.reg, "herald_socket_writes_total") - writes; got < 1 || got > 5 {
+		t.Errorf("%d frames took %v writes, want 2 to 5", n, got)
+	}
+	if got := counter(t, g.reg, "herald_messages_delivered_total"); got != n {
+		t.Errorf("delivered: got %v, want %d", got, n)
 	}
 }
 
@@ -641,6 +670,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 			c.expect("message")
 		}
 	}
+	waitFor(t, "the deliveries counted", func() bool { return counter(t, g.reg, "herald_messages_delivered_total") >= 10 })
 	checks := map[string]float64{
 		"herald_connections":                3,
 		"herald_connections_accepted_total": 3,

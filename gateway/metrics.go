@@ -40,6 +40,7 @@ type Metrics struct {
 	delivered          prometheus.Counter
 	droppedTotal       *prometheus.CounterVec
 	bytesWritten       prometheus.Counter
+	socketWrites       prometheus.Counter
 	slowConsumers      prometheus.Counter
 	clientErrors       *prometheus.CounterVec
 	latency            prometheus.Histogram
@@ -51,6 +52,8 @@ type Metrics struct {
 	busDown  map[string]time.Time // parts of the bus connection that are away, since when
 	resumes  *prometheus.CounterVec
 	replayed prometheus.Counter
+
+	edge edgeMetrics // authentication and limits
 }
 
 // NewMetrics creates the gateway's counters and registers them with reg. The gauges that
@@ -108,6 +111,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "herald_bytes_written_total",
 			Help: "Bytes of frames written to client sockets.",
 		}),
+		socketWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_socket_writes_total",
+			Help: "Writes of data frames to client sockets: herald_messages_delivered_total over this is how many frames each write carried.",
+		}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_slow_consumers_total",
 			Help: "Connections closed with 4008 because their write queue overflowed.",
@@ -144,10 +151,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.accepted, m.refused, m.closedConns, m.publishedTotal, m.publishFailedTotal,
-		m.receivedTotal, m.fanout, m.publishLatency, m.consumerLag, m.delivered, m.droppedTotal, m.bytesWritten, m.slowConsumers,
+		m.receivedTotal, m.fanout, m.publishLatency, m.consumerLag, m.delivered, m.droppedTotal, m.bytesWritten, m.socketWrites, m.slowConsumers,
 		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.busAway, m.resumes, m.replayed)
 	m.resumes.WithLabelValues("resumed")
 	m.resumes.WithLabelValues("reset")
+	// Series that exist from the start, at 0, so that rate() sees their first event.
+	for _, code := range []int{1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1011, CloseSlowConsumer, CloseRateLimited, 0} {
+		m.closedConns.WithLabelValues(closeCodeLabel(code))
+	}
+	for _, r := range []string{"draining", "bad_query", "bad_handshake", "origin", "rate_limited",
+		"too_many_connections", "too_many_connections_per_ip", CodeForbidden} {
+		m.refused.WithLabelValues(r)
+	}
+	for _, code := range []string{CodeBadRequest, CodeUnknownOp, CodeForbidden, CodeRateLimited, CodeTooLarge, CodeUnavailable} {
+		m.clientErrors.WithLabelValues(code)
+	}
 	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged} {
 		m.droppedTotal.WithLabelValues(r)
 	}
@@ -157,6 +175,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.receivedTotal.WithLabelValues(s)
 	}
 	m.receivedTotal.WithLabelValues(sourceAMQP)
+	m.edge.register(reg)
 	return m
 }
 
@@ -253,11 +272,14 @@ func (m *Metrics) wrote(frames []*frame, n int, now time.Time) {
 		return
 	}
 	m.bytesWritten.Add(float64(n))
+	m.socketWrites.Inc()
 	delivered := 0
 	for _, f := range frames {
 		if !f.published.IsZero() {
 			delivered++
-			m.latency.Observe(now.Sub(f.published).Seconds())
+			if !f.replayed { // a replayed message's age is not a delivery latency
+				m.latency.Observe(now.Sub(f.published).Seconds())
+			}
 		}
 	}
 	m.delivered.Add(float64(delivered))
@@ -307,6 +329,7 @@ func (m *Metrics) BusState(part string, connected bool) {
 // stateCollector reads gauges from live state at scrape time: connections, the write
 // queues (total and largest, in frames and bytes), subscriptions and the bus.
 type stateCollector struct {
+	srv *Server
 	hub *Hub
 	bus BusHealth
 
@@ -318,12 +341,13 @@ type stateCollector struct {
 // queueDepthBuckets are the upper bounds, in bytes, of herald_write_queue_depth_bytes.
 var queueDepthBuckets = []float64{0, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 512 << 10, 1 << 20, 4 << 20}
 
-func newStateCollector(hub *Hub, bus BusHealth) *stateCollector {
+func newStateCollector(srv *Server, hub *Hub, bus BusHealth) *stateCollector {
 	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
 	return &stateCollector{
+		srv:     srv,
 		hub:     hub,
 		bus:     bus,
-		conns:   d("herald_connections", "WebSocket connections open now."),
+		conns:   d("herald_connections", "WebSocket connections open now (resuming ones included)."),
 		subs:    d("herald_subscriptions", "Channel subscriptions across all connections."),
 		chans:   d("herald_channels", "Channels with at least one subscriber."),
 		busUp:   d("herald_bus_connected", "1 when the gateway can publish to and consume from the bus, else 0."),
@@ -344,10 +368,10 @@ func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	var n, frames, bytes, maxF, maxB int
 	counts := make([]uint64, len(queueDepthBuckets))
-	s.hub.forEach(func(c member) {
+	s.srv.forEachConn(func(c *Conn) {
 		n++
-		if d, ok := c.(interface{ depth() (int, int) }); ok {
-			f, b := d.depth()
+		{
+			f, b := c.depth()
 			frames, bytes = frames+f, bytes+b
 			maxF, maxB = max(maxF, f), max(maxB, b)
 			for i, le := range queueDepthBuckets {
@@ -378,4 +402,85 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	g(s.qMaxF, maxF)
 	g(s.qMaxB, maxB)
 	ch <- prometheus.MustNewConstMetric(s.busUp, prometheus.GaugeValue, up)
+}
+
+// edgeMetrics counts what the edge refuses and recovers from: limits hit, panics,
+// token refreshes and expiries, JWKS fetches.
+type edgeMetrics struct {
+	limitsHit     *prometheus.CounterVec
+	panics        prometheus.Counter
+	refreshes     *prometheus.CounterVec
+	tokensExpired prometheus.Counter
+	jwksFetches   *prometheus.CounterVec
+}
+
+func (e *edgeMetrics) register(reg prometheus.Registerer) {
+	e.limitsHit = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_limits_hit_total",
+		Help: "Times a client hit a limit, by limit: connections, connections_per_ip, handshake_rate (refused before the upgrade), message_rate (error rate_limited), message_rate_closed (closed with 4029), subscriptions, frame_size (closed with 1009).",
+	}, []string{"limit"})
+	e.panics = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_panics_total",
+		Help: "Panics recovered while serving one connection (that connection was closed with 1011).",
+	})
+	e.refreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_token_refreshes_total",
+		Help: "Refresh ops from clients, by result: ok, refused.",
+	}, []string{"result"})
+	e.tokensExpired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_tokens_expired_total",
+		Help: "Connections closed with 1008 because their token expired.",
+	})
+	e.jwksFetches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_jwks_fetches_total",
+		Help: "Fetches of the JSON Web Key Set, by result: ok, failed.",
+	}, []string{"result"})
+	reg.MustRegister(e.limitsHit, e.panics, e.refreshes, e.tokensExpired, e.jwksFetches)
+	for _, l := range []string{limitConnections, limitConnectionsPerIP, limitHandshakeRate, limitMessageRate,
+		limitRateClosed, limitSubscriptions, limitFrameSize} {
+		e.limitsHit.WithLabelValues(l)
+	}
+	for _, r := range []string{"ok", "refused"} {
+		e.refreshes.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		e.jwksFetches.WithLabelValues(r)
+	}
+}
+
+func (m *Metrics) limitHit(limit string) {
+	if m != nil {
+		m.edge.limitsHit.WithLabelValues(limit).Inc()
+	}
+}
+
+func (m *Metrics) panicked() {
+	if m != nil {
+		m.edge.panics.Inc()
+	}
+}
+
+func (m *Metrics) tokenRefreshed(ok bool) {
+	if m != nil {
+		m.edge.refreshes.WithLabelValues(okLabel(ok, "ok", "refused")).Inc()
+	}
+}
+
+func (m *Metrics) tokenExpired() {
+	if m != nil {
+		m.edge.tokensExpired.Inc()
+	}
+}
+
+func (m *Metrics) jwksFetched(ok bool) {
+	if m != nil {
+		m.edge.jwksFetches.WithLabelValues(okLabel(ok, "ok", "failed")).Inc()
+	}
+}
+
+func okLabel(ok bool, yes, no string) string {
+	if ok {
+		return yes
+	}
+	return no
 }

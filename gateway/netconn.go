@@ -5,79 +5,54 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
-// batchConn is the network connection under a WebSocket connection. It lets the write
-// pump gather every frame of a batch and send them in one write: between hold and
-// release, the WebSocket library's writes are appended to a pooled buffer instead of
-// going to the socket. Outside a batch, writes go straight through.
+// batchConn is the network connection under a WebSocket connection. Every write to the
+// socket goes through its Write, whole: the write pump's batches of data frames, and the
+// control frames the WebSocket library writes (pings, pongs, close frames), so that frames
+// never interleave.
+//
+// It also keeps the write deadline, instead of setting one on every write as the library
+// would (each setting moves a runtime timer, a measurable share of the cost of a small
+// write): before a write it renews the deadline to now+timeout only when less than half of
+// the timeout is left. A write so has between timeout/2 and timeout to finish.
 type batchConn struct {
 	net.Conn
+	timeout time.Duration
 
-	// mu protects holding and buf, and is held while a batch is written, so that a control
-	// frame written by another goroutine lands whole, before or after a batch.
-	mu      sync.Mutex
-	holding bool
-	buf     *[]byte
+	// mu serialises writes and protects deadline.
+	mu       sync.Mutex
+	deadline time.Time
 
 	// br is the buffered reader the WebSocket library reads through (nil if the library
 	// was given another); only the read pump uses it.
 	br *bufio.Reader
 }
 
-// batchBufs holds batch buffers between batches, so an idle connection holds none.
+// batchBufs holds the write pumps' batch buffers between batches, so an idle connection
+// holds none. It is a cache, shared by every connection.
 var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
 // maxPooledBatch is the largest buffer put back in the pool; a larger one (after an
 // unusually big batch) is left to the garbage collector.
 const maxPooledBatch = 256 << 10
 
+// Write writes p whole, within the write deadline.
 func (c *batchConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.holding {
-		*c.buf = append(*c.buf, p...)
-		return len(p), nil
+	if now := time.Now(); c.deadline.Sub(now) < c.timeout/2 {
+		c.deadline = now.Add(c.timeout)
+		if err := c.Conn.SetWriteDeadline(c.deadline); err != nil {
+			return 0, err
+		}
 	}
 	return c.Conn.Write(p)
 }
 
-// hold starts a batch: writes are buffered until release.
-func (c *batchConn) hold() {
-	c.mu.Lock()
-	c.holding = true
-	c.buf = batchBufs.Get().(*[]byte)
-	c.mu.Unlock()
-}
-
-// buffered returns how many bytes the current batch holds.
-func (c *batchConn) buffered() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.buf == nil {
-		return 0
-	}
-	return len(*c.buf)
-}
-
-// release ends a batch, writing everything buffered in one write (within the write
-// deadline set on the connection), and returns the number of bytes written.
-func (c *batchConn) release() (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.holding = false
-	var n int
-	var err error
-	if len(*c.buf) > 0 {
-		n, err = c.Conn.Write(*c.buf)
-	}
-	if cap(*c.buf) <= maxPooledBatch {
-		*c.buf = (*c.buf)[:0]
-		batchBufs.Put(c.buf)
-	}
-	c.buf = nil
-	return n, err
-}
+// SetWriteDeadline ignores the deadlines the WebSocket library sets: Write keeps its own.
+func (c *batchConn) SetWriteDeadline(time.Time) error { return nil }
 
 // closeWrite shuts the sending side of a TCP connection, so the peer reads our close
 // frame and then end of stream, while we can still read its close frame.
@@ -88,10 +63,12 @@ func (c *batchConn) closeWrite() {
 }
 
 // hijackRecorder wraps a ResponseWriter so that the connection the WebSocket library
-// hijacks is a batchConn, which the caller then finds in conn.
+// hijacks is a batchConn with the given write timeout, which the caller then finds in conn.
 type hijackRecorder struct {
 	http.ResponseWriter
-	conn *batchConn
+	timeout time.Duration
+	sndbuf  int // SO_SNDBUF to set; 0 leaves the kernel's
+	conn    *batchConn
 }
 
 // readBufferSize is the read buffer of a connection: clients send few, small frames, and
@@ -104,7 +81,10 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	h.conn = &batchConn{Conn: nc}
+	if tc, ok := nc.(*net.TCPConn); ok && h.sndbuf > 0 {
+		_ = tc.SetWriteBuffer(h.sndbuf)
+	}
+	h.conn = &batchConn{Conn: nc, timeout: h.timeout}
 	if brw.Reader.Buffered() == 0 {
 		// Swap the server's 4 KiB read buffer for a small one; the WebSocket library
 		// reuses the reader it is given. (With bytes buffered, the library refuses the

@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	"github.com/heraldgw/herald/producer/message"
 )
@@ -31,35 +28,6 @@ const (
 
 // Subprotocol is the WebSocket subprotocol the gateway speaks.
 const Subprotocol = "herald.v1"
-
-// frame is one text frame to send. A broadcast frame is encoded once and shared by every
-// recipient; the prepared form for the WebSocket library is made once, on first write.
-type frame struct {
-	data []byte
-	// offset is the message's offset in the bus's log; message.NoOffset for replies.
-	offset int64
-	// published is when the message was published (zero for replies), for latency.
-	published time.Time
-	// shared frames go to many connections, and are prepared once for all of them;
-	// the others (replies, replayed messages) are written as they are.
-	shared bool
-
-	prepOnce sync.Once
-	prepared *websocket.PreparedMessage
-	prepErr  error
-}
-
-// prepare returns the frame in the form the WebSocket library writes, making it on the
-// first call. Safe for concurrent use by every recipient's write pump.
-func (f *frame) prepare() (*websocket.PreparedMessage, error) {
-	f.prepOnce.Do(func() {
-		f.prepared, f.prepErr = websocket.NewPreparedMessage(websocket.TextMessage, f.data)
-	})
-	return f.prepared, f.prepErr
-}
-
-// size is what the frame counts against a write queue's byte cap.
-func (f *frame) size() int { return len(f.data) }
 
 // Frames from the gateway to a client. Optional fields are omitted when empty.
 type (
@@ -102,6 +70,13 @@ type (
 		Message string `json:"message"`
 		Ref     string `json:"ref,omitempty"`
 	}
+	// refreshedFrame answers a refresh op; Exp is the new token's expiry (Unix seconds),
+	// absent where the gateway does not authenticate.
+	refreshedFrame struct {
+		Op  string `json:"op"`
+		Ref string `json:"ref,omitempty"`
+		Exp int64  `json:"exp,omitempty"`
+	}
 )
 
 // newMessageFrame encodes m as a message frame, once for all its recipients.
@@ -117,18 +92,11 @@ func newMessageFrame(m message.Message) *frame {
 	if m.Offset >= 0 {
 		mf.Offset = &m.Offset
 	}
-	return &frame{data: mustEncode(mf), offset: m.Offset, published: m.Time, shared: true}
-}
-
-// replayFrame encodes m for one resuming client.
-func replayFrame(m message.Message) *frame {
-	f := newMessageFrame(m)
-	f.shared = false
-	return f
+	return newFrame(mustEncode(mf), m.Offset, m.Time)
 }
 
 // replyTo encodes a frame answering one client.
-func replyTo(v any) *frame { return &frame{data: mustEncode(v), offset: message.NoOffset} }
+func replyTo(v any) *frame { return newFrame(mustEncode(v), message.NoOffset, time.Time{}) }
 
 // mustEncode marshals a frame. The frame types hold only strings, integers and data that
 // the bus has validated as JSON, so an error here is a bug.
@@ -149,6 +117,7 @@ type request struct {
 	Channel *string         `json:"channel"`
 	Since   *int64          `json:"since"`
 	Data    json.RawMessage `json:"data"`
+	Token   string          `json:"token"` // refresh
 }
 
 // protocolError is a refused client op: the code and message of the error frame.
@@ -201,8 +170,42 @@ func decodeRequest(data []byte) (request, *protocolError) {
 		if len(r.Data) == 0 {
 			return r, badRequest("publish needs data")
 		}
+		if jsonDepth(r.Data) > maxDataDepth {
+			return r, badRequest("data nests deeper than %d levels", maxDataDepth)
+		}
+	case "refresh":
+		if r.Token == "" {
+			return r, badRequest("refresh needs a token")
+		}
 	default:
 		return r, &protocolError{code: CodeUnknownOp, msg: fmt.Sprintf("unknown op %q", r.Op)}
 	}
 	return r, nil
+}
+
+// maxDataDepth is how deep the data of a client publish may nest arrays and objects.
+const maxDataDepth = 64
+
+// jsonDepth returns how deeply arrays and objects nest in data, valid JSON.
+func jsonDepth(data []byte) int {
+	depth, deepest, inString := 0, 0, false
+	for i := 0; i < len(data); i++ {
+		switch b := data[i]; {
+		case inString:
+			switch b {
+			case '\\':
+				i++ // skip the escaped byte
+			case '"':
+				inString = false
+			}
+		case b == '"':
+			inString = true
+		case b == '[' || b == '{':
+			depth++
+			deepest = max(deepest, depth)
+		case b == ']' || b == '}':
+			depth--
+		}
+	}
+	return deepest
 }

@@ -13,11 +13,19 @@ import (
 type Log interface {
 	// Replay calls fn with the retained messages after offset since (since -1: from the
 	// oldest retained), in offset order, until fn returns false or ctx ends. A message
-	// at or below since may come first (a log may start at a block boundary); one after
-	// since+1 means the log no longer holds since+1. A message the bus could not decode
+	// at or below since may come first (a log may start at a block boundary). Offsets
+	// increase but may skip numbers; see oldestLog. A message the bus could not decode
 	// comes with only its Offset (nil Data): it keeps the offsets contiguous and is not
 	// delivered. Replay may return nil at the end of what the log holds.
 	Replay(ctx context.Context, since int64, fn func(message.Message) bool) error
+}
+
+// oldestLog is a Log that can tell the oldest offset it retains. Offsets increase but may
+// skip numbers (a RabbitMQ stream gives an offset to each segment's bookkeeping), so a
+// replay whose first message is past since+1 asks it whether since+1 was cut by
+// retention or never was a message.
+type oldestLog interface {
+	Oldest(ctx context.Context) (int64, bool)
 }
 
 // newestLog is a Log that knows its newest offset exactly (the embedded bus), so that a
@@ -57,11 +65,16 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 		reset("the bus keeps no log")
 		return
 	}
-	if nl, ok := s.log.(newestLog); ok && since > nl.Newest() {
-		reset("since is beyond the log")
-		return
-	}
-	if newest, _ := s.hub.newest(); since > newest && !s.waitFor(ctx, since) {
+	if nl, ok := s.log.(newestLog); ok {
+		// The log knows its head: a since up to it is valid, even past what the hub has
+		// dispatched yet (joinAt then skips live delivery through since).
+		if since > nl.Newest() {
+			reset("since is beyond the log")
+			return
+		}
+	} else if newest, _ := s.hub.newest(); since > newest && !s.waitFor(ctx, since) {
+		// Only live delivery tells where this log stands: give it a moment to reach since
+		// (the client comes from a gateway that was ahead), else since is not in the log.
 		reset("since is beyond what this gateway has received")
 		return
 	}
@@ -78,13 +91,15 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 			if m.Offset <= cursor {
 				return true
 			}
-			if m.Offset > cursor+1 && !(since == -1 && cursor == -1) {
+			if cursor == since && since >= 0 && m.Offset > since+1 && s.cutByRetention(ctx, since) {
 				truncated = true
 				return false
 			}
 			cursor, progressed = m.Offset, true
 			if m.Data != nil && wants(&m) && !s.hub.duplicate(m.Offset) && !seenID(seen, m.ID) {
-				if !c.enqueueReplay(replayFrame(m)) {
+				f := newMessageFrame(m)
+				f.replayed = true
+				if !c.enqueueReplay(f) {
 					return false
 				}
 				replayed++
@@ -110,6 +125,17 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 			time.Sleep(10 * time.Millisecond) // the log has not caught up with live delivery yet
 		}
 	}
+}
+
+// cutByRetention reports whether the log no longer holds what came after since: its
+// oldest retained offset is past since+1 (or, where the log cannot tell, assumes so).
+func (s *Server) cutByRetention(ctx context.Context, since int64) bool {
+	ol, ok := s.log.(oldestLog)
+	if !ok {
+		return true
+	}
+	oldest, known := ol.Oldest(ctx)
+	return !known || oldest > since+1
 }
 
 // seenID reports whether id is in seen, and adds it.

@@ -82,6 +82,16 @@ type Config struct {
 	AllowedOrigins []string
 	// Limits bounds what clients may take; see Limits for each default.
 	Limits Limits
+	// SocketSendBuffer, when positive, sets each connection's kernel send buffer
+	// (SO_SNDBUF) to this many bytes instead of letting the kernel size it: it bounds the
+	// kernel memory a connection holds, and a client that stops reading backs its write
+	// queue up (and is found slow) sooner. Default 0: the kernel's autotuning.
+	SocketSendBuffer int
+	// FlushInterval is how often a busy connection writes: frames queued to a connection
+	// that has written within the current interval wait for the next one and go out in
+	// one write, saving system calls at high rates; a quiet connection's frame is written
+	// at once. Default 10ms; negative writes every frame at once.
+	FlushInterval time.Duration
 	// DrainBatch is how many connections Shutdown closes at a time. Default 500.
 	DrainBatch int
 	// DrainInterval is the pause between Shutdown's batches. Default 50ms.
@@ -118,6 +128,9 @@ func (c *Config) setDefaults() {
 	def(&c.PongTimeout, 10*time.Second)
 	def(&c.PublishTimeout, 5*time.Second)
 	def(&c.DrainInterval, 50*time.Millisecond)
+	if c.FlushInterval == 0 {
+		c.FlushInterval = 10 * time.Millisecond
+	}
 	if c.DrainBatch <= 0 {
 		c.DrainBatch = 500
 	}
@@ -136,16 +149,18 @@ var webFiles embed.FS
 // Server is the gateway's HTTP side: it upgrades /ws requests to connections that join
 // the Hub, takes publishes over HTTP, and serves health, metrics and the demo page.
 type Server struct {
-	cfg      Config
-	logger   *slog.Logger
-	metrics  *Metrics
-	hub      *Hub
-	log      Log
-	pub      Publisher
-	bus      BusHealth
-	upgrader websocket.Upgrader
-	apiKey   [sha256.Size]byte
-	mux      *http.ServeMux
+	cfg       Config
+	logger    *slog.Logger
+	metrics   *Metrics
+	hub       *Hub
+	log       Log
+	pub       Publisher
+	bus       BusHealth
+	upgrader  websocket.Upgrader
+	apiKey    [sha256.Size]byte
+	mux       *http.ServeMux
+	flusher   *flusher // nil when FlushInterval is negative
+	flushStop sync.Once
 
 	busReady atomic.Bool
 
@@ -185,10 +200,13 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		all:    make(map[*Conn]struct{}),
 	}
 	s.upgrader.Error = s.handshakeError
+	if cfg.FlushInterval > 0 {
+		s.flusher = newFlusher(cfg.FlushInterval)
+	}
 	if err := s.setupEdge(); err != nil {
 		return nil, err
 	}
-	if err := cfg.Registry.Register(newStateCollector(hub, bus)); err != nil {
+	if err := cfg.Registry.Register(newStateCollector(s, hub, bus)); err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
 	web, err := fs.Sub(webFiles, "web")
@@ -261,7 +279,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		user = q.Get("user")
 	}
 
-	rec := &hijackRecorder{ResponseWriter: w}
+	rec := &hijackRecorder{ResponseWriter: w, timeout: s.cfg.WriteTimeout, sndbuf: s.cfg.SocketSendBuffer}
 	ws, err := s.upgrader.Upgrade(rec, r, nil)
 	if err != nil {
 		release()
@@ -315,6 +333,15 @@ func (s *Server) track(c *Conn) bool {
 	s.all[c] = struct{}{}
 	s.conns.Add(1)
 	return true
+}
+
+// forEachConn calls fn for every connection the server tracks, holding its lock.
+func (s *Server) forEachConn(fn func(*Conn)) {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	for c := range s.all {
+		fn(c)
+	}
 }
 
 func (s *Server) untrack(c *Conn) {
@@ -473,6 +500,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		if s.flusher != nil {
+			s.flushStop.Do(s.flusher.close)
+		}
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("gateway: shutdown: %w", ctx.Err())

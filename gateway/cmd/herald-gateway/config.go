@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -22,6 +23,7 @@ type config struct {
 	Stream            string
 	StreamMaxAge      time.Duration
 	StreamMaxBytes    int64
+	StreamSegment     int64
 	Prefetch          int
 	RetainMessages    int
 	RetainBytes       int64
@@ -30,6 +32,8 @@ type config struct {
 	WriteTimeout      time.Duration
 	PingInterval      time.Duration
 	PublishTimeout    time.Duration
+	FlushInterval     time.Duration
+	SocketSendBuffer  int
 	DedupWindow       time.Duration
 	ShutdownTimeout   time.Duration
 	NoClientPublish   bool
@@ -37,6 +41,32 @@ type config struct {
 	DebugAddr         string
 	LogFormat         string
 	LogLevel          string
+
+	// Authentication, origins and limits (README "Authentication and limits").
+	JWTSecret           string
+	JWTPublicKey        string // path of a PEM file
+	JWKSURL             string
+	JWKSRefresh         time.Duration
+	JWTAlg              string
+	JWTAudience         string
+	JWTIssuer           string
+	JWTLeeway           time.Duration
+	AllowAnonymous      bool
+	DefaultChannels     string // comma-separated patterns
+	DefaultPublish      string // comma-separated patterns
+	AllowedOrigins      string // comma-separated
+	TrustedProxies      string // comma-separated CIDRs or addresses
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	HandshakeRate       float64
+	HandshakeBurst      int
+	MessageRate         float64
+	MessageBurst        int
+	MaxViolations       int
+	MaxSubscriptions    int
+	ReadHeaderTimeout   time.Duration
+	IdleTimeout         time.Duration
+	MaxHeaderBytes      int
 }
 
 // envFlags defines flags whose defaults come from environment variables.
@@ -72,6 +102,11 @@ func (e *envFlags) int(p *int, name, envName string, def int, usage string) {
 
 func (e *envFlags) int64(p *int64, name, envName string, def int64, usage string) {
 	e.fs.Int64Var(p, name, def, "")
+	e.fromEnv(name, envName, usage)
+}
+
+func (e *envFlags) float(p *float64, name, envName string, def float64, usage string) {
+	e.fs.Float64Var(p, name, def, "")
 	e.fromEnv(name, envName, usage)
 }
 
@@ -112,6 +147,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.str(&c.Stream, "stream", "HERALD_STREAM", "herald.stream", "RabbitMQ stream queue bound to the exchange; it gives messages their offsets")
 	e.dur(&c.StreamMaxAge, "stream-max-age", "HERALD_STREAM_MAX_AGE", 24*time.Hour, "how long the stream retains messages")
 	e.int64(&c.StreamMaxBytes, "stream-max-bytes", "HERALD_STREAM_MAX_BYTES", 1<<30, "how many bytes the stream retains")
+	e.int64(&c.StreamSegment, "stream-segment-bytes", "HERALD_STREAM_SEGMENT_BYTES", 0, "size of the stream's segment files, the unit retention deletes; 0: the broker's default (500 MB)")
 	e.int(&c.Prefetch, "prefetch", "HERALD_PREFETCH", 1000, "unacknowledged stream messages the consumer may hold")
 	e.int(&c.RetainMessages, "retain-messages", "HERALD_RETAIN_MESSAGES", 10000, "embedded bus: messages kept for resume")
 	e.int64(&c.RetainBytes, "retain-bytes", "HERALD_RETAIN_BYTES", 64<<20, "embedded bus: bytes of data kept for resume")
@@ -119,12 +155,38 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.int64(&c.MaxMessageBytes, "max-message-bytes", "HERALD_MAX_MESSAGE_BYTES", 64<<10, "largest client frame (else close 1009) and HTTP publish body (else 413)")
 	e.dur(&c.WriteTimeout, "write-timeout", "HERALD_WRITE_TIMEOUT", 10*time.Second, "deadline of each socket write")
 	e.dur(&c.PingInterval, "ping-interval", "HERALD_PING_INTERVAL", 25*time.Second, "how often clients are pinged; one silent for this plus 10s is dropped")
+	e.int(&c.SocketSendBuffer, "socket-send-buffer", "HERALD_SOCKET_SEND_BUFFER", 0, "kernel send buffer per connection (SO_SNDBUF) in bytes; bounds kernel memory per client; 0: the kernel's autotuning")
+	e.dur(&c.FlushInterval, "flush-interval", "HERALD_FLUSH_INTERVAL", 10*time.Millisecond, "a connection that wrote within this interval waits for the next one, and its frames go out in one write; negative: write each at once")
 	e.dur(&c.PublishTimeout, "publish-timeout", "HERALD_PUBLISH_TIMEOUT", 5*time.Second, "bound on one publish to the bus")
 	e.dur(&c.DedupWindow, "dedup-window", "HERALD_DEDUP_WINDOW", 2*time.Minute, "a message id seen again within this window is delivered once")
 	e.dur(&c.ShutdownTimeout, "shutdown-timeout", "HERALD_SHUTDOWN_TIMEOUT", 30*time.Second, "how long a drain on SIGTERM may take")
 	e.bool(&c.NoClientPublish, "no-client-publish", "HERALD_NO_CLIENT_PUBLISH", "refuse publish ops from WebSocket clients")
 	e.bool(&c.InsecureUserParam, "insecure-user-param", "HERALD_INSECURE_USER_PARAM", "INSECURE, demos and tests only: take the user from ?user= with no authentication")
 	e.str(&c.DebugAddr, "debug-addr", "HERALD_DEBUG_ADDR", "", "address of a separate listener with /debug/pprof for profiling, e.g. 127.0.0.1:6060; empty: off")
+	e.str(&c.JWTSecret, "jwt-secret", "HERALD_JWT_SECRET", "", "HS256 shared secret that verifies client tokens (JWT); one of --jwt-secret, --jwt-public-key, --jwks-url turns authentication on")
+	e.str(&c.JWTPublicKey, "jwt-public-key", "HERALD_JWT_PUBLIC_KEY", "", "PEM file of the RSA (RS256) or ECDSA P-256 (ES256) public key that verifies client tokens")
+	e.str(&c.JWKSURL, "jwks-url", "HERALD_JWKS_URL", "", "URL of a JSON Web Key Set whose keys (by kid) verify client tokens")
+	e.dur(&c.JWKSRefresh, "jwks-refresh", "HERALD_JWKS_REFRESH", 10*time.Minute, "how often the JWKS is fetched again")
+	e.str(&c.JWTAlg, "jwt-alg", "HERALD_JWT_ALG", "", "the only token algorithm accepted: HS256, RS256 or ES256 (default: the key's; RS256 for a JWKS)")
+	e.str(&c.JWTAudience, "jwt-audience", "HERALD_JWT_AUDIENCE", "", "when set, tokens must name it in aud")
+	e.str(&c.JWTIssuer, "jwt-issuer", "HERALD_JWT_ISSUER", "", "when set, tokens must have it as iss")
+	e.dur(&c.JWTLeeway, "jwt-leeway", "HERALD_JWT_LEEWAY", 30*time.Second, "clock skew allowed on exp and nbf")
+	e.bool(&c.AllowAnonymous, "allow-anonymous", "HERALD_ALLOW_ANONYMOUS", "with authentication on, admit clients without a token (no user; the default permissions)")
+	e.str(&c.DefaultChannels, "default-channels", "HERALD_DEFAULT_CHANNELS", "*", "channel patterns a token without a channels claim (or an anonymous client) may subscribe to; empty: none")
+	e.str(&c.DefaultPublish, "default-publish", "HERALD_DEFAULT_PUBLISH", "", "channel patterns a token without a publish claim (or an anonymous client) may publish to; empty: none")
+	e.str(&c.AllowedOrigins, "allowed-origins", "HERALD_ALLOWED_ORIGINS", "", "browser origins allowed besides the gateway's own, comma-separated: https://app.example.com, https://*.example.com, or *")
+	e.str(&c.TrustedProxies, "trusted-proxies", "HERALD_TRUSTED_PROXIES", "", "CIDRs of proxies whose X-Forwarded-For names the client's address, comma-separated")
+	e.int(&c.MaxConnections, "max-connections", "HERALD_MAX_CONNECTIONS", 100000, "open WebSocket connections this gateway takes (else 503); 0: no limit")
+	e.int(&c.MaxConnectionsPerIP, "max-connections-per-ip", "HERALD_MAX_CONNECTIONS_PER_IP", 1000, "open connections one client address may hold (else 429); 0: no limit")
+	e.float(&c.HandshakeRate, "handshake-rate", "HERALD_HANDSHAKE_RATE", 20, "handshakes per second one client address may make (else 429); 0: no limit")
+	e.int(&c.HandshakeBurst, "handshake-burst", "HERALD_HANDSHAKE_BURST", 100, "handshakes one client address may make at once")
+	e.float(&c.MessageRate, "message-rate", "HERALD_MESSAGE_RATE", 50, "frames per second a connection may send (else error rate_limited); 0: no limit")
+	e.int(&c.MessageBurst, "message-burst", "HERALD_MESSAGE_BURST", 100, "frames a connection may send at once")
+	e.int(&c.MaxViolations, "max-rate-violations", "HERALD_MAX_RATE_VIOLATIONS", 10, "frames over the rate within 10s before the connection is closed with 4029; 0: never closed")
+	e.int(&c.MaxSubscriptions, "max-subscriptions", "HERALD_MAX_SUBSCRIPTIONS", 256, "channel subscriptions per connection (else error too_large); 0: no limit")
+	e.dur(&c.ReadHeaderTimeout, "read-header-timeout", "HERALD_READ_HEADER_TIMEOUT", 10*time.Second, "time a client has to send its request headers (a handshake that never completes is dropped)")
+	e.dur(&c.IdleTimeout, "idle-timeout", "HERALD_IDLE_TIMEOUT", 2*time.Minute, "how long an idle HTTP keep-alive connection is kept")
+	e.int(&c.MaxHeaderBytes, "max-header-bytes", "HERALD_MAX_HEADER_BYTES", 16<<10, "largest request header (else 431)")
 	e.str(&c.LogFormat, "log-format", "HERALD_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 
@@ -159,13 +221,95 @@ func (c *config) validate() error {
 		"write-timeout": int64(c.WriteTimeout), "ping-interval": int64(c.PingInterval),
 		"publish-timeout": int64(c.PublishTimeout), "shutdown-timeout": int64(c.ShutdownTimeout),
 		"stream-max-age": int64(c.StreamMaxAge),
+		"jwks-refresh":   int64(c.JWKSRefresh), "read-header-timeout": int64(c.ReadHeaderTimeout),
+		"idle-timeout": int64(c.IdleTimeout), "max-header-bytes": int64(c.MaxHeaderBytes),
+		"handshake-burst": int64(c.HandshakeBurst), "message-burst": int64(c.MessageBurst),
 	}
 	for name, v := range positive {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
 	}
+	nonNegative := map[string]float64{
+		"max-connections": float64(c.MaxConnections), "max-connections-per-ip": float64(c.MaxConnectionsPerIP),
+		"handshake-rate": c.HandshakeRate, "message-rate": c.MessageRate,
+		"max-rate-violations": float64(c.MaxViolations), "max-subscriptions": float64(c.MaxSubscriptions),
+		"jwt-leeway": float64(c.JWTLeeway),
+	}
+	for name, v := range nonNegative {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", name))
+		}
+	}
+	errs = append(errs, c.validateAuth()...)
+	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// jwtKeys counts the token keys configured.
+func (c *config) jwtKeys() int {
+	n := 0
+	for _, v := range []string{c.JWTSecret, c.JWTPublicKey, c.JWKSURL} {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *config) validateAuth() []error {
+	var errs []error
+	keys := c.jwtKeys()
+	if keys > 1 {
+		errs = append(errs, errors.New("jwt-secret, jwt-public-key and jwks-url: give one, not several"))
+	}
+	if keys > 0 && c.InsecureUserParam {
+		errs = append(errs, errors.New("insecure-user-param cannot be used with authentication (jwt-secret, jwt-public-key, jwks-url): it would let any client claim any user"))
+	}
+	switch c.JWTAlg {
+	case "", "HS256", "RS256", "ES256":
+	default:
+		errs = append(errs, fmt.Errorf("jwt-alg %q: want HS256, RS256 or ES256", c.JWTAlg))
+	}
+	if keys == 0 && (c.JWTAlg != "" || c.JWTAudience != "" || c.JWTIssuer != "" || c.AllowAnonymous) {
+		errs = append(errs, errors.New("jwt-alg, jwt-audience, jwt-issuer and allow-anonymous need a key: jwt-secret, jwt-public-key or jwks-url"))
+	}
+	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
+		errs = append(errs, errors.New("jwt-secret must be at least 32 bytes (HS256 wants a key as long as its hash)"))
+	}
+	return errs
+}
+
+// parsePrefixes reads a comma-separated list of CIDRs or single addresses.
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range splitList(s) {
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("trusted-proxies: %q is not a CIDR or an address", v)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
+}
+
+// splitList splits a comma-separated list, dropping empty items: a non-nil empty slice
+// when there are none.
+func splitList(s string) []string {
+	out := []string{}
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func parseLevel(s string) (slog.Level, error) {

@@ -89,7 +89,14 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.APIKey == "" {
 		log.Info("the HTTP publish API is off (no API key); set HERALD_API_KEY to turn it on")
 	}
+	edge, err := edgeConfig(ctx, cfg, log, metrics)
+	if err != nil {
+		return err
+	}
 	srv, err := gateway.NewServer(gateway.Config{
+		Auth:                 edge.auth,
+		Limits:               edge.limits,
+		AllowedOrigins:       edge.origins,
 		NodeID:               cfg.NodeID,
 		APIKey:               cfg.APIKey,
 		WriteQueueBytes:      cfg.WriteQueueBytes,
@@ -97,6 +104,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		WriteTimeout:         cfg.WriteTimeout,
 		PingInterval:         cfg.PingInterval,
 		PublishTimeout:       cfg.PublishTimeout,
+		FlushInterval:        cfg.FlushInterval,
+		SocketSendBuffer:     cfg.SocketSendBuffer,
 		DisableClientPublish: cfg.NoClientPublish,
 		InsecureUserParam:    cfg.InsecureUserParam,
 		Log:                  b.Log,
@@ -114,9 +123,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	httpSrv := &http.Server{
 		Handler:           srv.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 
@@ -135,6 +144,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	})
 	wg.Go(func() { watchLag(busCtx, b, hub, metrics) })
+	if edge.jwks != nil {
+		wg.Go(func() { edge.jwks.Run(busCtx) })
+	}
 	go func() {
 		select {
 		case <-b.ready:
@@ -226,6 +238,7 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		Stream:        cfg.Stream,
 		MaxAge:        cfg.StreamMaxAge,
 		MaxBytes:      cfg.StreamMaxBytes,
+		SegmentBytes:  cfg.StreamSegment,
 		Prefetch:      cfg.Prefetch,
 		Name:          "herald-gateway-consumer-" + cfg.NodeID,
 		Logger:        log.With("part", "consumer"),
@@ -281,10 +294,14 @@ func pprofMux() *http.ServeMux {
 	return mux
 }
 
-// buildInfo is herald_build_info: 1, labelled with the module version and Go version.
+// version is the release this binary is, set at build time with
+// -ldflags "-X main.version=v1.2.3"; empty, the module's build information is used.
+var version string
+
+// buildInfo is herald_build_info: 1, labelled with the version and the Go version.
 func buildInfo() prometheus.Collector {
-	version := "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
+	version := version
+	if bi, ok := debug.ReadBuildInfo(); ok && version == "" {
 		version = bi.Main.Version
 		for _, s := range bi.Settings {
 			if s.Key == "vcs.revision" {

@@ -195,7 +195,11 @@ func newFaultRun(t *testing.T, clientsPerGateway int) *faultRun {
 			}
 			return out
 		}
-		r.clients = append(r.clients, newClient(t, fmt.Sprintf("client%d@%s", i, home.name), "channels=x", order))
+		c := newClient(t, fmt.Sprintf("client%d@%s", i, home.name), "channels=x", order)
+		c.mu.Lock()
+		c.strict = true
+		c.mu.Unlock()
+		r.clients = append(r.clients, c)
 	}
 	r.pub = startPublisher(t, 10*time.Millisecond, r.live)
 	r.pub.waitMore(t, 50, 10*time.Second)
@@ -307,5 +311,100 @@ func TestFaultBrokerRestart(t *testing.T) {
 		if reconnects, codes := c.stats(); reconnects > 0 {
 			t.Errorf("%s: reconnected %d times (codes %v), want the WebSocket kept through the outage", c.name, reconnects, codes)
 		}
+	}
+}
+
+// TestResumeOnRabbitMQ: a client that connects with since replays from the stream, on a
+// gateway that never delivered those messages, for each kind of since: everything
+// retained, the oldest retained, the newest, beyond the newest, and older than what
+// retention kept (a stream of small segments, truncated for real).
+func TestResumeOnRabbitMQ(t *testing.T) {
+	url := amqptest.URL(t)
+	exchange, stream := amqptest.Names(t, url)
+	// Segments of ~4 KB and a 12 KB cap: publishing ~40 KB makes the broker delete the
+	// oldest segments.
+	a := startGateway(t, "gw-a", url, exchange, stream, "--stream-max-bytes", "12000", "--stream-segment-bytes", "4000")
+	warmUp(t, a)
+	var ids []string
+	for i := 0; i < 200; i++ {
+		id, status, err := httpPublish(a, fmt.Sprintf(`{"channel":"r","data":"%0200d"}`, i))
+		if err != nil || status != http.StatusAccepted {
+			t.Fatalf("publish %d: %d %v", i, status, err)
+		}
+		ids = append(ids, id)
+	}
+	// Learn the offsets: a client replaying everything retained.
+	all := newClient(t, "all", "channels=r&since=-1", func() []*proc { return []*proc{a} })
+	all.waitFor(t, ids[len(ids)-1:], 15*time.Second)
+	got := all.deliveries()
+	oldest, newest := got[0].Offset, got[len(got)-1].Offset
+	if len(got) >= 200 {
+		t.Fatalf("replayed %d messages, want retention to have cut the oldest", len(got))
+	}
+	all.check(t, nil) // increasing, no duplicates (offsets may skip numbers at segment starts)
+	t.Logf("retained %d messages, offsets %d..%d, of the 201 published", len(got), oldest, newest)
+	retained := make(map[int64]int) // offset -> index among the retained messages
+	for i, d := range got {
+		retained[d.Offset] = i
+	}
+
+	// A second gateway, started now: it has delivered none of this.
+	b := startGateway(t, "gw-b", url, exchange, stream, "--stream-max-bytes", "12000", "--stream-segment-bytes", "4000")
+	warmUp(t, a, b)
+	cases := []struct {
+		name      string
+		since     int64
+		want      int // messages replayed on channel r
+		wantReset bool
+	}{
+		{"at the oldest", oldest, len(got) - 1, false},
+		{"in the middle", got[len(got)/2].Offset, len(got) - 1 - len(got)/2, false},
+		{"at the newest", newest, 0, false},
+		{"older than retention", oldest - 5, 0, true},
+		{"beyond the newest", newest + 1000, 0, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClient(t, tc.name, fmt.Sprintf("channels=r,warm-up&since=%d", tc.since), func() []*proc { return []*proc{b} })
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				c.mu.Lock()
+				var end map[string]any
+				for _, f := range c.frames {
+					if f["op"] == "resumed" || f["op"] == "reset" {
+						end = f
+					}
+				}
+				c.mu.Unlock()
+				if end != nil {
+					if (end["op"] == "reset") != tc.wantReset {
+						t.Fatalf("got %v, want reset %v", end, tc.wantReset)
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("no resumed or reset frame")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if tc.wantReset {
+				return
+			}
+			var onR []delivery // the warm-up message may be replayed too
+			for _, d := range c.deliveries() {
+				if d.Channel == "r" {
+					onR = append(onR, d)
+				}
+			}
+			if len(onR) != tc.want {
+				t.Fatalf("replayed %d messages of channel r, want %d", len(onR), tc.want)
+			}
+			for i, d := range onR { // exactly the retained ones after since, in order
+				if j, ok := retained[d.Offset]; !ok || j != len(got)-tc.want+i {
+					t.Fatalf("replayed offset %d at %d, want the retained message %d", d.Offset, i, len(got)-tc.want+i)
+				}
+			}
+			c.check(t, nil)
+		})
 	}
 }

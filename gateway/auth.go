@@ -1,0 +1,410 @@
+package gateway
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Signing algorithms a gateway can pin (AuthConfig.Algorithm).
+const (
+	AlgHS256 = "HS256"
+	AlgRS256 = "RS256"
+	AlgES256 = "ES256"
+)
+
+// AuthConfig configures how WebSocket clients authenticate: a JWT at the handshake, from
+// the token query parameter or an Authorization: Bearer header, verified with exactly one
+// of Secret (HS256), PublicKey (RS256 or ES256) or JWKS (RS256 or ES256, keys by kid).
+// With none of them, authentication is off: every client is anonymous and may do
+// everything (the embedded-bus demo default).
+//
+// The token's claims:
+//   - sub (required): the user; messages that name users reach only their connections.
+//   - exp (required), nbf (optional): checked with Leeway; an open connection is closed
+//     with 1008 when its token expires, unless the client sent a fresh one with the
+//     refresh op.
+//   - aud, iss: checked when Audience, Issuer are set.
+//   - channels (optional, array of strings): the channel patterns the token may
+//     subscribe to. Absent: DefaultChannels.
+//   - publish (optional, array of strings): the channel patterns the token may publish
+//     to. Absent: DefaultPublish. Publishing without a channel (to every connection)
+//     needs the pattern "*".
+//
+// A pattern is a channel name, matched exactly, or a prefix ending in "*", which matches
+// every channel that starts with the prefix ("user:alice:*", or "*" for all). "{sub}" in a
+// pattern stands for the token's sub, e.g. "user:{sub}:*".
+type AuthConfig struct {
+	// Secret is the HS256 shared secret.
+	Secret []byte
+	// PublicKey verifies RS256 (*rsa.PublicKey) or ES256 (*ecdsa.PublicKey, P-256)
+	// tokens; see ParsePublicKeyPEM.
+	PublicKey crypto.PublicKey
+	// JWKS gives the keys of a JSON Web Key Set by kid; see NewJWKS.
+	JWKS *JWKS
+	// Algorithm is the only signing algorithm accepted: HS256, RS256 or ES256. Default:
+	// HS256 with Secret, the key's algorithm with PublicKey, RS256 with JWKS.
+	Algorithm string
+	// Audience, when set, must be one of the token's aud values.
+	Audience string
+	// Issuer, when set, must be the token's iss.
+	Issuer string
+	// Leeway is the clock skew allowed when checking exp and nbf. Default 30s; negative
+	// allows none.
+	Leeway time.Duration
+	// AllowAnonymous admits clients without a token when a key is configured; they have
+	// no user, and DefaultChannels and DefaultPublish as permissions. (With no key
+	// configured every client is anonymous, with every permission.)
+	AllowAnonymous bool
+	// DefaultChannels are the subscribe patterns of a token without a channels claim,
+	// and of anonymous clients when AllowAnonymous. Default nil: ["*"], every channel;
+	// an empty non-nil slice: none.
+	DefaultChannels []string
+	// DefaultPublish are the publish patterns of a token without a publish claim, and of
+	// anonymous clients when AllowAnonymous. Default: none.
+	DefaultPublish []string
+}
+
+// Enabled reports whether a key is configured, so that clients must authenticate.
+func (a *AuthConfig) Enabled() bool {
+	return len(a.Secret) > 0 || a.PublicKey != nil || a.JWKS != nil
+}
+
+// ParsePublicKeyPEM reads an RSA or ECDSA P-256 public key from PEM: a PUBLIC KEY
+// (PKIX) block, an RSA PUBLIC KEY (PKCS #1) block or a CERTIFICATE.
+func ParsePublicKeyPEM(data []byte) (crypto.PublicKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("parse public key: no PEM block")
+	}
+	var key any
+	var err error
+	switch block.Type {
+	case "PUBLIC KEY":
+		key, err = x509.ParsePKIXPublicKey(block.Bytes)
+	case "RSA PUBLIC KEY":
+		key, err = x509.ParsePKCS1PublicKey(block.Bytes)
+	case "CERTIFICATE":
+		var cert *x509.Certificate
+		if cert, err = x509.ParseCertificate(block.Bytes); err == nil {
+			key = cert.PublicKey
+		}
+	default:
+		return nil, fmt.Errorf("parse public key: PEM block %q: want PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE", block.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("parse public key: %w", err)
+	}
+	if _, err := keyAlgorithm(key); err != nil {
+		return nil, fmt.Errorf("parse public key: %w", err)
+	}
+	return key, nil
+}
+
+// minRSABits is the smallest RSA key the gateway accepts.
+const minRSABits = 2048
+
+// keyAlgorithm is the signing algorithm a public key verifies.
+func keyAlgorithm(key any) (string, error) {
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() < minRSABits {
+			return "", fmt.Errorf("RSA key of %d bits: want at least %d", k.N.BitLen(), minRSABits)
+		}
+		return AlgRS256, nil
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return "", fmt.Errorf("ECDSA key on %s: want P-256 (ES256)", k.Curve.Params().Name)
+		}
+		return AlgES256, nil
+	}
+	return "", fmt.Errorf("key of type %T: want RSA or ECDSA P-256", key)
+}
+
+// authenticator verifies the tokens of WebSocket clients. It is immutable after
+// newAuthenticator, so safe for concurrent use.
+type authenticator struct {
+	enabled   bool
+	anonymous bool // clients without a token are admitted
+	alg       string
+	leeway    time.Duration
+	parser    *jwt.Parser
+	keyfunc   jwt.Keyfunc
+	defSub    []string
+	defPub    []string
+}
+
+func newAuthenticator(cfg AuthConfig) (*authenticator, error) {
+	a := &authenticator{enabled: cfg.Enabled(), leeway: cfg.Leeway}
+	if !a.enabled {
+		a.anonymous = true
+		return a, nil
+	}
+	n := 0
+	for _, set := range []bool{len(cfg.Secret) > 0, cfg.PublicKey != nil, cfg.JWKS != nil} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return nil, errors.New("auth: configure one of a secret, a public key or a JWKS, not several")
+	}
+	a.anonymous = cfg.AllowAnonymous
+	switch {
+	case a.leeway == 0:
+		a.leeway = 30 * time.Second
+	case a.leeway < 0:
+		a.leeway = 0
+	}
+	a.defSub = cfg.DefaultChannels
+	if a.defSub == nil {
+		a.defSub = []string{"*"}
+	}
+	a.defPub = cfg.DefaultPublish
+
+	alg := cfg.Algorithm
+	switch {
+	case len(cfg.Secret) > 0:
+		if alg == "" {
+			alg = AlgHS256
+		}
+		if alg != AlgHS256 {
+			return nil, fmt.Errorf("auth: a shared secret verifies HS256 only, not %s", alg)
+		}
+		secret := cfg.Secret
+		a.keyfunc = func(*jwt.Token) (any, error) { return secret, nil }
+	case cfg.PublicKey != nil:
+		keyAlg, err := keyAlgorithm(cfg.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("auth: %w", err)
+		}
+		if alg == "" {
+			alg = keyAlg
+		}
+		if alg != keyAlg {
+			return nil, fmt.Errorf("auth: the public key verifies %s, not %s", keyAlg, alg)
+		}
+		key := cfg.PublicKey
+		a.keyfunc = func(*jwt.Token) (any, error) { return key, nil }
+	default:
+		if alg == "" {
+			alg = AlgRS256
+		}
+		if alg != AlgRS256 && alg != AlgES256 {
+			return nil, fmt.Errorf("auth: a JWKS verifies RS256 or ES256, not %s", alg)
+		}
+		jwks := cfg.JWKS
+		a.keyfunc = func(t *jwt.Token) (any, error) {
+			kid, _ := t.Header["kid"].(string)
+			return jwks.key(kid, alg)
+		}
+	}
+	a.alg = alg
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{alg}),
+		jwt.WithLeeway(a.leeway),
+		jwt.WithExpirationRequired(),
+	}
+	if cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.Audience))
+	}
+	if cfg.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+	}
+	a.parser = jwt.NewParser(opts...)
+	return a, nil
+}
+
+// claims are the JWT claims the gateway reads.
+type claims struct {
+	jwt.RegisteredClaims
+	Channels *[]string `json:"channels"`
+	Publish  *[]string `json:"publish"`
+}
+
+// identity is who a connection is and what it may do.
+type identity struct {
+	user      string
+	expires   time.Time // zero: never (no authentication)
+	subscribe perms
+	publish   perms
+}
+
+// anonymousIdentity is the identity of a client without a token.
+func (a *authenticator) anonymousIdentity() *identity {
+	if !a.enabled {
+		return &identity{subscribe: allPerms, publish: allPerms}
+	}
+	return &identity{subscribe: compilePerms(a.defSub, ""), publish: compilePerms(a.defPub, "")}
+}
+
+// tokenError is a refused token: reason is a short label for metrics, err says why.
+type tokenError struct {
+	reason string
+	err    error
+}
+
+func (e *tokenError) Error() string { return e.err.Error() }
+func (e *tokenError) Unwrap() error { return e.err }
+
+// Reasons a token is refused (labels of herald_handshakes_refused_total).
+const (
+	refusedTokenMissing = "token_missing"
+	refusedTokenExpired = "token_expired"
+	refusedTokenEarly   = "token_not_yet_valid"
+	refusedTokenInvalid = "token_invalid"
+)
+
+// verify checks a token and returns the identity it gives.
+func (a *authenticator) verify(token string) (*identity, *tokenError) {
+	var c claims
+	_, err := a.parser.ParseWithClaims(token, &c, a.keyfunc)
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return nil, &tokenError{refusedTokenExpired, err}
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return nil, &tokenError{refusedTokenEarly, err}
+	case err != nil:
+		return nil, &tokenError{refusedTokenInvalid, err}
+	case c.Subject == "":
+		return nil, &tokenError{refusedTokenInvalid, errors.New("token has no sub")}
+	case len(c.Subject) > 256:
+		return nil, &tokenError{refusedTokenInvalid, errors.New("token sub is longer than 256 bytes")}
+	}
+	id := &identity{user: c.Subject, expires: c.ExpiresAt.Time}
+	sub, pub := a.defSub, a.defPub
+	if c.Channels != nil {
+		sub = *c.Channels
+	}
+	if c.Publish != nil {
+		pub = *c.Publish
+	}
+	id.subscribe, id.publish = compilePerms(sub, c.Subject), compilePerms(pub, c.Subject)
+	return id, nil
+}
+
+// authenticate finds the identity of a connecting client: its token from the token query
+// parameter or the Authorization header, else anonymous where that is allowed.
+func (a *authenticator) authenticate(r *http.Request) (*identity, *tokenError) {
+	if !a.enabled {
+		return a.anonymousIdentity(), nil
+	}
+	token := r.URL.Query().Get("token")
+	if token == "" {
+		if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			token = strings.TrimSpace(v)
+		}
+	}
+	if token == "" {
+		if a.anonymous {
+			return a.anonymousIdentity(), nil
+		}
+		return nil, &tokenError{refusedTokenMissing, errors.New("no token: pass one in the token query parameter or an Authorization: Bearer header")}
+	}
+	return a.verify(token)
+}
+
+// pattern is one compiled channel pattern: prefix matched exactly, or as a prefix when
+// wildcard.
+type pattern struct {
+	prefix   string
+	wildcard bool
+}
+
+// perms is what a connection may subscribe or publish to.
+type perms struct {
+	all      bool // every channel, and publishing to everyone
+	patterns []pattern
+}
+
+var allPerms = perms{all: true}
+
+// compilePerms compiles patterns, putting sub in place of "{sub}". Whether a pattern is
+// a wildcard is decided before the substitution, so a sub cannot make one.
+func compilePerms(list []string, sub string) perms {
+	var p perms
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		pt := pattern{prefix: s}
+		if strings.HasSuffix(s, "*") {
+			pt = pattern{prefix: strings.TrimSuffix(s, "*"), wildcard: true}
+		}
+		pt.prefix = strings.ReplaceAll(pt.prefix, "{sub}", sub)
+		if pt.wildcard && pt.prefix == "" {
+			return allPerms
+		}
+		p.patterns = append(p.patterns, pt)
+	}
+	return p
+}
+
+// allows reports whether channel is permitted; "" (everyone) only with "*".
+func (p perms) allows(channel string) bool {
+	if p.all {
+		return true
+	}
+	if channel == "" {
+		return false
+	}
+	for _, pt := range p.patterns {
+		if pt.wildcard && strings.HasPrefix(channel, pt.prefix) || !pt.wildcard && channel == pt.prefix {
+			return true
+		}
+	}
+	return false
+}
+
+// notPermitted is the message of a forbidden error for an op on channel ("" for all).
+func notPermitted(what, channel string) string {
+	if channel == "" {
+		return "your token does not permit you to " + what + " every connection"
+	}
+	return fmt.Sprintf("your token does not permit you to %s %q", what, channel)
+}
+
+// refresh answers a refresh op: a fresh token for the connection's user replaces the
+// one it connected with (its expiry and its permissions). Subscriptions the new token
+// no longer permits are dropped, each with an unsubscribed frame without ref.
+func (c *Conn) refresh(r request) {
+	a := c.srv.auth
+	if !a.enabled || c.edge == nil {
+		// Tokens are not used on this gateway (as at connect, the token is ignored).
+		c.srv.metrics.tokenRefreshed(true)
+		c.enqueue(replyTo(refreshedFrame{Op: "refreshed", Ref: r.Ref}))
+		return
+	}
+	id, terr := a.verify(r.Token)
+	if terr == nil && id.user != c.usr {
+		terr = &tokenError{refusedTokenInvalid, fmt.Errorf("the token is for user %q, the connection for %q", id.user, c.usr)}
+	}
+	if terr != nil {
+		c.srv.metrics.tokenRefreshed(false)
+		c.log.Info("refresh refused", "user", c.usr, "reason", terr.reason, "err", terr.err)
+		c.replyError(CodeForbidden, "token refused: "+terr.err.Error(), r.Ref)
+		return
+	}
+	c.edge.id = id
+	c.edge.armExpiry()
+	for _, ch := range c.srv.hub.subscriptionsOf(c) {
+		if !id.subscribe.allows(ch) {
+			c.srv.hub.unsubscribe(c, ch, func() {
+				c.enqueue(replyTo(replyFrame{Op: "unsubscribed", Channel: ch}))
+			})
+		}
+	}
+	c.srv.metrics.tokenRefreshed(true)
+	c.enqueue(replyTo(refreshedFrame{Op: "refreshed", Ref: r.Ref, Exp: id.expires.Unix()}))
+}

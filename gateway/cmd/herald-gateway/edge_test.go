@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+func TestEdgeFlags(t *testing.T) {
+	c, err := parseConfig(nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxConnections != 100000 || c.MaxConnectionsPerIP != 1000 || c.HandshakeRate != 20 || c.HandshakeBurst != 100 ||
+		c.MessageRate != 50 || c.MessageBurst != 100 || c.MaxViolations != 10 || c.MaxSubscriptions != 256 ||
+		c.JWTLeeway != 30*time.Second || c.DefaultChannels != "*" || c.DefaultPublish != "" || c.AllowAnonymous ||
+		c.ReadHeaderTimeout != 10*time.Second || c.IdleTimeout != 2*time.Minute || c.MaxHeaderBytes != 16<<10 ||
+		c.JWKSRefresh != 10*time.Minute {
+		t.Errorf("defaults differ from the documented ones: %+v", c)
+	}
+	c, err = parseConfig([]string{"--message-rate", "5"}, env(map[string]string{
+		"HERALD_JWT_SECRET": strings.Repeat("s", 32), "HERALD_ALLOW_ANONYMOUS": "true", "HERALD_MESSAGE_RATE": "9",
+		"HERALD_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1", "HERALD_ALLOWED_ORIGINS": "https://a.example.com",
+	}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.JWTSecret == "" || !c.AllowAnonymous || c.MessageRate != 5 || c.TrustedProxies == "" || c.AllowedOrigins == "" {
+		t.Errorf("environment or flags not applied: %+v", c)
+	}
+
+	errs := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"insecure user param with a secret", []string{"--jwt-secret", strings.Repeat("s", 32), "--insecure-user-param"}, "insecure-user-param"},
+		{"insecure user param with a JWKS", []string{"--jwks-url", "https://x/jwks", "--insecure-user-param"}, "insecure-user-param"},
+		{"two keys", []string{"--jwt-secret", strings.Repeat("s", 32), "--jwks-url", "https://x/jwks"}, "not several"},
+		{"short secret", []string{"--jwt-secret", "short"}, "32 bytes"},
+		{"bad alg", []string{"--jwt-secret", strings.Repeat("s", 32), "--jwt-alg", "none"}, "jwt-alg"},
+		{"anonymous without a key", []string{"--allow-anonymous"}, "need a key"},
+		{"bad proxy", []string{"--trusted-proxies", "10.0.0.0/33"}, "trusted-proxies"},
+		{"negative limit", []string{"--max-connections", "-1"}, "max-connections"},
+		{"zero burst", []string{"--message-burst", "0"}, "message-burst"},
+	}
+	for _, tt := range errs {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			_, err := parseConfig(tt.args, env(nil), &out)
+			if err == nil || !strings.Contains(err.Error()+out.String(), tt.want) {
+				t.Errorf("got %v, want an error naming %q", err, tt.want)
+			}
+		})
+	}
+	var help bytes.Buffer
+	_, _ = parseConfig([]string{"-help"}, env(nil), &help)
+	for _, name := range []string{"jwt-secret", "jwt-public-key", "jwks-url", "jwks-refresh", "jwt-alg", "jwt-audience",
+		"jwt-issuer", "jwt-leeway", "allow-anonymous", "default-channels", "default-publish", "allowed-origins",
+		"trusted-proxies", "max-connections", "max-connections-per-ip", "handshake-rate", "handshake-burst",
+		"message-rate", "message-burst", "max-rate-violations", "max-subscriptions", "read-header-timeout",
+		"idle-timeout", "max-header-bytes"} {
+		if !strings.Contains(help.String(), "-"+name+" ") && !strings.Contains(help.String(), "-"+name+"\n") {
+			t.Errorf("-help does not list -%s", name)
+		}
+	}
+}
+
+// runGateway runs the gateway in process with args and returns its base URL and its log.
+func runGateway(t *testing.T, args ...string) (string, *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	logs := &syncBuffer{}
+	go func() {
+		done <- run(ctx, append([]string{"--addr", "127.0.0.1:0", "--log-format", "json"}, args...), func(string) string { return "" }, pw)
+		pw.Close()
+	}()
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			logs.add(sc.Text())
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "herald gateway listening" {
+				addr <- rec.Addr
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("gateway did not stop")
+		}
+	})
+	select {
+	case a := <-addr:
+		return a, logs
+	case code := <-done:
+		t.Fatalf("gateway exited with %d: %s", code, logs)
+	case <-time.After(10 * time.Second):
+		t.Fatal("gateway did not start")
+	}
+	return "", nil
+}
+
+type syncBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (b *syncBuffer) add(s string) { b.mu.Lock(); b.lines = append(b.lines, s); b.mu.Unlock() }
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.lines, "\n")
+}
+
+func TestRunWithAuthentication(t *testing.T) {
+	addr, logs := runGateway(t, "--jwt-secret", strings.Repeat("k", 32))
+	if strings.Contains(logs.String(), "AUTHENTICATION IS OFF") {
+		t.Error("logged that authentication is off, with a secret configured")
+	}
+	_, resp, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws", nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("connect without a token: got %v, want HTTP 401", err)
+	}
+
+	open, logs := runGateway(t)
+	if !strings.Contains(logs.String(), "AUTHENTICATION IS OFF") {
+		t.Errorf("the demo default does not say authentication is off; log:\n%s", logs)
+	}
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+open+"/ws", nil)
+	if err != nil {
+		t.Fatalf("anonymous connect to the demo default: %v", err)
+	}
+	ws.Close()
+}
+
+// TestHandshakeNeverCompleted: a client that opens a TCP connection and sends part of
+// its request headers is dropped after --read-header-timeout.
+func TestHandshakeNeverCompleted(t *testing.T) {
+	addr, _ := runGateway(t, "--read-header-timeout", "300ms")
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := io.WriteString(nc, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.Copy(io.Discard, nc) // until the gateway closes
+	if d := time.Since(start); err != nil || d < 200*time.Millisecond || d > 3*time.Second {
+		t.Errorf("got %v after %v, want the connection closed after about 300ms", err, d)
+	}
+}
