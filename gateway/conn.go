@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -37,6 +38,7 @@ type Conn struct {
 	log  *slog.Logger
 	room chan struct{} // room for one signal from the writer: it wrote a batch
 	done chan struct{} // closed when the connection is finished (see finish)
+	once sync.Once     // finish runs once
 	ping *time.Timer   // fires every PingInterval to have the writer ping the client
 	// edge is the connection's identity, permissions and frame rate (limits.go); set
 	// before the read pump starts, then owned by it.
@@ -241,6 +243,12 @@ const maxSpare = 64
 // the socket, control frames included, are made from one goroutine at a time.
 func (c *Conn) writeLoop() {
 	defer c.writers.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			c.panicked(v)
+			_ = c.nc.Close() // the read pump ends and finishes the connection
+		}
+	}()
 	var written []*frame // the last batch, for its slice to be reused
 	for {
 		c.mu.Lock()
@@ -345,6 +353,7 @@ func (c *Conn) sendClose(code int, text string) {
 // handled every frame that arrived it hands over to a fresh goroutine: reading a frame
 // grows a goroutine's stack, and an idle connection should not keep a grown one.
 func (c *Conn) readPump() {
+	defer c.recoverAndFinish()
 	for {
 		if err := c.awaitFrame(); err != nil {
 			c.readEnded(err)
@@ -373,6 +382,26 @@ func (c *Conn) readPump() {
 			return
 		}
 	}
+}
+
+// recoverAndFinish, deferred by a goroutine that finishes the connection when it ends,
+// turns a panic there into a log line, a count and the end of this connection only.
+func (c *Conn) recoverAndFinish() {
+	if v := recover(); v != nil {
+		c.panicked(v)
+		c.finish()
+	}
+}
+
+// panicked logs and counts a recovered panic and asks for a close with 1011.
+func (c *Conn) panicked(v any) {
+	c.srv.metrics.panicked()
+	c.log.Error("panic while serving a connection; closing it", "panic", v, "stack", string(debug.Stack()))
+	c.mu.Lock()
+	if c.closeCode == 0 {
+		c.closeCode, c.closeText = websocket.CloseInternalServerErr, "internal error"
+	}
+	c.mu.Unlock()
 }
 
 // startReading sets the read limits and handlers, then starts the read pump.
@@ -459,10 +488,13 @@ func (c *Conn) readEnded(err error) {
 	}
 }
 
-// finish ends the connection: it leaves the hub, drops whatever is still queued, stops the
+// finish ends the connection, once; see end.
+func (c *Conn) finish() { c.once.Do(c.end) }
+
+// end ends the connection: it leaves the hub, drops whatever is still queued, stops the
 // pings, closes the socket (which ends a writer in the middle of a write) and lets
 // Shutdown know. Called once, by the read pump.
-func (c *Conn) finish() {
+func (c *Conn) end() {
 	c.srv.hub.leave(c)
 	c.mu.Lock()
 	code, dropped := c.closeCode, len(c.queue)

@@ -318,6 +318,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	go func() {
+		defer c.recoverAndFinish()
 		s.resumeConnect(c, *since, channels)
 		c.startReading()
 	}()
