@@ -182,6 +182,11 @@ func (h *Hub) join(c member, channels []string, first func(newest int64, known b
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	first(h.newest())
+	h.add(c, channels)
+}
+
+// add puts c in the index with its user and channels. h.mu must be held for writing.
+func (h *Hub) add(c member, channels []string) {
 	ms := &membership{subs: make(map[string]struct{}, len(channels))}
 	h.members[c] = ms
 	if u := c.user(); u != "" {
@@ -206,17 +211,7 @@ func (h *Hub) joinAt(c member, channels []string, at int64, then func()) bool {
 		return false
 	}
 	c.skipThrough(at)
-	ms := &membership{subs: make(map[string]struct{}, len(channels))}
-	h.members[c] = ms
-	if u := c.user(); u != "" {
-		addTo(h.users, u, c, struct{}{})
-	}
-	for _, ch := range channels {
-		if _, dup := ms.subs[ch]; !dup {
-			ms.subs[ch] = struct{}{}
-			addTo(h.channels, ch, c, noSkip)
-		}
-	}
+	h.add(c, channels)
 	then()
 	return true
 }
