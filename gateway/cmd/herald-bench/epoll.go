@@ -1,0 +1,228 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// epollReceivers read many connections from a few goroutines, each waiting on its own
+// epoll set, so that the load tool spends little CPU per delivery: no goroutine wakes per
+// frame, and one read takes every frame the socket holds. After the handshake (done by
+// gorilla), a connection's socket is taken over as a raw descriptor and its frames are
+// parsed here: a server's frames are unmasked; pings are answered with masked pongs.
+type epollReceivers struct {
+	cs     *clientSet
+	loops  []*epollLoop
+	next   atomic.Uint64
+	byFD   []atomic.Pointer[rawConn] // indexed by descriptor
+	stop   atomic.Bool
+	wg     sync.WaitGroup
+	closed sync.Once
+}
+
+type epollLoop struct {
+	epfd int
+}
+
+// rawConn is one connection taken over from gorilla. Owned by its loop's goroutine once
+// registered.
+type rawConn struct {
+	fd      int
+	id      int
+	pending []byte // the start of a frame not yet read whole
+}
+
+func newEpollReceivers(cs *clientSet, loops int) (*epollReceivers, error) {
+	r := &epollReceivers{cs: cs, byFD: make([]atomic.Pointer[rawConn], noFileLimit()+1)}
+	for range max(loops, 1) {
+		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		if err != nil {
+			r.close()
+			return nil, fmt.Errorf("epoll_create1: %w", err)
+		}
+		l := &epollLoop{epfd: epfd}
+		r.loops = append(r.loops, l)
+		r.wg.Go(func() { r.run(l) })
+	}
+	return r, nil
+}
+
+// add takes over ws's socket: it duplicates the descriptor, closes gorilla's connection
+// (which unregisters it from Go's poller) and reads the duplicate from now on.
+func (r *epollReceivers) add(id int, ws *websocket.Conn) error {
+	tc, ok := ws.NetConn().(*net.TCPConn)
+	if !ok {
+		return errors.New("not a TCP connection")
+	}
+	sc, err := tc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	fd := -1
+	var dupErr error
+	if err := sc.Control(func(s uintptr) { fd, dupErr = syscall.Dup(int(s)) }); err != nil {
+		return err
+	}
+	if dupErr != nil {
+		return fmt.Errorf("dup: %w", dupErr)
+	}
+	_ = ws.Close()
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return err
+	}
+	if fd >= len(r.byFD) {
+		syscall.Close(fd)
+		return fmt.Errorf("descriptor %d over the table", fd)
+	}
+	rc := &rawConn{fd: fd, id: id}
+	r.byFD[fd].Store(rc)
+	l := r.loops[r.next.Add(1)%uint64(len(r.loops))]
+	r.cs.live.Add(1)
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(fd)}
+	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		r.byFD[fd].Store(nil)
+		r.cs.live.Add(-1)
+		syscall.Close(fd)
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return nil
+}
+
+func (r *epollReceivers) run(l *epollLoop) {
+	events := make([]syscall.EpollEvent, 256)
+	buf := make([]byte, 256<<10)
+	for !r.stop.Load() {
+		n, err := syscall.EpollWait(l.epfd, events, 100)
+		if err != nil {
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			return
+		}
+		for _, ev := range events[:n] {
+			rc := r.byFD[ev.Fd].Load()
+			if rc == nil {
+				continue
+			}
+			if why := r.read(rc, buf); why != "" {
+				r.drop(l, rc, why)
+			}
+		}
+	}
+}
+
+// read reads what the socket holds once and handles every whole frame in it. It returns
+// why the connection ended, or "" while it goes on.
+func (r *epollReceivers) read(rc *rawConn, buf []byte) string {
+	n, err := syscall.Read(rc.fd, buf)
+	if err != nil {
+		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
+			return ""
+		}
+		return "read: " + err.Error()
+	}
+	if n == 0 {
+		return "EOF"
+	}
+	now := time.Now()
+	data := buf[:n]
+	if len(rc.pending) > 0 {
+		rc.pending = append(rc.pending, data...)
+		data = rc.pending
+	}
+	for {
+		op, payload, size, ok := nextFrame(data)
+		if !ok {
+			break
+		}
+		switch op {
+		case 0, 1, 2: // continuation, text, binary
+			if ts := scanTS(payload); ts > 0 {
+				r.cs.rec.record(rc.id, ts, now)
+			}
+		case 8: // close
+			code := 1005
+			if len(payload) >= 2 {
+				code = int(binary.BigEndian.Uint16(payload))
+			}
+			return "close " + strconv.Itoa(code)
+		case 9: // ping: answer with a pong carrying its payload, masked with a zero key
+			if len(payload) <= 125 {
+				pong := append([]byte{0x8A, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+				_, _ = syscall.Write(rc.fd, pong)
+			}
+		}
+		data = data[size:]
+	}
+	// Keep the start of an incomplete frame for the next read.
+	if len(data) == 0 {
+		rc.pending = rc.pending[:0]
+	} else {
+		rc.pending = append(rc.pending[:0:0], data...)
+	}
+	return ""
+}
+
+// nextFrame splits the first whole frame off b: its opcode, payload and size in b.
+func nextFrame(b []byte) (op byte, payload []byte, size int, ok bool) {
+	if len(b) < 2 {
+		return 0, nil, 0, false
+	}
+	op = b[0] & 0x0f
+	h, l := 2, int(b[1]&0x7f)
+	switch l {
+	case 126:
+		if len(b) < 4 {
+			return 0, nil, 0, false
+		}
+		h, l = 4, int(binary.BigEndian.Uint16(b[2:]))
+	case 127:
+		if len(b) < 10 {
+			return 0, nil, 0, false
+		}
+		h, l = 10, int(binary.BigEndian.Uint64(b[2:]))
+	}
+	if b[1]&0x80 != 0 {
+		h += 4 // masked (a server should not mask): skip the key; the payload stays masked
+	}
+	if len(b) < h+l {
+		return 0, nil, 0, false
+	}
+	return op, b[h : h+l], h + l, true
+}
+
+// drop ends a connection whose server closed it (or that failed).
+func (r *epollReceivers) drop(l *epollLoop, rc *rawConn, why string) {
+	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, rc.fd, nil)
+	r.byFD[rc.fd].Store(nil)
+	syscall.Close(rc.fd)
+	r.cs.live.Add(-1)
+	r.cs.endedWhy(why)
+}
+
+// close stops the loops and closes every connection still open.
+func (r *epollReceivers) close() {
+	r.closed.Do(func() {
+		r.stop.Store(true)
+		r.wg.Wait()
+		for i := range r.byFD {
+			if rc := r.byFD[i].Swap(nil); rc != nil {
+				syscall.Close(rc.fd)
+				r.cs.live.Add(-1)
+			}
+		}
+		for _, l := range r.loops {
+			syscall.Close(l.epfd)
+		}
+	})
+}

@@ -1,0 +1,125 @@
+// Command herald-bench measures a WebSocket broadcast gateway on this machine: Herald, or
+// the classic gorilla hub in ./baseline, which speaks enough of Herald's protocol for it.
+//
+// Subcommands, one per job:
+//
+//	herald-bench run           N connections, M messages at R msg/s: latency, loss, CPU, RSS
+//	herald-bench ramp          raise the rate step by step at N connections: max deliveries/s, SVG plot
+//	herald-bench floor         the kernel's floor: CPU of a plain write of a frame to N loopback sockets
+//	herald-bench compare       start Herald and the baseline in turn (A B A B), run the regimes, print medians
+//	herald-bench amqp-cleanup  delete the exchange and stream of a RabbitMQ run
+//
+// Every subcommand takes -help. The regimes of issue 8 are presets of run (-preset):
+//
+//	A      1,000 connections at 100 msg/s (100k deliveries/s)
+//	B      1,000 connections at 500 msg/s (500k deliveries/s)
+//	C      10,000 connections at 5 msg/s (50k deliveries/s)
+//	p99    1,000 connections at 200 msg/s (the p99 case; with -publisher amqp, the RabbitMQ case)
+//	idle   -conns connections, nothing published: RSS per idle connection
+//
+// Build the binaries with ./build.sh (never measure under go run), then either let compare
+// start and stop the servers, each figure the median of the rounds:
+//
+//	gateway/cmd/herald-bench/build.sh bin
+//	bin/herald-bench compare -gateway-bin bin/herald-gateway -baseline-bin bin/baseline -runs 3
+//	bin/herald-bench compare -regimes rabbit -runs 3 -amqp-url amqp://guest:guest@127.0.0.1:5672/
+//	bin/herald-bench compare -regimes C -runs 1 -pprof-addr 127.0.0.1:6060   # + cpu-C-herald-1.pprof
+//
+// or start a server and run against it:
+//
+//	bin/herald-gateway -addr 127.0.0.101:18080 -api-key k -log-level warn -debug-addr 127.0.0.1:6060 &
+//	bin/herald-bench run -preset C -target 127.0.0.101:18080 -api-key k -pprof-url http://127.0.0.1:6060
+//	bin/herald-bench run -preset idle -conns 19900 -target 127.0.0.101:18080
+//	bin/herald-bench run -preset A -stalled 100 -target 127.0.0.101:18080 -api-key k
+//	bin/herald-bench ramp -conns 1000 -target 127.0.0.101:18080 -api-key k -svg ramp.svg
+//	bin/baseline -addr 127.0.0.102:18090 -api-key k &
+//	bin/herald-bench run -preset C -target 127.0.0.102:18090 -api-key k
+//	bin/herald-bench floor
+//
+// RabbitMQ: start the gateway with -amqp-url and a fresh -exchange and -stream, publish with
+// the producer package (-publisher amqp -amqp-url ... -exchange ...), then delete both with
+// amqp-cleanup (compare's rabbit regime does all of it).
+//
+// The tool finds the server's process from the address it listens on (or takes -pid), and
+// reads its CPU and RSS from /proc: RSS before connecting and with the connections idle, CPU
+// over the steady-state window only (publishing, after the warm-up). Latency is from the
+// send time each message carries in its data to the moment a receiver reads it (same
+// machine, same clock), in an HDR histogram. It reports its own CPU too, and what other
+// processes used, and before connecting and before publishing it waits (-quiet-below) for
+// the machine to be quiet, since the load shares the cores with the server. Receivers are
+// lean: after the handshake a few goroutines read the raw sockets through epoll and parse
+// frames in place (-receiver gorilla reads with a goroutine per connection instead).
+//
+// It refuses targets outside 127.0.0.0/8, raises its descriptor limit to the hard limit,
+// and dials from 127.0.0.2 .. 127.0.0.17 in turn so that many connections do not run out
+// of ephemeral ports. Every run is bounded: M messages, then at most -drain-wait.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `Usage: herald-bench <command> [flags]
+
+Commands:
+  run      open N connections, publish M messages at R msg/s, report latency, loss, CPU, RSS
+  ramp     raise the rate step by step at N connections; max deliveries/s with p99 < 1s; SVG plot
+  floor    CPU of a plain write of one WebSocket frame to N loopback sockets (the kernel's floor)
+  compare  start Herald and the baseline in turn (A B A B), run the regimes, print medians
+  amqp-cleanup  delete the exchange and stream of a RabbitMQ run
+
+Run "herald-bench <command> -help" for the flags of each.
+`
+
+// run dispatches to a subcommand and returns the exit code: 0 done, 1 failed, 2 usage.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if err := raiseNoFile(); err != nil {
+		fmt.Fprintf(stderr, "herald-bench: raise descriptor limit: %v\n", err)
+	}
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = runCmd(ctx, args, stdout, stderr)
+	case "ramp":
+		err = rampCmd(ctx, args, stdout, stderr)
+	case "floor":
+		err = floorCmd(ctx, args, stdout, stderr)
+	case floorReaderCmd:
+		err = floorReader(ctx, args)
+	case "compare":
+		err = compareCmd(ctx, args, stdout, stderr)
+	case "amqp-cleanup":
+		err = amqpCleanupCmd(args, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "herald-bench: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case err == errUsage:
+		return 2
+	default:
+		fmt.Fprintf(stderr, "herald-bench %s: %v\n", cmd, err)
+		return 1
+	}
+}

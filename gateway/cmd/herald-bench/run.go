@@ -1,0 +1,569 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+var errUsage = errors.New("usage")
+
+// runConfig is one load run: the connections, and what is published to them.
+type runConfig struct {
+	Preset        string
+	Target        string
+	Channel       string
+	Conns         int
+	Stalled       int
+	StalledRcvBuf int
+	ConnectRate   int
+	SourceAddrs   int
+	Rate          float64
+	Duration      time.Duration
+	Warmup        time.Duration
+	Messages      int
+	DataBytes     int
+	Settle        time.Duration
+	DrainWait     time.Duration
+	PID           int
+	PprofURL      string
+	PprofOut      string
+	JSON          bool
+	Receiver      string
+	QuietBelow    float64
+	QuietWait     time.Duration
+	Pub           publisherConfig
+}
+
+// presets are the regimes of issue 8. Flags given on the command line win over them.
+var presets = map[string]func(*runConfig){
+	"A":    func(c *runConfig) { c.Conns, c.Rate, c.Duration = 1000, 100, 20*time.Second },
+	"B":    func(c *runConfig) { c.Conns, c.Rate, c.Duration = 1000, 500, 20*time.Second },
+	"C":    func(c *runConfig) { c.Conns, c.Rate, c.Duration = 10000, 5, 30*time.Second },
+	"p99":  func(c *runConfig) { c.Conns, c.Rate, c.Duration = 1000, 200, 20*time.Second },
+	"idle": func(c *runConfig) { c.Rate = 0 },
+}
+
+func defaultRunConfig() runConfig {
+	return runConfig{
+		Target:        "127.0.0.1:8080",
+		Channel:       "bench",
+		Conns:         1000,
+		StalledRcvBuf: 4096,
+		ConnectRate:   2000,
+		SourceAddrs:   16,
+		Rate:          100,
+		Duration:      20 * time.Second,
+		Warmup:        5 * time.Second,
+		DataBytes:     100,
+		Settle:        3 * time.Second,
+		DrainWait:     15 * time.Second,
+		Receiver:      "epoll",
+		QuietBelow:    20,
+		QuietWait:     3 * time.Minute,
+		Pub:           publisherConfig{Kind: "http", Exchange: "herald", Conns: 4},
+	}
+}
+
+// presetIn returns the value of -preset in args, before the flags are parsed, so that
+// the preset can set the defaults that the other flags override.
+func presetIn(args []string) string {
+	for i, a := range args {
+		a = strings.TrimLeft(a, "-")
+		if v, ok := strings.CutPrefix(a, "preset="); ok {
+			return v
+		}
+		if a == "preset" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// bindRunFlags defines the flags of a load run on fs, with cfg's values as defaults.
+func bindRunFlags(fs *flag.FlagSet, c *runConfig) {
+	fs.StringVar(&c.Preset, "preset", c.Preset, "regime: A (1k conns, 100 msg/s), B (1k, 500 msg/s), C (10k, 5 msg/s), p99 (1k, 200 msg/s), idle (no messages)")
+	fs.StringVar(&c.Target, "target", c.Target, "gateway host:port (127.0.0.0/8 only)")
+	fs.StringVar(&c.Channel, "channel", c.Channel, "channel the clients subscribe to and messages are published to")
+	fs.IntVar(&c.Conns, "conns", c.Conns, "receiving connections")
+	fs.IntVar(&c.Stalled, "stalled", c.Stalled, "extra connections that subscribe and never read")
+	fs.IntVar(&c.StalledRcvBuf, "stalled-rcvbuf", c.StalledRcvBuf, "SO_RCVBUF of stalled connections, so they stall soon (0: the kernel's default)")
+	fs.IntVar(&c.ConnectRate, "connect-rate", c.ConnectRate, "connections opened per second while ramping up")
+	fs.IntVar(&c.SourceAddrs, "source-addrs", c.SourceAddrs, "dial from 127.0.0.2 .. 127.0.0.(1+n) in turn")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "messages published per second (0: connect, measure idle RSS, stop)")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long to publish (messages = rate x duration unless -messages)")
+	fs.DurationVar(&c.Warmup, "warmup", c.Warmup, "publishing time before the steady-state window opens")
+	fs.IntVar(&c.Messages, "messages", c.Messages, "messages to publish (0: rate x duration)")
+	fs.IntVar(&c.DataBytes, "data-bytes", c.DataBytes, "size of each message's data (JSON with the send time)")
+	fs.DurationVar(&c.Settle, "settle", c.Settle, "wait after connecting before idle RSS is read")
+	fs.DurationVar(&c.DrainWait, "drain-wait", c.DrainWait, "longest wait for the last deliveries after publishing ends")
+	fs.IntVar(&c.PID, "pid", c.PID, "gateway process id (default: the process listening on the target port)")
+	fs.StringVar(&c.PprofURL, "pprof-url", c.PprofURL, "base URL of the gateway's net/http/pprof, to take a CPU profile over the window (e.g. http://127.0.0.1:6060)")
+	fs.StringVar(&c.PprofOut, "pprof-out", "cpu.pprof", "file for the CPU profile")
+	fs.BoolVar(&c.JSON, "json", c.JSON, "print the result as JSON instead of a table")
+	fs.Float64Var(&c.QuietBelow, "quiet-below", c.QuietBelow, "before connecting and before publishing, wait until the machine is less busy than this percent (0: don't wait)")
+	fs.DurationVar(&c.QuietWait, "quiet-wait", c.QuietWait, "longest wait for the machine to be quiet; then the run goes on, and says so")
+	fs.StringVar(&c.Receiver, "receiver", c.Receiver, "how clients read: epoll (a few goroutines read raw sockets; least CPU) or gorilla (a goroutine per connection with NextReader)")
+	fs.StringVar(&c.Pub.Kind, "publisher", c.Pub.Kind, "how to publish: http (/api/publish), amqp (producer package) or ws (publish op)")
+	fs.IntVar(&c.Pub.Conns, "publish-conns", c.Pub.Conns, "publishes in flight at once (HTTP connections, AMQP confirms, WebSocket connections)")
+	fs.StringVar(&c.Pub.APIKey, "api-key", c.Pub.APIKey, "bearer key of /api/publish")
+	fs.StringVar(&c.Pub.AMQPURL, "amqp-url", c.Pub.AMQPURL, "RabbitMQ URL for -publisher amqp")
+	fs.StringVar(&c.Pub.Exchange, "exchange", c.Pub.Exchange, "fanout exchange for -publisher amqp")
+}
+
+func parseRunFlags(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (runConfig, error) {
+	c := defaultRunConfig()
+	if p := presetIn(args); p != "" {
+		set, ok := presets[p]
+		if !ok {
+			fmt.Fprintf(stderr, "herald-bench %s: unknown preset %q: want A, B, C, p99 or idle\n", name, p)
+			return c, errUsage
+		}
+		set(&c)
+	}
+	fs := flag.NewFlagSet("herald-bench "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	bindRunFlags(fs, &c)
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return c, errUsage
+		}
+		return c, errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "herald-bench %s: unexpected arguments %q\n", name, fs.Args())
+		return c, errUsage
+	}
+	if _, _, err := loopbackTarget(c.Target); err != nil {
+		fmt.Fprintf(stderr, "herald-bench %s: %v\n", name, err)
+		return c, errUsage
+	}
+	c.Pub.Target, c.Pub.Channel = c.Target, c.Channel
+	return c, nil
+}
+
+func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseRunFlags("run", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	res, err := runLoad(ctx, cfg, stderr)
+	if err != nil {
+		return err
+	}
+	if cfg.JSON {
+		return writeJSON(stdout, res)
+	}
+	printResult(stdout, res)
+	return nil
+}
+
+// Result is what one load run measured. Figures of the server come from /proc; latency
+// and deliveries per second are over the steady-state window only.
+type Result struct {
+	Label       string         `json:"label"`
+	Target      string         `json:"target"`
+	Publisher   string         `json:"publisher"`
+	Conns       int            `json:"conns"`
+	ConnsMade   int            `json:"conns_made"`
+	ConnsFailed int            `json:"conns_failed"`
+	ConnErrors  map[string]int `json:"conn_errors,omitempty"`
+	Stalled     int            `json:"stalled"`
+	StalledMade int            `json:"stalled_made"`
+	ConnectSecs float64        `json:"connect_seconds"`
+
+	ServerPID          int     `json:"server_pid"`
+	RSSBeforeKiB       int64   `json:"rss_before_kib"`
+	RSSIdleKiB         int64   `json:"rss_idle_kib"`
+	RSSPerIdleConnKiB  float64 `json:"rss_per_idle_conn_kib"`
+	RSSPeakLoadKiB     int64   `json:"rss_peak_load_kib,omitempty"`
+	ServerCPUConnectUS float64 `json:"server_cpu_per_connect_us"`
+
+	Phase    *PhaseResult `json:"phase,omitempty"`
+	Warnings []string     `json:"warnings,omitempty"`
+}
+
+// PhaseResult is one publishing phase: a rate held for a duration.
+type PhaseResult struct {
+	Rate            float64        `json:"rate"`
+	Messages        int            `json:"messages"`
+	Sent            int64          `json:"sent"`
+	Accepted        int64          `json:"accepted"`
+	PublishErrors   int64          `json:"publish_errors"`
+	PublishErrKinds map[string]int `json:"publish_error_kinds,omitempty"`
+	PublishRate     float64        `json:"publish_rate"`
+	PublisherBehind float64        `json:"publisher_max_behind_ms"`
+	Receivers       int64          `json:"receivers"`
+	Expected        int64          `json:"expected"`
+	Received        int64          `json:"received"`
+	Lost            int64          `json:"lost"`
+	ReceiversEnded  map[string]int `json:"receivers_ended,omitempty"`
+
+	WindowSecs       float64        `json:"window_seconds"`
+	WindowDeliveries int64          `json:"window_deliveries"`
+	DeliveriesPerSec float64        `json:"deliveries_per_sec"`
+	Latency          latencySummary `json:"latency"`
+
+	ServerCPUSecs       float64 `json:"server_cpu_seconds"`
+	ServerCPUPercent    float64 `json:"server_cpu_percent"`
+	ServerCPUPerDelivUS float64 `json:"server_cpu_per_delivery_us"`
+	ToolCPUSecs         float64 `json:"tool_cpu_seconds"`
+	ToolCPUPercent      float64 `json:"tool_cpu_percent"`
+	ToolCPUPerDelivUS   float64 `json:"tool_cpu_per_delivery_us"`
+	MachineBusyPercent  float64 `json:"machine_busy_percent"`
+	OtherCPUPercent     float64 `json:"other_cpu_percent"`
+	Profile             string  `json:"profile,omitempty"`
+}
+
+// session is a load run's connections, open until close.
+type session struct {
+	cfg    runConfig
+	stderr io.Writer
+	pid    int
+	rec    *recorder
+	cs     *clientSet
+	pub    publisher
+	res    Result
+}
+
+// runLoad opens the connections, publishes one phase (unless the rate is 0) and closes.
+func runLoad(ctx context.Context, cfg runConfig, stderr io.Writer) (Result, error) {
+	s, err := openSession(ctx, cfg, stderr)
+	if err != nil {
+		return Result{}, err
+	}
+	defer s.close()
+	if cfg.Rate > 0 {
+		ph, err := s.phase(ctx, cfg.Rate, cfg.Duration, cfg.Warmup, cfg.Messages, cfg.PprofURL)
+		if err != nil {
+			return s.res, err
+		}
+		s.res.Phase = &ph
+	}
+	return s.res, ctx.Err()
+}
+
+// openSession finds the server's process, reads its RSS, opens the connections (and the
+// stalled ones), reads the RSS again once they have settled, and makes the publisher.
+func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session, error) {
+	ip, port, err := loopbackTarget(cfg.Target)
+	if err != nil {
+		return nil, err
+	}
+	if need := cfg.Conns + cfg.Stalled + 64; need > noFileLimit() {
+		return nil, fmt.Errorf("%d connections need %d descriptors; the limit is %d", cfg.Conns+cfg.Stalled, need, noFileLimit())
+	}
+	cfg.Pub.Target, cfg.Pub.Channel = cfg.Target, cfg.Channel
+	s := &session{cfg: cfg, stderr: stderr, rec: newRecorder(64)}
+	s.cs = newClientSet(s.rec)
+	switch cfg.Receiver {
+	case "epoll":
+		if s.cs.ep, err = newEpollReceivers(s.cs, 2); err != nil {
+			return nil, err
+		}
+	case "gorilla":
+	default:
+		return nil, fmt.Errorf("unknown receiver %q: want epoll or gorilla", cfg.Receiver)
+	}
+	label := cfg.Preset
+	if label == "" {
+		label = "custom"
+	}
+	s.res = Result{Label: label, Target: cfg.Target, Publisher: cfg.Pub.Kind, Conns: cfg.Conns, Stalled: cfg.Stalled}
+	s.pid = cfg.PID
+	if s.pid == 0 {
+		if s.pid, err = findListener(ip, port); err != nil {
+			fmt.Fprintf(stderr, "warning: %v: server CPU and RSS are not measured (give -pid)\n", err)
+		}
+	}
+	s.res.ServerPID = s.pid
+	var before procSample
+	if s.pid > 0 {
+		if before, err = readProc(s.pid); err != nil {
+			return nil, fmt.Errorf("server process %d: %w", s.pid, err)
+		}
+		s.res.RSSBeforeKiB = before.rssKiB
+	}
+
+	if cfg.Rate > 0 { // RSS does not need a quiet machine
+		s.waitQuiet(ctx)
+	}
+	sd := newSourceDialer(2, cfg.SourceAddrs)
+	url := wsURL(cfg.Target, cfg.Channel)
+	fmt.Fprintf(stderr, "connecting %d clients to %s (pid %d, RSS %d KiB)\n", cfg.Conns, url, s.pid, before.rssKiB)
+	cr := connect(ctx, wsDialer(sd, 2048), url, cfg.Conns, cfg.ConnectRate, s.cs.addReceiver, func(made, failed int) {
+		fmt.Fprintf(stderr, "  connected %d/%d, failed %d\n", made, cfg.Conns, failed)
+	})
+	s.res.ConnsMade, s.res.ConnsFailed, s.res.ConnectSecs = cr.Made, cr.Failed, cr.Elapsed.Seconds()
+	if len(cr.Errors) > 0 {
+		s.res.ConnErrors = cr.Errors
+	}
+	fmt.Fprintf(stderr, "connected %d, failed %d in %.1fs\n", cr.Made, cr.Failed, cr.Elapsed.Seconds())
+	for why := range cr.Errors {
+		if strings.Contains(why, "429") {
+			s.res.Warnings = append(s.res.Warnings, "the gateway refused handshakes with 429: start herald-gateway with -max-connections-per-ip 0 -handshake-rate 0 to measure many connections from a few addresses")
+			break
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		s.close()
+		return nil, err
+	}
+	if s.pid > 0 {
+		time.Sleep(cfg.Settle)
+		idle, err := readProc(s.pid)
+		if err != nil {
+			s.close()
+			return nil, fmt.Errorf("server process %d: %w", s.pid, err)
+		}
+		s.res.RSSIdleKiB = idle.rssKiB
+		if cr.Made > 0 {
+			s.res.RSSPerIdleConnKiB = float64(idle.rssKiB-before.rssKiB) / float64(cr.Made)
+			s.res.ServerCPUConnectUS = float64((idle.cpu - before.cpu).Microseconds()) / float64(cr.Made)
+		}
+		fmt.Fprintf(stderr, "idle: RSS %d KiB, %.1f KiB per connection\n", idle.rssKiB, s.res.RSSPerIdleConnKiB)
+	}
+	if cfg.Stalled > 0 {
+		sdStalled := newSourceDialer(2, cfg.SourceAddrs)
+		sdStalled.rcvBuf = cfg.StalledRcvBuf
+		scr := connect(ctx, wsDialer(sdStalled, 1024), url, cfg.Stalled, cfg.ConnectRate, s.cs.addStalled, nil)
+		s.res.StalledMade = scr.Made
+		fmt.Fprintf(stderr, "stalled clients: %d connected, %d failed\n", scr.Made, scr.Failed)
+	}
+	if cfg.Rate > 0 {
+		if s.pub, err = newPublisher(ctx, cfg.Pub); err != nil {
+			s.close()
+			return nil, fmt.Errorf("publisher: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// waitQuiet waits until the machine is quiet, as configured, and notes it when it was not.
+func (s *session) waitQuiet(ctx context.Context) {
+	if s.cfg.QuietBelow <= 0 {
+		return
+	}
+	pct, ok := waitQuiet(ctx, s.cfg.QuietBelow, s.cfg.QuietWait, func(pct float64) {
+		fmt.Fprintf(s.stderr, "waiting for a quiet machine: %.0f%% busy (other processes)\n", pct)
+	})
+	if !ok {
+		s.res.Warnings = append(s.res.Warnings, fmt.Sprintf("the machine was %.0f%% busy with other work when measuring began", pct))
+		fmt.Fprintf(s.stderr, "warning: the machine is still %.0f%% busy: measuring anyway\n", pct)
+	}
+}
+
+func (s *session) close() {
+	if s.pub != nil {
+		s.pub.close()
+	}
+	s.cs.close(5 * time.Second)
+}
+
+// phase publishes at rate for duration (or count messages), and measures over the window
+// that opens after warmup and closes when publishing ends.
+func (s *session) phase(ctx context.Context, rate float64, duration, warmup time.Duration, count int, pprofURL string) (PhaseResult, error) {
+	if count <= 0 {
+		count = int(rate * duration.Seconds())
+	}
+	ph := PhaseResult{Rate: rate, Messages: count}
+	s.waitQuiet(ctx)
+	receivers := s.cs.live.Load()
+	ph.Receivers = receivers
+	acc0 := s.pub.accepted()
+	s.rec.drain(newHist()) // forget deliveries from before this phase
+
+	pubCtx, stopPub := context.WithCancel(ctx)
+	defer stopPub()
+	pubDone := make(chan publishStats, 1)
+	start := time.Now()
+	go func() { pubDone <- publishAt(pubCtx, s.pub, count, rate, s.cfg.Pub.Conns, s.cfg.DataBytes) }()
+
+	interval, window := newHist(), newHist()
+	var (
+		publishing           = true
+		inWindow, windowDone bool
+		pst                  publishStats
+		phaseRecv, winRecv   int64
+		gwStart, gwLast      procSample
+		selfStart, selfLast  = selfCPU(), selfCPU()
+		busyStart, totStart  int64
+		winStart             time.Time
+		lastTick             = start
+		lastRecv             = time.Now()
+		profDone             chan string
+	)
+	if s.pid > 0 {
+		gwLast, _ = readProc(s.pid)
+	}
+	openWindow := func() {
+		inWindow, winStart = true, time.Now()
+		selfStart = selfCPU()
+		busyStart, totStart = machineCPU()
+		if s.pid > 0 {
+			gwStart, _ = readProc(s.pid)
+		}
+		if pprofURL != "" {
+			secs := max(int((duration-warmup).Seconds())-1, 1)
+			profDone = make(chan string, 1)
+			go func() { profDone <- fetchProfile(pprofURL, secs, s.cfg.PprofOut, s.stderr) }()
+		}
+	}
+	closeWindow := func() {
+		inWindow, windowDone = false, true
+		el := time.Since(winStart)
+		ph.WindowSecs = el.Seconds()
+		ph.WindowDeliveries = winRecv
+		ph.DeliveriesPerSec = float64(winRecv) / el.Seconds()
+		ph.Latency = summarize(window)
+		tool := selfCPU() - selfStart
+		ph.ToolCPUSecs = tool.Seconds()
+		ph.ToolCPUPercent = 100 * tool.Seconds() / el.Seconds()
+		if winRecv > 0 {
+			ph.ToolCPUPerDelivUS = float64(tool.Nanoseconds()) / 1e3 / float64(winRecv)
+		}
+		busy, tot := machineCPU()
+		if tot > totStart {
+			ph.MachineBusyPercent = 100 * float64(busy-busyStart) / float64(tot-totStart)
+		}
+		if s.pid > 0 {
+			if gw, err := readProc(s.pid); err == nil {
+				cpu := gw.cpu - gwStart.cpu
+				// What ran besides the server and this tool, in percent of one core.
+				ph.OtherCPUPercent = max(ph.MachineBusyPercent*float64(runtime.NumCPU())-100*cpu.Seconds()/el.Seconds()-ph.ToolCPUPercent, 0)
+				ph.ServerCPUSecs = cpu.Seconds()
+				ph.ServerCPUPercent = 100 * cpu.Seconds() / el.Seconds()
+				if winRecv > 0 {
+					ph.ServerCPUPerDelivUS = float64(cpu.Nanoseconds()) / 1e3 / float64(winRecv)
+				}
+			}
+		}
+	}
+	if warmup <= 0 {
+		openWindow()
+	}
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	drainStart := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return ph, ctx.Err()
+		case <-tick.C:
+		case pst = <-pubDone:
+			publishing = false
+			pubDone = nil
+			drainStart = time.Now()
+		}
+		n := s.rec.drain(interval)
+		phaseRecv += n
+		if n > 0 {
+			lastRecv = time.Now()
+		}
+		if inWindow {
+			window.Merge(interval)
+			winRecv += n
+			if !publishing {
+				closeWindow()
+			}
+		} else if publishing && !windowDone && time.Since(start) >= warmup {
+			openWindow()
+		}
+		now := time.Now()
+		s.progress(now.Sub(start), now.Sub(lastTick), phaseRecv, n, interval, &gwLast, &selfLast)
+		lastTick = now
+		if !publishing {
+			expected := (s.pub.accepted() - acc0) * receivers
+			if phaseRecv >= expected || time.Since(drainStart) > s.cfg.DrainWait ||
+				time.Since(lastRecv) > 3*time.Second {
+				break
+			}
+		}
+	}
+	if !windowDone { // the phase was shorter than the warm-up: the window is all of it
+		ph.WindowSecs = 0
+	}
+	ph.Sent, ph.PublishErrors = pst.Sent, pst.Errors
+	if len(pst.ErrorKind) > 0 {
+		ph.PublishErrKinds = pst.ErrorKind
+	}
+	ph.Accepted = s.pub.accepted() - acc0
+	ph.PublishRate = float64(pst.Sent) / pst.Elapsed.Seconds()
+	ph.PublisherBehind = float64(pst.MaxBehind.Microseconds()) / 1e3
+	ph.Expected = ph.Accepted * receivers
+	ph.Received = phaseRecv
+	ph.Lost = max(ph.Expected-ph.Received, 0)
+	if ended := s.cs.endedCounts(); len(ended) > 0 {
+		ph.ReceiversEnded = ended
+	}
+	if s.pid > 0 {
+		if gw, err := readProc(s.pid); err == nil {
+			s.res.RSSPeakLoadKiB = max(s.res.RSSPeakLoadKiB, gw.rssKiB)
+		}
+	}
+	if profDone != nil {
+		ph.Profile = <-profDone
+	}
+	return ph, nil
+}
+
+// progress prints one line about the last second to stderr.
+func (s *session) progress(el, since time.Duration, total, n int64, h *hdrhistogram.Histogram, gwLast *procSample, selfLast *time.Duration) {
+	gw := ""
+	if s.pid > 0 {
+		if cur, err := readProc(s.pid); err == nil {
+			pct := 100 * (cur.cpu - gwLast.cpu).Seconds() / since.Seconds()
+			gw = fmt.Sprintf(" | server cpu %3.0f%% rss %d MiB", pct, cur.rssKiB>>10)
+			s.res.RSSPeakLoadKiB = max(s.res.RSSPeakLoadKiB, cur.rssKiB)
+			*gwLast = cur
+		}
+	}
+	self := selfCPU()
+	toolPct := 100 * (self - *selfLast).Seconds() / since.Seconds()
+	*selfLast = self
+	fmt.Fprintf(s.stderr, "%5.1fs recv %9d (%7.0f/s) p50 %7.2fms p99 %7.2fms max %7.2fms | live %d%s | tool cpu %3.0f%%\n",
+		el.Seconds(), total, float64(n)/since.Seconds(),
+		float64(h.ValueAtQuantile(50))/1e3, float64(h.ValueAtQuantile(99))/1e3, float64(h.Max())/1e3,
+		s.cs.live.Load(), gw, toolPct)
+}
+
+// fetchProfile takes a CPU profile of secs seconds from a net/http/pprof endpoint and
+// writes it to out. It returns out, or "" when it failed (and says why on stderr).
+func fetchProfile(base string, secs int, out string, stderr io.Writer) string {
+	u := strings.TrimSuffix(base, "/") + fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs)
+	c := &http.Client{Timeout: time.Duration(secs+30) * time.Second}
+	resp, err := c.Get(u)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("HTTP %d", resp.StatusCode)
+		resp.Body.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "warning: CPU profile from %s: %v\n", u, err)
+		return ""
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(out)
+	if err == nil {
+		_, err = io.Copy(f, resp.Body)
+		err = errors.Join(err, f.Close())
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "warning: CPU profile: %v\n", err)
+		return ""
+	}
+	fmt.Fprintf(stderr, "CPU profile (%ds) written to %s\n", secs, out)
+	return out
+}
