@@ -297,6 +297,11 @@ func (c *Conn) writeLoop() {
 		if err != nil {
 			c.log.Debug("write failed", "err", err)
 			c.srv.metrics.dropped(dropWriteFailed, unsent)
+			c.mu.Lock()
+			if c.closeCode == 0 { // nothing more can be written: stop queueing and replaying
+				c.closeCode = websocket.CloseAbnormalClosure
+			}
+			c.mu.Unlock()
 			_ = c.nc.Close() // the read pump ends and finishes the connection
 			return           // writing stays true: no writer starts again
 		}
@@ -414,11 +419,11 @@ func (c *Conn) startReading() {
 
 // Frame header bits of RFC 6455 section 5.2, for awaitFrame.
 const (
-	frameOpcodeMask = 0x0f
-	framePong       = 0xa
-	frameMasked     = 0x80
-	frameLenMask    = 0x7f
-	maskKeyLen      = 4
+	frameFinal   = 0x80
+	framePong    = 0xa
+	frameMasked  = 0x80
+	frameLenMask = 0x7f
+	maskKeyLen   = 4
 )
 
 // awaitFrame waits until a frame has begun to arrive. A pong, which it sees whole in the
@@ -437,8 +442,8 @@ func (c *Conn) awaitFrame() error {
 			return err
 		}
 		size := maskKeyLen + int(head[1]&frameLenMask)
-		if head[0]&frameOpcodeMask != framePong || head[1]&frameMasked == 0 || size-maskKeyLen > 125 {
-			return nil // not a well-formed client pong: the library reads it
+		if head[0] != frameFinal|framePong || head[1]&frameMasked == 0 || size-maskKeyLen > 125 {
+			return nil // not a well-formed client pong (final, no RSV bits, masked): the library reads it
 		}
 		if _, err := br.Peek(2 + size); err != nil {
 			return err

@@ -250,6 +250,9 @@ func (h *Hub) subscribeAt(c member, ch string, at int64, then func()) bool {
 	if !ok || (at != noSkip && h.last.Load() > at) {
 		return false
 	}
+	if skip, subscribed := h.channels[ch][c]; subscribed && skip > at {
+		at = skip // subscribed again: what a replay gave it is still not to come twice
+	}
 	ms.subs[ch] = struct{}{}
 	addTo(h.channels, ch, c, at)
 	then()

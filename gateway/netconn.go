@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -21,9 +22,10 @@ type batchConn struct {
 	net.Conn
 	timeout time.Duration
 
-	// mu serialises writes and protects deadline.
-	mu       sync.Mutex
-	deadline time.Time
+	// mu serialises writes and protects deadline and closeSent.
+	mu        sync.Mutex
+	deadline  time.Time
+	closeSent bool // a close frame went out: nothing may follow it (RFC 6455 section 5.5.1)
 
 	// br is the buffered reader the WebSocket library reads through (nil if the library
 	// was given another); only the read pump uses it.
@@ -42,6 +44,12 @@ const maxPooledBatch = 256 << 10
 func (c *batchConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closeSent {
+		return 0, errCloseSent
+	}
+	if len(p) > 0 && p[0] == closeFrameByte {
+		c.closeSent = true // the library writes each control frame in one Write
+	}
 	if now := time.Now(); c.deadline.Sub(now) < c.timeout/2 {
 		c.deadline = now.Add(c.timeout)
 		if err := c.Conn.SetWriteDeadline(c.deadline); err != nil {
@@ -50,6 +58,12 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	}
 	return c.Conn.Write(p)
 }
+
+// closeFrameByte is the first byte of a final close frame (RFC 6455 section 5.2).
+const closeFrameByte = 0x88
+
+// errCloseSent is a write after the close frame.
+var errCloseSent = errors.New("gateway: write after the close frame")
 
 // SetWriteDeadline ignores the deadlines the WebSocket library sets: Write keeps its own.
 func (c *batchConn) SetWriteDeadline(time.Time) error { return nil }

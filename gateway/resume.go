@@ -79,27 +79,36 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 		return
 	}
 
-	cursor, replayed := since, 0
+	cursor, replayed, extended := since, 0, time.Now()
 	seen := make(map[string]struct{}) // ids replayed, for messages live delivery has not deduplicated yet
 	for ctx.Err() == nil {
 		if handover(cursor, false) {
 			s.metrics.resumed(true, replayed)
 			return
 		}
-		truncated, handed, progressed := false, false, false
+		truncated, handed, progressed, closed := false, false, false, false
 		err := s.log.Replay(ctx, cursor, func(m message.Message) bool {
 			if m.Offset <= cursor {
 				return true
 			}
-			if cursor == since && since >= 0 && m.Offset > since+1 && s.cutByRetention(ctx, since) {
+			// A jump past cursor+1 is a cut by retention (the log moved on under a slow
+			// replay, or since is too old), or offsets that skip numbers: ask the log. The
+			// first message of a replay of everything (since -1) may start anywhere.
+			if m.Offset > cursor+1 && !(since == -1 && cursor == -1) && s.cutByRetention(ctx, cursor) {
 				truncated = true
 				return false
 			}
 			cursor, progressed = m.Offset, true
+			if time.Since(extended) > (s.cfg.PingInterval+s.cfg.PongTimeout)/4 {
+				// The read pump may be the one replaying: keep its deadline moving.
+				c.extendRead()
+				extended = time.Now()
+			}
 			if m.Data != nil && wants(&m) && !s.hub.duplicate(m.Offset) && !seenID(seen, m.ID) {
 				f := newMessageFrame(m)
 				f.replayed = true
 				if !c.enqueueReplay(f) {
+					closed = true // the connection is closing: stop
 					return false
 				}
 				replayed++
@@ -111,6 +120,8 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 			return true
 		})
 		switch {
+		case closed || c.closing():
+			return
 		case handed:
 			s.metrics.resumed(true, replayed)
 			return

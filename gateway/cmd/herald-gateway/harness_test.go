@@ -360,6 +360,26 @@ func (c *wsClient) deliveries() []delivery {
 	return append([]delivery(nil), c.got...)
 }
 
+// waitFrame waits until the client has received a frame with op.
+func (c *wsClient) waitFrame(t *testing.T, op string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		c.mu.Lock()
+		for _, f := range c.frames {
+			if f["op"] == op {
+				c.mu.Unlock()
+				return
+			}
+		}
+		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("client %s: no %s frame within %v", c.name, op, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // waitFor waits until the client has received every id in ids.
 func (c *wsClient) waitFor(t *testing.T, ids []string, within time.Duration) {
 	t.Helper()

@@ -64,6 +64,9 @@ func TestTwoGatewaysOnRabbitMQ(t *testing.T) {
 	if err := clients["alice@a"].send(map[string]any{"op": "publish", "channel": "room", "data": "hello room", "ref": "r1"}); err != nil {
 		t.Fatal(err)
 	}
+	// The next publishes go through other gateways: wait for the broker's confirm (the
+	// ack), so that the stream's order is the order of this test.
+	clients["alice@a"].waitFrame(t, "ack", 10*time.Second)
 	// 2. HTTP on B, to news.
 	if _, status, err := httpPublish(b, `{"channel":"news","data":"extra"}`); err != nil || status != http.StatusAccepted {
 		t.Fatalf("HTTP publish: %d %v", status, err)
