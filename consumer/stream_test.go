@@ -718,15 +718,7 @@ func TestStreamRunFailsFast(t *testing.T) {
 	exchange, stream := amqptest.Names(t, url)
 
 	// A stream declared with other retention than the Stream's config.
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatalf("channel: %v", err)
-	}
+	ch := amqptest.Channel(t, url)
 	if _, err := ch.QueueDeclare(stream, true, false, false, false, amqp.Table{"x-queue-type": "stream", "x-max-age": "60s"}); err != nil {
 		t.Fatalf("declare stream: %v", err)
 	}

@@ -54,36 +54,6 @@ func newPublisher(t *testing.T, url, exchange string, configure ...func(*Config)
 	return p
 }
 
-// bindQueue declares exchange (as New does), binds a new exclusive classic queue to
-// it and consumes it, on a connection of its own that is closed when the test ends.
-func bindQueue(t *testing.T, url, exchange string, args amqp.Table) <-chan amqp.Delivery {
-	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatalf("channel: %v", err)
-	}
-	if err := ch.ExchangeDeclare(exchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
-		t.Fatalf("declare exchange: %v", err)
-	}
-	q, err := ch.QueueDeclare("", false, true, true, false, args)
-	if err != nil {
-		t.Fatalf("declare queue: %v", err)
-	}
-	if err := ch.QueueBind(q.Name, "", exchange, false, nil); err != nil {
-		t.Fatalf("bind queue: %v", err)
-	}
-	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	if err != nil {
-		t.Fatalf("consume: %v", err)
-	}
-	return deliveries
-}
-
 // receive returns the next n deliveries, failing the test when they do not come
 // within timeout.
 func receive(t *testing.T, deliveries <-chan amqp.Delivery, n int, timeout time.Duration) []amqp.Delivery {
@@ -140,7 +110,7 @@ func publishCtx(t *testing.T) context.Context {
 func TestPublishDelivers(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
-	deliveries := bindQueue(t, url, exchange, nil)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	p := newPublisher(t, url, exchange)
 
 	when := time.Date(2025, 1, 2, 3, 4, 5, 600000000, time.UTC)
@@ -210,7 +180,7 @@ func TestPublishDelivers(t *testing.T) {
 func TestPublishInvalid(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
-	deliveries := bindQueue(t, url, exchange, nil)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	p := newPublisher(t, url, exchange)
 
 	data := json.RawMessage(`{}`)
@@ -272,7 +242,7 @@ func TestPublishUnroutable(t *testing.T) {
 	}
 
 	// Once a queue is bound, publishing succeeds again on the same channel.
-	deliveries := bindQueue(t, url, exchange, nil)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	if _, err := p.Publish(publishCtx(t), Message{ID: "found", Data: json.RawMessage(`1`)}); err != nil {
 		t.Fatalf("Publish with a queue bound: got %v, want nil", err)
 	}
@@ -285,7 +255,7 @@ func TestPublishNacked(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
 	// A queue that holds nothing and rejects what overflows makes the broker nack.
-	bindQueue(t, url, exchange, amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"})
+	amqptest.BindQueue(t, url, exchange, amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"})
 	p := newPublisher(t, url, exchange)
 
 	_, err := p.Publish(publishCtx(t), Message{Data: json.RawMessage(`1`)})
@@ -298,7 +268,7 @@ func TestPublishConcurrent(t *testing.T) {
 	checkGoroutines(t)
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
-	deliveries := bindQueue(t, url, exchange, nil)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	p := newPublisher(t, url, exchange)
 
 	const goroutines, each = 8, 200
@@ -343,7 +313,7 @@ func TestPublishConcurrent(t *testing.T) {
 func TestPublishContextDone(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
-	deliveries := bindQueue(t, url, exchange, nil)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	p := newPublisher(t, url, exchange)
 
 	ctx, cancel := context.WithCancel(t.Context())
@@ -428,15 +398,7 @@ func TestNewErrors(t *testing.T) {
 func TestNewExchangeOfAnotherType(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatalf("channel: %v", err)
-	}
+	ch := amqptest.Channel(t, url)
 	if err := ch.ExchangeDeclare(exchange, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
 		t.Fatalf("declare: %v", err)
 	}
@@ -457,7 +419,7 @@ func TestPendingFailsOnConnectionLoss(t *testing.T) {
 	checkGoroutines(t)
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
-	deliveries := bindQueue(t, url, exchange, nil)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	var reconnects atomic.Int32
 	p := newPublisher(t, url, exchange, func(c *Config) {
 		c.ReconnectMin, c.ReconnectMax = 10*time.Millisecond, 50*time.Millisecond
@@ -516,7 +478,7 @@ func TestReconnectAfterBrokerClose(t *testing.T) {
 		t.Skipf("rabbitmqctl is not on PATH: %v", err)
 	}
 	exchange, _ := amqptest.Names(t, url)
-	deliveries := bindQueue(t, url, exchange, nil)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	name := "herald-producer-" + message.NewID()[:12]
 	states := make(chan bool, 16)
 	var reconnects atomic.Int32

@@ -90,3 +90,41 @@ func sanitize(name string) string {
 	}
 	return name
 }
+
+// Channel opens a connection and a channel of its own, closed when the test ends.
+func Channel(t testing.TB, url string) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatalf("amqptest: dial: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("amqptest: channel: %v", err)
+	}
+	return ch
+}
+
+// BindQueue declares exchange as Herald does (durable fanout), binds a new exclusive
+// classic queue with args to it, and consumes it with automatic acks, on a connection of
+// its own that is closed when the test ends: what a test publisher's messages reach.
+func BindQueue(t testing.TB, url, exchange string, args amqp.Table) <-chan amqp.Delivery {
+	t.Helper()
+	ch := Channel(t, url)
+	if err := ch.ExchangeDeclare(exchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
+		t.Fatalf("amqptest: declare exchange: %v", err)
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, args)
+	if err != nil {
+		t.Fatalf("amqptest: declare queue: %v", err)
+	}
+	if err := ch.QueueBind(q.Name, "", exchange, false, nil); err != nil {
+		t.Fatalf("amqptest: bind queue: %v", err)
+	}
+	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		t.Fatalf("amqptest: consume: %v", err)
+	}
+	return deliveries
+}

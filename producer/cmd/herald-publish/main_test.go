@@ -33,36 +33,6 @@ func runCmd(t *testing.T, stdin string, args ...string) result {
 	return result{code, stdout.String(), stderr.String()}
 }
 
-// bindQueue declares exchange, binds a new exclusive queue to it and consumes it, on
-// a connection of its own that is closed when the test ends.
-func bindQueue(t *testing.T, url, exchange string) <-chan amqp.Delivery {
-	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatalf("channel: %v", err)
-	}
-	if err := ch.ExchangeDeclare(exchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
-		t.Fatalf("declare exchange: %v", err)
-	}
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
-	if err != nil {
-		t.Fatalf("declare queue: %v", err)
-	}
-	if err := ch.QueueBind(q.Name, "", exchange, false, nil); err != nil {
-		t.Fatalf("bind queue: %v", err)
-	}
-	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	if err != nil {
-		t.Fatalf("consume: %v", err)
-	}
-	return deliveries
-}
-
 // receive returns the next n deliveries, or fails the test after 5s.
 func receive(t *testing.T, deliveries <-chan amqp.Delivery, n int) []producer.Message {
 	t.Helper()
@@ -86,7 +56,7 @@ func receive(t *testing.T, deliveries <-chan amqp.Delivery, n int) []producer.Me
 func TestPublish(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
-	deliveries := bindQueue(t, url, exchange)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	base := []string{"-url", url, "-exchange", exchange}
 
 	tests := []struct {
@@ -142,7 +112,7 @@ func TestPublish(t *testing.T) {
 func TestEnvironment(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
-	deliveries := bindQueue(t, url, exchange)
+	deliveries := amqptest.BindQueue(t, url, exchange, nil)
 	t.Setenv("HERALD_AMQP_URL", url)
 	t.Setenv("HERALD_EXCHANGE", exchange)
 	t.Setenv("HERALD_PUBLISH_CHANNEL", "from-env")
