@@ -273,15 +273,6 @@ func (h *Hub) unsubscribe(c member, ch string, then func()) {
 	then()
 }
 
-// forEach calls fn for every connection in the hub, holding the hub's read lock.
-func (h *Hub) forEach(fn func(member)) {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	for c := range h.members {
-		fn(c)
-	}
-}
-
 // Len returns the number of connections in the hub.
 func (h *Hub) Len() int {
 	h.mu.RLock()

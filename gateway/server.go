@@ -193,7 +193,9 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
 			Subprotocols:     []string{Subprotocol},
-			WriteBufferPool:  &sync.Pool{},
+			// With a pool, the library keeps no write buffer per connection (data frames
+			// bypass it; only its control frames are written through it).
+			WriteBufferPool: &sync.Pool{},
 		},
 		apiKey: sha256.Sum256([]byte(cfg.APIKey)),
 		mux:    http.NewServeMux(),
