@@ -166,7 +166,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := c.writeBatch(batch); err != nil {
+				if _, err := c.writeBatch(batch, false); err != nil {
 					b.Fatal(err)
 				}
 			}

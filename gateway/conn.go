@@ -25,10 +25,11 @@ const batchFlushBytes = 64 << 10
 
 // Conn is one client's WebSocket connection. The read pump (a goroutine of its own)
 // reads and answers the client's frames. Everyone else, the hub's fan-out included, hands
-// frames to the write queue with enqueue, which never blocks; a writer goroutine, started
-// when there is something to write and ended when the queue is empty, writes them. An idle
-// connection so has one parked goroutine and no buffers of its own beyond the small read
-// buffer.
+// frames to the write queue with enqueue, which never blocks; when there is something to
+// write, a writer worker takes the queue and writes it without waiting on the socket (see
+// writerPool), and a socket that is slow to take it gets a writer goroutine of its own
+// until its queue is empty. An idle connection so has one parked goroutine and no buffers
+// of its own beyond the small read buffer.
 type Conn struct {
 	id   string
 	usr  string
@@ -56,10 +57,11 @@ type Conn struct {
 	closeText               string // the close frame's reason
 	flushFirst              bool   // send what is queued before the close frame
 	pingDue                 bool   // the writer should send a ping
-	// writing is true while a writer goroutine runs, and for good once the writing side
-	// is closed (close frame sent, or a write failed): at most one writer ever runs.
-	// finished is set by finish: no writer starts after it. writers counts the writer
-	// goroutine, for finish to wait for; it is added to only under mu, before finished.
+	// writing is true while c has a writer (a worker's turn, queued or under way, or a
+	// writeLoop goroutine), and for good once the writing side is closed (close frame
+	// sent, or a write failed): at most one writer is ever at work. finished is set by
+	// finish: no writer starts after it. writers counts the writer, for finish to wait
+	// for; it is added to only under mu, before finished.
 	writing  bool
 	finished bool
 	writers  sync.WaitGroup
@@ -172,9 +174,10 @@ func (c *Conn) enqueueReplay(f *frame) bool {
 	}
 }
 
-// startWriter starts the writer goroutine if none runs and there is something to write,
-// or, for frames of a connection that has written in the current tick, has the flusher
-// start it at the next tick. c.mu must be held.
+// startWriter makes a writer for c if none is at work and there is something to write: a
+// turn at a writer worker, or a writeLoop goroutine for a close (or where the server has
+// no workers). For frames of a connection that has written in the current tick, it has
+// the flusher do so at the next tick instead. c.mu must be held.
 func (c *Conn) startWriter() {
 	urgent := c.pingDue || c.closeCode != 0
 	if c.writing || c.finished || (c.scheduled && !urgent) || (len(c.queue) == 0 && !urgent) {
@@ -187,7 +190,11 @@ func (c *Conn) startWriter() {
 	}
 	c.writing = true
 	c.writers.Add(1)
-	go c.writeLoop()
+	if w := c.srv.writers; w != nil && c.closeCode == 0 {
+		w.submit(c)
+		return
+	}
+	go c.writeLoop(nil)
 }
 
 // clearQueue empties the queue. c.mu must be held.
@@ -237,11 +244,14 @@ func (c *Conn) closing() bool {
 // connection does not hold a large one after a burst.
 const maxSpare = 64
 
-// writeLoop writes what is queued, everything queued in one write with a deadline, and
-// the pings and the close frame, until there is nothing left to write; then it ends. It is
-// the connection's only writer: startWriter runs at most one at a time, so all writes to
-// the socket, control frames included, are made from one goroutine at a time.
-func (c *Conn) writeLoop() {
+// writeLoop is the connection's writer on a goroutine of its own, for what a worker
+// (writeTurn) does not do: it completes first, a turn a worker began (the rest of a write
+// the socket did not take at once), then writes what is queued, everything queued in one
+// write within the deadline, and the pings and the close frame, until there is nothing
+// left to write; then it ends. It is the connection's only writer: startWriter makes at
+// most one writer at a time (a worker's turn or this goroutine), so all writes to the
+// socket, control frames included, are made from one goroutine at a time.
+func (c *Conn) writeLoop(first *writeTask) {
 	defer c.writers.Done()
 	defer func() {
 		if v := recover(); v != nil {
@@ -249,76 +259,56 @@ func (c *Conn) writeLoop() {
 			_ = c.nc.Close() // the read pump ends and finishes the connection
 		}
 	}()
-	var written []*frame // the last batch, for its slice to be reused
+	again := false // this goroutine has written in the current tick
+	if first != nil {
+		var err error
+		unsent := 0
+		if first.rest != nil {
+			rest := first.frames[len(first.frames)-first.restFrames:]
+			if _, err = c.nc.Write(first.rest); err == nil {
+				c.wroteFrames(rest, first.restData)
+			} else {
+				unsent = len(rest)
+			}
+		} else {
+			sent := 0
+			sent, err = c.writeBatch(first.frames, first.ping)
+			unsent = len(first.frames) - sent
+		}
+		c.finishTurn(*first, err, unsent, false)
+		if err != nil {
+			return // writing stays true: no writer starts again
+		}
+		again = true
+	}
 	for {
 		c.mu.Lock()
-		if written != nil && cap(written) <= maxSpare {
-			c.spare = written[:0]
-		}
-		c.inflight, c.inflightBytes = 0, 0
-		code, text, flush, ping := c.closeCode, c.closeText, c.flushFirst, c.pingDue
-		urgent := ping || code != 0
-		tick := int64(0)
-		if c.srv.flusher != nil {
-			tick = c.srv.flusher.tick.Load()
-		}
-		if !urgent && (len(c.queue) == 0 || (written != nil && c.flushedTick == tick)) {
-			// Nothing to write, or this tick's write is done: the rest waits for the next.
-			c.writing = false
-			c.startWriter()
-			c.mu.Unlock()
+		t, ok := c.takeBatch(again)
+		c.mu.Unlock()
+		if !ok {
 			return
 		}
-		batch := c.queue
-		c.inflight, c.inflightBytes = len(batch), c.queued
-		c.queue, c.queued, c.spare = c.spare[:0], 0, nil
-		c.pingDue, c.flushedTick = false, tick
-		room := c.roomWanted
-		c.roomWanted = false
-		c.mu.Unlock()
-
+		again = true
 		var err error
 		sent := 0
-		if code == 0 || flush {
-			sent, err = c.writeBatch(batch)
+		if t.code == 0 || t.flush {
+			sent, err = c.writeBatch(t.frames, t.ping && t.code == 0)
 		}
-		if err == nil && ping && code == 0 {
-			err = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WriteTimeout))
-		}
-		if room {
-			select {
-			case c.room <- struct{}{}:
-			default:
-			}
-		}
-		unsent := len(batch) - sent
-		clear(batch)
-		written = batch
+		c.finishTurn(t, err, len(t.frames)-sent, false)
 		if err != nil {
-			c.log.Debug("write failed", "err", err)
-			c.srv.metrics.dropped(dropWriteFailed, unsent)
-			c.mu.Lock()
-			if c.closeCode == 0 { // nothing more can be written: stop queueing and replaying
-				c.closeCode = websocket.CloseAbnormalClosure
-			}
-			c.mu.Unlock()
-			_ = c.nc.Close() // the read pump ends and finishes the connection
-			return           // writing stays true: no writer starts again
+			return // writing stays true: no writer starts again
 		}
-		if code != 0 {
-			c.sendClose(code, text)
+		if t.code != 0 {
+			c.sendClose(t.code, t.text)
 			return
 		}
 	}
 }
 
-// writeBatch writes frames to the socket: their bytes go into one pooled buffer, written
-// in one call, or in calls of about batchFlushBytes for a long queue. It returns how many
-// frames were written.
-func (c *Conn) writeBatch(batch []*frame) (int, error) {
-	if len(batch) == 0 {
-		return 0, nil
-	}
+// writeBatch writes frames, and a ping after them when ping is set, to the socket: their
+// bytes go into one pooled buffer, written in one call, or in calls of about
+// batchFlushBytes for a long queue. It returns how many frames were written.
+func (c *Conn) writeBatch(batch []*frame, ping bool) (int, error) {
 	bp := batchBufs.Get().(*[]byte)
 	defer func() {
 		if cap(*bp) <= maxPooledBatch {
@@ -329,13 +319,23 @@ func (c *Conn) writeBatch(batch []*frame) (int, error) {
 	buf, start := (*bp)[:0], 0
 	for i, f := range batch {
 		buf = append(buf, f.wire...)
-		if len(buf) >= batchFlushBytes || i == len(batch)-1 {
+		if len(buf) >= batchFlushBytes && i < len(batch)-1 {
 			if _, err := c.nc.Write(buf); err != nil {
 				return start, err
 			}
-			c.srv.metrics.wrote(batch[start:i+1], len(buf), time.Now())
+			c.wroteFrames(batch[start:i+1], len(buf))
 			buf, start = buf[:0], i+1
 		}
+	}
+	data := len(buf)
+	if ping {
+		buf = append(buf, pingFrame...)
+	}
+	if len(buf) > 0 {
+		if _, err := c.nc.Write(buf); err != nil {
+			return start, err
+		}
+		c.wroteFrames(batch[start:], data)
 	}
 	*bp = buf
 	return len(batch), nil

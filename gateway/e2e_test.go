@@ -781,3 +781,46 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestStalledSocketDoesNotHoldTheWriter: with a single writer worker, a client that stops
+// reading gets a writer goroutine of its own once its socket is full, and the worker goes
+// on serving everyone else at once (were it to wait on the stalled socket, the healthy
+// client would get nothing until the write timeout).
+func TestStalledSocketDoesNotHoldTheWriter(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{
+		WriteWorkers: 1, FlushInterval: -1, WriteQueueBytes: 64 << 20,
+		SocketSendBuffer: 16 << 10, WriteTimeout: time.Minute,
+	}, nil)
+	stalled := g.dial("channels=s")
+	stalled.expect("welcome")
+	healthy := g.dial("channels=s")
+	healthy.expect("welcome")
+
+	payload := json.RawMessage(`"` + strings.Repeat("x", 8000) + `"`)
+	const n = 600 // 4.8 MB: far more than the stalled client's socket buffers hold
+	for i := 0; i < n; i++ {
+		if _, err := g.bus.Publish(context.Background(), message.Message{Channel: "s", Data: payload}); err != nil {
+			t.Fatal(err)
+		}
+		if off, _ := healthy.expect("message").num("offset"); off != int64(i) {
+			t.Fatalf("healthy client got offset %d, want %d", off, i)
+		}
+	}
+	// The stalled client's frames are waiting in its queue, not lost, and it was not
+	// closed as slow.
+	if q := counter(t, g.reg, "herald_write_queue_max_bytes"); q == 0 {
+		t.Error("the stalled client's queue is empty: it never stalled")
+	}
+	if n := counter(t, g.reg, "herald_slow_consumers_total"); n != 0 {
+		t.Errorf("got %v slow consumers, want 0", n)
+	}
+	// Once it reads, it gets everything, in order.
+	for i := 0; i < n; i++ {
+		if off, _ := stalled.expect("message").num("offset"); off != int64(i) {
+			t.Fatalf("stalled client got offset %d, want %d", off, i)
+		}
+	}
+	waitFor(t, "every delivery counted", func() bool {
+		return counter(t, g.reg, "herald_messages_delivered_total") == 2*n
+	})
+}

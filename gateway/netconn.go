@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -30,6 +31,9 @@ type batchConn struct {
 	// br is the buffered reader the WebSocket library reads through (nil if the library
 	// was given another); only the read pump uses it.
 	br *bufio.Reader
+	// raw is the socket's file descriptor access, for tryWrite; nil where the connection
+	// has none (TLS, or a platform without non-blocking writes here).
+	raw syscall.RawConn
 }
 
 // batchBufs holds the write pumps' batch buffers between batches, so an idle connection
@@ -50,13 +54,42 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	if len(p) > 0 && p[0] == closeFrameByte {
 		c.closeSent = true // the library writes each control frame in one Write
 	}
+	if err := c.renewDeadline(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// tryWrite writes as much of p as the socket takes now, without waiting for it: n <
+// len(p) with a nil error means the socket's buffer is full (n is 0 too where the
+// connection has no raw access: then only Write can write). p must hold whole data frames
+// or pings, never a close frame.
+func (c *batchConn) tryWrite(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeSent {
+		return 0, errCloseSent
+	}
+	if c.raw == nil {
+		return 0, nil
+	}
+	// The descriptor's deadline also bounds a raw write: keep it in the future.
+	if err := c.renewDeadline(); err != nil {
+		return 0, err
+	}
+	return writeNow(c.raw, p)
+}
+
+// renewDeadline moves the write deadline to now+timeout when less than half of the
+// timeout is left. c.mu must be held.
+func (c *batchConn) renewDeadline() error {
 	if now := time.Now(); c.deadline.Sub(now) < c.timeout/2 {
 		c.deadline = now.Add(c.timeout)
 		if err := c.Conn.SetWriteDeadline(c.deadline); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	return c.Conn.Write(p)
+	return nil
 }
 
 // closeFrameByte is the first byte of a final close frame (RFC 6455 section 5.2).
@@ -99,6 +132,11 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		_ = tc.SetWriteBuffer(h.sndbuf)
 	}
 	h.conn = &batchConn{Conn: nc, timeout: h.timeout}
+	if sc, ok := nc.(syscall.Conn); ok && canWriteNow {
+		if raw, err := sc.SyscallConn(); err == nil {
+			h.conn.raw = raw
+		}
+	}
 	if brw.Reader.Buffered() == 0 {
 		// Swap the server's 4 KiB read buffer for a small one; the WebSocket library
 		// reuses the reader it is given. (With bytes buffered, the library refuses the

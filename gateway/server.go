@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,6 +93,11 @@ type Config struct {
 	// one write, saving system calls at high rates; a quiet connection's frame is written
 	// at once. Default 10ms; negative writes every frame at once.
 	FlushInterval time.Duration
+	// WriteWorkers is how many writer workers write the connections' queues (see
+	// writerPool): one message's fan-out is written from that many cores at once, with no
+	// goroutine per write. Default GOMAXPROCS; negative gives every write a goroutine of
+	// its own instead (the way to compare).
+	WriteWorkers int
 	// DrainBatch is how many connections Shutdown closes at a time. Default 500.
 	DrainBatch int
 	// DrainInterval is the pause between Shutdown's batches. Default 50ms.
@@ -131,6 +137,9 @@ func (c *Config) setDefaults() {
 	if c.FlushInterval == 0 {
 		c.FlushInterval = 10 * time.Millisecond
 	}
+	if c.WriteWorkers == 0 {
+		c.WriteWorkers = runtime.GOMAXPROCS(0)
+	}
 	if c.DrainBatch <= 0 {
 		c.DrainBatch = 500
 	}
@@ -159,8 +168,9 @@ type Server struct {
 	upgrader  websocket.Upgrader
 	apiKey    [sha256.Size]byte
 	mux       *http.ServeMux
-	flusher   *flusher // nil when FlushInterval is negative
-	flushStop sync.Once
+	flusher   *flusher    // nil when FlushInterval is negative
+	writers   *writerPool // nil when WriteWorkers is negative
+	stopWrite sync.Once   // stops the flusher and the writers
 
 	busReady atomic.Bool
 
@@ -204,6 +214,9 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.upgrader.Error = s.handshakeError
 	if cfg.FlushInterval > 0 {
 		s.flusher = newFlusher(cfg.FlushInterval)
+	}
+	if cfg.WriteWorkers > 0 {
+		s.writers = newWriterPool(cfg.WriteWorkers)
 	}
 	if err := s.setupEdge(); err != nil {
 		return nil, err
@@ -503,9 +516,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		if s.flusher != nil {
-			s.flushStop.Do(s.flusher.close)
-		}
+		s.stopWrite.Do(func() {
+			if s.flusher != nil {
+				s.flusher.close()
+			}
+			if s.writers != nil {
+				s.writers.close()
+			}
+		})
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("gateway: shutdown: %w", ctx.Err())

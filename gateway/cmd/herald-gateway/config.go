@@ -33,6 +33,7 @@ type config struct {
 	PingInterval      time.Duration
 	PublishTimeout    time.Duration
 	FlushInterval     time.Duration
+	WriteWorkers      int
 	SocketSendBuffer  int
 	DedupWindow       time.Duration
 	ShutdownTimeout   time.Duration
@@ -157,6 +158,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.dur(&c.PingInterval, "ping-interval", "HERALD_PING_INTERVAL", 25*time.Second, "how often clients are pinged; one silent for this plus 10s is dropped")
 	e.int(&c.SocketSendBuffer, "socket-send-buffer", "HERALD_SOCKET_SEND_BUFFER", 0, "kernel send buffer per connection (SO_SNDBUF) in bytes; bounds kernel memory per client; 0: the kernel's autotuning")
 	e.dur(&c.FlushInterval, "flush-interval", "HERALD_FLUSH_INTERVAL", 10*time.Millisecond, "a connection that wrote within this interval waits for the next one, and its frames go out in one write; negative: write each at once")
+	e.int(&c.WriteWorkers, "write-workers", "HERALD_WRITE_WORKERS", 0, "writer workers that write the connections' queues, each on its own core; 0: one per core (GOMAXPROCS); negative: a goroutine per write instead")
 	e.dur(&c.PublishTimeout, "publish-timeout", "HERALD_PUBLISH_TIMEOUT", 5*time.Second, "bound on one publish to the bus")
 	e.dur(&c.DedupWindow, "dedup-window", "HERALD_DEDUP_WINDOW", 2*time.Minute, "a message id seen again within this window is delivered once")
 	e.dur(&c.ShutdownTimeout, "shutdown-timeout", "HERALD_SHUTDOWN_TIMEOUT", 30*time.Second, "how long a drain on SIGTERM may take")

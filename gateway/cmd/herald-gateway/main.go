@@ -105,6 +105,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		PingInterval:         cfg.PingInterval,
 		PublishTimeout:       cfg.PublishTimeout,
 		FlushInterval:        cfg.FlushInterval,
+		WriteWorkers:         cfg.WriteWorkers,
 		SocketSendBuffer:     cfg.SocketSendBuffer,
 		DisableClientPublish: cfg.NoClientPublish,
 		InsecureUserParam:    cfg.InsecureUserParam,

@@ -1,0 +1,248 @@
+package gateway
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// writerPool is a fixed set of writer workers, one per core by default, that write the
+// connections' queued frames. A connection with something to write is handed to one of
+// them (round robin, so that one message's fan-out is written from every core); the
+// worker takes its queue and writes it in one non-blocking write. A socket that cannot
+// take the whole write at once is handed, with the rest of the write, to a goroutine of
+// its own (Conn.writeLoop) that waits for it; that goroutine also sends close frames. A
+// worker so never waits on one client, and the common case (the socket takes the write)
+// costs no goroutine.
+type writerPool struct {
+	workers []*writeWorker
+	next    atomic.Uint32
+	wg      sync.WaitGroup
+	stop    chan struct{}
+}
+
+// writeWorker is one worker's queue of ready connections.
+type writeWorker struct {
+	// mu protects ready: connections waiting for this worker, each owned by it (its
+	// writing flag set) until the worker is done with it.
+	mu    sync.Mutex
+	ready []*Conn
+	wake  chan struct{} // room for one signal: there is something in ready
+}
+
+func newWriterPool(n int) *writerPool {
+	p := &writerPool{workers: make([]*writeWorker, n), stop: make(chan struct{})}
+	for i := range p.workers {
+		w := &writeWorker{wake: make(chan struct{}, 1)}
+		p.workers[i] = w
+		p.wg.Go(func() { w.run(p.stop) })
+	}
+	return p
+}
+
+// submit hands c, whose writing flag the caller has just set, to a worker. It never
+// blocks. The caller holds c.mu.
+func (p *writerPool) submit(c *Conn) {
+	w := p.workers[int(p.next.Add(1))%len(p.workers)]
+	w.mu.Lock()
+	w.ready = append(w.ready, c)
+	first := len(w.ready) == 1
+	w.mu.Unlock()
+	if first {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// run writes the connections handed to w until stop is closed.
+func (w *writeWorker) run(stop <-chan struct{}) {
+	var batch []*Conn
+	var buf []byte // the worker's write buffer, reused for every connection
+	for {
+		w.mu.Lock()
+		batch, w.ready = w.ready, batch[:0]
+		w.mu.Unlock()
+		if len(batch) == 0 {
+			select {
+			case <-w.wake:
+				continue
+			case <-stop:
+				return
+			}
+		}
+		for i, c := range batch {
+			buf = c.writeTurn(buf[:0])
+			batch[i] = nil
+		}
+		if cap(buf) > maxPooledBatch {
+			buf = nil
+		}
+	}
+}
+
+// close stops the workers. Connections still waiting are not written to (Shutdown calls
+// it once every connection is finished).
+func (p *writerPool) close() {
+	close(p.stop)
+	p.wg.Wait()
+}
+
+// pingFrame is an empty ping from the server (RFC 6455 section 5.5.2; never masked).
+var pingFrame = []byte{0x89, 0x00}
+
+// takeBatch takes what c's writer is to write now: the queued frames, whether a ping is
+// due, and, once the connection is closing, the close frame's code and text (flush: send
+// the frames first). It reports false when there is nothing to write now, or this tick's
+// write is done (the rest waits for the next tick): the caller, then, is no longer the
+// writer. c.mu must be held.
+func (c *Conn) takeBatch(again bool) (t writeTask, ok bool) {
+	c.inflight, c.inflightBytes = 0, 0
+	t.code, t.text, t.flush, t.ping = c.closeCode, c.closeText, c.flushFirst, c.pingDue
+	urgent := t.ping || t.code != 0
+	tick := int64(0)
+	if c.srv.flusher != nil {
+		tick = c.srv.flusher.tick.Load()
+	}
+	if !urgent && (len(c.queue) == 0 || (again && c.flushedTick == tick)) {
+		c.writing = false
+		c.startWriter()
+		return t, false
+	}
+	t.frames = c.queue
+	c.inflight, c.inflightBytes = len(t.frames), c.queued
+	c.queue, c.queued, c.spare = c.spare[:0], 0, nil
+	c.pingDue, c.flushedTick = false, tick
+	t.room = c.roomWanted
+	c.roomWanted = false
+	return t, true
+}
+
+// writeTask is one turn of a connection's writer: see takeBatch.
+type writeTask struct {
+	frames []*frame
+	ping   bool
+	code   int
+	text   string
+	flush  bool
+	room   bool // a replay waits for room: signal it after the write
+	// rest is what a worker's write left for writeLoop to write: the last restFrames of
+	// frames (restData bytes of theirs) and the ping. Nil: the worker wrote nothing, and
+	// writeLoop writes frames and the ping.
+	rest       []byte
+	restFrames int
+	restData   int
+}
+
+// writeTurn is a worker's turn at c: it writes what c has queued in one non-blocking
+// write, built in buf (the worker's buffer, returned for reuse), then hands c to the
+// flusher or a worker again if more is queued. A close frame to send, a queue longer than
+// one batch, or a socket that did not take the whole write hands c to a writeLoop
+// goroutine instead, which may wait for the socket.
+func (c *Conn) writeTurn(buf []byte) []byte {
+	c.mu.Lock()
+	if c.closeCode != 0 {
+		// Sending the close frame may wait: that is a goroutine's job, and so is
+		// everything after it. The writer's ownership passes to it.
+		c.mu.Unlock()
+		go c.writeLoop(nil)
+		return buf
+	}
+	t, ok := c.takeBatch(false)
+	c.mu.Unlock()
+	if !ok {
+		c.writers.Done()
+		return buf
+	}
+	if c.inflightBytes > batchFlushBytes {
+		// A backlog: writeLoop writes it in batches, waiting for the socket.
+		go c.writeLoop(&t)
+		return buf
+	}
+	buf, data := appendBatch(buf, t.frames, t.ping)
+	n, err := c.nc.tryWrite(buf)
+	if err == nil && n < len(buf) {
+		// The socket took part (or none) of it: a goroutine writes the rest, waiting
+		// for the socket, and goes on as c's writer.
+		t.rest = append([]byte(nil), buf[n:]...)
+		t.restFrames = framesAfter(t.frames, n)
+		t.restData = data - min(n, data)
+		c.wroteFrames(t.frames[:len(t.frames)-t.restFrames], min(n, data))
+		go c.writeLoop(&t)
+		return buf
+	}
+	if err == nil {
+		c.wroteFrames(t.frames, data)
+	}
+	c.finishTurn(t, err, len(t.frames), true)
+	c.writers.Done()
+	return buf
+}
+
+// appendBatch appends the frames, and a ping when one is due, to buf, and returns it
+// with the bytes of the frames alone.
+func appendBatch(buf []byte, frames []*frame, ping bool) ([]byte, int) {
+	for _, f := range frames {
+		buf = append(buf, f.wire...)
+	}
+	n := len(buf)
+	if ping {
+		buf = append(buf, pingFrame...)
+	}
+	return buf, n
+}
+
+// framesAfter returns how many of frames, at their end, are not whole within the first
+// n bytes of their concatenation.
+func framesAfter(frames []*frame, n int) int {
+	for i, f := range frames {
+		if n < len(f.wire) {
+			return len(frames) - i
+		}
+		n -= len(f.wire)
+	}
+	return 0
+}
+
+// wroteFrames counts frames written whole to the socket, n bytes of them.
+func (c *Conn) wroteFrames(frames []*frame, n int) {
+	if len(frames) > 0 || n > 0 {
+		c.srv.metrics.wrote(frames, n, time.Now())
+	}
+}
+
+// finishTurn ends a writer's turn: it keeps the batch's slice for the next queue, wakes a
+// replay that waits for room, and, with last (a worker's turn), gives up being c's writer,
+// making a new one if more is queued. After a failed write (unsent of the frames not
+// written), it marks the connection closing and closes the socket, so that the read pump
+// ends and finishes it; writing then stays true, so no writer starts again.
+func (c *Conn) finishTurn(t writeTask, err error, unsent int, last bool) {
+	if t.room {
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
+	}
+	clear(t.frames)
+	c.mu.Lock()
+	c.inflight, c.inflightBytes = 0, 0
+	if cap(t.frames) <= maxSpare && c.spare == nil {
+		c.spare = t.frames[:0]
+	}
+	if err != nil && c.closeCode == 0 { // nothing more can be written: stop queueing and replaying
+		c.closeCode = websocket.CloseAbnormalClosure
+	}
+	if last && err == nil {
+		c.writing = false
+		c.startWriter()
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.log.Debug("write failed", "err", err)
+		c.srv.metrics.dropped(dropWriteFailed, unsent)
+		_ = c.nc.Close()
+	}
+}
