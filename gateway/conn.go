@@ -44,6 +44,9 @@ type Conn struct {
 	// edge is the connection's identity, permissions and frame rate (limits.go); set
 	// before the read pump starts, then owned by it.
 	edge *connEdge
+	// deflate compresses the frames written to a connection that negotiated
+	// permessage-deflate; nil: frames go plain. Set before the connection starts.
+	deflate *deflater
 
 	// mu protects skip, queue, queued, the close fields, pingDue, writing and spare.
 	mu     sync.Mutex
@@ -318,7 +321,7 @@ func (c *Conn) writeBatch(batch []*frame, ping bool) (int, error) {
 	}()
 	buf, start := (*bp)[:0], 0
 	for i, f := range batch {
-		buf = append(buf, f.wire...)
+		buf = append(buf, c.wireOf(f)...)
 		if len(buf) >= batchFlushBytes && i < len(batch)-1 {
 			if _, err := c.nc.Write(buf); err != nil {
 				return start, err
@@ -339,6 +342,15 @@ func (c *Conn) writeBatch(batch []*frame, ping bool) (int, error) {
 	}
 	*bp = buf
 	return len(batch), nil
+}
+
+// wireOf returns the bytes of f as they go to this connection: compressed where it
+// negotiated permessage-deflate (and f is worth compressing), else as f was made.
+func (c *Conn) wireOf(f *frame) []byte {
+	if c.deflate == nil {
+		return f.wire
+	}
+	return c.deflate.wireOf(f)
 }
 
 // sendClose sends a close frame and half-closes the socket; the read pump then ends on
@@ -365,8 +377,8 @@ func (c *Conn) readPump() {
 			c.finish()
 			return
 		}
-		mt, data, err := c.ws.ReadMessage()
-		if err != nil {
+		mt, data, err := c.readMessage()
+		if err != nil && !errors.Is(err, errInflatedTooBig) {
 			c.readEnded(err)
 			c.finish()
 			return
@@ -374,6 +386,9 @@ func (c *Conn) readPump() {
 		switch {
 		case c.closing():
 			// read until the peer's close frame or the grace deadline
+		case err != nil:
+			c.srv.metrics.limitHit(limitFrameSize)
+			c.requestClose(websocket.CloseMessageTooBig, "message too big once decompressed", false)
 		case mt == websocket.BinaryMessage:
 			c.requestClose(websocket.CloseUnsupportedData, "binary frames are not supported", false)
 		case !utf8.Valid(data):
@@ -387,6 +402,30 @@ func (c *Conn) readPump() {
 			return
 		}
 	}
+}
+
+// errInflatedTooBig is a compressed client message that decompresses past the size limit.
+var errInflatedTooBig = errors.New("gateway: message too big once decompressed")
+
+// readMessage reads the client's next message whole. The WebSocket library holds a
+// message to the size limit as it comes on the wire, compressed; decompressed, it could be
+// a thousand times larger. So where compression is negotiated, the message is read
+// through a limit of its own, and one that decompresses past the limit is not read
+// further: errInflatedTooBig (the library discards the rest before the next message).
+func (c *Conn) readMessage() (int, []byte, error) {
+	if c.deflate == nil {
+		return c.ws.ReadMessage()
+	}
+	mt, r, err := c.ws.NextReader()
+	if err != nil {
+		return mt, nil, err
+	}
+	limit := c.srv.cfg.MaxMessageBytes
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err == nil && int64(len(data)) > limit {
+		return mt, nil, errInflatedTooBig
+	}
+	return mt, data, err
 }
 
 // recoverAndFinish, deferred by a goroutine that finishes the connection when it ends,
@@ -484,8 +523,8 @@ func (c *Conn) readEnded(err error) {
 	c.mu.Unlock()
 	c.srv.metrics.dropped(dropClosed, dropped)
 	c.log.Debug("read ended", "code", code, "err", err)
-	c.edge.stop() // the token's timer, and the connection's slots
-	if code == websocket.CloseMessageTooBig {
+	c.edge.stop()                               // the token's timer, and the connection's slots
+	if errors.Is(err, websocket.ErrReadLimit) { // not a peer's close frame with 1009
 		c.srv.metrics.limitHit(limitFrameSize)
 		c.nc.closeWrite()
 		_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
@@ -539,20 +578,25 @@ func (c *Conn) handle(data []byte) {
 			c.replyError(perr.code, perr.msg, r.Ref)
 			return
 		}
-		answer := func() { c.enqueue(replyTo(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref})) }
+		watch := r.Presence && c.srv.presence.enabled(ch)
+		answer := func() {
+			c.enqueue(replyTo(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref, Presence: watch}))
+		}
 		if r.Since == nil {
-			c.srv.hub.subscribe(c, ch, answer)
+			c.srv.hub.subscribe(c, ch, watch, answer)
 			return
 		}
 		// Replay the channel from since, then subscribe live: until then c is not
 		// subscribed (the replay reads what live delivery would have sent).
 		c.srv.hub.unsubscribe(c, ch, answer)
-		c.srv.resumeChannel(c, ch, *r.Since)
+		c.srv.resumeChannel(c, ch, *r.Since, watch)
 	case "unsubscribe":
 		ch := *r.Channel
 		c.srv.hub.unsubscribe(c, ch, func() {
 			c.enqueue(replyTo(replyFrame{Op: "unsubscribed", Channel: ch, Ref: r.Ref}))
 		})
+	case "presence":
+		c.answerPresence(r)
 	case "publish":
 		c.publish(r)
 	case "refresh":

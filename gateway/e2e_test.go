@@ -63,8 +63,14 @@ func newTestGatewayRetaining(t *testing.T, cfg gateway.Config, pub gateway.Publi
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	metrics := gateway.NewMetrics(reg)
-	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics, Logger: testLogger(t)})
+	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics, Logger: testLogger(t), Presence: cfg.Presence})
 	g := &testGateway{t: t, reg: reg}
+	if cfg.Presence != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { cfg.Presence.Run(ctx, nil); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 	var health gateway.BusHealth = failingBus{}
 	if pub == nil {
 		g.bus = consumer.NewEmbedded(ecfg, hub)

@@ -39,6 +39,9 @@ type HubConfig struct {
 	Logger *slog.Logger
 	// Metrics receives the hub's counts. Default: counted nowhere.
 	Metrics *Metrics
+	// Presence, when set, learns of every connection and subscription that joins or
+	// leaves (presence.go). Default nil: no presence.
+	Presence *Presence
 }
 
 // Hub routes each message the bus delivers to the connections it addresses: the listed
@@ -46,8 +49,9 @@ type HubConfig struct {
 // by the bus from one goroutine; connections join, leave, subscribe and unsubscribe from
 // their own goroutines.
 type Hub struct {
-	log     *slog.Logger
-	metrics *Metrics
+	log      *slog.Logger
+	metrics  *Metrics
+	presence *Presence // nil: none; its methods are called under mu
 
 	// mu protects members, channels and users. Dispatch holds it for reading while it
 	// queues a message to every recipient, so a change of membership is ordered against
@@ -89,6 +93,7 @@ func NewHub(cfg HubConfig) *Hub {
 	h := &Hub{
 		log:      cfg.Logger,
 		metrics:  cfg.Metrics,
+		presence: cfg.Presence,
 		members:  make(map[member]*membership),
 		channels: make(map[string]map[member]int64),
 		users:    make(map[string]map[member]struct{}),
@@ -192,10 +197,12 @@ func (h *Hub) add(c member, channels []string) {
 	if u := c.user(); u != "" {
 		addTo(h.users, u, c, struct{}{})
 	}
+	h.presence.connected(c)
 	for _, ch := range channels {
 		if _, dup := ms.subs[ch]; !dup {
 			ms.subs[ch] = struct{}{}
 			addTo(h.channels, ch, c, noSkip)
+			h.presence.joined(ch, c, false)
 		}
 	}
 }
@@ -226,35 +233,44 @@ func (h *Hub) leave(c member) {
 	}
 	for ch := range ms.subs {
 		removeFrom(h.channels, ch, c)
+		h.presence.left(ch, c)
 	}
 	if u := c.user(); u != "" {
 		removeFrom(h.users, u, c)
 	}
+	h.presence.disconnected(c)
 	delete(h.members, c)
 }
 
 // subscribe adds ch to c's subscriptions; then, under the hub's lock so that no message
 // is dispatched in between, it calls then (which queues the answer), so the answer comes
-// before the channel's first message. It reports false when c is not in the hub.
-func (h *Hub) subscribe(c member, ch string, then func()) bool {
-	return h.subscribeAt(c, ch, noSkip, then)
+// before the channel's first message. With watch, c also gets the channel's presence
+// events (join, leave). It reports false when c is not in the hub.
+func (h *Hub) subscribe(c member, ch string, watch bool, then func()) bool {
+	return h.subscribeAt(c, ch, noSkip, watch, then)
 }
 
 // subscribeAt is subscribe for a channel that a replay has brought c up to offset at: it
 // subscribes only if no message after at has been dispatched yet (else it reports false,
 // and the replay goes on), and live delivery of ch to c then skips offsets through at.
-func (h *Hub) subscribeAt(c member, ch string, at int64, then func()) bool {
+func (h *Hub) subscribeAt(c member, ch string, at int64, watch bool, then func()) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ms, ok := h.members[c]
 	if !ok || (at != noSkip && h.last.Load() > at) {
 		return false
 	}
-	if skip, subscribed := h.channels[ch][c]; subscribed && skip > at {
+	skip, subscribed := h.channels[ch][c]
+	if subscribed && skip > at {
 		at = skip // subscribed again: what a replay gave it is still not to come twice
 	}
 	ms.subs[ch] = struct{}{}
 	addTo(h.channels, ch, c, at)
+	if subscribed {
+		h.presence.watch(ch, c, watch)
+	} else {
+		h.presence.joined(ch, c, watch)
+	}
 	then()
 	return true
 }
@@ -268,6 +284,7 @@ func (h *Hub) unsubscribe(c member, ch string, then func()) {
 		if _, was := ms.subs[ch]; was {
 			delete(ms.subs, ch)
 			removeFrom(h.channels, ch, c)
+			h.presence.left(ch, c)
 		}
 	}
 	then()

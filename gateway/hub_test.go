@@ -136,10 +136,10 @@ func TestHubJoinAtAndSubscribeAt(t *testing.T) {
 
 	s := newRecorder("s", "")
 	h.join(s, nil, func(int64, bool) {})
-	if h.subscribeAt(s, "d", 7, func() {}) {
+	if h.subscribeAt(s, "d", 7, false, func() {}) {
 		t.Error("subscribeAt 7 after offset 8: got true, want false")
 	}
-	if !h.subscribeAt(s, "d", 10, func() {}) {
+	if !h.subscribeAt(s, "d", 10, false, func() {}) {
 		t.Fatal("subscribeAt 10: got false")
 	}
 	for i := int64(9); i < 12; i++ {

@@ -53,7 +53,101 @@ type Metrics struct {
 	resumes  *prometheus.CounterVec
 	replayed prometheus.Counter
 
-	edge edgeMetrics // authentication and limits
+	edge        edgeMetrics // authentication and limits
+	presence    presenceMetrics
+	compression compressionMetrics
+}
+
+// compressionMetrics counts permessage-deflate's work.
+type compressionMetrics struct {
+	frames     prometheus.Counter
+	bytesIn    prometheus.Counter
+	bytesOut   prometheus.Counter
+	negotiated prometheus.Counter
+}
+
+func (c *compressionMetrics) register(reg prometheus.Registerer) {
+	c.frames = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_compressed_frames_total",
+		Help: "Frames compressed with permessage-deflate: once per message, whatever the number of recipients that negotiated it.",
+	})
+	c.bytesIn = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_compression_input_bytes_total",
+		Help: "Payload bytes of the frames compressed.",
+	})
+	c.bytesOut = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_compression_output_bytes_total",
+		Help: "Payload bytes those frames compressed to (a frame that did not shrink is sent, and counted, as it was).",
+	})
+	c.negotiated = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_compression_negotiated_total",
+		Help: "WebSocket connections accepted with permessage-deflate negotiated.",
+	})
+	reg.MustRegister(c.frames, c.bytesIn, c.bytesOut, c.negotiated)
+}
+
+// compressed counts one frame compressed, from in to out payload bytes.
+func (m *Metrics) compressed(in, out int) {
+	if m != nil {
+		m.compression.frames.Inc()
+		m.compression.bytesIn.Add(float64(in))
+		m.compression.bytesOut.Add(float64(out))
+	}
+}
+
+func (m *Metrics) negotiatedCompression() {
+	if m != nil {
+		m.compression.negotiated.Inc()
+	}
+}
+
+// presenceMetrics counts presence's traffic between gateways and its events.
+type presenceMetrics struct {
+	updates *prometheus.CounterVec
+	events  *prometheus.CounterVec
+	expired prometheus.Counter
+}
+
+func (p *presenceMetrics) register(reg prometheus.Registerer) {
+	p.updates = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_presence_updates_total",
+		Help: "Presence updates between gateways, by type (delta, snapshot, sync, bye; invalid: received and dropped) and direction: sent, received, failed (not sent).",
+	}, []string{"type", "direction"})
+	p.events = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_presence_events_total",
+		Help: "Users reported in join and leave events (each counted once per channel and interval, however many connections watch it), by event.",
+	}, []string{"event"})
+	p.expired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_presence_expired_total",
+		Help: "Gateways dropped from the presence view because no update came from them within the TTL.",
+	})
+	reg.MustRegister(p.updates, p.events, p.expired)
+	for _, t := range []string{updateDelta, updateSnapshot, updateSync, updateBye} {
+		for _, d := range []string{"sent", "received", "failed"} {
+			p.updates.WithLabelValues(t, d)
+		}
+	}
+	p.updates.WithLabelValues("invalid", "received")
+	p.events.WithLabelValues("join")
+	p.events.WithLabelValues("leave")
+}
+
+func (m *Metrics) presenceUpdate(typ, direction string) {
+	if m != nil {
+		m.presence.updates.WithLabelValues(typ, direction).Inc()
+	}
+}
+
+func (m *Metrics) presenceEvents(event string, users int) {
+	if m != nil {
+		m.presence.events.WithLabelValues(event).Add(float64(users))
+	}
+}
+
+func (m *Metrics) presenceExpired() {
+	if m != nil {
+		m.presence.expired.Inc()
+	}
 }
 
 // NewMetrics creates the gateway's counters and registers them with reg. The gauges that
@@ -176,6 +270,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.receivedTotal.WithLabelValues(sourceAMQP)
 	m.edge.register(reg)
+	m.presence.register(reg)
+	m.compression.register(reg)
 	return m
 }
 

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"net"
 	"net/http"
@@ -34,7 +35,15 @@ type batchConn struct {
 	// raw is the socket's file descriptor access, for tryWrite; nil where the connection
 	// has none (TLS, or a platform without non-blocking writes here).
 	raw syscall.RawConn
+	// handshook is set by the first write, the WebSocket library's handshake response;
+	// deflate, then, tells whether that response negotiated permessage-deflate. Both are
+	// read only after the upgrade.
+	handshook, deflate bool
 }
+
+// deflateAccepted is how the WebSocket library's handshake response accepts
+// permessage-deflate (it negotiates no other parameters).
+var deflateAccepted = []byte("\r\nSec-WebSocket-Extensions: permessage-deflate")
 
 // batchBufs holds the write pumps' batch buffers between batches, so an idle connection
 // holds none. It is a cache, shared by every connection.
@@ -51,7 +60,10 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	if c.closeSent {
 		return 0, errCloseSent
 	}
-	if len(p) > 0 && p[0] == closeFrameByte {
+	if !c.handshook {
+		c.handshook = true
+		c.deflate = bytes.Contains(p, deflateAccepted) // the handshake response, written whole
+	} else if len(p) > 0 && p[0] == closeFrameByte {
 		c.closeSent = true // the library writes each control frame in one Write
 	}
 	if err := c.renewDeadline(); err != nil {

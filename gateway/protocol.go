@@ -52,6 +52,8 @@ type (
 		Channel string `json:"channel,omitempty"`
 		Ref     string `json:"ref,omitempty"`
 		ID      string `json:"id,omitempty"`
+		// Presence, on subscribed, says that join and leave events of the channel follow.
+		Presence bool `json:"presence,omitempty"`
 	}
 	resumedFrame struct {
 		Op      string `json:"op"`
@@ -118,6 +120,11 @@ type request struct {
 	Since   *int64          `json:"since"`
 	Data    json.RawMessage `json:"data"`
 	Token   string          `json:"token"` // refresh
+	// Presence, on subscribe, asks for the channel's join and leave events.
+	Presence bool `json:"presence"`
+	// Limit and After page a presence answer.
+	Limit *int   `json:"limit"`
+	After string `json:"after"`
 }
 
 // protocolError is a refused client op: the code and message of the error frame.
@@ -172,6 +179,13 @@ func decodeRequest(data []byte) (request, *protocolError) {
 		}
 		if jsonDepth(r.Data) > maxDataDepth {
 			return r, badRequest("data nests deeper than %d levels", maxDataDepth)
+		}
+	case "presence":
+		if r.Channel == nil || !message.ValidChannel(*r.Channel) {
+			return r, badRequest("presence needs a channel of 1 to 128 characters of A-Z a-z 0-9 _ - . : /")
+		}
+		if r.Limit != nil && *r.Limit < 1 {
+			return r, badRequest("limit must be at least 1")
 		}
 	case "refresh":
 		if r.Token == "" {

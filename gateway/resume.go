@@ -199,17 +199,17 @@ func (s *Server) resumeConnect(c *Conn, since int64, channels []string) {
 }
 
 // resumeChannel subscribes c to ch from since: it replays ch's messages after since, then
-// subscribes c live.
-func (s *Server) resumeChannel(c *Conn, ch string, since int64) {
+// subscribes c live (with watch, to its presence events too).
+func (s *Server) resumeChannel(c *Conn, ch string, since int64, watch bool) {
 	wants := func(m *message.Message) bool { return len(m.Users) == 0 && m.Channel == ch }
 	s.resume(c, since, wants, func(at int64, reset bool) bool {
 		if reset {
-			return s.hub.subscribe(c, ch, func() {
+			return s.hub.subscribe(c, ch, watch, func() {
 				newest, _ := s.hub.newest()
 				c.enqueue(replyTo(resetFrame{Op: "reset", Offset: newest, Channel: ch}))
 			})
 		}
-		return s.hub.subscribeAt(c, ch, at, func() {
+		return s.hub.subscribeAt(c, ch, at, watch, func() {
 			c.enqueue(replyTo(resumedFrame{Op: "resumed", Since: since, Until: at, Channel: ch}))
 		})
 	})

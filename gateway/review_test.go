@@ -337,10 +337,10 @@ func TestReviewResubscribeDropsReplaySkip(t *testing.T) {
 	h.SetLogStart(5) // dispatched through 5; the log (and the replay) reached 10
 	m := &recMember{}
 	h.join(m, nil, func(int64, bool) {})
-	if !h.subscribeAt(m, "c", 10, func() {}) {
+	if !h.subscribeAt(m, "c", 10, false, func() {}) {
 		t.Fatal("subscribeAt refused")
 	}
-	h.subscribe(m, "c", func() {}) // the client subscribes again, without since
+	h.subscribe(m, "c", false, func() {}) // the client subscribes again, without since
 	for off := int64(6); off <= 11; off++ {
 		h.Dispatch(message.Message{Channel: "c", Offset: off, Data: json.RawMessage(`1`)})
 	}

@@ -8,6 +8,7 @@
 package gateway
 
 import (
+	"compress/flate"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -93,6 +94,15 @@ type Config struct {
 	// one write, saving system calls at high rates; a quiet connection's frame is written
 	// at once. Default 10ms; negative writes every frame at once.
 	FlushInterval time.Duration
+	// Compression negotiates permessage-deflate (RFC 7692) with clients that offer it:
+	// each message is compressed once, by the first writer that needs it, and shared by
+	// every connection that negotiated it; the others get it plain. Default off.
+	Compression bool
+	// CompressionMinBytes is the smallest frame that is compressed; smaller ones go
+	// plain (compressing them costs more CPU than it saves bytes). Default 256.
+	CompressionMinBytes int
+	// CompressionLevel is the deflate level, 1 (fastest) to 9 (smallest). Default 1.
+	CompressionLevel int
 	// WriteWorkers is how many writer workers write the connections' queues (see
 	// writerPool): one message's fan-out is written from that many cores at once, with no
 	// goroutine per write. Default GOMAXPROCS; negative gives every write a goroutine of
@@ -105,6 +115,9 @@ type Config struct {
 	// Log is the bus's history, read to resume clients that connect or subscribe with
 	// since. Default nil: such clients get reset.
 	Log Log
+	// Presence answers who is online: the presence op, GET /api/presence and
+	// GET /api/users/{id}. The Hub must share it. Default nil: presence is off.
+	Presence *Presence
 	// Logger receives the gateway's logs. Default: discard.
 	Logger *slog.Logger
 	// Metrics counts what the gateway does; the Hub should share it. Default: nothing counted.
@@ -137,6 +150,12 @@ func (c *Config) setDefaults() {
 	if c.FlushInterval == 0 {
 		c.FlushInterval = 10 * time.Millisecond
 	}
+	if c.CompressionMinBytes <= 0 {
+		c.CompressionMinBytes = 256
+	}
+	if c.CompressionLevel == 0 {
+		c.CompressionLevel = flate.BestSpeed
+	}
 	if c.WriteWorkers == 0 {
 		c.WriteWorkers = runtime.GOMAXPROCS(0)
 	}
@@ -163,6 +182,7 @@ type Server struct {
 	metrics   *Metrics
 	hub       *Hub
 	log       Log
+	presence  *Presence // nil: off
 	pub       Publisher
 	bus       BusHealth
 	upgrader  websocket.Upgrader
@@ -170,6 +190,7 @@ type Server struct {
 	mux       *http.ServeMux
 	flusher   *flusher    // nil when FlushInterval is negative
 	writers   *writerPool // nil when WriteWorkers is negative
+	deflater  *deflater   // nil when Compression is off
 	stopWrite sync.Once   // stops the flusher and the writers
 
 	busReady atomic.Bool
@@ -193,13 +214,14 @@ type Server struct {
 func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, error) {
 	cfg.setDefaults()
 	s := &Server{
-		cfg:     cfg,
-		logger:  cfg.Logger,
-		log:     cfg.Log,
-		metrics: cfg.Metrics,
-		hub:     hub,
-		pub:     pub,
-		bus:     bus,
+		cfg:      cfg,
+		logger:   cfg.Logger,
+		log:      cfg.Log,
+		metrics:  cfg.Metrics,
+		hub:      hub,
+		presence: cfg.Presence,
+		pub:      pub,
+		bus:      bus,
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
 			Subprotocols:     []string{Subprotocol},
@@ -212,6 +234,13 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		all:    make(map[*Conn]struct{}),
 	}
 	s.upgrader.Error = s.handshakeError
+	if cfg.Compression {
+		if cfg.CompressionLevel < flate.BestSpeed || cfg.CompressionLevel > flate.BestCompression {
+			return nil, fmt.Errorf("gateway: compression level %d: want 1 to 9", cfg.CompressionLevel)
+		}
+		s.upgrader.EnableCompression = true
+		s.deflater = newDeflater(cfg.CompressionMinBytes, cfg.CompressionLevel, cfg.Metrics)
+	}
 	if cfg.FlushInterval > 0 {
 		s.flusher = newFlusher(cfg.FlushInterval)
 	}
@@ -224,12 +253,19 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	if err := cfg.Registry.Register(newStateCollector(s, hub, bus)); err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
+	if cfg.Presence != nil {
+		if err := cfg.Registry.Register(newPresenceCollector(cfg.Presence)); err != nil {
+			return nil, fmt.Errorf("gateway: register presence metrics: %w", err)
+		}
+	}
 	web, err := fs.Sub(webFiles, "web")
 	if err != nil {
 		return nil, fmt.Errorf("gateway: web files: %w", err)
 	}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("POST /api/publish", s.servePublish)
+	s.mux.HandleFunc("GET /api/presence", s.servePresence)
+	s.mux.HandleFunc("GET /api/users/{id}", s.serveUser)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -301,6 +337,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader has answered and counted it
 	}
 	c := newConn(s, ws, rec.conn, user)
+	if rec.conn.deflate && s.deflater != nil {
+		c.deflate = s.deflater
+		s.metrics.negotiatedCompression()
+	}
 	c.edge = newConnEdge(c, id, release)
 	s.metrics.acceptedConn()
 	if !s.track(c) {
@@ -399,15 +439,70 @@ type publishRequest struct {
 	Data    json.RawMessage `json:"data"`
 }
 
-// servePublish is POST /api/publish (PROTOCOL.md section 2).
-func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+// apiAllowed answers a request to the backend API that may not go on: 404 where the API
+// is off (no key configured), 401 without the right key. It reports whether it may.
+func (s *Server) apiAllowed(w http.ResponseWriter, r *http.Request) bool {
 	if s.cfg.APIKey == "" {
-		writeError(w, http.StatusNotFound, "api_disabled", "the publish API is off: start the gateway with an API key")
-		return
+		writeError(w, http.StatusNotFound, "api_disabled", "the backend API is off: start the gateway with an API key")
+		return false
 	}
 	if !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
 		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key")
+		return false
+	}
+	return true
+}
+
+// servePresence is GET /api/presence?channel=C[&limit=N][&after=U]: a page of who is
+// online on C over every gateway (ChannelPresence).
+func (s *Server) servePresence(w http.ResponseWriter, r *http.Request) {
+	if !s.apiAllowed(w, r) {
+		return
+	}
+	q := r.URL.Query()
+	ch := q.Get("channel")
+	if !message.ValidChannel(ch) {
+		writeError(w, http.StatusBadRequest, CodeBadRequest, "channel must be 1 to 128 characters of A-Z a-z 0-9 _ - . : /")
+		return
+	}
+	limit := 0
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, CodeBadRequest, "limit must be a positive integer")
+			return
+		}
+		limit = n
+	}
+	if !s.presence.enabled(ch) {
+		writeError(w, http.StatusNotFound, "presence_off", fmt.Sprintf("presence is off for %q on this gateway (see --presence-channels)", ch))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.presence.Channel(ch, q.Get("after"), limit))
+}
+
+// serveUser is GET /api/users/{id}: whether the user is online over every gateway, on
+// how many connections (UserPresence).
+func (s *Server) serveUser(w http.ResponseWriter, r *http.Request) {
+	if !s.apiAllowed(w, r) {
+		return
+	}
+	id := r.PathValue("id")
+	if id == "" || len(id) > message.MaxUserLen {
+		writeError(w, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("a user id is 1 to %d bytes", message.MaxUserLen))
+		return
+	}
+	if s.presence == nil || s.presence.cfg.NoUsers {
+		writeError(w, http.StatusNotFound, "presence_off", "user presence is off on this gateway")
+		return
+	}
+	writeJSON(w, http.StatusOK, s.presence.User(id))
+}
+
+// servePublish is POST /api/publish (PROTOCOL.md section 2).
+func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	if !s.apiAllowed(w, r) {
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxMessageBytes))

@@ -162,13 +162,13 @@ func (c *Conn) writeTurn(buf []byte) []byte {
 		go c.writeLoop(&t)
 		return buf
 	}
-	buf, data := appendBatch(buf, t.frames, t.ping)
+	buf, data := c.appendBatch(buf, t.frames, t.ping)
 	n, err := c.nc.tryWrite(buf)
 	if err == nil && n < len(buf) {
 		// The socket took part (or none) of it: a goroutine writes the rest, waiting
 		// for the socket, and goes on as c's writer.
 		t.rest = append([]byte(nil), buf[n:]...)
-		t.restFrames = framesAfter(t.frames, n)
+		t.restFrames = c.framesAfter(t.frames, n)
 		t.restData = data - min(n, data)
 		c.wroteFrames(t.frames[:len(t.frames)-t.restFrames], min(n, data))
 		go c.writeLoop(&t)
@@ -184,9 +184,9 @@ func (c *Conn) writeTurn(buf []byte) []byte {
 
 // appendBatch appends the frames, and a ping when one is due, to buf, and returns it
 // with the bytes of the frames alone.
-func appendBatch(buf []byte, frames []*frame, ping bool) ([]byte, int) {
+func (c *Conn) appendBatch(buf []byte, frames []*frame, ping bool) ([]byte, int) {
 	for _, f := range frames {
-		buf = append(buf, f.wire...)
+		buf = append(buf, c.wireOf(f)...)
 	}
 	n := len(buf)
 	if ping {
@@ -196,13 +196,14 @@ func appendBatch(buf []byte, frames []*frame, ping bool) ([]byte, int) {
 }
 
 // framesAfter returns how many of frames, at their end, are not whole within the first
-// n bytes of their concatenation.
-func framesAfter(frames []*frame, n int) int {
+// n bytes written of them.
+func (c *Conn) framesAfter(frames []*frame, n int) int {
 	for i, f := range frames {
-		if n < len(f.wire) {
+		w := len(c.wireOf(f))
+		if n < w {
 			return len(frames) - i
 		}
-		n -= len(f.wire)
+		n -= w
 	}
 	return 0
 }

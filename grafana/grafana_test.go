@@ -1045,7 +1045,12 @@ func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchan
 		// A small kernel send buffer: a client that does not read backs its write queue up
 		// soon (the backpressure check below), not after megabytes of loopback buffers.
 		"--socket-send-buffer", "16384",
+		// Presence on the channels under presence: (users named with ?user=), carried on
+		// an exchange of this test's; compression for the clients that offer it.
+		"--presence-channels", "presence:*", "--presence-interval", "200ms",
+		"--presence-exchange", exchange+".presence", "--insecure-user-param", "--compression",
 		"--shutdown-timeout", "2s", "--log-level", "debug")
+	t.Cleanup(func() { amqptest.Delete(t, amqpURL, exchange+".presence", exchange+".presence") })
 	waitFor(t, ctx, 20*time.Second, node+" ready", func() error {
 		if gw.exited() {
 			t.Fatalf("%s exited", node)
@@ -1464,6 +1469,39 @@ scrape_configs:
 	if got := mustScrape().get("herald_replayed_messages_total") - m5.get("herald_replayed_messages_total"); got != 2 {
 		t.Errorf("herald_replayed_messages_total moved by %v, want 2", got)
 	}
+	// Presence and compression: a user on a presence channel who watches its events, over
+	// a connection that negotiated permessage-deflate, gets a compressed message.
+	open++
+	zd := websocket.Dialer{HandshakeTimeout: 5 * time.Second, EnableCompression: true}
+	zws, _, err := zd.DialContext(ctx, wsBase+"/ws?user=pat", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = zws.Close() })
+	present := &gatewayClient{t: t, ws: zws, name: "present"}
+	if f := present.read(); f.Op != "welcome" {
+		t.Fatalf("present: %+v, want welcome", f)
+	}
+	present.send(websocket.TextMessage, []byte(`{"op":"subscribe","channel":"presence:room","presence":true,"ref":"s"}`))
+	if f := present.read(); f.Op != "subscribed" {
+		t.Fatalf("present: %+v, want subscribed", f)
+	}
+	if f := present.read(); f.Op != "join" {
+		t.Fatalf("present: %+v, want its own join", f)
+	}
+	mz := mustScrape()
+	pub.publish("presence:room", strings.Repeat("compressible ", 100))
+	if f := present.read(); f.Op != "message" {
+		t.Fatalf("present: %+v, want the message", f)
+	}
+	settle("herald_compressed_frames_total", mz.get("herald_compressed_frames_total")+1)
+	waitFor(t, ctx, 5*time.Second, "presence sent a snapshot", func() error {
+		m := mustScrape()
+		if m.get(`herald_presence_entries{kind="channel"}`) != 1 || m.get("herald_presence_snapshot_bytes") == 0 {
+			return fmt.Errorf("entries %v, snapshot %v bytes", m.get(`herald_presence_entries{kind="channel"}`), m.get("herald_presence_snapshot_bytes"))
+		}
+		return nil
+	})
 	waitScraped()
 	final := mustScrape()
 	if got := final.get("herald_connections"); got != float64(open) {

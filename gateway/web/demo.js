@@ -1,5 +1,5 @@
-// The demo page: a chat room on channel "room" and a notifications panel for messages from
-// backend services, on one Herald connection. Query parameters: name (the chat name),
+// The demo page: a chat room on channel "room", who is online there, and a notifications
+// panel for messages from backend services, on one Herald connection. Query parameters: name (the chat name),
 // token (a JWT), user (the demo gateway's --insecure-user-param), hold (ms the "Drop
 // connection" button keeps the page offline; default 3000).
 import { Herald } from "./herald.js";
@@ -14,9 +14,11 @@ nameInput.value = params.get("name") || localStorage.getItem("herald-name") || `
 const extra = {};
 if (params.get("user")) extra.user = params.get("user");
 const holdMs = Number(params.get("hold") ?? 3000);
+const ROOM = "room";
 
 const herald = new Herald("ws", {
-  channels: ["room", "notifications"],
+  channels: [ROOM, "notifications"],
+  presence: [ROOM], // join and leave events, where the gateway has presence on for room
   token: params.get("token") || undefined,
   params: extra,
 });
@@ -100,6 +102,118 @@ function logEvent(kind, text, code) {
   append($("events"), li);
 }
 
+// --- who is online ----------------------------------------------------------------------
+
+const ONLINE_EVERY = 500; // ms: at most one presence refresh per this
+const ONLINE_POLL = 30000; // ms: anonymous connections come and go without events
+const ONLINE_SHOWN = 200; // users listed at most; the rest are counted
+/** @type {ReturnType<typeof setTimeout> | null} the next refresh */
+let onlineTimer = null;
+let onlinePoll = false; // onlineTimer is the slow poll, which a sooner refresh replaces
+let onlineAt = -Infinity; // when the last refresh started
+let onlineBusy = false;
+let onlineAgain = false;
+/** @type {Set<string>} the users listed now */
+let onlineShown = new Set();
+
+/** Refreshes the Online card soon: at once, or ONLINE_EVERY ms after the last refresh. */
+function refreshOnline() {
+  if (onlineBusy) {
+    onlineAgain = true; // once the answer is in
+    return;
+  }
+  if (onlineTimer !== null && !onlinePoll) return; // one is due already
+  schedule(Math.max(0, onlineAt + ONLINE_EVERY - Date.now()), false);
+}
+
+/**
+ * @param {number} ms
+ * @param {boolean} poll
+ */
+function schedule(ms, poll) {
+  if (onlineTimer !== null) clearTimeout(onlineTimer);
+  onlinePoll = poll;
+  onlineTimer = setTimeout(loadOnline, ms);
+}
+
+async function loadOnline() {
+  onlineTimer = null;
+  if (herald.state !== "open") return; // the next welcome refreshes
+  onlineBusy = true;
+  onlineAt = Date.now();
+  let on = true;
+  try {
+    showOnline(await herald.presenceAll(ROOM));
+  } catch (e) {
+    on = false;
+    if (e.code === "forbidden") showPresenceOff();
+    else if (e.code !== "disconnected" && e.code !== "closed") logEvent("error", `presence: ${e.code}: ${e.message}`);
+  } finally {
+    onlineBusy = false;
+  }
+  if (onlineAgain) {
+    onlineAgain = false;
+    refreshOnline();
+  } else if (on) {
+    schedule(ONLINE_POLL, true);
+  }
+}
+
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
+/** @param {import("./herald.js").PresenceAnswer} a */
+function showOnline(a) {
+  const card = $("online").closest(".online");
+  delete card.dataset.stale;
+  $("online-off").hidden = true;
+  const list = $("online");
+  list.hidden = false;
+  const me = herald.welcome?.user || "";
+  const shown = a.users.slice(0, ONLINE_SHOWN);
+  list.replaceChildren(...shown.map((u) => {
+    const li = el("li", u.user === me ? "me" : "");
+    li.dataset.user = u.user;
+    li.dataset.connections = String(u.connections);
+    if (onlineShown.size > 0 && !onlineShown.has(u.user)) li.classList.add("new");
+    li.title = `${u.user}: ${plural(u.connections, "connection", "connections")}`;
+    const dot = el("span", "dot");
+    dot.setAttribute("aria-hidden", "true");
+    const conns = el("span", "conns", String(u.connections));
+    conns.setAttribute("aria-label", plural(u.connections, "connection", "connections"));
+    li.append(dot, el("span", "name", u.user), conns);
+    return li;
+  }));
+  onlineShown = new Set(shown.map((u) => u.user));
+  // Users not listed: past ONLINE_SHOWN, or past the pages presenceAll asks for.
+  const more = Math.max(a.total, a.users.length) - shown.length;
+  $("online-more").hidden = more <= 0;
+  $("online-more").textContent = `+${more} more`;
+  $("online-anonymous").hidden = a.anonymous <= 0;
+  $("online-anonymous").textContent = `+${a.anonymous} anonymous`;
+  $("online-anonymous").dataset.count = String(a.anonymous);
+  $("online-rest").hidden = more <= 0 && a.anonymous <= 0;
+  const count = $("online-count");
+  count.textContent = plural(a.total, "user", "users");
+  count.title = `${plural(a.connections, "connection", "connections")}, ${a.anonymous} anonymous`;
+  count.dataset.total = String(a.total);
+  count.dataset.connections = String(a.connections);
+}
+
+/** The gateway refused the presence op: presence is off for room. */
+function showPresenceOff() {
+  const card = $("online").closest(".online");
+  delete card.dataset.stale;
+  $("online").hidden = true;
+  $("online").replaceChildren();
+  onlineShown = new Set();
+  $("online-rest").hidden = true;
+  $("online-count").textContent = "";
+  $("online-off").hidden = false;
+}
+
+herald.addEventListener("join", refreshOnline);
+herald.addEventListener("leave", refreshOnline);
+
 function showOffset() {
   const off = herald.lastOffset;
   $("offset").textContent = off === null ? "–" : String(off);
@@ -124,6 +238,7 @@ herald.addEventListener("welcome", (ev) => {
   $("node").textContent = w.node || "–";
   logEvent("welcome", `connected to ${w.node} as ${w.conn}${w.user ? ` (user ${w.user})` : ""}`);
   showOffset();
+  refreshOnline(); // in a timer: the client is open only once the welcome listeners ran
 });
 
 herald.addEventListener("resumed", (ev) => {
@@ -132,6 +247,7 @@ herald.addEventListener("resumed", (ev) => {
     ? `resumed: replayed what was missed, offsets ${r.since + 1} to ${r.until}`
     : `resumed at offset ${r.since}: nothing was missed`);
   showOffset();
+  refreshOnline();
 });
 
 herald.addEventListener("reset", (ev) => {
@@ -155,6 +271,7 @@ herald.addEventListener("state", (ev) => {
   const open = s.state === "open";
   $("drop").disabled = !open;
   $("send-button").disabled = !open;
+  if (!open) $("online").closest(".online").dataset.stale = "true"; // until the next answer
   if (s.state === "reconnecting") {
     const why = closeNames[s.code] ? ` (${closeNames[s.code]})` : "";
     logEvent("closed", `closed ${s.code}${why}: reconnecting in ${(s.delay / 1000).toFixed(1)} s`, s.code);

@@ -10,15 +10,20 @@
 //
 // The client reconnects by itself with exponential backoff and full jitter, honours the
 // gateway's close codes, restores its subscriptions, and resumes from the last offset it
-// saw (`since`), dropping any message it has already seen. The pure parts (backoff,
-// duplicate filter, close-code policy, URL building, token expiry) are exported on their
-// own so that they can be tested without a browser.
+// saw (`since`), dropping any message it has already seen. It can also tell who is online
+// on a channel (`presence`, `presenceAll`) and report who joins and leaves (`join` and
+// `leave` events, for channels subscribed with `{presence: true}`). The pure parts
+// (backoff, duplicate filter, close-code policy, URL building, token expiry) are exported
+// on their own so that they can be tested without a browser.
 
 /** The WebSocket subprotocol the client offers. */
 export const SUBPROTOCOL = "herald.v1";
 
 /** The close code the client sends when `drop()` cuts the connection for a demo or test. */
 export const CLOSE_DROPPED = 4000;
+
+/** The most pages `presenceAll` asks for by default before it stops. */
+export const PRESENCE_MAX_PAGES = 100;
 
 const CHANNEL_RE = /^[A-Za-z0-9_\-.:/]{1,128}$/;
 
@@ -266,6 +271,10 @@ export class HeraldError extends Error {
  *   token is new), and `refreshBefore` ms before the token's `exp`, when the new token is
  *   sent with a `refresh` op
  * @property {Iterable<string>} [channels] channels to subscribe to at connect
+ * @property {Iterable<string>} [presence] channels for which to get `join` and `leave`
+ *   events, as with `subscribe(channel, {presence: true})`. The connect URL cannot carry
+ *   the flag, so after each welcome the client sends a `subscribe` with `presence: true`
+ *   for these channels. A channel listed here and not in `channels` is subscribed to too.
  * @property {number} [since] the last offset the page has already seen (e.g. kept across
  *   reloads); by default the client starts from the newest offset at its first welcome
  * @property {Record<string, string>} [params] more query parameters for the connect URL
@@ -281,12 +290,87 @@ export class HeraldError extends Error {
  */
 
 /**
+ * @typedef {Object} SubscribeOptions
+ * @property {boolean} [presence=false] also get the channel's `join` and `leave` events,
+ *   now and after every reconnect. Subscribing again without it stops them.
+ */
+
+/**
+ * @typedef {Object} PresenceOptions
+ * @property {number} [limit] the most users to list, 1 to 1000 (the gateway's default is
+ *   100)
+ * @property {string} [after] the `next` of a previous answer: the page after it
+ */
+
+/**
+ * @typedef {Object} PresenceUser
+ * @property {string} user the user id
+ * @property {number} connections how many of the user's connections are subscribed
+ */
+
+/**
+ * Who is online on a channel, on all gateways.
+ * @typedef {Object} PresenceAnswer
+ * @property {string} channel
+ * @property {PresenceUser[]} users sorted by user id
+ * @property {number} total how many users are online on the channel in all
+ * @property {number} connections all connections subscribed to it (users' and anonymous)
+ * @property {number} anonymous the connections without a user
+ * @property {string | undefined} next present when more users follow: pass it as `after`
+ */
+
+/**
+ * The detail of a `join` or `leave` event: users whose presence on the channel began
+ * (join) or ended (leave) in the last interval, about a second.
+ * @typedef {Object} PresenceEvent
+ * @property {string} channel
+ * @property {string[]} users
+ * @property {boolean} more more users changed than are listed: ask `presence` again
+ */
+
+/**
  * @typedef {Object} Pending
- * @property {"publish" | "subscribe" | "unsubscribe" | "refresh"} kind
+ * @property {"publish" | "subscribe" | "unsubscribe" | "refresh" | "presence" | "resubscribe"} kind
+ *   ("resubscribe": the client's own subscribe that asks for presence events of a channel
+ *   subscribed to in the connect URL)
  * @property {(v: any) => void} resolve
  * @property {(e: Error) => void} reject
  * @property {string} [channel]
  */
+
+/**
+ * The answer to a presence op, with defaults for absent fields.
+ * @param {any} f the presence frame
+ * @returns {PresenceAnswer}
+ */
+function presenceAnswer(f) {
+  const users = (Array.isArray(f.users) ? f.users : [])
+    .filter((u) => u && typeof u === "object" && typeof u.user === "string")
+    .map((u) => ({ user: u.user, connections: typeof u.connections === "number" ? u.connections : 1 }));
+  const num = (/** @type {unknown} */ v, /** @type {number} */ dflt) => (typeof v === "number" ? v : dflt);
+  const anonymous = num(f.anonymous, 0);
+  return {
+    channel: String(f.channel ?? ""),
+    users,
+    total: num(f.total, users.length),
+    connections: num(f.connections, users.reduce((n, u) => n + u.connections, anonymous)),
+    anonymous,
+    next: typeof f.next === "string" && f.next !== "" ? f.next : undefined,
+  };
+}
+
+/**
+ * The detail of a join or leave frame.
+ * @param {any} f
+ * @returns {PresenceEvent}
+ */
+function presenceEvent(f) {
+  return {
+    channel: String(f.channel ?? ""),
+    users: (Array.isArray(f.users) ? f.users : []).filter((u) => typeof u === "string"),
+    more: f.more === true,
+  };
+}
 
 /**
  * Herald is a connection to a Herald gateway that stays up: it reconnects after losses and
@@ -297,6 +381,8 @@ export class HeraldError extends Error {
  * - `welcome`: the welcome frame (`conn`, `node`, `user`, `offset`), on every connect;
  * - `resumed`: the resumed frame (`since`, `until`) after a replay;
  * - `reset`: the reset frame (`offset`): history was lost, reload your state;
+ * - `join`, `leave`: a {@link PresenceEvent}, for channels subscribed with
+ *   `{presence: true}`;
  * - `error`: a {@link HeraldError} that no Promise answers (an `error` frame without a
  *   pending op, a refused token, a fatal close).
  *
@@ -308,6 +394,7 @@ export class Herald extends EventTarget {
   /** @type {HeraldOptions} */ #opts;
   /** @type {string | undefined} */ #token;
   /** @type {Set<string>} */ #channels;
+  /** @type {Set<string>} channels (of #channels) that get presence events */ #presence;
   #filter;
   #backoff;
   /** @type {WebSocket | null} */ #ws = null;
@@ -334,6 +421,12 @@ export class Herald extends EventTarget {
     for (const ch of opts.channels ?? []) {
       if (!validChannel(ch)) throw new TypeError(`herald: invalid channel name ${JSON.stringify(ch)}`);
       this.#channels.add(ch);
+    }
+    this.#presence = new Set();
+    for (const ch of opts.presence ?? []) {
+      if (!validChannel(ch)) throw new TypeError(`herald: invalid channel name ${JSON.stringify(ch)}`);
+      this.#channels.add(ch);
+      this.#presence.add(ch);
     }
     this.#filter = new OffsetFilter(opts.since ?? null);
     this.#backoff = new Backoff({
@@ -364,6 +457,11 @@ export class Herald extends EventTarget {
     return [...this.#channels];
   }
 
+  /** @returns {string[]} the channels for which the client asks presence events */
+  get presenceChannels() {
+    return [...this.#presence];
+  }
+
   /** @returns {object | null} the last welcome frame */
   get welcome() {
     return this.#welcome;
@@ -372,14 +470,20 @@ export class Herald extends EventTarget {
   /**
    * Subscribes to a channel, now when open and at every reconnect. Resolves once the
    * gateway has answered `subscribed` (or, when not open, once the next connection is up).
+   * With `{presence: true}` the client also gets the channel's `join` and `leave` events
+   * (where the gateway has presence on for the channel), and asks for them again after
+   * every reconnect.
    * @param {string} channel
+   * @param {SubscribeOptions} [opts]
    * @returns {Promise<void>}
    */
-  subscribe(channel) {
+  subscribe(channel, { presence = false } = {}) {
     if (!validChannel(channel)) {
       return Promise.reject(new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`));
     }
     this.#channels.add(channel);
+    if (presence) this.#presence.add(channel);
+    else this.#presence.delete(channel);
     return this.#channelOp("subscribe", channel);
   }
 
@@ -390,6 +494,7 @@ export class Herald extends EventTarget {
    * @returns {Promise<void>}
    */
   unsubscribe(channel) {
+    this.#presence.delete(channel);
     if (!this.#channels.delete(channel)) return Promise.resolve();
     if (!this.#isOpen()) return Promise.resolve();
     return this.#channelOp("unsubscribe", channel);
@@ -423,6 +528,62 @@ export class Herald extends EventTarget {
   }
 
   /**
+   * Asks who is online on a channel, on all gateways: one page of users, sorted by user
+   * id. Resolves with the answer; rejects with a {@link HeraldError} when the gateway
+   * refuses (`forbidden`: presence is off for the channel on this gateway, or the token
+   * may not subscribe to it; `bad_request`: a bad limit), when the connection is not open,
+   * or when it is lost before the answer (code `disconnected`).
+   * @param {string} channel
+   * @param {PresenceOptions} [opts]
+   * @returns {Promise<PresenceAnswer>}
+   */
+  presence(channel, { limit, after } = {}) {
+    if (!validChannel(channel)) {
+      return Promise.reject(new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`));
+    }
+    if (limit !== undefined && !(Number.isInteger(limit) && limit >= 1)) {
+      return Promise.reject(new TypeError(`herald: presence limit must be a positive integer, not ${limit}`));
+    }
+    if (after !== undefined && typeof after !== "string") {
+      return Promise.reject(new TypeError("herald: presence after must be a string (a previous answer's next)"));
+    }
+    if (!this.#isOpen()) {
+      return Promise.reject(new HeraldError("disconnected", "herald: not connected; ask again when open"));
+    }
+    const ref = this.#nextRef();
+    /** @type {Record<string, unknown>} */
+    const frame = { op: "presence", channel, ref };
+    if (limit !== undefined) frame.limit = limit;
+    if (after !== undefined && after !== "") frame.after = after;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(ref, { kind: "presence", resolve, reject, channel });
+      this.#send(frame);
+    });
+  }
+
+  /**
+   * Asks who is online on a channel and follows `next` until the list is complete, but
+   * for no more than `maxPages` pages. Resolves with every user listed, and the counts of
+   * the last page; `next` is undefined when the list is complete, else where it stopped.
+   * Rejects as {@link Herald.presence} does, when any page is refused or lost.
+   * @param {string} channel
+   * @param {{limit?: number, maxPages?: number}} [opts] `limit` per page (default 1000, the
+   *   gateway's largest), `maxPages` (default {@link PRESENCE_MAX_PAGES})
+   * @returns {Promise<PresenceAnswer>}
+   */
+  async presenceAll(channel, { limit = 1000, maxPages = PRESENCE_MAX_PAGES } = {}) {
+    let page = await this.presence(channel, { limit });
+    const users = [...page.users];
+    for (let n = 1; page.next !== undefined && n < maxPages; n++) {
+      const after = page.next;
+      page = await this.presence(channel, { limit, after });
+      users.push(...page.users);
+      if (page.next === after) break; // no progress: do not ask for the same page again
+    }
+    return { ...page, users };
+  }
+
+  /**
    * Sends a fresh token on the open connection (`refresh` op) and uses it for every later
    * connect. The client calls this by itself before `exp` when `getToken` is given.
    * @param {string} token
@@ -440,7 +601,8 @@ export class Herald extends EventTarget {
   }
 
   /**
-   * Closes the connection with 1000 and stays closed. Pending publishes are rejected.
+   * Closes the connection with 1000 and stays closed. Pending publishes, presence queries
+   * and channel ops are rejected.
    */
   close() {
     this.#stopped = true;
@@ -511,8 +673,28 @@ export class Herald extends EventTarget {
       }
       const ref = this.#nextRef();
       this.#pending.set(ref, { kind, resolve, reject, channel });
-      this.#send({ op: kind, channel, ref });
+      /** @type {Record<string, unknown>} */
+      const frame = { op: kind, channel, ref };
+      if (kind === "subscribe" && this.#presence.has(channel)) frame.presence = true;
+      this.#send(frame);
     });
+  }
+
+  /**
+   * Asks for the presence events of a channel that the connect URL subscribed to (the URL
+   * cannot carry the flag). Nothing waits for it: a refusal is an `error` event, and the
+   * channel stays subscribed (the gateway keeps the URL's subscription).
+   * @param {string} channel
+   */
+  #resubscribe(channel) {
+    const ref = this.#nextRef();
+    this.#pending.set(ref, {
+      kind: "resubscribe",
+      channel,
+      resolve: () => {},
+      reject: () => {},
+    });
+    this.#send({ op: "subscribe", channel, ref, presence: true });
   }
 
   /**
@@ -604,6 +786,14 @@ export class Herald extends EventTarget {
       case "unsubscribed":
         this.#settle(f.ref, (p) => p.resolve(undefined));
         return;
+      case "presence":
+        // An answer, not an event: without a pending ref it is dropped.
+        this.#settle(f.ref, (p) => p.resolve(presenceAnswer(f)));
+        return;
+      case "join":
+      case "leave":
+        this.#emit(f.op, presenceEvent(f));
+        return;
       case "error": {
         const err = new HeraldError(String(f.code ?? "error"), String(f.message ?? ""), f.ref);
         const p = typeof f.ref === "string" ? this.#pending.get(f.ref) : undefined;
@@ -612,8 +802,11 @@ export class Herald extends EventTarget {
           return;
         }
         this.#pending.delete(f.ref);
-        if (p.kind === "subscribe" && p.channel) this.#channels.delete(p.channel);
-        if (p.kind === "refresh") this.#emit("error", err);
+        if (p.kind === "subscribe" && p.channel) {
+          this.#channels.delete(p.channel);
+          this.#presence.delete(p.channel);
+        }
+        if (p.kind === "refresh" || p.kind === "resubscribe") this.#emit("error", err);
         p.reject(err);
         return;
       }
@@ -644,14 +837,23 @@ export class Herald extends EventTarget {
     this.#emit("welcome", f);
     this.#setState("open");
     // Channel ops asked for while closed: subscriptions went in the connect URL.
+    /** @type {Set<string>} */
+    const resent = new Set();
     for (const w of this.#waitingOpen.splice(0)) {
-      if (w.kind === "subscribe" && w.channel && !this.#channels.has(w.channel)) {
+      if (w.kind === "resubscribe") {
+        continue; // asked again below if still wanted
+      } else if (w.kind === "subscribe" && w.channel && !this.#channels.has(w.channel)) {
         w.resolve(undefined); // unsubscribed again meanwhile
       } else if (w.kind === "subscribe" && w.channel) {
+        resent.add(w.channel); // with the presence flag, if the channel has it
         this.#channelOp("subscribe", w.channel).then(w.resolve, w.reject);
       } else {
         w.resolve(undefined);
       }
+    }
+    // The URL subscribed to every channel, but it cannot ask for presence events.
+    for (const ch of this.#presence) {
+      if (this.#channels.has(ch) && !resent.has(ch)) this.#resubscribe(ch);
     }
     this.#scheduleRefresh();
   }
@@ -727,15 +929,18 @@ export class Herald extends EventTarget {
   }
 
   /**
-   * Rejects the publishes (and refreshes) waiting for an answer. Channel ops wait for the
-   * next connection, which restores subscriptions by itself, unless `all`.
+   * Rejects the publishes, presence queries and refreshes waiting for an answer. Channel
+   * ops wait for the next connection, which restores subscriptions by itself, unless
+   * `all`; the client's own resubscribes are dropped (the next welcome sends them again).
    * @param {string} code
    * @param {string} message
    * @param {boolean} all
    */
   #failPending(code, message, all) {
     for (const [ref, p] of this.#pending) {
-      if (!all && (p.kind === "subscribe" || p.kind === "unsubscribe")) {
+      if (p.kind === "resubscribe") {
+        continue;
+      } else if (!all && (p.kind === "subscribe" || p.kind === "unsubscribe")) {
         this.#waitingOpen.push(p);
       } else {
         p.reject(new HeraldError(code, message, ref));

@@ -7,6 +7,7 @@ import {
   Herald,
   HeraldError,
   OffsetFilter,
+  PRESENCE_MAX_PAGES,
   SUBPROTOCOL,
   backoffDelay,
   buildURL,
@@ -171,10 +172,14 @@ function fakeSockets() {
       this.closedWith = null;
       this.onmessage = null;
       this.onclose = null;
+      /** @type {((f: any) => void) | null} the gateway's answer to each frame sent, if set */
+      this.onsend = null;
       all.push(this);
     }
     send(s) {
-      this.sent.push(JSON.parse(s));
+      const f = JSON.parse(s);
+      this.sent.push(f);
+      if (this.onsend) queueMicrotask(() => this.onsend?.(f));
     }
     close(code, reason) {
       this.closedWith = { code, reason };
@@ -212,7 +217,7 @@ function client(opts = {}) {
   const fake = fakeSockets();
   const h = new Herald("/ws", { base: "http://gw.test/", WebSocket: fake.WebSocket, random: () => 0, ...opts });
   const events = [];
-  for (const type of ["state", "message", "welcome", "resumed", "reset", "error"]) {
+  for (const type of ["state", "message", "welcome", "resumed", "reset", "error", "join", "leave"]) {
     h.addEventListener(type, (ev) => events.push({ type, detail: ev.detail }));
   }
   const states = () => events.filter((e) => e.type === "state").map((e) => e.detail.state);
@@ -496,4 +501,291 @@ test("Herald refreshes its token before exp with getToken", async (t) => {
   c.socket(0).serverClose(1006);
   await until("a reconnect", () => c.fake.all.length === 2);
   assert.equal(c.socket(1).url.searchParams.get("token"), later);
+});
+
+// --- presence ---------------------------------------------------------------------------
+
+/** The presence ops a socket has been sent. */
+const presenceOps = (ws) => ws.sent.filter((f) => f.op === "presence");
+/** The subscribe ops a socket has been sent. */
+const subscribeOps = (ws) => ws.sent.filter((f) => f.op === "subscribe");
+
+test("Herald.presence sends the op and resolves with the answer of its ref, rejects on its error", async (t) => {
+  const c = client({ channels: ["room"] });
+  t.after(() => c.h.close());
+  await assert.rejects(c.h.presence("room"), (e) => e instanceof HeraldError && e.code === "disconnected");
+  await until("a socket", () => c.fake.all.length === 1);
+  const ws = c.socket(0);
+  ws.welcome(-1);
+
+  const first = c.h.presence("room");
+  assert.deepEqual(ws.last(), { op: "presence", channel: "room", ref: ws.last().ref }, "no limit, no after");
+  const paged = c.h.presence("room", { limit: 2, after: "bob" });
+  assert.deepEqual(ws.last(), { op: "presence", channel: "room", ref: ws.last().ref, limit: 2, after: "bob" });
+  const refused = c.h.presence("secret");
+  const [r1, r2, r3] = presenceOps(ws).map((f) => f.ref);
+  assert.equal(new Set([r1, r2, r3]).size, 3, "refs are distinct");
+
+  // Answers out of order settle by ref; an answer nobody waits for is dropped, not an event.
+  ws.frame({ op: "presence", channel: "room", ref: "no-such-ref", users: [], total: 0, connections: 0, anonymous: 0 });
+  ws.frame({
+    op: "presence", channel: "room", ref: r2,
+    users: [{ user: "carol", connections: 1 }, { user: "dave", connections: 3 }],
+    total: 5, connections: 9, anonymous: 2, next: "dave",
+  });
+  ws.frame({ op: "error", code: "forbidden", message: "presence is off for secret", ref: r3 });
+  ws.frame({
+    op: "presence", channel: "room", ref: r1,
+    users: [{ user: "alice", connections: 2 }, { user: "bob", connections: 1 }],
+    total: 2, connections: 4, anonymous: 1,
+  });
+  assert.deepEqual(await first, {
+    channel: "room", users: [{ user: "alice", connections: 2 }, { user: "bob", connections: 1 }],
+    total: 2, connections: 4, anonymous: 1, next: undefined,
+  });
+  assert.deepEqual(await paged, {
+    channel: "room", users: [{ user: "carol", connections: 1 }, { user: "dave", connections: 3 }],
+    total: 5, connections: 9, anonymous: 2, next: "dave",
+  });
+  await assert.rejects(refused, (e) => e instanceof HeraldError && e.code === "forbidden" && e.ref === r3);
+  assert.deepEqual(c.h.channels, ["room"], "a refused presence op leaves the subscriptions");
+
+  const bad = c.h.presence("room", { limit: 5000 });
+  ws.frame({ op: "error", code: "bad_request", message: "limit must be 1 to 1000", ref: ws.last().ref });
+  await assert.rejects(bad, (e) => e.code === "bad_request");
+
+  const sent = ws.sent.length;
+  await assert.rejects(c.h.presence("bad channel"), TypeError);
+  await assert.rejects(c.h.presence("room", { limit: 0 }), TypeError);
+  await assert.rejects(c.h.presence("room", { limit: 1.5 }), TypeError);
+  await assert.rejects(c.h.presence("room", { after: 7 }), TypeError);
+  assert.equal(ws.sent.length, sent, "nothing sent for bad arguments");
+  assert.equal(c.events.filter((e) => ["error", "join", "leave"].includes(e.type)).length, 0,
+    "answers and answered errors are not events");
+});
+
+test("Herald.presenceAll follows next pages and returns every user", async (t) => {
+  const c = client({ channels: ["room"] });
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  const ws = c.socket(0);
+  ws.welcome(-1);
+  const everyone = ["ann", "bea", "cid", "dan", "eve"];
+  ws.onsend = (f) => {
+    if (f.op !== "presence") return;
+    const from = f.after === undefined ? 0 : everyone.indexOf(f.after) + 1;
+    const page = everyone.slice(from, from + 2);
+    const more = from + 2 < everyone.length;
+    ws.frame({
+      op: "presence", channel: f.channel, ref: f.ref,
+      users: page.map((user) => ({ user, connections: 1 })),
+      total: everyone.length, connections: everyone.length + 3, anonymous: 3,
+      ...(more ? { next: page.at(-1) } : {}),
+    });
+  };
+  const all = await c.h.presenceAll("room", { limit: 2 });
+  assert.deepEqual(all.users.map((u) => u.user), everyone);
+  assert.equal(all.total, 5);
+  assert.equal(all.connections, 8);
+  assert.equal(all.anonymous, 3);
+  assert.equal(all.next, undefined, "complete");
+  assert.deepEqual(presenceOps(ws).map((f) => [f.limit, f.after]), [[2, undefined], [2, "bea"], [2, "dan"]]);
+
+  // By default pages are as large as the gateway allows.
+  ws.sent.length = 0;
+  await c.h.presenceAll("room");
+  assert.equal(presenceOps(ws)[0].limit, 1000);
+});
+
+test("Herald.presenceAll stops after 100 pages, and when a page does not move on", async (t) => {
+  const c = client({ channels: ["room"] });
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  const ws = c.socket(0);
+  ws.welcome(-1);
+  let n = 0;
+  ws.onsend = (f) => {
+    n++;
+    const user = `u${String(n).padStart(4, "0")}`;
+    ws.frame({ op: "presence", channel: "room", ref: f.ref, users: [{ user, connections: 1 }], total: 1e6, connections: 1e6, anonymous: 0, next: user });
+  };
+  const all = await c.h.presenceAll("room");
+  assert.equal(PRESENCE_MAX_PAGES, 100);
+  assert.equal(presenceOps(ws).length, 100, "bounded");
+  assert.equal(all.users.length, 100);
+  assert.equal(all.next, "u0100", "where it stopped");
+
+  // A gateway that answers the same next again is not asked forever.
+  ws.sent.length = 0;
+  ws.onsend = (f) => ws.frame({ op: "presence", channel: "room", ref: f.ref, users: [], total: 1, connections: 1, anonymous: 0, next: "same" });
+  const stuck = await c.h.presenceAll("room");
+  assert.equal(presenceOps(ws).length, 2);
+  assert.equal(stuck.next, "same");
+
+  // A refused page rejects the whole.
+  ws.onsend = (f) => ws.frame({ op: "error", code: "forbidden", message: "presence is off", ref: f.ref });
+  await assert.rejects(c.h.presenceAll("room"), (e) => e instanceof HeraldError && e.code === "forbidden");
+});
+
+test("Herald.subscribe with presence sends presence:true; without it, no flag", async (t) => {
+  const c = client();
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  const ws = c.socket(0);
+  ws.welcome(-1);
+
+  const sub = c.h.subscribe("room", { presence: true });
+  assert.deepEqual(ws.last(), { op: "subscribe", channel: "room", ref: ws.last().ref, presence: true });
+  ws.frame({ op: "subscribed", channel: "room", ref: ws.last().ref, presence: true });
+  await sub;
+  assert.deepEqual(c.h.presenceChannels, ["room"]);
+
+  const plain = c.h.subscribe("news");
+  assert.deepEqual(ws.last(), { op: "subscribe", channel: "news", ref: ws.last().ref });
+  ws.frame({ op: "subscribed", channel: "news", ref: ws.last().ref });
+  await plain;
+  const off = c.h.subscribe("room", {});
+  assert.equal(ws.last().presence, undefined, "subscribing again without the flag");
+  ws.frame({ op: "subscribed", channel: "room", ref: ws.last().ref });
+  await off;
+  assert.deepEqual(c.h.presenceChannels, [], "the flag is dropped");
+
+  const refused = c.h.subscribe("secret", { presence: true });
+  ws.frame({ op: "error", code: "forbidden", message: "no", ref: ws.last().ref });
+  await assert.rejects(refused, (e) => e.code === "forbidden");
+  assert.deepEqual(c.h.presenceChannels, [], "a refused subscribe drops its flag");
+  assert.deepEqual(c.h.channels, ["room", "news"]);
+});
+
+test("Herald asks for presence events again after a reconnect, with since", async (t) => {
+  const c = client({ channels: ["notifications"] });
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  c.socket(0).welcome(-1);
+  c.socket(0).frame(msg(0));
+  for (const [ch, presence] of [["room", true], ["news", false], ["gone", true]]) {
+    const p = c.h.subscribe(ch, { presence });
+    c.socket(0).frame({ op: "subscribed", channel: ch, ref: c.socket(0).last().ref, presence });
+    await p;
+  }
+  const un = c.h.unsubscribe("gone");
+  c.socket(0).frame({ op: "unsubscribed", channel: "gone", ref: c.socket(0).last().ref });
+  await un;
+  assert.deepEqual(c.h.presenceChannels, ["room"], "unsubscribe drops the flag");
+
+  c.socket(0).serverClose(1006);
+  await until("a second socket", () => c.fake.all.length === 2);
+  const ws = c.socket(1);
+  const q = ws.url.searchParams;
+  assert.equal(q.get("channels"), "notifications,room,news");
+  assert.equal(q.get("since"), "0");
+  assert.equal(q.get("presence"), null, "the URL has no presence flag");
+  assert.equal(ws.sent.length, 0, "nothing before welcome");
+
+  ws.welcome(0);
+  assert.deepEqual(ws.sent, [{ op: "subscribe", channel: "room", ref: ws.sent[0]?.ref, presence: true }],
+    "one subscribe, for the channel with the flag, without since (the URL resumes it)");
+  ws.frame({ op: "subscribed", channel: "room", ref: ws.sent[0].ref, presence: true });
+  ws.frame({ op: "resumed", since: 0, until: 0 });
+  ws.frame({ op: "join", channel: "room", users: ["alice"] });
+  assert.equal(c.events.filter((e) => e.type === "error").length, 0);
+  assert.equal(c.events.at(-1).type, "join");
+});
+
+test("Herald: a presence subscribe lost or asked for while offline is sent once after welcome", async (t) => {
+  const c = client({ backoffBase: 40, random: almostOne, presence: ["room"] });
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  c.socket(0).welcome(-1);
+  assert.equal(subscribeOps(c.socket(0)).length, 1, "the constructor's presence channel");
+  // Lost before its answer: both the client's own subscribe and the user's.
+  const lost = c.h.subscribe("news", { presence: true });
+  c.socket(0).serverClose(1006);
+  const later = c.h.subscribe("later", { presence: true });
+  await until("a reconnect", () => c.fake.all.length === 2);
+  const ws = c.socket(1);
+  assert.equal(ws.url.searchParams.get("channels"), "room,news,later");
+  ws.welcome(-1);
+  const subs = subscribeOps(ws);
+  assert.deepEqual(subs.map((f) => [f.channel, f.presence]).sort(), [["later", true], ["news", true], ["room", true]]);
+  for (const f of subs) ws.frame({ op: "subscribed", channel: f.channel, ref: f.ref, presence: true });
+  await lost;
+  await later;
+  assert.equal(c.events.filter((e) => e.type === "error").length, 0);
+});
+
+test("Herald's presence option: a subscribe with presence:true right after welcome", async (t) => {
+  const c = client({ channels: ["room", "notifications"], presence: ["room"] });
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  const ws = c.socket(0);
+  assert.equal(ws.url.href, "ws://gw.test/ws?channels=room%2Cnotifications", "the URL as without the option");
+  assert.deepEqual(c.h.presenceChannels, ["room"]);
+  assert.equal(ws.sent.length, 0);
+  ws.welcome(3);
+  assert.deepEqual(ws.sent, [{ op: "subscribe", channel: "room", ref: ws.sent[0].ref, presence: true }]);
+  ws.frame({ op: "subscribed", channel: "room", ref: ws.sent[0].ref, presence: true });
+  await tick(1);
+  assert.equal(c.events.filter((e) => e.type === "error").length, 0, "the second subscribed is harmless");
+
+  // A channel only in presence is subscribed to as well.
+  const d = client({ presence: ["lobby"] });
+  t.after(() => d.h.close());
+  await until("a socket", () => d.fake.all.length === 1);
+  assert.equal(d.socket(0).url.searchParams.get("channels"), "lobby");
+  assert.throws(() => new Herald("/ws", { presence: ["bad channel"], WebSocket: d.fake.WebSocket }), TypeError);
+
+  // Refused: an error event, and the URL's subscription stays.
+  const e = client({ channels: ["room"], presence: ["room"] });
+  t.after(() => e.h.close());
+  await until("a socket", () => e.fake.all.length === 1);
+  e.socket(0).welcome(-1);
+  e.socket(0).frame({ op: "error", code: "forbidden", message: "no", ref: e.socket(0).last().ref });
+  assert.equal(e.events.at(-1).type, "error");
+  assert.equal(e.events.at(-1).detail.code, "forbidden");
+  assert.deepEqual(e.h.channels, ["room"]);
+});
+
+test("Herald dispatches join and leave events with channel, users and more", async (t) => {
+  const c = client({ channels: ["room"], presence: ["room"] });
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  const ws = c.socket(0);
+  ws.welcome(-1);
+  ws.frame({ op: "join", channel: "room", users: ["alice", "bob"] });
+  ws.frame({ op: "leave", channel: "room", users: ["carol"] });
+  ws.frame({ op: "join", channel: "room", users: ["dave"], more: true });
+  const got = c.events.filter((e) => e.type === "join" || e.type === "leave").map((e) => [e.type, e.detail]);
+  assert.deepEqual(got, [
+    ["join", { channel: "room", users: ["alice", "bob"], more: false }],
+    ["leave", { channel: "room", users: ["carol"], more: false }],
+    ["join", { channel: "room", users: ["dave"], more: true }],
+  ]);
+  let seen = null;
+  c.h.addEventListener("leave", (ev) => (seen = ev));
+  ws.frame({ op: "leave", channel: "room", users: ["eve"] });
+  assert.ok(seen instanceof CustomEvent);
+  assert.deepEqual(seen.detail, { channel: "room", users: ["eve"], more: false });
+});
+
+test("Herald: a pending presence query rejects when the connection is lost or closed, as publish does", async (t) => {
+  const c = client({ channels: ["room"] });
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  c.socket(0).welcome(-1);
+  const q = c.h.presence("room");
+  const all = c.h.presenceAll("room");
+  const pub = c.h.publish("room", 1);
+  c.socket(0).serverClose(1006);
+  await assert.rejects(q, (e) => e instanceof HeraldError && e.code === "disconnected");
+  await assert.rejects(all, (e) => e instanceof HeraldError && e.code === "disconnected");
+  await assert.rejects(pub, (e) => e.code === "disconnected");
+  await assert.rejects(c.h.presence("room"), (e) => e.code === "disconnected", "not open");
+
+  await until("a reconnect", () => c.fake.all.length === 2);
+  c.socket(1).welcome(-1);
+  const q2 = c.h.presence("room");
+  c.h.close();
+  await assert.rejects(q2, (e) => e instanceof HeraldError && e.code === "closed");
+  assert.equal(c.events.filter((e) => e.type === "error").length, 0, "failed queries are not error events");
 });

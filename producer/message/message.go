@@ -21,6 +21,9 @@ const NoOffset int64 = -1
 // MaxChannelLen is the longest channel name the protocol allows.
 const MaxChannelLen = 128
 
+// MaxUserLen is the longest user id a message may name.
+const MaxUserLen = 256
+
 // Message is one notification on the bus.
 //
 // Routing: a message reaches the connections of the listed Users where it names users;
@@ -82,7 +85,7 @@ func (m *Message) Validate() error {
 		return fmt.Errorf("%w: %q", ErrBadChannel, m.Channel)
 	}
 	for _, u := range m.Users {
-		if u == "" || len(u) > 256 {
+		if u == "" || len(u) > MaxUserLen {
 			return fmt.Errorf("%w: %q", ErrBadUser, u)
 		}
 	}

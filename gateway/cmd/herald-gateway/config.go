@@ -15,28 +15,41 @@ import (
 // config is everything the gateway is started with: flags, each with an environment
 // variable twin. A flag given on the command line wins over its variable.
 type config struct {
-	Addr              string
-	NodeID            string
-	APIKey            string
-	AMQPURL           string
-	Exchange          string
-	Stream            string
-	StreamMaxAge      time.Duration
-	StreamMaxBytes    int64
-	StreamSegment     int64
-	Prefetch          int
-	RetainMessages    int
-	RetainBytes       int64
-	WriteQueueBytes   int
-	MaxMessageBytes   int64
-	WriteTimeout      time.Duration
-	PingInterval      time.Duration
-	PublishTimeout    time.Duration
-	FlushInterval     time.Duration
-	WriteWorkers      int
-	SocketSendBuffer  int
-	DedupWindow       time.Duration
-	ShutdownTimeout   time.Duration
+	Addr             string
+	NodeID           string
+	APIKey           string
+	AMQPURL          string
+	Exchange         string
+	Stream           string
+	StreamMaxAge     time.Duration
+	StreamMaxBytes   int64
+	StreamSegment    int64
+	Prefetch         int
+	RetainMessages   int
+	RetainBytes      int64
+	WriteQueueBytes  int
+	MaxMessageBytes  int64
+	WriteTimeout     time.Duration
+	PingInterval     time.Duration
+	PublishTimeout   time.Duration
+	FlushInterval    time.Duration
+	WriteWorkers     int
+	Compression      bool
+	CompressMinBytes int
+	CompressLevel    int
+	SocketSendBuffer int
+	DedupWindow      time.Duration
+	ShutdownTimeout  time.Duration
+
+	// Presence (README "Presence").
+	PresenceChannels  string // comma-separated patterns
+	PresenceExclude   string // comma-separated patterns
+	NoUserPresence    bool
+	PresenceInterval  time.Duration
+	PresenceSnapshot  time.Duration
+	PresenceTTL       time.Duration
+	PresenceExchange  string
+	PresenceMaxList   int
 	NoClientPublish   bool
 	InsecureUserParam bool
 	DebugAddr         string
@@ -158,10 +171,21 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.dur(&c.PingInterval, "ping-interval", "HERALD_PING_INTERVAL", 25*time.Second, "how often clients are pinged; one silent for this plus 10s is dropped")
 	e.int(&c.SocketSendBuffer, "socket-send-buffer", "HERALD_SOCKET_SEND_BUFFER", 0, "kernel send buffer per connection (SO_SNDBUF) in bytes; bounds kernel memory per client; 0: the kernel's autotuning")
 	e.dur(&c.FlushInterval, "flush-interval", "HERALD_FLUSH_INTERVAL", 10*time.Millisecond, "a connection that wrote within this interval waits for the next one, and its frames go out in one write; negative: write each at once")
+	e.bool(&c.Compression, "compression", "HERALD_COMPRESSION", "negotiate permessage-deflate with clients that offer it (each message is compressed once for all of them)")
+	e.int(&c.CompressMinBytes, "compression-min-bytes", "HERALD_COMPRESSION_MIN_BYTES", 256, "frames smaller than this go uncompressed")
+	e.int(&c.CompressLevel, "compression-level", "HERALD_COMPRESSION_LEVEL", 1, "deflate level: 1 (fastest) to 9 (smallest)")
 	e.int(&c.WriteWorkers, "write-workers", "HERALD_WRITE_WORKERS", 0, "writer workers that write the connections' queues, each on its own core; 0: one per core (GOMAXPROCS); negative: a goroutine per write instead")
 	e.dur(&c.PublishTimeout, "publish-timeout", "HERALD_PUBLISH_TIMEOUT", 5*time.Second, "bound on one publish to the bus")
 	e.dur(&c.DedupWindow, "dedup-window", "HERALD_DEDUP_WINDOW", 2*time.Minute, "a message id seen again within this window is delivered once")
 	e.dur(&c.ShutdownTimeout, "shutdown-timeout", "HERALD_SHUTDOWN_TIMEOUT", 30*time.Second, "how long a drain on SIGTERM may take")
+	e.str(&c.PresenceChannels, "presence-channels", "HERALD_PRESENCE_CHANNELS", "", "channels with presence (who is online), comma-separated names or prefix* patterns, * for all; empty: none")
+	e.str(&c.PresenceExclude, "presence-exclude", "HERALD_PRESENCE_EXCLUDE", "", "channels without presence even where --presence-channels names them, as patterns")
+	e.bool(&c.NoUserPresence, "no-user-presence", "HERALD_NO_USER_PRESENCE", "do not track which users are online at all (GET /api/users/{id})")
+	e.dur(&c.PresenceInterval, "presence-interval", "HERALD_PRESENCE_INTERVAL", time.Second, "how often presence changes go to the other gateways; join and leave events are coalesced over it")
+	e.dur(&c.PresenceSnapshot, "presence-snapshot-interval", "HERALD_PRESENCE_SNAPSHOT_INTERVAL", 5*time.Second, "how often each gateway sends its whole presence state")
+	e.dur(&c.PresenceTTL, "presence-ttl", "HERALD_PRESENCE_TTL", 15*time.Second, "a gateway with no presence update within this leaves the others' views (killed or cut off)")
+	e.str(&c.PresenceExchange, "presence-exchange", "HERALD_PRESENCE_EXCHANGE", "herald.presence", "RabbitMQ fanout exchange that carries presence between gateways")
+	e.int(&c.PresenceMaxList, "presence-max-list", "HERALD_PRESENCE_MAX_LIST", 1000, "most users one presence answer lists (clients page with after)")
 	e.bool(&c.NoClientPublish, "no-client-publish", "HERALD_NO_CLIENT_PUBLISH", "refuse publish ops from WebSocket clients")
 	e.bool(&c.InsecureUserParam, "insecure-user-param", "HERALD_INSECURE_USER_PARAM", "INSECURE, demos and tests only: take the user from ?user= with no authentication")
 	e.str(&c.DebugAddr, "debug-addr", "HERALD_DEBUG_ADDR", "", "address of a separate listener with /debug/pprof for profiling, e.g. 127.0.0.1:6060; empty: off")
@@ -222,8 +246,10 @@ func (c *config) validate() error {
 		"max-message-bytes": c.MaxMessageBytes, "stream-max-bytes": c.StreamMaxBytes,
 		"write-timeout": int64(c.WriteTimeout), "ping-interval": int64(c.PingInterval),
 		"publish-timeout": int64(c.PublishTimeout), "shutdown-timeout": int64(c.ShutdownTimeout),
-		"stream-max-age": int64(c.StreamMaxAge),
-		"jwks-refresh":   int64(c.JWKSRefresh), "read-header-timeout": int64(c.ReadHeaderTimeout),
+		"stream-max-age":    int64(c.StreamMaxAge),
+		"presence-interval": int64(c.PresenceInterval), "presence-snapshot-interval": int64(c.PresenceSnapshot),
+		"presence-ttl": int64(c.PresenceTTL), "presence-max-list": int64(c.PresenceMaxList),
+		"jwks-refresh": int64(c.JWKSRefresh), "read-header-timeout": int64(c.ReadHeaderTimeout),
 		"idle-timeout": int64(c.IdleTimeout), "max-header-bytes": int64(c.MaxHeaderBytes),
 		"handshake-burst": int64(c.HandshakeBurst), "message-burst": int64(c.MessageBurst),
 	}
@@ -244,6 +270,15 @@ func (c *config) validate() error {
 		}
 	}
 	errs = append(errs, c.validateAuth()...)
+	if c.CompressLevel < 1 || c.CompressLevel > 9 {
+		errs = append(errs, fmt.Errorf("compression-level %d: want 1 to 9", c.CompressLevel))
+	}
+	if c.CompressMinBytes < 0 {
+		errs = append(errs, errors.New("compression-min-bytes must not be negative"))
+	}
+	if c.PresenceTTL <= c.PresenceSnapshot {
+		errs = append(errs, errors.New("presence-ttl must be longer than presence-snapshot-interval (three times it is usual), or live gateways would flicker out of the view"))
+	}
 	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
 		errs = append(errs, err)
 	}

@@ -72,7 +72,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	)
 	reg.MustRegister(buildInfo())
 	metrics := gateway.NewMetrics(reg)
-	hub := gateway.NewHub(gateway.HubConfig{DedupWindow: cfg.DedupWindow, Logger: log, Metrics: metrics})
+	presence := newPresence(cfg, log, metrics)
+	hub := gateway.NewHub(gateway.HubConfig{DedupWindow: cfg.DedupWindow, Logger: log, Metrics: metrics, Presence: presence})
 
 	var b bus
 	var err error
@@ -106,10 +107,14 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		PublishTimeout:       cfg.PublishTimeout,
 		FlushInterval:        cfg.FlushInterval,
 		WriteWorkers:         cfg.WriteWorkers,
+		Compression:          cfg.Compression,
+		CompressionMinBytes:  cfg.CompressMinBytes,
+		CompressionLevel:     cfg.CompressLevel,
 		SocketSendBuffer:     cfg.SocketSendBuffer,
 		DisableClientPublish: cfg.NoClientPublish,
 		InsecureUserParam:    cfg.InsecureUserParam,
 		Log:                  b.Log,
+		Presence:             presence,
 		Logger:               log,
 		Metrics:              metrics,
 		Registry:             reg,
@@ -133,7 +138,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	busCtx, stopBus := context.WithCancel(context.Background())
 	defer stopBus()
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	wg.Go(func() {
 		if err := b.run(busCtx); err != nil {
 			errc <- fmt.Errorf("bus: %w", err)
@@ -145,6 +150,19 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	})
 	wg.Go(func() { watchLag(busCtx, b, hub, metrics) })
+	var link gateway.PresenceSender // nil: presence is local (the embedded bus) or off
+	if presence != nil && cfg.AMQPURL != "" {
+		l := presenceLink(cfg, log, metrics, presence)
+		link = l
+		wg.Go(func() {
+			if err := l.Run(busCtx); err != nil {
+				errc <- fmt.Errorf("presence link: %w", err)
+			}
+		})
+	}
+	if presence != nil {
+		wg.Go(func() { presence.Run(busCtx, link) })
+	}
 	if edge.jwks != nil {
 		wg.Go(func() { edge.jwks.Run(busCtx) })
 	}
@@ -185,6 +203,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := httpSrv.Shutdown(drainCtx); err != nil {
 		log.Warn("HTTP shutdown did not finish in time", "err", err)
 		_ = httpSrv.Close()
+	}
+	if link != nil {
+		presence.Leave(drainCtx, link) // the others drop this gateway's users now, not after the TTL
 	}
 	stopBus()
 	wg.Wait()
@@ -255,6 +276,42 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		ready:     stream.Ready(),
 		close:     func() { _ = pub.Close() },
 	}, nil
+}
+
+// newPresence returns the gateway's presence, or nil when it is off: no channel has it and
+// the per-user view is off.
+func newPresence(cfg config, log *slog.Logger, metrics *gateway.Metrics) *gateway.Presence {
+	channels := splitList(cfg.PresenceChannels)
+	if len(channels) == 0 && cfg.NoUserPresence {
+		return nil
+	}
+	if len(channels) > 0 {
+		log.Info("presence on", "channels", channels, "exclude", splitList(cfg.PresenceExclude))
+	}
+	return gateway.NewPresence(gateway.PresenceConfig{
+		Node:             cfg.NodeID,
+		Channels:         channels,
+		Exclude:          splitList(cfg.PresenceExclude),
+		NoUsers:          cfg.NoUserPresence,
+		Interval:         cfg.PresenceInterval,
+		SnapshotInterval: cfg.PresenceSnapshot,
+		TTL:              cfg.PresenceTTL,
+		MaxList:          cfg.PresenceMaxList,
+		Logger:           log.With("part", "presence"),
+		Metrics:          metrics,
+	})
+}
+
+// presenceLink returns the RabbitMQ link that carries presence between the gateways.
+func presenceLink(cfg config, log *slog.Logger, metrics *gateway.Metrics, p *gateway.Presence) *consumer.PresenceLink {
+	return consumer.NewPresenceLink(consumer.PresenceConfig{
+		URL:           cfg.AMQPURL,
+		Exchange:      cfg.PresenceExchange,
+		Name:          "herald-gateway-presence-" + cfg.NodeID,
+		TTL:           cfg.PresenceTTL,
+		Logger:        log.With("part", "presence-link"),
+		OnStateChange: func(up bool) { metrics.BusState("presence", up) },
+	}, p)
 }
 
 // lagEvery is how often the consumer lag gauge is refreshed.
