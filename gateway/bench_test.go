@@ -7,6 +7,7 @@ package gateway
 // latency, RSS per connection) come from gateway/cmd/herald-bench.
 
 import (
+	"compress/flate"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -173,6 +174,46 @@ func BenchmarkWriteBatch(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(size), "ns/frame")
 		})
 	}
+}
+
+// BenchmarkWriteTurn is a writer worker's turn at a connection with one frame queued (the
+// common case of a broadcast at a low rate per connection): take the queue, one
+// non-blocking write to a real loopback socket, hand the connection back. ns/op is the
+// cost of one delivery's write, syscall included, with no goroutine.
+func BenchmarkWriteTurn(b *testing.B) {
+	c, stop := realConn(b)
+	defer stop()
+	f := newMessageFrame(benchMessage(1))
+	var buf []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		c.mu.Lock()
+		c.queue = append(c.queue, f)
+		c.queued += f.size()
+		c.writing = true // as startWriter does before it submits c to a worker
+		c.writers.Add(1)
+		c.mu.Unlock()
+		buf = c.writeTurn(buf[:0])
+	}
+}
+
+// BenchmarkCompress is permessage-deflate's cost for one message of about 1 KB of text
+// (at level 1): paid once per broadcast, whatever the number of recipients that
+// negotiated it. out/in is how far it shrinks.
+func BenchmarkCompress(b *testing.B) {
+	var text strings.Builder
+	words := strings.Fields("the order was shipped to your address and will arrive on tuesday payment received invoice for account team alpha new comment on your pull request build passed deploy finished")
+	for i := 0; text.Len() < 1000; i++ {
+		text.WriteString(words[(i*7)%len(words)] + " ")
+	}
+	payload, _ := json.Marshal(map[string]string{"op": "message", "data": text.String()})
+	d := newDeflater(256, flate.BestSpeed, nil)
+	b.ReportAllocs()
+	var out []byte
+	for b.Loop() {
+		out = d.wireOf(newFrame(payload, 0, time.Time{}))
+	}
+	b.ReportMetric(float64(len(out))/float64(len(payload)), "out/in")
 }
 
 // realConn serves a real gateway connection over loopback and returns the server's side of

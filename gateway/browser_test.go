@@ -82,16 +82,17 @@ func newBrowser(t *testing.T) context.Context {
 
 // page is one browser tab.
 type page struct {
-	t    *testing.T
-	name string
-	ctx  context.Context
+	t     *testing.T
+	name  string
+	ctx   context.Context
+	close context.CancelFunc // closes the tab
 }
 
 // openPage opens a new tab at url and logs what its scripts print or throw.
 func openPage(t *testing.T, browser context.Context, name, url string) *page {
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(browser)
-	p := &page{t: t, name: name, ctx: ctx}
+	p := &page{t: t, name: name, ctx: ctx, close: cancel}
 	if err := chromedp.Do(ctx); err != nil { // opens the tab
 		t.Fatalf("%s: open tab: %v", name, err)
 	}
@@ -245,6 +246,25 @@ func artifactDir(t *testing.T) string {
 	return dir
 }
 
+// shot saves a screenshot of p (what the window shows, or what capture takes) as name in
+// the artifact directory.
+func shot(t *testing.T, p *page, name string, capture ...chromedp.Action[[]byte]) {
+	t.Helper()
+	action := chromedp.CaptureScreenshot()
+	if len(capture) > 0 {
+		action = capture[0]
+	}
+	png, err := chromedp.Run(p.ctx, action)
+	if err != nil {
+		t.Fatalf("%s: screenshot: %v", p.name, err)
+	}
+	path := filepath.Join(artifactDir(t), name)
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot of %s: %s", p.name, path)
+}
+
 // checkOnceInOrder checks that the page shows each message once, in the order of the
 // bus: offsets strictly increase.
 func checkOnceInOrder(t *testing.T, where string, items []item) {
@@ -315,6 +335,8 @@ func TestBrowserChatBetweenTwoPages(t *testing.T) {
 			t.Errorf("%s: the chat message shows no time", p.name)
 		}
 	}
+	// This gateway has no presence: the page says how to turn it on.
+	alice.waitFor("the presence-off hint", `!document.getElementById("online-off").hidden`)
 	if n := alice.count("#notes li"); n != 0 {
 		t.Errorf("alice: got %d notifications, want 0: chat messages stay in the chat", n)
 	}
@@ -363,16 +385,7 @@ func TestBrowserDemoScreenshot(t *testing.T) {
 	alice.waitFor("the chat and the notification",
 		`document.querySelectorAll("#chat li.msg").length === 2 && document.querySelectorAll("#notes li").length === 1`)
 
-	dir := artifactDir(t)
-	shot, err := chromedp.Run(alice.ctx, chromedp.CaptureScreenshot())
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	path := filepath.Join(dir, "herald-demo.png")
-	if err := os.WriteFile(path, shot, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot of the demo (laptop): %s", path)
+	shot(t, alice, "herald-demo.png")
 
 	// The same page on a phone: one column, the whole page.
 	bob.do("phone viewport", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile))
@@ -382,15 +395,7 @@ func TestBrowserDemoScreenshot(t *testing.T) {
 	if overflow {
 		t.Errorf("on a 390px phone the page is wider than the screen")
 	}
-	shot, err = chromedp.Run(bob.ctx, chromedp.FullScreenshot(100))
-	if err != nil {
-		t.Fatalf("phone screenshot: %v", err)
-	}
-	path = filepath.Join(dir, "herald-demo-phone.png")
-	if err := os.WriteFile(path, shot, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot of the demo (phone): %s", path)
+	shot(t, bob, "herald-demo-phone.png", chromedp.FullScreenshot(100))
 }
 
 func TestBrowserResumeAfterDrop(t *testing.T) {
@@ -438,15 +443,7 @@ func TestBrowserResumeAfterDrop(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // room for a duplicate to show up
 
 	checkAllOnce(t, p, wantChat, nNotes)
-	shot, err := chromedp.Run(p.ctx, chromedp.CaptureScreenshot())
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	path := filepath.Join(artifactDir(t), "herald-demo-resumed.png")
-	if err := os.WriteFile(path, shot, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot of the demo after resume: %s", path)
+	shot(t, p, "herald-demo-resumed.png")
 }
 
 func TestBrowserResumeAfterSlowConsumerClose(t *testing.T) {
@@ -584,4 +581,53 @@ func TestBrowserHeraldPublishAckAndError(t *testing.T) {
 	if refused.Error == nil || refused.Error.Code != gateway.CodeForbidden || !refused.Error.Herald {
 		t.Errorf("publish where clients may not: got ack %+v error %+v, want a HeraldError with code forbidden", refused.Ack, refused.Error)
 	}
+}
+
+// onlineList reads the demo's "Online" card: "user:connections" for each user listed.
+func (p *page) onlineList() []string {
+	p.t.Helper()
+	var out []string
+	p.eval(`[...document.querySelectorAll("#online li[data-user]")].map((li) => li.dataset.user + ":" + li.dataset.connections)`, &out)
+	return out
+}
+
+// TestBrowserDemoShowsWhoIsOnline: on a gateway with presence on the room and
+// compression on, demo pages in Chromium show who is online, follow joins and leaves,
+// and read compressed frames (Chromium offers permessage-deflate).
+func TestBrowserDemoShowsWhoIsOnline(t *testing.T) {
+	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Interval: 100 * time.Millisecond, Logger: testLogger(t)})
+	g := newTestGateway(t, gateway.Config{InsecureUserParam: true, Presence: p, Compression: true}, nil)
+	b := newBrowser(t)
+	alice := openDemo(t, b, g, "alice", "user=alice&name=alice")
+	bob := openDemo(t, b, g, "bob", "user=bob&name=bob")
+	both := `[...document.querySelectorAll("#online li[data-user]")].map((li) => li.dataset.user).join() === "alice,bob"`
+	alice.waitFor("alice and bob online", both)
+	bob.waitFor("alice and bob online", both)
+	if got := alice.onlineList(); strings.Join(got, " ") != "alice:1 bob:1" {
+		t.Errorf("alice's page lists %v, want alice:1 bob:1", got)
+	}
+
+	// A second tab of bob's and an anonymous one: bob on two connections, one anonymous.
+	openDemo(t, b, g, "bob-2", "user=bob&name=bob")
+	openDemo(t, b, g, "anonymous", "name=guest")
+	carol := openDemo(t, b, g, "carol", "user=carol&name=carol") // her join refreshes the lists
+	alice.waitFor("carol's join, bob's two tabs and the anonymous one",
+		`document.querySelector('#online li[data-user="carol"]') && `+
+			`document.querySelector('#online li[data-user="bob"]').dataset.connections === "2" && `+
+			`document.getElementById("online-anonymous").dataset.count === "1"`)
+
+	// A long chat message goes compressed to every page (all of them negotiated it).
+	long := strings.TrimSpace(strings.Repeat("Is the deploy done yet? ", 30))
+	alice.eval(`document.getElementById("text").value = `+jsString(long), nil) // typing it takes long
+	alice.do("send the long message", chromedp.Click(chromedp.ID("send-button")))
+	carol.waitFor("alice's long message", `[...document.querySelectorAll("#chat li.msg .text")].some((e) => e.textContent === `+jsString(long)+`)`)
+	if n := counter(t, g.reg, "herald_compression_negotiated_total"); n != 5 {
+		t.Errorf("connections that negotiated compression: got %v, want 5 (every tab)", n)
+	}
+	waitFor(t, "the long message compressed", func() bool { return counter(t, g.reg, "herald_compressed_frames_total") >= 1 })
+
+	// carol closes her tab: her leave reaches the others.
+	carol.close()
+	alice.waitFor("carol's leave", `!document.querySelector('#online li[data-user="carol"]')`)
+	shot(t, alice, "herald-demo-online.png")
 }

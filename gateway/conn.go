@@ -523,8 +523,9 @@ func (c *Conn) readEnded(err error) {
 	c.mu.Unlock()
 	c.srv.metrics.dropped(dropClosed, dropped)
 	c.log.Debug("read ended", "code", code, "err", err)
-	c.edge.stop()                               // the token's timer, and the connection's slots
-	if errors.Is(err, websocket.ErrReadLimit) { // not a peer's close frame with 1009
+	c.edge.stop() // the token's timer, and the connection's slots
+	// Over the size limit (not a peer's close frame with 1009): the library has sent 1009.
+	if errors.Is(err, websocket.ErrReadLimit) {
 		c.srv.metrics.limitHit(limitFrameSize)
 		c.nc.closeWrite()
 		_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))

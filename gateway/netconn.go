@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -33,8 +34,14 @@ type batchConn struct {
 	// was given another); only the read pump uses it.
 	br *bufio.Reader
 	// raw is the socket's file descriptor access, for tryWrite; nil where the connection
-	// has none (TLS, or a platform without non-blocking writes here).
-	raw syscall.RawConn
+	// has none (TLS, or a platform without non-blocking writes here). writeFn is
+	// writeRaw bound to c once (a closure made per write would be garbage per delivery),
+	// and wp, wn and werr are its argument and results; all under mu.
+	raw     syscall.RawConn
+	writeFn func(fd uintptr) bool
+	wp      []byte
+	wn      int
+	werr    error
 	// handshook is set by the first write, the WebSocket library's handshake response;
 	// deflate, then, tells whether that response negotiated permessage-deflate. Both are
 	// read only after the upgrade.
@@ -89,7 +96,17 @@ func (c *batchConn) tryWrite(p []byte) (int, error) {
 	if err := c.renewDeadline(); err != nil {
 		return 0, err
 	}
-	return writeNow(c.raw, p)
+	c.wp, c.wn, c.werr = p, 0, nil
+	err := c.raw.Write(c.writeFn)
+	n := c.wn
+	if err == nil {
+		err = c.werr
+	}
+	c.wp, c.werr = nil, nil
+	if err != nil {
+		return n, fmt.Errorf("write: %w", err)
+	}
+	return n, nil
 }
 
 // renewDeadline moves the write deadline to now+timeout when less than half of the
@@ -146,7 +163,7 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	h.conn = &batchConn{Conn: nc, timeout: h.timeout}
 	if sc, ok := nc.(syscall.Conn); ok && canWriteNow {
 		if raw, err := sc.SyscallConn(); err == nil {
-			h.conn.raw = raw
+			h.conn.raw, h.conn.writeFn = raw, h.conn.writeRaw
 		}
 	}
 	if brw.Reader.Buffered() == 0 {

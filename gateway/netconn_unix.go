@@ -4,39 +4,33 @@ package gateway
 
 import (
 	"errors"
-	"fmt"
 	"syscall"
 )
 
-// canWriteNow is true where writeNow can write to a socket without waiting.
+// canWriteNow is true where writeRaw can write to a socket without waiting.
 const canWriteNow = true
 
-// writeNow writes as much of p to the socket as it takes without blocking: the descriptor
-// is non-blocking (Go's runtime makes it so), and a full buffer (EAGAIN) ends the write
-// early instead of waiting for the poller.
-func writeNow(rc syscall.RawConn, p []byte) (n int, err error) {
-	rerr := rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			m, e := syscall.Write(int(fd), p[n:])
-			if m > 0 {
-				n += m
-			}
-			switch {
-			case e == syscall.EINTR:
-				continue
-			case errors.Is(e, syscall.EAGAIN):
-				return true
-			case e != nil:
-				err = fmt.Errorf("write: %w", e)
-				return true
-			case m <= 0:
-				return true
-			}
+// writeRaw writes as much of c.wp to the socket fd as it takes without blocking, adding
+// to c.wn and setting c.werr: the descriptor is non-blocking (Go's runtime makes it so),
+// and a full buffer (EAGAIN) ends the write early instead of waiting for the poller. It
+// is the function tryWrite hands to the raw connection; c.mu is held.
+func (c *batchConn) writeRaw(fd uintptr) bool {
+	for c.wn < len(c.wp) {
+		m, err := syscall.Write(int(fd), c.wp[c.wn:])
+		if m > 0 {
+			c.wn += m
 		}
-		return true
-	})
-	if err == nil && rerr != nil {
-		err = fmt.Errorf("write: %w", rerr)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case errors.Is(err, syscall.EAGAIN):
+			return true
+		case err != nil:
+			c.werr = err
+			return true
+		case m <= 0:
+			return true
+		}
 	}
-	return n, err
+	return true
 }

@@ -159,7 +159,7 @@ func (c *Conn) writeTurn(buf []byte) []byte {
 	}
 	if c.inflightBytes > batchFlushBytes {
 		// A backlog: writeLoop writes it in batches, waiting for the socket.
-		go c.writeLoop(&t)
+		c.handOver(t)
 		return buf
 	}
 	buf, data := c.appendBatch(buf, t.frames, t.ping)
@@ -171,7 +171,7 @@ func (c *Conn) writeTurn(buf []byte) []byte {
 		t.restFrames = c.framesAfter(t.frames, n)
 		t.restData = data - min(n, data)
 		c.wroteFrames(t.frames[:len(t.frames)-t.restFrames], min(n, data))
-		go c.writeLoop(&t)
+		c.handOver(t)
 		return buf
 	}
 	if err == nil {
@@ -180,6 +180,12 @@ func (c *Conn) writeTurn(buf []byte) []byte {
 	c.finishTurn(t, err, len(t.frames), true)
 	c.writers.Done()
 	return buf
+}
+
+// handOver starts a writeLoop goroutine that completes t and goes on as c's writer. (A
+// function of its own, so that only a turn handed over is moved to the heap.)
+func (c *Conn) handOver(t writeTask) {
+	go c.writeLoop(&t)
 }
 
 // appendBatch appends the frames, and a ping when one is due, to buf, and returns it

@@ -834,8 +834,9 @@ export class Herald extends EventTarget {
     this.#welcome = f;
     this.#filter.seed(f.offset);
     this.#openedAt = Date.now();
-    this.#emit("welcome", f);
+    // Open first: a welcome listener may publish or ask for presence at once.
     this.#setState("open");
+    this.#emit("welcome", f);
     // Channel ops asked for while closed: subscriptions went in the connect URL.
     /** @type {Set<string>} */
     const resent = new Set();

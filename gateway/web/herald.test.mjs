@@ -400,6 +400,23 @@ test("Herald.publish resolves on ack, rejects on error and on disconnect", async
   assert.equal(c.events.filter((e) => e.type === "error").length, 0, "answered errors are not error events");
 });
 
+test("Herald is open when welcome is dispatched: a welcome listener may publish at once", async (t) => {
+  const c = client();
+  t.after(() => c.h.close());
+  let published = null;
+  c.h.addEventListener("welcome", () => {
+    published = c.h.publish("room", { hello: true });
+  });
+  await until("a socket", () => c.fake.all.length === 1);
+  const ws = c.socket(0);
+  ws.welcome(-1);
+  assert.equal(c.h.state, "open");
+  const sent = ws.last();
+  assert.equal(sent.op, "publish", "the listener's publish went out");
+  ws.frame({ op: "ack", ref: sent.ref, id: "id-w" });
+  assert.deepEqual(await published, { id: "id-w" });
+});
+
 test("Herald: an error frame with no pending op is an error event; a refused subscribe is dropped", async (t) => {
   const c = client();
   t.after(() => c.h.close());

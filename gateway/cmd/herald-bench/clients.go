@@ -71,14 +71,16 @@ func newClientSet(rec *recorder) *clientSet {
 	return &clientSet{rec: rec, closes: map[string]int{}}
 }
 
-// wsDialer returns a lean WebSocket dialer: small buffers, write buffers pooled.
-func wsDialer(sd *sourceDialer, readBuf int) *websocket.Dialer {
+// wsDialer returns a lean WebSocket dialer: small buffers, write buffers pooled; with
+// compress, it offers permessage-deflate.
+func wsDialer(sd *sourceDialer, readBuf int, compress bool) *websocket.Dialer {
 	return &websocket.Dialer{
-		NetDialContext:   sd.DialContext,
-		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   readBuf,
-		WriteBufferSize:  256,
-		WriteBufferPool:  &sync.Pool{},
+		NetDialContext:    sd.DialContext,
+		HandshakeTimeout:  10 * time.Second,
+		ReadBufferSize:    readBuf,
+		WriteBufferSize:   256,
+		WriteBufferPool:   &sync.Pool{},
+		EnableCompression: compress,
 	}
 }
 

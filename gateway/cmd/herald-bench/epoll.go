@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -31,6 +34,35 @@ type epollReceivers struct {
 
 type epollLoop struct {
 	epfd int
+	inf  inflater
+}
+
+// inflater decompresses the messages a server sent with permessage-deflate (RFC 7692,
+// no context takeover) for one loop; its buffers are reused.
+type inflater struct {
+	in  []byte
+	src bytes.Reader
+	fr  io.ReadCloser
+	out bytes.Buffer
+}
+
+// deflateEnd ends a message's deflate data: the tail the sender removed (RFC 7692
+// section 7.2.2), then an empty final block so that the reader sees the end.
+var deflateEnd = []byte{0x00, 0x00, 0xff, 0xff, 0x01, 0x00, 0x00, 0xff, 0xff}
+
+func (f *inflater) inflate(p []byte) ([]byte, error) {
+	f.in = append(append(f.in[:0], p...), deflateEnd...)
+	f.src.Reset(f.in)
+	if f.fr == nil {
+		f.fr = flate.NewReader(&f.src)
+	} else if err := f.fr.(flate.Resetter).Reset(&f.src, nil); err != nil {
+		return nil, err
+	}
+	f.out.Reset()
+	if _, err := f.out.ReadFrom(f.fr); err != nil {
+		return nil, err
+	}
+	return f.out.Bytes(), nil
 }
 
 // rawConn is one connection taken over from gorilla. Owned by its loop's goroutine once
@@ -114,7 +146,7 @@ func (r *epollReceivers) run(l *epollLoop) {
 			if rc == nil {
 				continue
 			}
-			if why := r.read(rc, buf); why != "" {
+			if why := r.read(rc, buf, &l.inf); why != "" {
 				r.drop(l, rc, why)
 			}
 		}
@@ -123,7 +155,7 @@ func (r *epollReceivers) run(l *epollLoop) {
 
 // read reads what the socket holds once and handles every whole frame in it. It returns
 // why the connection ended, or "" while it goes on.
-func (r *epollReceivers) read(rc *rawConn, buf []byte) string {
+func (r *epollReceivers) read(rc *rawConn, buf []byte, inf *inflater) string {
 	n, err := syscall.Read(rc.fd, buf)
 	if err != nil {
 		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
@@ -144,6 +176,12 @@ func (r *epollReceivers) read(rc *rawConn, buf []byte) string {
 		op, payload, size, ok := nextFrame(data)
 		if !ok {
 			break
+		}
+		if data[0]&0x40 != 0 { // RSV1: compressed (permessage-deflate)
+			var err error
+			if payload, err = inf.inflate(payload); err != nil {
+				return "inflate: " + err.Error()
+			}
 		}
 		switch op {
 		case 0, 1, 2: // continuation, text, binary

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,7 +149,7 @@ type wsPubConn struct {
 
 func newWSPublisher(ctx context.Context, cfg publisherConfig) (*wsPublisher, error) {
 	p := &wsPublisher{prefix: []byte(`{"op":"publish","channel":` + strconv.Quote(cfg.Channel) + `,"data":`)}
-	d := wsDialer(newSourceDialer(1, 1), 4096)
+	d := wsDialer(newSourceDialer(1, 1), 4096, false)
 	for range max(cfg.Conns, 1) {
 		ws, err := dialOne(ctx, d, wsURL(cfg.Target, ""))
 		if err != nil {
@@ -199,18 +200,39 @@ func (p *wsPublisher) close() {
 }
 
 // payload writes the data of message seq, sent now, padded to size bytes:
-// {"ts":<unix nanos>,"seq":<n>,"pad":"xxx…"}.
-func payload(buf []byte, seq int64, now time.Time, size int) []byte {
+// {"ts":<unix nanos>,"seq":<n>,"pad":"xxx…"}; with text, the padding is words drawn
+// from a small vocabulary instead, as a notification's text would be (x's compress far
+// better than anything real).
+func payload(buf []byte, seq int64, now time.Time, size int, text bool) []byte {
 	buf = append(buf[:0], `{"ts":`...)
 	buf = strconv.AppendInt(buf, now.UnixNano(), 10)
 	buf = append(buf, `,"seq":`...)
 	buf = strconv.AppendInt(buf, seq, 10)
 	buf = append(buf, `,"pad":"`...)
+	x := uint64(seq)*0x9e3779b97f4a7c15 + 1 // xorshift: a different text for each message
 	for len(buf) < size-2 {
-		buf = append(buf, 'x')
+		if !text {
+			buf = append(buf, 'x')
+			continue
+		}
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		w := words[x%uint64(len(words))]
+		if len(buf)+len(w)+1 > size-2 {
+			w = "x"
+		}
+		buf = append(append(buf, w...), ' ')
 	}
-	return append(buf, `"}`...)
+	return append(buf[:min(len(buf), size-2)], `"}`...)
 }
+
+// words are the vocabulary of text payloads.
+var words = strings.Fields(`the order was shipped to your address and will arrive on tuesday
+	payment received invoice 2041 for account team alpha new comment on your pull request
+	build passed deploy finished version 1.4.2 is live in region eu west user joined the
+	channel meeting starts in ten minutes price alert bitcoin rose above your limit stock
+	low warehouse berlin reply from support ticket closed please rate our service today`)
 
 // publishStats is what a publishing run did.
 type publishStats struct {
@@ -223,7 +245,7 @@ type publishStats struct {
 
 // publishAt sends count messages at rate per second from workers goroutines, each
 // message at its scheduled time (start + seq/rate) or as soon after as a worker is free.
-func publishAt(ctx context.Context, p publisher, count int, rate float64, workers, size int) publishStats {
+func publishAt(ctx context.Context, p publisher, count int, rate float64, workers, size int, text bool) publishStats {
 	var st publishStats
 	st.ErrorKind = map[string]int{}
 	var mu sync.Mutex
@@ -251,7 +273,7 @@ func publishAt(ctx context.Context, p publisher, count int, rate float64, worker
 					behind.Store(late) // racy max: good enough for a report
 				}
 				now := time.Now()
-				buf = payload(buf, seq, now, size)
+				buf = payload(buf, seq, now, size, text)
 				sent.Add(1)
 				if err := p.publish(ctx, buf); err != nil {
 					errs.Add(1)

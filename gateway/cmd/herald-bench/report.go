@@ -56,6 +56,9 @@ func printResult(w io.Writer, r Result) {
 			row("server CPU per delivery", "%.2f us", p.ServerCPUPerDelivUS)
 			row("server RSS peak under load", "%d KiB", r.RSSPeakLoadKiB)
 		}
+		if p.WireBytesPerDeliv > 0 {
+			row("bytes written per delivery", "%.1f (frames compressed in the window: %.0f)", p.WireBytesPerDeliv, p.CompressedFrames)
+		}
 		row("tool CPU", "%.2fs (%.0f%% of a core), %.2f us per delivery", p.ToolCPUSecs, p.ToolCPUPercent, p.ToolCPUPerDelivUS)
 		row("machine busy (all cores = 100%)", "%.0f%%, of which other processes %.0f%% of a core", p.MachineBusyPercent, p.OtherCPUPercent)
 		if p.Profile != "" {

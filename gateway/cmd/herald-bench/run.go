@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,8 @@ type runConfig struct {
 	Warmup        time.Duration
 	Messages      int
 	DataBytes     int
+	DataText      bool
+	Compression   bool
 	Settle        time.Duration
 	DrainWait     time.Duration
 	PID           int
@@ -104,6 +107,8 @@ func bindRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.DurationVar(&c.Warmup, "warmup", c.Warmup, "publishing time before the steady-state window opens")
 	fs.IntVar(&c.Messages, "messages", c.Messages, "messages to publish (0: rate x duration)")
 	fs.IntVar(&c.DataBytes, "data-bytes", c.DataBytes, "size of each message's data (JSON with the send time)")
+	fs.BoolVar(&c.DataText, "data-text", c.DataText, "pad the data with words, as a notification's text, instead of x's (which compress far better than anything real)")
+	fs.BoolVar(&c.Compression, "compression", c.Compression, "receivers offer permessage-deflate (the gateway negotiates it when started with -compression)")
 	fs.DurationVar(&c.Settle, "settle", c.Settle, "wait after connecting before idle RSS is read")
 	fs.DurationVar(&c.DrainWait, "drain-wait", c.DrainWait, "longest wait for the last deliveries after publishing ends")
 	fs.IntVar(&c.PID, "pid", c.PID, "gateway process id (default: the process listening on the target port)")
@@ -222,9 +227,13 @@ type PhaseResult struct {
 	ToolCPUSecs         float64 `json:"tool_cpu_seconds"`
 	ToolCPUPercent      float64 `json:"tool_cpu_percent"`
 	ToolCPUPerDelivUS   float64 `json:"tool_cpu_per_delivery_us"`
-	MachineBusyPercent  float64 `json:"machine_busy_percent"`
-	OtherCPUPercent     float64 `json:"other_cpu_percent"`
-	Profile             string  `json:"profile,omitempty"`
+	// From the gateway's /metrics over the window, where it has them (Herald does, the
+	// baseline not): bytes written to sockets per delivery, and frames compressed.
+	WireBytesPerDeliv  float64 `json:"wire_bytes_per_delivery,omitempty"`
+	CompressedFrames   float64 `json:"compressed_frames,omitempty"`
+	MachineBusyPercent float64 `json:"machine_busy_percent"`
+	OtherCPUPercent    float64 `json:"other_cpu_percent"`
+	Profile            string  `json:"profile,omitempty"`
 }
 
 // session is a load run's connections, open until close.
@@ -303,7 +312,7 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 	sd := newSourceDialer(2, cfg.SourceAddrs)
 	url := wsURL(cfg.Target, cfg.Channel)
 	fmt.Fprintf(stderr, "connecting %d clients to %s (pid %d, RSS %d KiB)\n", cfg.Conns, url, s.pid, before.rssKiB)
-	cr := connect(ctx, wsDialer(sd, 2048), url, cfg.Conns, cfg.ConnectRate, s.cs.addReceiver, func(made, failed int) {
+	cr := connect(ctx, wsDialer(sd, 2048, cfg.Compression), url, cfg.Conns, cfg.ConnectRate, s.cs.addReceiver, func(made, failed int) {
 		fmt.Fprintf(stderr, "  connected %d/%d, failed %d\n", made, cfg.Conns, failed)
 	})
 	s.res.ConnsMade, s.res.ConnsFailed, s.res.ConnectSecs = cr.Made, cr.Failed, cr.Elapsed.Seconds()
@@ -338,7 +347,7 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 	if cfg.Stalled > 0 {
 		sdStalled := newSourceDialer(2, cfg.SourceAddrs)
 		sdStalled.rcvBuf = cfg.StalledRcvBuf
-		scr := connect(ctx, wsDialer(sdStalled, 1024), url, cfg.Stalled, cfg.ConnectRate, s.cs.addStalled, nil)
+		scr := connect(ctx, wsDialer(sdStalled, 1024, cfg.Compression), url, cfg.Stalled, cfg.ConnectRate, s.cs.addStalled, nil)
 		s.res.StalledMade = scr.Made
 		fmt.Fprintf(stderr, "stalled clients: %d connected, %d failed\n", scr.Made, scr.Failed)
 	}
@@ -389,7 +398,9 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 	defer stopPub()
 	pubDone := make(chan publishStats, 1)
 	start := time.Now()
-	go func() { pubDone <- publishAt(pubCtx, s.pub, count, rate, s.cfg.Pub.Conns, s.cfg.DataBytes) }()
+	go func() {
+		pubDone <- publishAt(pubCtx, s.pub, count, rate, s.cfg.Pub.Conns, s.cfg.DataBytes, s.cfg.DataText)
+	}()
 
 	interval, window := newHist(), newHist()
 	var (
@@ -401,6 +412,7 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		selfStart, selfLast  = selfCPU(), selfCPU()
 		busyStart, totStart  int64
 		winStart             time.Time
+		metricsStart         map[string]float64
 		lastTick             = start
 		lastRecv             = time.Now()
 		profDone             chan string
@@ -410,6 +422,7 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 	}
 	openWindow := func() {
 		inWindow, winStart = true, time.Now()
+		metricsStart = scrapeCounters(s.cfg.Target, wireCounters...)
 		selfStart = selfCPU()
 		busyStart, totStart = machineCPU()
 		if s.pid > 0 {
@@ -433,6 +446,10 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		ph.ToolCPUPercent = 100 * tool.Seconds() / el.Seconds()
 		if winRecv > 0 {
 			ph.ToolCPUPerDelivUS = float64(tool.Nanoseconds()) / 1e3 / float64(winRecv)
+		}
+		if m := scrapeCounters(s.cfg.Target, wireCounters...); m != nil && metricsStart != nil && winRecv > 0 {
+			ph.WireBytesPerDeliv = (m["herald_bytes_written_total"] - metricsStart["herald_bytes_written_total"]) / float64(winRecv)
+			ph.CompressedFrames = m["herald_compressed_frames_total"] - metricsStart["herald_compressed_frames_total"]
 		}
 		busy, tot := machineCPU()
 		if tot > totStart {
@@ -565,5 +582,40 @@ func fetchProfile(base string, secs int, out string, stderr io.Writer) string {
 		return ""
 	}
 	fmt.Fprintf(stderr, "CPU profile (%ds) written to %s\n", secs, out)
+	return out
+}
+
+// wireCounters are the gateway counters a phase reads over its window.
+var wireCounters = []string{"herald_bytes_written_total", "herald_compressed_frames_total"}
+
+// scrapeCounters reads unlabelled counters from the gateway's /metrics; nil when it has
+// no such endpoint (the baseline) or none of them.
+func scrapeCounters(target string, names ...string) map[string]float64 {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + target + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(data), "\n") {
+		for _, name := range names {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+					out[name] = f
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
 	return out
 }
