@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"sync/atomic"
 	"time"
 
@@ -17,13 +15,11 @@ import (
 
 // Defaults of PresenceConfig's zero fields, and limits of the presence link.
 const (
-	presenceDefaultExchange     = "herald.presence"
-	presenceDefaultName         = "herald-presence"
-	presenceDefaultTTL          = 15 * time.Second
-	presenceDefaultMaxQueued    = 10000
-	presenceDefaultReconnectMin = 100 * time.Millisecond
-	presenceDefaultReconnectMax = 10 * time.Second
-	presenceDefaultSendTimeout  = 5 * time.Second
+	presenceDefaultExchange    = "herald.presence"
+	presenceDefaultName        = "herald-presence"
+	presenceDefaultTTL         = 15 * time.Second
+	presenceDefaultMaxQueued   = 10000
+	presenceDefaultSendTimeout = 5 * time.Second
 	// presencePrefetch bounds the updates the broker sends ahead of acks: with MaxQueued
 	// it bounds what a gateway whose handler is slow holds, and beyond it the queue
 	// drops its oldest updates.
@@ -109,15 +105,7 @@ func (c PresenceConfig) withDefaults() PresenceConfig {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.ReconnectMin == 0 {
-		c.ReconnectMin = presenceDefaultReconnectMin
-	}
-	if c.ReconnectMax == 0 {
-		c.ReconnectMax = presenceDefaultReconnectMax
-	}
-	if c.ReconnectMax < c.ReconnectMin {
-		c.ReconnectMax = c.ReconnectMin
-	}
+	c.ReconnectMin, c.ReconnectMax = reconnectDefaults(c.ReconnectMin, c.ReconnectMax)
 	if c.SendTimeout == 0 {
 		c.SendTimeout = presenceDefaultSendTimeout
 	}
@@ -377,7 +365,7 @@ func (l *PresenceLink) retry(ctx context.Context, role string, delay bool, open 
 			n--
 		}
 		if n >= 0 {
-			t := time.NewTimer(presenceBackoff(n, l.cfg.ReconnectMin, l.cfg.ReconnectMax))
+			t := time.NewTimer(backoff(n, l.cfg.ReconnectMin, l.cfg.ReconnectMax))
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -402,35 +390,15 @@ func (l *PresenceLink) retry(ctx context.Context, role string, delay bool, open 
 	}
 }
 
-// presenceBackoff returns the delay before reconnect attempt n (from 0): drawn uniformly
-// from [0, min(hi, lo*2^n)], as Stream.backoff.
-func presenceBackoff(n int, lo, hi time.Duration) time.Duration {
-	ceil := hi
-	if n < 32 {
-		if d := lo << n; d > 0 && d < ceil {
-			ceil = d
-		}
-	}
-	if ceil <= 0 {
-		return 0
-	}
-	return rand.N(ceil + 1)
-}
-
 // presenceSession is one connection and channel of the link: the consumer's (queue and
 // deliveries set) or the publisher's (in confirm mode). It is owned by the goroutine
 // that opened it; Send uses a publisher session's channel, which is safe for that.
 type presenceSession struct {
-	raw        net.Conn // the TCP connection under conn, to bound the close handshake
-	conn       *amqp.Connection
-	ch         *amqp.Channel
-	connClosed chan *amqp.Error
-	chClosed   chan *amqp.Error
+	amqpSession
 
 	// Consumer sessions.
 	queue      string
 	deliveries <-chan amqp.Delivery
-	cancelled  chan string
 
 	// Publisher sessions: blocks is received from by the session's owner, which sets
 	// blocked while the broker blocks publishing (a resource alarm).
@@ -441,50 +409,19 @@ type presenceSession struct {
 // open connects as "<Name>-<role>", opens a channel, declares the exchange and calls
 // setup. Until it returns, cancelling ctx closes the socket, which ends the handshake or
 // any RPC at once. On error, whatever was opened is closed.
-func (l *PresenceLink) open(ctx context.Context, role string, setup func(*presenceSession) error) (_ *presenceSession, err error) {
+func (l *PresenceLink) open(ctx context.Context, role string, setup func(*presenceSession) error) (*presenceSession, error) {
 	s := &presenceSession{}
-	stop := func() {}
-	props := amqp.NewConnectionProperties()
-	props.SetClientConnectionName(l.cfg.Name + "-" + role)
-	conn, err := amqp.DialConfig(l.cfg.URL, amqp.Config{
-		Properties: props,
-		Heartbeat:  streamHeartbeat,
-		// Dial is called by DialConfig on this goroutine.
-		Dial: func(network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{Timeout: streamDialTimeout}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			// DialConfig clears the deadline once the AMQP handshake is done.
-			if err := c.SetDeadline(time.Now().Add(streamHandshakeLimit)); err != nil {
-				_ = c.Close()
-				return nil, err
-			}
-			s.raw = c
-			stop = streamCloseOnCancel(ctx, c)
-			return c, nil
-		},
-	})
-	defer stop()
-	if err != nil {
-		return nil, fmt.Errorf("consumer: presence %s: connect: %w", role, err)
-	}
-	s.conn = conn
-	defer func() {
-		if err != nil {
-			s.close()
+	err := s.dial(ctx, l.cfg.URL, l.cfg.Name+"-"+role, "consumer: presence "+role, func() error {
+		if err := s.ch.ExchangeDeclare(l.cfg.Exchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
+			return presenceClassify(fmt.Errorf("consumer: presence %s: declare exchange %q: %w", role, l.cfg.Exchange, err))
 		}
-	}()
-	s.connClosed = conn.NotifyClose(make(chan *amqp.Error, 1))
-	if s.ch, err = conn.Channel(); err != nil {
-		return nil, fmt.Errorf("consumer: presence %s: open channel: %w", role, err)
-	}
-	s.chClosed = s.ch.NotifyClose(make(chan *amqp.Error, 1))
-	if err = s.ch.ExchangeDeclare(l.cfg.Exchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
-		return nil, presenceClassify(fmt.Errorf("consumer: presence %s: declare exchange %q: %w", role, l.cfg.Exchange, err))
-	}
-	if err = setup(s); err != nil {
-		return nil, presenceClassify(fmt.Errorf("consumer: presence %s: %w", role, err))
+		if err := setup(s); err != nil {
+			return presenceClassify(fmt.Errorf("consumer: presence %s: %w", role, err))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -498,7 +435,7 @@ func (l *PresenceLink) openConsumer(ctx context.Context) (*presenceSession, erro
 			return fmt.Errorf("declare queue: %w", err)
 		}
 		s.queue = q.Name
-		s.cancelled = s.ch.NotifyCancel(make(chan string, 1))
+		s.notifyCancel()
 		if err := s.ch.QueueBind(q.Name, "", l.cfg.Exchange, false, nil); err != nil {
 			return fmt.Errorf("bind queue %q to exchange %q: %w", q.Name, l.cfg.Exchange, err)
 		}
@@ -525,43 +462,6 @@ func (l *PresenceLink) openPublisher(ctx context.Context) (*presenceSession, err
 	})
 }
 
-// close closes the channel and the connection, waiting at most streamCloseTimeout for
-// the broker to answer. Publishes waiting for a confirm are then nacked by amqp091.
-func (s *presenceSession) close() {
-	if s.raw != nil {
-		_ = s.raw.SetDeadline(time.Now().Add(streamCloseTimeout))
-	}
-	if s.ch != nil {
-		_ = s.ch.Close()
-	}
-	if s.conn != nil {
-		_ = s.conn.Close()
-	}
-}
-
-// closeReason says why the session's connection or channel closed, or its consumer was
-// cancelled. amqp091 sends the close error to the notify channels before it closes them
-// and the deliveries channel.
-func (s *presenceSession) closeReason() error {
-	select {
-	case tag, ok := <-s.cancelled: // closed, without a tag, when the channel closes
-		if ok {
-			return fmt.Errorf("consumer: presence: consumer %s cancelled by the broker (queue deleted?)", tag)
-		}
-	default:
-	}
-	for _, c := range []chan *amqp.Error{s.chClosed, s.connClosed} {
-		select {
-		case e, ok := <-c:
-			if ok && e != nil {
-				return fmt.Errorf("consumer: presence: %w", e)
-			}
-		default:
-		}
-	}
-	return errors.New("consumer: presence: channel closed")
-}
-
 // watch waits until the publisher session's channel or connection closes (it returns
 // why) or ctx ends (it returns nil), keeping blocked up to date meanwhile. The publisher
 // goroutine.
@@ -574,12 +474,12 @@ func (s *presenceSession) watch(ctx context.Context, log *slog.Logger) error {
 			if e != nil {
 				return fmt.Errorf("consumer: presence: %w", e)
 			}
-			return s.closeReason()
+			return s.closeReason("consumer: presence")
 		case e := <-s.connClosed:
 			if e != nil {
 				return fmt.Errorf("consumer: presence: %w", e)
 			}
-			return s.closeReason()
+			return s.closeReason("consumer: presence")
 		case b, ok := <-s.blocks:
 			if !ok {
 				s.blocks = nil // the connection is closing: a notify channel says why
@@ -604,18 +504,7 @@ func (s *presenceSession) watch(ctx context.Context, log *slog.Logger) error {
 // handler leaves the rest in the queue.
 func (l *PresenceLink) consume(ctx context.Context, s *presenceSession) error {
 	defer s.close()
-	ackEvery := max(1, l.prefetch/2)
-	pending, lastTag := 0, uint64(0)
-	ack := func() {
-		if pending == 0 {
-			return
-		}
-		// An error means the channel is closing; the deliveries channel will close next.
-		if err := s.ch.Ack(lastTag, true); err != nil {
-			l.log.Debug("presence ack failed", "err", err)
-		}
-		pending = 0
-	}
+	acks := newBatchAcker(s.ch, l.prefetch, l.log)
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -628,7 +517,7 @@ func (l *PresenceLink) consume(ctx context.Context, s *presenceSession) error {
 			continue
 		case d, ok = <-s.deliveries:
 		default:
-			ack() // nothing is waiting: return the credit before blocking
+			acks.flush() // nothing is waiting: return the credit before blocking
 			select {
 			case <-l.pubChanged:
 				l.syncState()
@@ -639,14 +528,10 @@ func (l *PresenceLink) consume(ctx context.Context, s *presenceSession) error {
 			}
 		}
 		if !ok {
-			return s.closeReason()
+			return s.closeReason("consumer: presence")
 		}
 		l.h.HandlePresence(d.Body)
-		pending++
-		lastTag = d.DeliveryTag
-		if pending >= ackEvery {
-			ack()
-		}
+		acks.add(d.DeliveryTag)
 	}
 }
 

@@ -39,7 +39,7 @@ func newPresenceRecorder() *presenceRecorder {
 }
 
 // newGatedPresenceRecorder returns a recorder whose first HandlePresence blocks until
-// release is called. Register release as a cleanup after presenceRun, so that Run can
+// release is called. Register release as a cleanup after testRun, so that Run can
 // return when the test fails while the handler waits.
 func newGatedPresenceRecorder() *presenceRecorder {
 	r := newPresenceRecorder()
@@ -131,40 +131,12 @@ func presenceTestConfig(t *testing.T, url, exchange string) PresenceConfig {
 	return PresenceConfig{
 		URL:          url,
 		Exchange:     exchange,
-		Name:         streamUniqueName("herald-test-presence-"),
-		Logger:       streamLogger(t),
+		Name:         testUniqueName("herald-test-presence-"),
+		Logger:       testLogger(t),
 		ReconnectMin: 20 * time.Millisecond,
 		ReconnectMax: 200 * time.Millisecond,
 		SendTimeout:  5 * time.Second,
 	}
-}
-
-// presenceRun runs l until the test ends; stop cancels it and returns Run's result once
-// it has returned, failing the test if it takes longer than 10s. done is closed when Run
-// returns.
-func presenceRun(t *testing.T, l *PresenceLink) (stop func() error, done <-chan struct{}) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	result, finished := make(chan error, 1), make(chan struct{})
-	go func() {
-		result <- l.Run(ctx)
-		close(finished)
-	}()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-result:
-			case <-time.After(10 * time.Second):
-				t.Errorf("Run did not return within 10s of its context being cancelled")
-			}
-		})
-		return err
-	}
-	t.Cleanup(func() { _ = stop() })
-	return stop, finished
 }
 
 // presenceSend sends body and fails the test on error.
@@ -189,7 +161,7 @@ func TestPresenceFanOut(t *testing.T) {
 		if links[i].Connected() {
 			t.Errorf("link %d: Connected before Run: got true, want false", i)
 		}
-		presenceRun(t, links[i])
+		testRun(t, links[i].Run)
 	}
 	for i, rec := range recs {
 		rec.waitConnects(t, 1)
@@ -262,11 +234,11 @@ func TestPresenceReconnect(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, _ := amqptest.Names(t, url)
 	cfg := presenceTestConfig(t, url, exchange)
-	states := newStreamStates()
+	states := newTestStates()
 	cfg.OnStateChange = states.record
 	rec := newPresenceRecorder()
 	l := NewPresenceLink(cfg, rec)
-	stop, _ := presenceRun(t, l)
+	stop, _ := testRun(t, l.Run)
 	rec.waitConnects(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -342,7 +314,7 @@ func TestPresenceSendUnavailable(t *testing.T) {
 	t.Run("broker unreachable", func(t *testing.T) {
 		cfg := presenceTestConfig(t, "amqp://guest:guest@127.0.0.1:1/", exchange)
 		l := NewPresenceLink(cfg, newPresenceRecorder())
-		stop, done := presenceRun(t, l)
+		stop, done := testRun(t, l.Run)
 		err, took := send(l, context.Background())
 		presenceCheckUnavailable(t, err, took, producer.ErrUnavailable)
 		select {
@@ -358,7 +330,7 @@ func TestPresenceSendUnavailable(t *testing.T) {
 	t.Run("ctx ended, after Run", func(t *testing.T) {
 		rec := newPresenceRecorder()
 		l := NewPresenceLink(presenceTestConfig(t, url, exchange), rec)
-		stop, _ := presenceRun(t, l)
+		stop, _ := testRun(t, l.Run)
 		rec.waitConnects(t, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
@@ -383,7 +355,7 @@ func TestPresenceRunCleansUp(t *testing.T) {
 	exchange, _ := amqptest.Names(t, url)
 	rec := newPresenceRecorder()
 	l := NewPresenceLink(presenceTestConfig(t, url, exchange), rec)
-	stop, _ := presenceRun(t, l)
+	stop, _ := testRun(t, l.Run)
 	rec.waitConnects(t, 1)
 	queue := l.active.Load().queue
 
@@ -455,6 +427,26 @@ func presenceQueued(t *testing.T, l *PresenceLink) int {
 	return q.Messages
 }
 
+// presenceRunHeld runs a link with cfg and the given prefetch until the test ends, sends
+// it the update "0" and waits until its handler holds it; the handler's rec.release lets
+// it go on.
+func presenceRunHeld(t *testing.T, cfg PresenceConfig, prefetch int) (*PresenceLink, *presenceRecorder) {
+	t.Helper()
+	rec := newGatedPresenceRecorder()
+	l := NewPresenceLink(cfg, rec)
+	l.prefetch = prefetch
+	testRun(t, l.Run)
+	t.Cleanup(rec.release) // runs before testRun's stop
+	rec.waitConnects(t, 1)
+	presenceSend(t, l, "0")
+	select {
+	case <-rec.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the first update was not handled within 10s")
+	}
+	return l, rec
+}
+
 // TestPresenceQueueDropsOldest: updates that wait in the queue past MaxQueued are
 // dropped oldest first. With the handler held on the first update, the link holds
 // prefetch of them (the first and the nine after it); of the 40 that wait in the
@@ -465,19 +457,7 @@ func TestPresenceQueueDropsOldest(t *testing.T) {
 	exchange, _ := amqptest.Names(t, url)
 	cfg := presenceTestConfig(t, url, exchange)
 	cfg.MaxQueued = 5
-	rec := newGatedPresenceRecorder()
-	l := NewPresenceLink(cfg, rec)
-	l.prefetch = 10
-	presenceRun(t, l)
-	t.Cleanup(rec.release) // runs before presenceRun's stop
-	rec.waitConnects(t, 1)
-
-	presenceSend(t, l, "0")
-	select {
-	case <-rec.entered:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("the first update was not handled within 10s")
-	}
+	l, rec := presenceRunHeld(t, cfg, 10)
 	const n = 50
 	for i := 1; i < n; i++ {
 		presenceSend(t, l, strconv.Itoa(i))
@@ -511,19 +491,7 @@ func TestPresenceQueueExpires(t *testing.T) {
 	exchange, _ := amqptest.Names(t, url)
 	cfg := presenceTestConfig(t, url, exchange)
 	cfg.TTL = 100 * time.Millisecond
-	rec := newGatedPresenceRecorder()
-	l := NewPresenceLink(cfg, rec)
-	l.prefetch = 1 // the held update only: the others wait in the queue
-	presenceRun(t, l)
-	t.Cleanup(rec.release) // runs before presenceRun's stop
-	rec.waitConnects(t, 1)
-
-	presenceSend(t, l, "0")
-	select {
-	case <-rec.entered:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("the first update was not handled within 10s")
-	}
+	l, rec := presenceRunHeld(t, cfg, 1) // the held update only: the others wait in the queue
 	for _, b := range []string{"1", "2", "3"} {
 		presenceSend(t, l, b)
 	}
@@ -570,7 +538,7 @@ func TestPresenceRunFailsForGood(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.cfg.Logger = streamLogger(t)
+			tt.cfg.Logger = testLogger(t)
 			rec := newPresenceRecorder()
 			var h PresenceHandler = rec
 			if tt.nilH {
@@ -620,19 +588,5 @@ func TestPresenceConfigDefaults(t *testing.T) {
 		if got := c.queueArgs()["x-message-ttl"]; got != tt.want {
 			t.Errorf("x-message-ttl for TTL %v: got %v, want %d", tt.ttl, got, tt.want)
 		}
-	}
-}
-
-func TestPresenceBackoff(t *testing.T) {
-	for n, ceil := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
-		ceil *= time.Millisecond
-		for range 100 {
-			if d := presenceBackoff(n, 100*time.Millisecond, time.Second); d < 0 || d > ceil {
-				t.Fatalf("presenceBackoff(%d): got %v, want within [0, %v]", n, d, ceil)
-			}
-		}
-	}
-	if d := presenceBackoff(200, 100*time.Millisecond, time.Second); d < 0 || d > time.Second {
-		t.Errorf("presenceBackoff(200): got %v, want within [0, 1s]", d)
 	}
 }

@@ -93,8 +93,8 @@ func (s *Stream) replayChannel() (*amqp.Channel, error) {
 		props.SetClientConnectionName(s.cfg.Name + "-replay")
 		conn, err := amqp.DialConfig(s.cfg.URL, amqp.Config{
 			Properties: props,
-			Heartbeat:  streamHeartbeat,
-			Dial:       amqp.DefaultDial(streamDialTimeout),
+			Heartbeat:  amqpHeartbeat,
+			Dial:       amqp.DefaultDial(amqpDialTimeout),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("consumer: replay: connect: %w", err)

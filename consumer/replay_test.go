@@ -22,7 +22,7 @@ func TestStreamReplay(t *testing.T) {
 	exchange, stream := amqptest.Names(t, url)
 	rec := newStreamRecorder()
 	s := NewStream(streamTestConfig(t, url, exchange, stream), rec)
-	streamRun(t, s)
+	testRun(t, s.Run)
 	streamWaitReady(t, s)
 
 	const n = 300

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,20 +17,14 @@ import (
 
 // Defaults of StreamConfig's zero fields, and limits of the stream consumer.
 const (
-	streamDefaultExchange     = "herald"
-	streamDefaultStream       = "herald.stream"
-	streamDefaultMaxAge       = 24 * time.Hour
-	streamDefaultMaxBytes     = int64(1 << 30)
-	streamDefaultPrefetch     = 1000
-	streamDefaultName         = "herald-consumer"
-	streamDefaultReconnectMin = 100 * time.Millisecond
-	streamDefaultReconnectMax = 10 * time.Second
-	streamMaxPrefetch         = 65535 // basic.qos carries the count in 16 bits
-	streamDialTimeout         = 10 * time.Second
-	streamHandshakeLimit      = 15 * time.Second // TCP, TLS and AMQP handshakes together
-	streamHeartbeat           = 10 * time.Second
-	streamCloseTimeout        = 5 * time.Second
-	streamAttachSkewGuard     = time.Second // see Stream.resumeArg
+	streamDefaultExchange = "herald"
+	streamDefaultStream   = "herald.stream"
+	streamDefaultMaxAge   = 24 * time.Hour
+	streamDefaultMaxBytes = int64(1 << 30)
+	streamDefaultPrefetch = 1000
+	streamDefaultName     = "herald-consumer"
+	streamMaxPrefetch     = 65535       // basic.qos carries the count in 16 bits
+	streamAttachSkewGuard = time.Second // see Stream.resumeArg
 )
 
 // StreamConfig configures a Stream. Every gateway that consumes the same stream must use
@@ -102,15 +94,7 @@ func (c StreamConfig) withDefaults() StreamConfig {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.ReconnectMin == 0 {
-		c.ReconnectMin = streamDefaultReconnectMin
-	}
-	if c.ReconnectMax == 0 {
-		c.ReconnectMax = streamDefaultReconnectMax
-	}
-	if c.ReconnectMax < c.ReconnectMin {
-		c.ReconnectMax = c.ReconnectMin
-	}
+	c.ReconnectMin, c.ReconnectMax = reconnectDefaults(c.ReconnectMin, c.ReconnectMax)
 	return c
 }
 
@@ -274,7 +258,7 @@ func (s *Stream) setConnected(v bool) {
 // delivery handled. It returns an error only when ctx is done.
 func (s *Stream) reconnect(ctx context.Context) (*streamSession, error) {
 	for attempt := 0; ; attempt++ {
-		t := time.NewTimer(s.backoff(attempt))
+		t := time.NewTimer(backoff(attempt, s.cfg.ReconnectMin, s.cfg.ReconnectMax))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -294,21 +278,6 @@ func (s *Stream) reconnect(ctx context.Context) (*streamSession, error) {
 	}
 }
 
-// backoff returns the delay before reconnect attempt n (from 0): drawn uniformly from
-// [0, min(ReconnectMax, ReconnectMin*2^n)].
-func (s *Stream) backoff(n int) time.Duration {
-	ceil := s.cfg.ReconnectMax
-	if n < 32 {
-		if d := s.cfg.ReconnectMin << n; d > 0 && d < ceil {
-			ceil = d
-		}
-	}
-	if ceil <= 0 {
-		return 0
-	}
-	return rand.N(ceil + 1)
-}
-
 // resumeArg is the x-stream-offset to attach at after a loss: just after the last
 // delivery handled. Before any delivery there is no offset to resume from, and attaching
 // at "next" again would lose what was published while the consumer was away, so it
@@ -326,131 +295,43 @@ func (s *Stream) resumeArg() any {
 // streamSession is one connection, channel and consumer of the stream. It is owned by
 // Run's goroutine.
 type streamSession struct {
-	raw        net.Conn // the TCP connection under conn, to bound the close handshake
-	conn       *amqp.Connection
-	ch         *amqp.Channel
+	amqpSession
 	deliveries <-chan amqp.Delivery
-	connClosed chan *amqp.Error
-	chClosed   chan *amqp.Error
-	cancelled  chan string
 	from       any // the x-stream-offset this session attached at
 }
 
 // open connects and attaches a consumer at offset from ("next", an int64 offset or a
-// time.Time). Cancelling ctx aborts it.
-func (s *Stream) open(ctx context.Context, from any) (_ *streamSession, err error) {
+// time.Time). Until the consumer is attached, cancelling ctx closes the socket, which
+// ends any handshake or RPC at once.
+func (s *Stream) open(ctx context.Context, from any) (*streamSession, error) {
 	ss := &streamSession{from: from}
-	stop := func() {}
-	props := amqp.NewConnectionProperties()
-	props.SetClientConnectionName(s.cfg.Name)
-	conn, err := amqp.DialConfig(s.cfg.URL, amqp.Config{
-		Properties: props,
-		Heartbeat:  streamHeartbeat,
-		// Dial is called by DialConfig on this goroutine.
-		Dial: func(network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{Timeout: streamDialTimeout}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			// DialConfig clears the deadline once the AMQP handshake is done.
-			if err := c.SetDeadline(time.Now().Add(streamHandshakeLimit)); err != nil {
-				_ = c.Close()
-				return nil, err
-			}
-			ss.raw = c
-			stop = streamCloseOnCancel(ctx, c)
-			return c, nil
-		},
-	})
-	// Until the consumer is attached, cancelling ctx closes the socket, which ends any
-	// handshake or RPC below at once.
-	defer stop()
-	if err != nil {
-		return nil, fmt.Errorf("consumer: connect: %w", err)
-	}
-	ss.conn = conn
-	defer func() {
-		if err != nil {
-			ss.close()
-		}
-	}()
-	ss.connClosed = conn.NotifyClose(make(chan *amqp.Error, 1))
-	if ss.ch, err = conn.Channel(); err != nil {
-		return nil, fmt.Errorf("consumer: open channel: %w", err)
-	}
-	ss.chClosed = ss.ch.NotifyClose(make(chan *amqp.Error, 1))
-	ss.cancelled = ss.ch.NotifyCancel(make(chan string, 1))
 	c := s.cfg
-	if err = ss.ch.ExchangeDeclare(c.Exchange, "fanout", true, false, false, false, nil); err != nil {
-		return nil, fmt.Errorf("consumer: declare exchange %q: %w", c.Exchange, err)
-	}
-	if _, err = ss.ch.QueueDeclare(c.Stream, true, false, false, false, c.queueArgs()); err != nil {
-		return nil, fmt.Errorf("consumer: declare stream %q: %w", c.Stream, err)
-	}
-	if err = ss.ch.QueueBind(c.Stream, "", c.Exchange, false, nil); err != nil {
-		return nil, fmt.Errorf("consumer: bind stream %q to exchange %q: %w", c.Stream, c.Exchange, err)
-	}
-	// A stream consumer must have a prefetch limit, set before it consumes.
-	if err = ss.ch.Qos(c.Prefetch, 0, false); err != nil {
-		return nil, fmt.Errorf("consumer: set prefetch %d: %w", c.Prefetch, err)
-	}
-	ss.deliveries, err = ss.ch.Consume(c.Stream, "", false, false, false, false,
-		amqp.Table{producer.HeaderStreamOffset: from})
+	err := ss.dial(ctx, c.URL, c.Name, "consumer", func() (err error) {
+		ss.notifyCancel()
+		if err = ss.ch.ExchangeDeclare(c.Exchange, "fanout", true, false, false, false, nil); err != nil {
+			return fmt.Errorf("consumer: declare exchange %q: %w", c.Exchange, err)
+		}
+		if _, err = ss.ch.QueueDeclare(c.Stream, true, false, false, false, c.queueArgs()); err != nil {
+			return fmt.Errorf("consumer: declare stream %q: %w", c.Stream, err)
+		}
+		if err = ss.ch.QueueBind(c.Stream, "", c.Exchange, false, nil); err != nil {
+			return fmt.Errorf("consumer: bind stream %q to exchange %q: %w", c.Stream, c.Exchange, err)
+		}
+		// A stream consumer must have a prefetch limit, set before it consumes.
+		if err = ss.ch.Qos(c.Prefetch, 0, false); err != nil {
+			return fmt.Errorf("consumer: set prefetch %d: %w", c.Prefetch, err)
+		}
+		ss.deliveries, err = ss.ch.Consume(c.Stream, "", false, false, false, false,
+			amqp.Table{producer.HeaderStreamOffset: from})
+		if err != nil {
+			return fmt.Errorf("consumer: consume stream %q at %v: %w", c.Stream, from, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("consumer: consume stream %q at %v: %w", c.Stream, from, err)
+		return nil, err
 	}
 	return ss, nil
-}
-
-// streamCloseOnCancel closes c when ctx is done, until the returned stop is called. stop waits
-// for a close that has already begun, so no goroutine outlives it.
-func streamCloseOnCancel(ctx context.Context, c net.Conn) (stop func()) {
-	done := make(chan struct{})
-	stopFunc := context.AfterFunc(ctx, func() {
-		_ = c.Close()
-		close(done)
-	})
-	return func() {
-		if !stopFunc() {
-			<-done
-		}
-	}
-}
-
-// close closes the channel and the connection, waiting at most streamCloseTimeout for
-// the broker to answer.
-func (ss *streamSession) close() {
-	if ss.raw != nil {
-		_ = ss.raw.SetDeadline(time.Now().Add(streamCloseTimeout))
-	}
-	if ss.ch != nil {
-		_ = ss.ch.Close()
-	}
-	if ss.conn != nil {
-		_ = ss.conn.Close()
-	}
-}
-
-// closeReason says why the deliveries of ss ended. The library sends close errors to
-// the notify channels before it closes the deliveries channel.
-func (ss *streamSession) closeReason() error {
-	select {
-	case tag, ok := <-ss.cancelled: // closed, without a tag, when the channel closes
-		if ok {
-			return fmt.Errorf("consumer: consumer %s cancelled by the broker (stream deleted?)", tag)
-		}
-	default:
-	}
-	for _, c := range []chan *amqp.Error{ss.chClosed, ss.connClosed} {
-		select {
-		case e, ok := <-c:
-			if ok && e != nil {
-				return fmt.Errorf("consumer: %w", e)
-			}
-		default:
-		}
-	}
-	return errors.New("consumer: deliveries closed")
 }
 
 // consume reads the session's deliveries until the channel closes or ctx is done, then
@@ -460,19 +341,8 @@ func (ss *streamSession) closeReason() error {
 // with multiple=true every Prefetch/2 deliveries, or as soon as no further delivery is
 // waiting, and the unacked count never reaches Prefetch.
 func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
-	ackEvery := max(1, s.cfg.Prefetch/2)
-	pending, lastTag := 0, uint64(0)
-	ack := func() {
-		if pending == 0 {
-			return
-		}
-		// An error means the channel is closing; the deliveries channel will close next.
-		if err := ss.ch.Ack(lastTag, true); err != nil {
-			s.log.Debug("consumer ack failed", "err", err)
-		}
-		pending = 0
-	}
 	defer ss.close()
+	acks := newBatchAcker(ss.ch, s.cfg.Prefetch, s.log)
 	expect := message.NoOffset // the first offset this session should deliver, when resuming at one
 	if off, ok := ss.from.(int64); ok {
 		expect = off
@@ -486,7 +356,7 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 		select {
 		case d, ok = <-ss.deliveries:
 		default:
-			ack() // nothing is waiting: return the credit before blocking
+			acks.flush() // nothing is waiting: return the credit before blocking
 			select {
 			case d, ok = <-ss.deliveries:
 			case <-ctx.Done():
@@ -494,7 +364,7 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 			}
 		}
 		if !ok {
-			return ss.closeReason()
+			return ss.closeReason("consumer")
 		}
 		if expect != message.NoOffset {
 			// Offsets skip a number at each segment's start, so a later offset is not in
@@ -511,11 +381,7 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 			expect = message.NoOffset
 		}
 		s.handle(d)
-		pending++
-		lastTag = d.DeliveryTag
-		if pending >= ackEvery {
-			ack()
-		}
+		acks.add(d.DeliveryTag)
 	}
 }
 

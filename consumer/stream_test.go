@@ -4,12 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -68,35 +65,6 @@ func (r *streamRecorder) waitFor(ctx context.Context, t *testing.T, n int) []mes
 			t.Fatalf("dispatched %d messages before the deadline, want %d", len(r.snapshot()), n)
 		}
 	}
-}
-
-// streamLogger sends the consumer's logs to the test log.
-func streamLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// streamRun runs s in a goroutine until the test ends; stop cancels it and returns Run's
-// result once it has returned, failing the test if it takes longer than 10s.
-func streamRun(t *testing.T, s *Stream) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-done:
-			case <-time.After(10 * time.Second):
-				t.Errorf("Run did not return within 10s of its context being cancelled")
-			}
-		})
-		return err
-	}
-	t.Cleanup(func() { _ = stop() })
-	return stop
 }
 
 // streamWaitReady waits for s to attach, failing the test after 10s.
@@ -224,7 +192,7 @@ func streamTestConfig(t *testing.T, url, exchange, stream string) StreamConfig {
 		MaxAge:       time.Hour,
 		MaxBytes:     64 << 20,
 		SegmentBytes: 8 << 20,
-		Logger:       streamLogger(t),
+		Logger:       testLogger(t),
 		ReconnectMin: 50 * time.Millisecond,
 		ReconnectMax: 500 * time.Millisecond,
 	}
@@ -245,7 +213,7 @@ func TestStreamDeliversInOrderExactlyOnce(t *testing.T) {
 			if off, ok := s.LastOffset(); ok {
 				t.Errorf("LastOffset before Run: got %d, true; want false", off)
 			}
-			stop := streamRun(t, s)
+			stop, _ := testRun(t, s.Run)
 			streamWaitReady(t, s)
 			if !s.Connected() {
 				t.Errorf("Connected after Ready: got false, want true")
@@ -282,7 +250,7 @@ func TestStreamTwoGatewaysSeeTheSameOffsets(t *testing.T) {
 		cfg := streamTestConfig(t, url, exchange, stream)
 		cfg.Name = fmt.Sprintf("herald-test-gateway-%d", i)
 		s := NewStream(cfg, rec)
-		streamRun(t, s)
+		testRun(t, s.Run)
 		streamWaitReady(t, s)
 	}
 	const n = 200
@@ -314,7 +282,7 @@ func TestStreamForeignPublisherDecodeErrors(t *testing.T) {
 	}
 	rec := newStreamRecorder()
 	s := NewStream(cfg, rec)
-	streamRun(t, s)
+	testRun(t, s.Run)
 	streamWaitReady(t, s)
 
 	valid := streamMessages(0, 2)
@@ -369,7 +337,7 @@ func TestStreamStartsAtNext(t *testing.T) {
 
 	// Make the stream exist and hold messages before the Stream starts.
 	setup := NewStream(cfg, newStreamRecorder())
-	stopSetup := streamRun(t, setup)
+	stopSetup, _ := testRun(t, setup.Run)
 	streamWaitReady(t, setup)
 	if err := stopSetup(); err != nil {
 		t.Fatalf("setup Run: got %v, want nil", err)
@@ -379,7 +347,7 @@ func TestStreamStartsAtNext(t *testing.T) {
 
 	rec := newStreamRecorder()
 	s := NewStream(cfg, rec)
-	streamRun(t, s)
+	testRun(t, s.Run)
 	streamWaitReady(t, s)
 	want := streamMessages(50, 10)
 	pub.publish(streamEncode(want)...)
@@ -435,52 +403,6 @@ func streamCloseConnection(t *testing.T, ctl, name string) {
 	}
 }
 
-// streamStates records OnStateChange calls; mu protects states.
-type streamStates struct {
-	mu      sync.Mutex
-	states  []bool
-	changed chan struct{}
-}
-
-func newStreamStates() *streamStates { return &streamStates{changed: make(chan struct{}, 1)} }
-
-func (s *streamStates) record(connected bool) {
-	s.mu.Lock()
-	s.states = append(s.states, connected)
-	s.mu.Unlock()
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
-}
-
-func (s *streamStates) get() []bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]bool(nil), s.states...)
-}
-
-// waitFor waits until n state changes are recorded.
-func (s *streamStates) waitFor(ctx context.Context, t *testing.T, n int) []bool {
-	t.Helper()
-	for {
-		if got := s.get(); len(got) >= n {
-			return got
-		}
-		select {
-		case <-s.changed:
-		case <-ctx.Done():
-			t.Fatalf("state changes before the deadline: got %v, want %d of them", s.get(), n)
-		}
-	}
-}
-
-func streamUniqueName(prefix string) string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return prefix + hex.EncodeToString(b[:])
-}
-
 func TestStreamReconnectLosesNothing(t *testing.T) {
 	ctl := streamRabbitmqctl(t)
 	url := amqptest.URL(t)
@@ -491,9 +413,9 @@ func TestStreamReconnectLosesNothing(t *testing.T) {
 	after := streamMessages(2_000_000, 100)       // published after the reconnect
 
 	cfg := streamTestConfig(t, url, exchange, stream)
-	cfg.Name = streamUniqueName("herald-test-reconnect-")
+	cfg.Name = testUniqueName("herald-test-reconnect-")
 	cfg.Prefetch = 32
-	states := newStreamStates()
+	states := newTestStates()
 	cfg.OnStateChange = func(connected bool) {
 		states.record(connected)
 		if !connected && len(states.get()) == 2 {
@@ -510,7 +432,7 @@ func TestStreamReconnectLosesNothing(t *testing.T) {
 	}
 	rec := newStreamRecorder()
 	s := NewStream(cfg, rec)
-	stop := streamRun(t, s)
+	stop, _ := testRun(t, s.Run)
 	streamWaitReady(t, s)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -620,15 +542,15 @@ func TestStreamReconnectBeforeFirstMessage(t *testing.T) {
 
 	// Old messages: in the stream well before the Stream below attaches.
 	setup := NewStream(cfg, newStreamRecorder())
-	stopSetup := streamRun(t, setup)
+	stopSetup, _ := testRun(t, setup.Run)
 	streamWaitReady(t, setup)
 	_ = stopSetup()
 	pub.publish(streamEncode(streamMessages(0, 5))...)
 	time.Sleep(2500 * time.Millisecond) // more than the attach skew guard plus a second
 
 	want := streamMessages(5, 10)
-	cfg.Name = streamUniqueName("herald-test-reconnect-early-")
-	states := newStreamStates()
+	cfg.Name = testUniqueName("herald-test-reconnect-early-")
+	states := newTestStates()
 	cfg.OnStateChange = func(connected bool) {
 		states.record(connected)
 		if !connected && len(states.get()) == 2 {
@@ -637,7 +559,7 @@ func TestStreamReconnectBeforeFirstMessage(t *testing.T) {
 	}
 	rec := newStreamRecorder()
 	s := NewStream(cfg, rec)
-	streamRun(t, s)
+	testRun(t, s.Run)
 	streamWaitReady(t, s)
 	streamCloseConnection(t, ctl, cfg.Name)
 
@@ -682,7 +604,7 @@ func TestStreamRunCancelledWhileReconnecting(t *testing.T) {
 	url := amqptest.URL(t)
 	exchange, stream := amqptest.Names(t, url)
 	cfg := streamTestConfig(t, url, exchange, stream)
-	cfg.Name = streamUniqueName("herald-test-cancel-")
+	cfg.Name = testUniqueName("herald-test-cancel-")
 	cfg.ReconnectMin, cfg.ReconnectMax = time.Hour, time.Hour // stays in backoff
 	lost := make(chan struct{})
 	cfg.OnStateChange = func(connected bool) {
@@ -735,7 +657,7 @@ func TestStreamRunFailsFast(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.cfg.Logger = streamLogger(t)
+			tt.cfg.Logger = testLogger(t)
 			s := NewStream(tt.cfg, newStreamRecorder())
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -760,7 +682,7 @@ func TestStreamRunFailsFast(t *testing.T) {
 
 func TestStreamHandleSkipsHandledOffsets(t *testing.T) {
 	rec := newStreamRecorder()
-	s := NewStream(StreamConfig{URL: "amqp://unused/", Logger: streamLogger(t)}, rec)
+	s := NewStream(StreamConfig{URL: "amqp://unused/", Logger: testLogger(t)}, rec)
 	delivery := func(off int64) amqp.Delivery {
 		return amqp.Delivery{
 			MessageId: "m" + strconv.FormatInt(off, 10),
@@ -821,21 +743,6 @@ func TestStreamConfigDefaultsAndArgs(t *testing.T) {
 	}
 }
 
-func TestStreamBackoff(t *testing.T) {
-	s := NewStream(StreamConfig{URL: "amqp://x/", ReconnectMin: 100 * time.Millisecond, ReconnectMax: time.Second}, nil)
-	for n, ceil := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
-		ceil *= time.Millisecond
-		for range 100 {
-			if d := s.backoff(n); d < 0 || d > ceil {
-				t.Fatalf("backoff(%d): got %v, want within [0, %v]", n, d, ceil)
-			}
-		}
-	}
-	if d := s.backoff(200); d < 0 || d > time.Second {
-		t.Errorf("backoff(200): got %v, want within [0, 1s]", d)
-	}
-}
-
 // TestStreamUsersHeader checks that a message's users survive the stream. RabbitMQ stores
 // a stream message's AMQP 0-9-1 headers as AMQP 1.0 application properties, which cannot
 // hold arrays or tables, and drops such values silently (rabbitmq/rabbitmq-server#3565):
@@ -846,7 +753,7 @@ func TestStreamUsersHeader(t *testing.T) {
 	exchange, stream := amqptest.Names(t, url)
 	rec := newStreamRecorder()
 	s := NewStream(streamTestConfig(t, url, exchange, stream), rec)
-	streamRun(t, s)
+	testRun(t, s.Run)
 	streamWaitReady(t, s)
 	m := message.Message{Users: []string{"alice", "bob"}, Channel: "room:1", Data: json.RawMessage(`{}`)}
 	m.Prepare(time.Now())

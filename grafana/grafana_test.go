@@ -186,6 +186,31 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("service %s: HERALD_NODE_ID %q empty or shared", name, node)
 		}
 		nodes[node] = true
+		// Every variable it sets is one the gateway reads, with a value it takes.
+		for k, v := range s.Environment {
+			if !strings.HasPrefix(k, "HERALD_") || v == nil {
+				continue
+			}
+			if !strings.Contains(gatewayUsage(t), "(env "+k+")") {
+				t.Errorf("service %s: %s is not a variable herald-gateway reads", name, k)
+			}
+		}
+	}
+	// The gateway takes the services' whole environment, values included.
+	for _, name := range []string{"gateway-1", "gateway-2"} {
+		bin, err := buildGateway()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "--check-config")
+		for k, v := range p.Services[name].Environment {
+			if v != nil {
+				cmd.Env = append(cmd.Env, k+"="+*v)
+			}
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("herald-gateway --check-config with %s's environment: %v\n%s", name, err, out)
+		}
 	}
 	if img := p.Services["rabbitmq"].Image; !strings.Contains(img, "management") {
 		t.Errorf("rabbitmq image %s: want a -management image", img)
@@ -1031,6 +1056,20 @@ func buildGateway() (string, error) {
 
 // testAPIKey is the bearer key of the test gateways' publish API.
 const testAPIKey = "grafana-test-key"
+
+// gatewayUsage returns herald-gateway's -help text, which names each flag's variable.
+func gatewayUsage(t *testing.T) string {
+	t.Helper()
+	bin, err := buildGateway()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "-help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("herald-gateway -help: %v\n%s", err, out)
+	}
+	return string(out)
+}
 
 // startGateway starts a gateway on RabbitMQ listening on addr, and waits until it is ready.
 func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchange, stream string) *process {

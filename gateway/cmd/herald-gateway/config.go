@@ -53,6 +53,7 @@ type config struct {
 	NoClientPublish   bool
 	InsecureUserParam bool
 	DebugAddr         string
+	CheckOnly         bool
 	LogFormat         string
 	LogLevel          string
 
@@ -213,6 +214,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.dur(&c.ReadHeaderTimeout, "read-header-timeout", "HERALD_READ_HEADER_TIMEOUT", 10*time.Second, "time a client has to send its request headers (a handshake that never completes is dropped)")
 	e.dur(&c.IdleTimeout, "idle-timeout", "HERALD_IDLE_TIMEOUT", 2*time.Minute, "how long an idle HTTP keep-alive connection is kept")
 	e.int(&c.MaxHeaderBytes, "max-header-bytes", "HERALD_MAX_HEADER_BYTES", 16<<10, "largest request header (else 431)")
+	fs.BoolVar(&c.CheckOnly, "check-config", false, "check the configuration (flags and environment) and exit: 0 when the gateway would start with it, 2 otherwise")
 	e.str(&c.LogFormat, "log-format", "HERALD_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 

@@ -37,6 +37,19 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 			}
 			return ""
 		}},
+		{"presence, compression and writers", nil, map[string]string{
+			"HERALD_PRESENCE_CHANNELS": "room,chat:*", "HERALD_PRESENCE_EXCLUDE": "chat:secret",
+			"HERALD_PRESENCE_INTERVAL": "250ms", "HERALD_PRESENCE_TTL": "20s", "HERALD_NO_USER_PRESENCE": "true",
+			"HERALD_COMPRESSION": "true", "HERALD_COMPRESSION_LEVEL": "6", "HERALD_COMPRESSION_MIN_BYTES": "512",
+			"HERALD_WRITE_WORKERS": "3",
+		}, func(c config) string {
+			if c.PresenceChannels != "room,chat:*" || c.PresenceExclude != "chat:secret" || c.PresenceInterval != 250*time.Millisecond ||
+				c.PresenceTTL != 20*time.Second || !c.NoUserPresence || c.PresenceSnapshot != 5*time.Second ||
+				!c.Compression || c.CompressLevel != 6 || c.CompressMinBytes != 512 || c.WriteWorkers != 3 {
+				return "presence, compression or writer settings not applied"
+			}
+			return ""
+		}},
 		{"flag wins over environment", []string{"--addr", ":7000", "--write-queue-bytes", "4096"},
 			map[string]string{"HERALD_ADDR": ":9000", "HERALD_WRITE_QUEUE_BYTES": "2048"}, func(c config) string {
 				if c.Addr != ":7000" || c.WriteQueueBytes != 4096 {
@@ -72,6 +85,9 @@ func TestConfigErrors(t *testing.T) {
 		{"zero queue", []string{"--write-queue-bytes", "0"}, nil, "write-queue-bytes"},
 		{"stray argument", []string{"serve"}, nil, "unexpected arguments"},
 		{"unknown flag", []string{"--nope"}, nil, "nope"},
+		{"compression level", []string{"--compression-level", "10"}, nil, "compression-level"},
+		{"presence ttl under the snapshot interval", []string{"--presence-ttl", "2s", "--presence-snapshot-interval", "5s"}, nil, "presence-ttl"},
+		{"bad env bool", nil, map[string]string{"HERALD_COMPRESSION": "bogus"}, "HERALD_COMPRESSION"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,5 +115,23 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), "(env HERALD_"); n < 20 {
 		t.Errorf("-help names %d environment variables, want one per flag (22)", n)
+	}
+}
+
+// TestCheckConfig: --check-config exits 0 for a configuration the gateway starts with and
+// 2 for one it refuses, without starting anything.
+func TestCheckConfig(t *testing.T) {
+	for _, tt := range []struct {
+		env  map[string]string
+		want int
+	}{
+		{map[string]string{"HERALD_PRESENCE_CHANNELS": "room", "HERALD_COMPRESSION": "true"}, 0},
+		{map[string]string{"HERALD_COMPRESSION": "yes please"}, 2},
+		{map[string]string{"HERALD_JWT_SECRET": "short"}, 2},
+	} {
+		var out bytes.Buffer
+		if got := run(t.Context(), []string{"--check-config", "--addr", "127.0.0.1:1"}, env(tt.env), &out); got != tt.want {
+			t.Errorf("%v: exit %d, want %d (%s)", tt.env, got, tt.want, strings.TrimSpace(out.String()))
+		}
 	}
 }

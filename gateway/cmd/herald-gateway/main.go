@@ -44,6 +44,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		fmt.Fprintf(stderr, "herald-gateway: %v\n", err)
 		return 2
 	}
+	if cfg.CheckOnly {
+		fmt.Fprintln(stderr, "herald-gateway: configuration ok")
+		return 0
+	}
 	log := newLogger(cfg, stderr)
 	if err := serve(ctx, cfg, log); err != nil {
 		log.Error("gateway failed", "err", err)
