@@ -148,6 +148,9 @@ type channelView struct {
 	users map[string]int // user -> connections
 	conns int            // connections in all, users' and anonymous
 	anon  int
+	// sorted is the users' ids in order, made by the first answer that needs it and
+	// dropped when a user comes or goes: pages are then a search and a slice.
+	sorted []string
 }
 
 func newNodeView(node string) *nodeView {
@@ -301,6 +304,9 @@ func (p *Presence) setChan(nv *nodeView, ch, user string, n int) {
 	}
 	cv.conns += n - old
 	p.dropIfEmpty(ch, cv)
+	if (before > 0) != (after > 0) {
+		cv.sorted = nil
+	}
 	if (before > 0) != (after > 0) && len(p.watchers[ch]) > 0 {
 		changed := p.changes[ch]
 		if changed == nil {
@@ -435,13 +441,14 @@ func (p *Presence) Channel(ch, after string, limit int) ChannelPresence {
 		return out
 	}
 	out.Total, out.Connections, out.Anonymous = len(cv.users), max(cv.conns, 0), max(cv.anon, 0)
-	ids := make([]string, 0, len(cv.users))
-	for u := range cv.users {
-		if u > after {
-			ids = append(ids, u)
-		}
+	if cv.sorted == nil {
+		cv.sorted = slices.Sorted(maps.Keys(cv.users))
 	}
-	slices.Sort(ids)
+	first, found := slices.BinarySearch(cv.sorted, after)
+	if found {
+		first++ // after itself is on the previous page
+	}
+	ids := cv.sorted[first:]
 	if len(ids) > limit {
 		ids = ids[:limit]
 		out.Next = ids[limit-1]

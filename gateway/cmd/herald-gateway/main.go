@@ -56,6 +56,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	return 0
 }
 
+// The parts main wires together fit the interfaces each side defines where it uses them.
+var (
+	_ consumer.Dispatcher      = (*gateway.Hub)(nil)
+	_ consumer.PresenceHandler = (*gateway.Presence)(nil)
+	_ gateway.PresenceSender   = (*consumer.PresenceLink)(nil)
+	_ gateway.Publisher        = (*producer.Publisher)(nil)
+	_ gateway.Publisher        = (*consumer.Embedded)(nil)
+	_ gateway.Log              = (*consumer.Stream)(nil)
+	_ gateway.Log              = (*consumer.Embedded)(nil)
+)
+
 // bus is what the gateway runs on: a publisher, its health, and the loop that consumes.
 type bus struct {
 	gateway.Publisher
