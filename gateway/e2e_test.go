@@ -226,7 +226,14 @@ func (c *client) closeCode() int {
 // publish posts to /api/publish and returns the status and decoded body.
 func (g *testGateway) publish(key string, body string) (int, map[string]any) {
 	g.t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, g.http.URL+"/api/publish", strings.NewReader(body))
+	return g.api(http.MethodPost, key, "/api/publish", body)
+}
+
+// api calls the backend API at path with the API key (when key is set) and returns the
+// status and the decoded JSON body.
+func (g *testGateway) api(method, key, path, body string) (int, map[string]any) {
+	g.t.Helper()
+	req, _ := http.NewRequest(method, g.http.URL+path, strings.NewReader(body))
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
@@ -238,7 +245,7 @@ func (g *testGateway) publish(key string, body string) (int, map[string]any) {
 	var out map[string]any
 	data, _ := io.ReadAll(resp.Body)
 	if err := json.Unmarshal(data, &out); err != nil {
-		g.t.Fatalf("POST /api/publish answered %d with %q: not JSON", resp.StatusCode, data)
+		g.t.Fatalf("%s %s answered %d with %q: not JSON", method, path, resp.StatusCode, data)
 	}
 	return resp.StatusCode, out
 }

@@ -3,7 +3,6 @@ package gateway_test
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"reflect"
@@ -124,47 +123,28 @@ func TestPresenceOverWebSocket(t *testing.T) {
 	}
 }
 
-// apiGet GETs path with the API key (when key is set) and returns the status and body.
-func (g *testGateway) apiGet(key, path string) (int, map[string]any) {
-	g.t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, g.http.URL+path, nil)
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if err := json.Unmarshal(data, &out); err != nil {
-		g.t.Fatalf("GET %s answered %d with %q: not JSON", path, resp.StatusCode, data)
-	}
-	return resp.StatusCode, out
-}
 
 func TestPresenceHTTP(t *testing.T) {
 	g := presenceGateway(t, 50*time.Millisecond)
 	for _, q := range []string{"user=alice&channels=room", "user=alice&channels=room", "user=bob&channels=room", "user=erin"} {
 		g.dial(q).expect("welcome")
 	}
-	status, body := g.apiGet(testKey, "/api/presence?channel=room")
+	status, body := g.api(http.MethodGet, testKey, "/api/presence?channel=room", "")
 	if status != http.StatusOK || !reflect.DeepEqual(users(frame(body)), []string{"alice", "bob"}) || body["connections"] != 3.0 {
 		t.Errorf("got %d %v, want 200 with alice and bob on 3 connections", status, body)
 	}
-	status, body = g.apiGet(testKey, "/api/presence?channel=room&limit=1&after=alice")
+	status, body = g.api(http.MethodGet, testKey, "/api/presence?channel=room&limit=1&after=alice", "")
 	if status != http.StatusOK || !reflect.DeepEqual(users(frame(body)), []string{"bob"}) {
 		t.Errorf("page after alice: got %d %v", status, body)
 	}
-	status, body = g.apiGet(testKey, "/api/users/alice")
+	status, body = g.api(http.MethodGet, testKey, "/api/users/alice", "")
 	if status != http.StatusOK || body["online"] != true || body["connections"] != 2.0 || body["gateways"] != 1.0 {
 		t.Errorf("alice: got %d %v, want online on 2 connections, 1 gateway", status, body)
 	}
-	if status, body = g.apiGet(testKey, "/api/users/erin"); body["online"] != true {
+	if status, body = g.api(http.MethodGet, testKey, "/api/users/erin", ""); body["online"] != true {
 		t.Errorf("erin (on no channel): got %d %v, want online", status, body)
 	}
-	if status, body = g.apiGet(testKey, "/api/users/nobody"); status != http.StatusOK || body["online"] != false {
+	if status, body = g.api(http.MethodGet, testKey, "/api/users/nobody", ""); status != http.StatusOK || body["online"] != false {
 		t.Errorf("nobody: got %d %v, want 200 offline", status, body)
 	}
 	for _, tt := range []struct {
@@ -179,7 +159,7 @@ func TestPresenceHTTP(t *testing.T) {
 		{testKey, "/api/presence?channel=room&limit=0", http.StatusBadRequest},
 		{testKey, "/api/presence?channel=other", http.StatusNotFound},
 	} {
-		if status, body := g.apiGet(tt.key, tt.path); status != tt.status || body["error"] == nil {
+		if status, body := g.api(http.MethodGet, tt.key, tt.path, ""); status != tt.status || body["error"] == nil {
 			t.Errorf("GET %s: got %d %v, want %d with an error body", tt.path, status, body, tt.status)
 		}
 	}
