@@ -123,7 +123,6 @@ func TestPresenceOverWebSocket(t *testing.T) {
 	}
 }
 
-
 func TestPresenceHTTP(t *testing.T) {
 	g := presenceGateway(t, 50*time.Millisecond)
 	for _, q := range []string{"user=alice&channels=room", "user=alice&channels=room", "user=bob&channels=room", "user=erin"} {
