@@ -252,8 +252,9 @@ const maxSpare = 64
 // the socket did not take at once), then writes what is queued, everything queued in one
 // write within the deadline, and the pings and the close frame, until there is nothing
 // left to write; then it ends. It is the connection's only writer: startWriter makes at
-// most one writer at a time (a worker's turn or this goroutine), so all writes to the
-// socket, control frames included, are made from one goroutine at a time.
+// most one writer at a time (a worker's turn or this goroutine). The only other writes
+// are the WebSocket library's pongs and close replies from the read pump, which
+// batchConn serialises with the writer's, whole frames between whole frames.
 func (c *Conn) writeLoop(first *writeTask) {
 	defer c.writers.Done()
 	defer func() {
@@ -266,9 +267,9 @@ func (c *Conn) writeLoop(first *writeTask) {
 	if first != nil {
 		var err error
 		unsent := 0
-		if first.rest != nil {
+		if first.partial {
 			rest := first.frames[len(first.frames)-first.restFrames:]
-			if _, err = c.nc.Write(first.rest); err == nil {
+			if err = c.nc.flush(); err == nil {
 				c.wroteFrames(rest, first.restData)
 			} else {
 				unsent = len(rest)

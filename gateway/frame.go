@@ -69,8 +69,8 @@ func (f *frame) payload() []byte {
 }
 
 // deflater compresses frames for the connections that negotiated permessage-deflate:
-// each frame once, whoever asks first, with writers from a pool. Frames with payloads
-// under minBytes are sent as they are: compressing them costs more than it saves.
+// each frame once, whoever asks first, with writers from a pool. Frames under minBytes
+// (header included) are sent as they are: compressing them costs more than it saves.
 type deflater struct {
 	minBytes int
 	level    int

@@ -266,12 +266,12 @@ func (h *Hub) subscribeAt(c member, ch string, at int64, watch bool, then func()
 	}
 	ms.subs[ch] = struct{}{}
 	addTo(h.channels, ch, c, at)
+	then() // the answer first: the channel's presence events, if asked for, follow it
 	if subscribed {
 		h.presence.watch(ch, c, watch)
 	} else {
 		h.presence.joined(ch, c, watch)
 	}
-	then()
 	return true
 }
 

@@ -209,6 +209,15 @@ func TestDecodeRequest(t *testing.T) {
 		{`{"op":"Subscribe","channel":"a"}`, "", CodeUnknownOp, ""},
 		{strings.Repeat("[", 10000), "", CodeBadRequest, ""},
 		{`{"op":"subscribe","channel":"a",` + strings.Repeat(`"k":{`, 1000), "", CodeBadRequest, ""},
+		// presence, limit and after are read only by the ops that use them.
+		{`{"op":"publish","data":1,"presence":"yes","limit":"10","after":3,"ref":"p"}`, "publish", "", "p"},
+		{`{"op":"subscribe","channel":"a","presence":true,"limit":"x"}`, "subscribe", "", ""},
+		{`{"op":"subscribe","channel":"a","presence":"yes","ref":"s"}`, "", CodeBadRequest, "s"},
+		{`{"op":"presence","channel":"a","limit":20,"after":"bob","ref":"q"}`, "presence", "", "q"},
+		{`{"op":"presence","channel":"a","limit":"20"}`, "", CodeBadRequest, ""},
+		{`{"op":"presence","channel":"a","after":7}`, "", CodeBadRequest, ""},
+		{`{"op":"presence","channel":"a","limit":0}`, "", CodeBadRequest, ""},
+		{`{"op":"presence"}`, "", CodeBadRequest, ""},
 	}
 	for _, tt := range tests {
 		r, perr := decodeRequest([]byte(tt.in))

@@ -115,7 +115,7 @@ func (p *presenceMetrics) register(reg prometheus.Registerer) {
 	}, []string{"type", "direction"})
 	p.events = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "herald_presence_events_total",
-		Help: "Users reported in join and leave events (each counted once per channel and interval, however many connections watch it), by event.",
+		Help: "Users whose presence on a watched channel began (join) or ended (leave), each counted once per channel and interval however many connections watch it (past the users an event lists, it says more), by event.",
 	}, []string{"event"})
 	p.expired = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "herald_presence_expired_total",

@@ -13,9 +13,11 @@ import (
 )
 
 // batchConn is the network connection under a WebSocket connection. Every write to the
-// socket goes through its Write, whole: the write pump's batches of data frames, and the
-// control frames the WebSocket library writes (pings, pongs, close frames), so that frames
-// never interleave.
+// socket goes through it, under mu: the writer's batches of data frames (Write, or
+// tryWrite for a writer worker), and the control frames the WebSocket library writes from
+// the read pump (pongs, close frames), so that frames never interleave. Each write starts
+// at a frame's start: what a tryWrite could not write (pending, the rest of a frame) goes
+// out first, before anything else.
 //
 // It also keeps the write deadline, instead of setting one on every write as the library
 // would (each setting moves a runtime timer, a measurable share of the cost of a small
@@ -25,10 +27,11 @@ type batchConn struct {
 	net.Conn
 	timeout time.Duration
 
-	// mu serialises writes and protects deadline and closeSent.
+	// mu serialises writes and protects deadline, closeSent and pending.
 	mu        sync.Mutex
 	deadline  time.Time
-	closeSent bool // a close frame went out: nothing may follow it (RFC 6455 section 5.5.1)
+	closeSent bool   // a close frame went out: nothing may follow it (RFC 6455 section 5.5.1)
+	pending   []byte // what the last tryWrite left unwritten: written before anything else
 
 	// br is the buffered reader the WebSocket library reads through (nil if the library
 	// was given another); only the read pump uses it.
@@ -49,7 +52,9 @@ type batchConn struct {
 }
 
 // deflateAccepted is how the WebSocket library's handshake response accepts
-// permessage-deflate (it negotiates no other parameters).
+// permessage-deflate; it always adds server_no_context_takeover and
+// client_no_context_takeover, which is what lets one compression of a message serve every
+// connection.
 var deflateAccepted = []byte("\r\nSec-WebSocket-Extensions: permessage-deflate")
 
 // batchBufs holds the write pumps' batch buffers between batches, so an idle connection
@@ -60,12 +65,16 @@ var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return
 // unusually big batch) is left to the garbage collector.
 const maxPooledBatch = 256 << 10
 
-// Write writes p whole, within the write deadline.
+// Write writes p whole, within the write deadline, after what a tryWrite left unwritten.
+// p starts at a frame's start (the library writes each control frame whole, in one Write).
 func (c *batchConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closeSent {
 		return 0, errCloseSent
+	}
+	if err := c.writePending(); err != nil {
+		return 0, err
 	}
 	if !c.handshook {
 		c.handshook = true
@@ -79,17 +88,20 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// tryWrite writes as much of p as the socket takes now, without waiting for it: n <
-// len(p) with a nil error means the socket's buffer is full (n is 0 too where the
-// connection has no raw access: then only Write can write). p must hold whole data frames
-// or pings, never a close frame.
+// tryWrite writes as much of p as the socket takes now, without waiting for it. n <
+// len(p) with a nil error means the socket's buffer is full: the rest of p is kept
+// (pending) and goes out before any other write, so the caller's writer must then call
+// flush, which waits. Where the connection has no raw access, or something is pending
+// still, tryWrite writes nothing and keeps all of p. p must hold whole data frames or
+// pings, never a close frame.
 func (c *batchConn) tryWrite(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closeSent {
 		return 0, errCloseSent
 	}
-	if c.raw == nil {
+	if c.raw == nil || len(c.pending) > 0 {
+		c.pending = append(c.pending, p...)
 		return 0, nil
 	}
 	// The descriptor's deadline also bounds a raw write: keep it in the future.
@@ -106,7 +118,34 @@ func (c *batchConn) tryWrite(p []byte) (int, error) {
 	if err != nil {
 		return n, fmt.Errorf("write: %w", err)
 	}
+	if n < len(p) {
+		c.pending = append(c.pending[:0], p[n:]...)
+	}
 	return n, nil
+}
+
+// flush writes what a tryWrite left unwritten, waiting for the socket (within the write
+// deadline).
+func (c *batchConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writePending()
+}
+
+// writePending writes pending whole, waiting for the socket. c.mu must be held.
+func (c *batchConn) writePending() error {
+	for len(c.pending) > 0 {
+		if err := c.renewDeadline(); err != nil {
+			return err
+		}
+		n, err := c.Conn.Write(c.pending)
+		c.pending = c.pending[n:]
+		if err != nil {
+			return err
+		}
+	}
+	c.pending = nil
+	return nil
 }
 
 // renewDeadline moves the write deadline to now+timeout when less than half of the

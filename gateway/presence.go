@@ -116,8 +116,8 @@ type Presence struct {
 	snapSize int64            // bytes of the last snapshot sent; under mu
 
 	// mu protects everything below. The hub calls joined, left, watch, connected and
-	// disconnected holding its own lock; presence never calls the hub, and queues events
-	// to connections only after releasing mu.
+	// disconnected holding its own lock; presence never calls the hub. Events are queued
+	// to connections under mu (a connection's lock is taken after it, never before).
 	mu       sync.Mutex
 	self     *nodeView
 	nodes    map[string]*nodeView // the other gateways', by instance
@@ -713,14 +713,16 @@ func (p *Presence) flush(ctx context.Context, link PresenceSender, now time.Time
 	} else {
 		p.dirty = *newNodeView(p.cfg.Node)
 	}
-	events := p.takeEvents()
-	p.mu.Unlock()
-
-	for _, ev := range events {
+	// Queued under mu, which the hub's subscribe and unsubscribe take to change the
+	// watchers before they queue their answers: no event follows an unsubscribed, or
+	// comes before the subscribed that asked for it. (enqueue never blocks.)
+	for _, ev := range p.takeEvents() {
 		for _, c := range ev.to {
 			c.enqueue(ev.frame)
 		}
 	}
+	p.mu.Unlock()
+
 	for _, u := range updates {
 		p.send(ctx, link, u)
 	}

@@ -120,11 +120,26 @@ type request struct {
 	Since   *int64          `json:"since"`
 	Data    json.RawMessage `json:"data"`
 	Token   string          `json:"token"` // refresh
-	// Presence, on subscribe, asks for the channel's join and leave events.
-	Presence bool `json:"presence"`
-	// Limit and After page a presence answer.
-	Limit *int   `json:"limit"`
-	After string `json:"after"`
+	// Presence, on subscribe, asks for the channel's join and leave events; Limit and
+	// After page a presence answer. They are read (into the fields below) only for the
+	// ops that use them, so that other ops ignore them as before.
+	PresenceRaw json.RawMessage `json:"presence"`
+	LimitRaw    json.RawMessage `json:"limit"`
+	AfterRaw    json.RawMessage `json:"after"`
+	Presence    bool            `json:"-"`
+	Limit       *int            `json:"-"`
+	After       string          `json:"-"`
+}
+
+// optional decodes an optional field of a request, raw (absent: nil), into v.
+func optional(raw json.RawMessage, name string, v any) *protocolError {
+	if len(raw) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return badRequest("field %q has the wrong type", name)
+	}
+	return nil
 }
 
 // protocolError is a refused client op: the code and message of the error frame.
@@ -170,6 +185,11 @@ func decodeRequest(data []byte) (request, *protocolError) {
 		if r.Since != nil && *r.Since < -1 {
 			return r, badRequest("since must be -1 or an offset")
 		}
+		if r.Op == "subscribe" {
+			if perr := optional(r.PresenceRaw, "presence", &r.Presence); perr != nil {
+				return r, perr
+			}
+		}
 	case "publish":
 		if r.Channel != nil && !message.ValidChannel(*r.Channel) {
 			return r, badRequest("publish channel must be 1 to 128 characters of A-Z a-z 0-9 _ - . : /")
@@ -183,6 +203,12 @@ func decodeRequest(data []byte) (request, *protocolError) {
 	case "presence":
 		if r.Channel == nil || !message.ValidChannel(*r.Channel) {
 			return r, badRequest("presence needs a channel of 1 to 128 characters of A-Z a-z 0-9 _ - . : /")
+		}
+		if perr := optional(r.LimitRaw, "limit", &r.Limit); perr != nil {
+			return r, perr
+		}
+		if perr := optional(r.AfterRaw, "after", &r.After); perr != nil {
+			return r, perr
 		}
 		if r.Limit != nil && *r.Limit < 1 {
 			return r, badRequest("limit must be at least 1")

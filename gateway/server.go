@@ -241,12 +241,6 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		s.upgrader.EnableCompression = true
 		s.deflater = newDeflater(cfg.CompressionMinBytes, cfg.CompressionLevel, cfg.Metrics)
 	}
-	if cfg.FlushInterval > 0 {
-		s.flusher = newFlusher(cfg.FlushInterval)
-	}
-	if cfg.WriteWorkers > 0 {
-		s.writers = newWriterPool(cfg.WriteWorkers)
-	}
 	if err := s.setupEdge(); err != nil {
 		return nil, err
 	}
@@ -272,6 +266,13 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry}))
 	s.mux.Handle("GET /", http.FileServerFS(web))
+	// Last, once nothing can fail: their goroutines end with Shutdown.
+	if cfg.FlushInterval > 0 {
+		s.flusher = newFlusher(cfg.FlushInterval)
+	}
+	if cfg.WriteWorkers > 0 {
+		s.writers = newWriterPool(cfg.WriteWorkers)
+	}
 	return s, nil
 }
 

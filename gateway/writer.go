@@ -45,7 +45,7 @@ func newWriterPool(n int) *writerPool {
 // submit hands c, whose writing flag the caller has just set, to a worker. It never
 // blocks. The caller holds c.mu.
 func (p *writerPool) submit(c *Conn) {
-	w := p.workers[int(p.next.Add(1))%len(p.workers)]
+	w := p.workers[p.next.Add(1)%uint32(len(p.workers))]
 	w.mu.Lock()
 	w.ready = append(w.ready, c)
 	first := len(w.ready) == 1
@@ -129,10 +129,11 @@ type writeTask struct {
 	text   string
 	flush  bool
 	room   bool // a replay waits for room: signal it after the write
-	// rest is what a worker's write left for writeLoop to write: the last restFrames of
-	// frames (restData bytes of theirs) and the ping. Nil: the worker wrote nothing, and
+	// partial says that a worker's write left the rest of this turn with the socket
+	// connection (batchConn.pending), for writeLoop to flush: the last restFrames of
+	// frames, restData bytes of theirs, and the ping. Else the worker wrote nothing, and
 	// writeLoop writes frames and the ping.
-	rest       []byte
+	partial    bool
 	restFrames int
 	restData   int
 }
@@ -143,41 +144,52 @@ type writeTask struct {
 // one batch, or a socket that did not take the whole write hands c to a writeLoop
 // goroutine instead, which may wait for the socket.
 func (c *Conn) writeTurn(buf []byte) []byte {
+	owned := true // this turn is c's writer, until it hands over or ends
+	defer func() {
+		if v := recover(); v != nil { // that connection ends (1011); the worker goes on
+			c.panicked(v)
+			_ = c.nc.Close() // the read pump ends and finishes the connection
+			if owned {
+				c.writers.Done()
+			}
+		}
+	}()
 	c.mu.Lock()
 	if c.closeCode != 0 {
 		// Sending the close frame may wait: that is a goroutine's job, and so is
 		// everything after it. The writer's ownership passes to it.
 		c.mu.Unlock()
+		owned = false
 		go c.writeLoop(nil)
 		return buf
 	}
 	t, ok := c.takeBatch(false)
 	c.mu.Unlock()
 	if !ok {
+		owned = false
 		c.writers.Done()
 		return buf
 	}
 	if c.inflightBytes > batchFlushBytes {
 		// A backlog: writeLoop writes it in batches, waiting for the socket.
+		owned = false
 		c.handOver(t)
 		return buf
 	}
 	buf, data := c.appendBatch(buf, t.frames, t.ping)
 	n, err := c.nc.tryWrite(buf)
+	unwritten := c.framesAfter(t.frames, n)
+	c.wroteFrames(t.frames[:len(t.frames)-unwritten], min(n, data))
 	if err == nil && n < len(buf) {
-		// The socket took part (or none) of it: a goroutine writes the rest, waiting
-		// for the socket, and goes on as c's writer.
-		t.rest = append([]byte(nil), buf[n:]...)
-		t.restFrames = c.framesAfter(t.frames, n)
-		t.restData = data - min(n, data)
-		c.wroteFrames(t.frames[:len(t.frames)-t.restFrames], min(n, data))
+		// The socket took part (or none) of it, and keeps the rest: a goroutine flushes
+		// it, waiting for the socket, and goes on as c's writer.
+		t.partial, t.restFrames, t.restData = true, unwritten, data-min(n, data)
+		owned = false
 		c.handOver(t)
 		return buf
 	}
-	if err == nil {
-		c.wroteFrames(t.frames, data)
-	}
-	c.finishTurn(t, err, len(t.frames), true)
+	c.finishTurn(t, err, unwritten, true)
+	owned = false
 	c.writers.Done()
 	return buf
 }
@@ -202,7 +214,7 @@ func (c *Conn) appendBatch(buf []byte, frames []*frame, ping bool) ([]byte, int)
 }
 
 // framesAfter returns how many of frames, at their end, are not whole within the first
-// n bytes written of them.
+// n bytes written of them (n may run on into a ping after them).
 func (c *Conn) framesAfter(frames []*frame, n int) int {
 	for i, f := range frames {
 		w := len(c.wireOf(f))

@@ -175,9 +175,15 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 			}
 		})
 	}
-	if presence != nil {
-		wg.Go(func() { presence.Run(busCtx, link) })
-	}
+	// Presence's updates stop before its bye goes out (a delta after the bye would put
+	// this gateway back in the others' views until the TTL).
+	presenceCtx, stopPresence := context.WithCancel(busCtx)
+	defer stopPresence()
+	presenceDone := make(chan struct{})
+	go func() {
+		defer close(presenceDone)
+		presence.Run(presenceCtx, link)
+	}()
 	if edge.jwks != nil {
 		wg.Go(func() { edge.jwks.Run(busCtx) })
 	}
@@ -219,6 +225,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		log.Warn("HTTP shutdown did not finish in time", "err", err)
 		_ = httpSrv.Close()
 	}
+	stopPresence()
+	<-presenceDone
 	if link != nil {
 		presence.Leave(drainCtx, link) // the others drop this gateway's users now, not after the TTL
 	}

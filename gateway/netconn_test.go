@@ -1,0 +1,101 @@
+package gateway
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// socketPair returns the server's side of a loopback TCP connection as a batchConn with
+// raw access and a small send buffer, and the client's side, which reads nothing until
+// the test reads it.
+func socketPair(t *testing.T) (*batchConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); accepted <- c }()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	client, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	sc := (<-accepted).(*net.TCPConn)
+	t.Cleanup(func() { sc.Close() })
+	_ = sc.SetWriteBuffer(4096)
+	bc := &batchConn{Conn: sc, timeout: 10 * time.Second, handshook: true}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc.raw, bc.writeFn = raw, bc.writeRaw
+	return bc, client
+}
+
+// TestPartialWriteKeepsFramesWhole: a tryWrite that the socket takes only part of keeps
+// the rest, which goes out before anything else: a control frame the library writes
+// meanwhile (a pong) comes after the data frame, not inside it, and a rest that begins
+// with the byte a close frame begins with (0x88, common in compressed or non-ASCII text)
+// is not taken for a close frame.
+func TestPartialWriteKeepsFramesWhole(t *testing.T) {
+	bc, client := socketPair(t)
+	data := newFrame(bytes.Repeat([]byte{0x88}, 1<<20), -1, time.Time{})
+	n, err := bc.tryWrite(data.wire)
+	if err != nil || n == 0 || n >= len(data.wire) {
+		t.Fatalf("tryWrite of %d bytes to a socket that reads nothing: wrote %d, %v; want a part", len(data.wire), n, err)
+	}
+	got := make(chan []byte)
+	go func() { b, _ := io.ReadAll(client); got <- b }()
+	pong := []byte{0x8a, 0x00}
+	if _, err := bc.Write(pong); err != nil { // the read pump answering a ping
+		t.Fatal(err)
+	}
+	if err := bc.flush(); err != nil { // what writeLoop does after a partial turn
+		t.Fatal(err)
+	}
+	next := newFrame([]byte(`{"op":"message"}`), -1, time.Time{})
+	if n, err := bc.tryWrite(next.wire); err != nil || n != len(next.wire) {
+		t.Fatalf("the next frame: wrote %d of %d, %v", n, len(next.wire), err)
+	}
+	_ = bc.Conn.(*net.TCPConn).CloseWrite()
+	want := append(append(append([]byte(nil), data.wire...), pong...), next.wire...)
+	if b := <-got; !bytes.Equal(b, want) {
+		i := 0
+		for i < min(len(b), len(want)) && b[i] == want[i] {
+			i++
+		}
+		t.Errorf("the client read %d bytes, want %d: they differ from byte %d (the partial write ended at %d)", len(b), len(want), i, n)
+	}
+}
+
+// TestTryWriteWaitsForWhatIsPending: while a partial write's rest is pending, tryWrite
+// writes nothing new (it keeps it, after the rest).
+func TestTryWriteWaitsForWhatIsPending(t *testing.T) {
+	bc, client := socketPair(t)
+	big := newFrame(bytes.Repeat([]byte{'a'}, 1<<20), -1, time.Time{})
+	if n, _ := bc.tryWrite(big.wire); n >= len(big.wire) {
+		t.Fatal("the socket took 1 MiB at once")
+	}
+	small := newFrame([]byte("b"), -1, time.Time{})
+	if n, err := bc.tryWrite(small.wire); n != 0 || err != nil {
+		t.Fatalf("tryWrite with a rest pending: wrote %d, %v; want 0, kept", n, err)
+	}
+	got := make(chan []byte)
+	go func() { b, _ := io.ReadAll(client); got <- b }()
+	if err := bc.flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = bc.Conn.(*net.TCPConn).CloseWrite()
+	if b := <-got; !bytes.Equal(b, append(append([]byte(nil), big.wire...), small.wire...)) {
+		t.Errorf("the client read %d bytes, want the big frame then the small one (%d)", len(b), len(big.wire)+len(small.wire))
+	}
+}
