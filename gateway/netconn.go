@@ -91,16 +91,16 @@ func (c *batchConn) Write(p []byte) (int, error) {
 // tryWrite writes as much of p as the socket takes now, without waiting for it. n <
 // len(p) with a nil error means the socket's buffer is full: the rest of p is kept
 // (pending) and goes out before any other write, so the caller's writer must then call
-// flush, which waits. Where the connection has no raw access, or something is pending
-// still, tryWrite writes nothing and keeps all of p. p must hold whole data frames or
-// pings, never a close frame.
+// flush, which waits. Where something is pending still, tryWrite writes nothing and
+// keeps all of p. p must hold whole data frames or pings, never a close frame; the
+// connection must have raw access (startWriter gives the others no worker).
 func (c *batchConn) tryWrite(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closeSent {
 		return 0, errCloseSent
 	}
-	if c.raw == nil || len(c.pending) > 0 {
+	if len(c.pending) > 0 {
 		c.pending = append(c.pending, p...)
 		return 0, nil
 	}

@@ -304,10 +304,11 @@ func (p *Presence) setChan(nv *nodeView, ch, user string, n int) {
 	}
 	cv.conns += n - old
 	p.dropIfEmpty(ch, cv)
-	if (before > 0) != (after > 0) {
-		cv.sorted = nil
+	if (before > 0) == (after > 0) {
+		return // the user was and is on the channel, or neither
 	}
-	if (before > 0) != (after > 0) && len(p.watchers[ch]) > 0 {
+	cv.sorted = nil
+	if len(p.watchers[ch]) > 0 {
 		changed := p.changes[ch]
 		if changed == nil {
 			changed = map[string]bool{}
@@ -713,14 +714,7 @@ func (p *Presence) flush(ctx context.Context, link PresenceSender, now time.Time
 	} else {
 		p.dirty = *newNodeView(p.cfg.Node)
 	}
-	// Queued under mu, which the hub's subscribe and unsubscribe take to change the
-	// watchers before they queue their answers: no event follows an unsubscribed, or
-	// comes before the subscribed that asked for it. (enqueue never blocks.)
-	for _, ev := range p.takeEvents() {
-		for _, c := range ev.to {
-			c.enqueue(ev.frame)
-		}
-	}
+	p.sendEvents()
 	p.mu.Unlock()
 
 	for _, u := range updates {
@@ -789,12 +783,6 @@ func copyChans(m map[string]map[string]int) map[string]map[string]int {
 
 // --- events ----------------------------------------------------------------------------
 
-// presenceEvent is one coalesced join or leave frame and its recipients.
-type presenceEvent struct {
-	frame *frame
-	to    []member
-}
-
 // presenceEventFrame is a join or leave event.
 type presenceEventFrame struct {
 	Op      string   `json:"op"`
@@ -803,13 +791,15 @@ type presenceEventFrame struct {
 	More    bool     `json:"more,omitempty"`
 }
 
-// takeEvents turns the window's changes into join and leave frames, one of each at most
-// per watched channel, for users whose presence differs from when the window began.
-// p.mu must be held.
-func (p *Presence) takeEvents() []presenceEvent {
-	var out []presenceEvent
+// sendEvents turns the window's changes into join and leave frames, one of each at most
+// per watched channel, for users whose presence differs from when the window began, and
+// queues them to the channel's watchers. p.mu must be held: the hub's subscribe and
+// unsubscribe take it to change the watchers before they queue their answers, so no
+// event follows an unsubscribed, or comes before the subscribed that asked for it.
+// (enqueue never blocks.)
+func (p *Presence) sendEvents() {
 	for ch, changed := range p.changes {
-		to := slices.Collect(maps.Keys(p.watchers[ch]))
+		to := p.watchers[ch]
 		if len(to) == 0 {
 			continue
 		}
@@ -836,11 +826,13 @@ func (p *Presence) takeEvents() []presenceEvent {
 			if len(f.Users) > p.cfg.MaxEventUsers {
 				f.Users, f.More = f.Users[:p.cfg.MaxEventUsers], true
 			}
-			out = append(out, presenceEvent{frame: replyTo(f), to: to})
+			frame := replyTo(f)
+			for c := range to {
+				c.enqueue(frame)
+			}
 		}
 	}
 	clear(p.changes)
-	return out
 }
 
 // --- the client's presence op ----------------------------------------------------------

@@ -12,10 +12,11 @@ import (
 // connections' queued frames. A connection with something to write is handed to one of
 // them (round robin, so that one message's fan-out is written from every core); the
 // worker takes its queue and writes it in one non-blocking write. A socket that cannot
-// take the whole write at once is handed, with the rest of the write, to a goroutine of
-// its own (Conn.writeLoop) that waits for it; that goroutine also sends close frames. A
-// worker so never waits on one client, and the common case (the socket takes the write)
-// costs no goroutine.
+// take the whole write at once keeps the rest (batchConn.pending), and the connection
+// goes to a goroutine of its own (Conn.writeLoop) that waits for the socket; that
+// goroutine also sends close frames. A worker so never waits on one client, and the
+// common case (the socket takes the write) costs no goroutine. Connections without raw
+// socket access (TLS) always get the goroutine.
 type writerPool struct {
 	workers []*writeWorker
 	next    atomic.Uint32
