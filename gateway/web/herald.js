@@ -841,9 +841,7 @@ export class Herald extends EventTarget {
     /** @type {Set<string>} */
     const resent = new Set();
     for (const w of this.#waitingOpen.splice(0)) {
-      if (w.kind === "resubscribe") {
-        continue; // asked again below if still wanted
-      } else if (w.kind === "subscribe" && w.channel && !this.#channels.has(w.channel)) {
+      if (w.kind === "subscribe" && w.channel && !this.#channels.has(w.channel)) {
         w.resolve(undefined); // unsubscribed again meanwhile
       } else if (w.kind === "subscribe" && w.channel) {
         resent.add(w.channel); // with the presence flag, if the channel has it
