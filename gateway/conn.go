@@ -193,7 +193,7 @@ func (c *Conn) startWriter() {
 	}
 	c.writing = true
 	c.writers.Add(1)
-	if w := c.srv.writers; w != nil && c.closeCode == 0 && c.nc.raw != nil {
+	if w := c.srv.writers; w != nil && c.closeCode == 0 && c.nc.direct {
 		w.submit(c)
 		return
 	}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -36,15 +35,15 @@ type batchConn struct {
 	// br is the buffered reader the WebSocket library reads through (nil if the library
 	// was given another); only the read pump uses it.
 	br *bufio.Reader
-	// raw is the socket's file descriptor access, for tryWrite; nil where the connection
-	// has none (TLS, or a platform without non-blocking writes here). writeFn is
-	// writeRaw bound to c once (a closure made per write would be garbage per delivery),
-	// and wp, wn and werr are its argument and results; all under mu.
-	raw     syscall.RawConn
-	writeFn func(fd uintptr) bool
-	wp      []byte
-	wn      int
-	werr    error
+	// fd is the socket's descriptor, for tryWrite's non-blocking writes (sendNow); -1
+	// where there is none (TLS, or a platform without them here), and once Close has
+	// begun. fdMu protects it: held across each such write, which never waits, and by
+	// Close, so that a write never reaches a descriptor that was closed and then reused for
+	// another client's socket.
+	fdMu sync.Mutex
+	fd   int
+	// direct tells whether c had a descriptor for tryWrite when it was made; set once.
+	direct bool
 	// handshook is set by the first write, the WebSocket library's handshake response;
 	// deflate, then, tells whether that response negotiated permessage-deflate. Both are
 	// read only after the upgrade.
@@ -93,7 +92,7 @@ func (c *batchConn) Write(p []byte) (int, error) {
 // (pending) and goes out before any other write, so the caller's writer must then call
 // flush, which waits. Where something is pending still, tryWrite writes nothing and
 // keeps all of p. p must hold whole data frames or pings, never a close frame; the
-// connection must have raw access (startWriter gives the others no worker).
+// connection must have been direct (startWriter gives the others no worker).
 func (c *batchConn) tryWrite(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -104,17 +103,12 @@ func (c *batchConn) tryWrite(p []byte) (int, error) {
 		c.pending = append(c.pending, p...)
 		return 0, nil
 	}
-	// The descriptor's deadline also bounds a raw write: keep it in the future.
-	if err := c.renewDeadline(); err != nil {
-		return 0, err
+	c.fdMu.Lock()
+	n, err := 0, net.ErrClosed
+	if c.fd >= 0 {
+		n, err = sendNow(c.fd, p)
 	}
-	c.wp, c.wn, c.werr = p, 0, nil
-	err := c.raw.Write(c.writeFn)
-	n := c.wn
-	if err == nil {
-		err = c.werr
-	}
-	c.wp, c.werr = nil, nil
+	c.fdMu.Unlock()
 	if err != nil {
 		return n, fmt.Errorf("write: %w", err)
 	}
@@ -166,6 +160,14 @@ const closeFrameByte = 0x88
 // errCloseSent is a write after the close frame.
 var errCloseSent = errors.New("gateway: write after the close frame")
 
+// Close closes the connection. A tryWrite under way ends first, and none starts after.
+func (c *batchConn) Close() error {
+	c.fdMu.Lock()
+	c.fd = -1
+	c.fdMu.Unlock()
+	return c.Conn.Close()
+}
+
 // SetWriteDeadline ignores the deadlines the WebSocket library sets: Write keeps its own.
 func (c *batchConn) SetWriteDeadline(time.Time) error { return nil }
 
@@ -199,11 +201,10 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if tc, ok := nc.(*net.TCPConn); ok && h.sndbuf > 0 {
 		_ = tc.SetWriteBuffer(h.sndbuf)
 	}
-	h.conn = &batchConn{Conn: nc, timeout: h.timeout}
-	if sc, ok := nc.(syscall.Conn); ok && canWriteNow {
-		if raw, err := sc.SyscallConn(); err == nil {
-			h.conn.raw, h.conn.writeFn = raw, h.conn.writeRaw
-		}
+	h.conn = &batchConn{Conn: nc, timeout: h.timeout, fd: -1}
+	if canWriteNow {
+		h.conn.fd = socketFD(nc)
+		h.conn.direct = h.conn.fd >= 0
 	}
 	if brw.Reader.Buffered() == 0 {
 		// Swap the server's 4 KiB read buffer for a small one; the WebSocket library

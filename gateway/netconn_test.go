@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"syscall"
@@ -32,12 +33,11 @@ func socketPair(t *testing.T) (*batchConn, net.Conn) {
 	sc := (<-accepted).(*net.TCPConn)
 	t.Cleanup(func() { sc.Close() })
 	_ = sc.SetWriteBuffer(4096)
-	bc := &batchConn{Conn: sc, timeout: 10 * time.Second, handshook: true}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
+	bc := &batchConn{Conn: sc, timeout: 10 * time.Second, handshook: true, fd: socketFD(sc)}
+	if bc.fd < 0 {
+		t.Skip("no non-blocking writes on this platform")
 	}
-	bc.raw, bc.writeFn = raw, bc.writeRaw
+	bc.direct = true
 	return bc, client
 }
 
@@ -97,5 +97,34 @@ func TestTryWriteWaitsForWhatIsPending(t *testing.T) {
 	_ = bc.Conn.(*net.TCPConn).CloseWrite()
 	if b := <-got; !bytes.Equal(b, append(append([]byte(nil), big.wire...), small.wire...)) {
 		t.Errorf("the client read %d bytes, want the big frame then the small one (%d)", len(b), len(big.wire)+len(small.wire))
+	}
+}
+
+// TestTryWriteAfterCloseWritesNowhere: once a connection is closed, its descriptor's
+// number may belong to another client's socket at once. A writer worker's tryWrite that
+// comes after the close must fail, not write to that socket.
+func TestTryWriteAfterCloseWritesNowhere(t *testing.T) {
+	bc, _ := socketPair(t)
+	other, peer := socketPair(t)
+	fd := bc.fd
+	if err := bc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The number now names the other connection's socket, as after an accept.
+	if err := syscall.Dup2(other.fd, fd); err != nil {
+		t.Fatal(err)
+	}
+	frame := newFrame([]byte(`{"op":"message","data":"for the closed connection"}`), -1, time.Time{})
+	n, err := bc.tryWrite(frame.wire)
+	if err == nil || n != 0 {
+		t.Fatalf("tryWrite after Close: wrote %d, %v; want an error", n, err)
+	}
+	if !errors.Is(err, net.ErrClosed) {
+		t.Errorf("tryWrite after Close: %v, want net.ErrClosed", err)
+	}
+	_ = other.Close()
+	_ = syscall.Close(fd)
+	if b, _ := io.ReadAll(peer); len(b) > 0 {
+		t.Errorf("the socket that took the closed one's number read %q", b)
 	}
 }

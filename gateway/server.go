@@ -105,8 +105,10 @@ type Config struct {
 	CompressionLevel int
 	// WriteWorkers is how many writer workers write the connections' queues (see
 	// writerPool): one message's fan-out is written from that many cores at once, with no
-	// goroutine per write. Default GOMAXPROCS; negative gives every write a goroutine of
-	// its own instead (the way to compare).
+	// goroutine per write. Default GOMAXPROCS-1, at least 1: one core is left to the read
+	// pumps, the bus and the rest of the process (with a worker on every core of a small
+	// machine, workers and the rest preempt each other, and each write costs more).
+	// Negative gives every write a goroutine of its own instead (the way to compare).
 	WriteWorkers int
 	// DrainBatch is how many connections Shutdown closes at a time. Default 500.
 	DrainBatch int
@@ -157,7 +159,7 @@ func (c *Config) setDefaults() {
 		c.CompressionLevel = flate.BestSpeed
 	}
 	if c.WriteWorkers == 0 {
-		c.WriteWorkers = runtime.GOMAXPROCS(0)
+		c.WriteWorkers = max(runtime.GOMAXPROCS(0)-1, 1)
 	}
 	if c.DrainBatch <= 0 {
 		c.DrainBatch = 500

@@ -8,9 +8,9 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// writerPool is a fixed set of writer workers, one per core by default, that write the
+// writerPool is a fixed set of writer workers (by default one per core but one) that write the
 // connections' queued frames. A connection with something to write is handed to one of
-// them (round robin, so that one message's fan-out is written from every core); the
+// them (round robin, so that one message's fan-out is spread over every worker); the
 // worker takes its queue and writes it in one non-blocking write. A socket that cannot
 // take the whole write at once keeps the rest (batchConn.pending), and the connection
 // goes to a goroutine of its own (Conn.writeLoop) that waits for the socket; that

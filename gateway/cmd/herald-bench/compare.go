@@ -36,6 +36,7 @@ type compareConfig struct {
 	PprofRegime string
 	AMQPURL     string
 	Floor       bool
+	FloorReader string
 	QuietBelow  float64
 	QuietWait   time.Duration
 	Out         string
@@ -54,7 +55,7 @@ var allRegimes = []string{"idle19900", "A", "B", "C", "p99", "ramp", "rabbit"}
 
 func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c := compareConfig{Runs: 3, Regimes: "idle19900,A,B,C,p99,ramp", APIKey: "bench-key",
-		GatewayAddr: "127.0.0.1:18080", BaseAddr: "127.0.0.1:18090", PprofRegime: "C", Floor: true, Out: "bench-out"}
+		GatewayAddr: "127.0.0.1:18080", BaseAddr: "127.0.0.1:18090", PprofRegime: "C", Floor: true, FloorReader: "epoll", Out: "bench-out"}
 	fs := flag.NewFlagSet("herald-bench compare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.GatewayBin, "gateway-bin", "bin/herald-gateway", "herald-gateway binary (go build, not go run)")
@@ -72,6 +73,7 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Float64Var(&c.QuietBelow, "quiet-below", 20, "before each measurement, wait until the machine is less busy than this percent (0: don't wait)")
 	fs.DurationVar(&c.QuietWait, "quiet-wait", 3*time.Minute, "longest wait for a quiet machine; then measure anyway, with a warning")
 	fs.BoolVar(&c.Floor, "floor", c.Floor, "measure the floor first (1,000 and 10,000 sockets, 1 frame per write)")
+	fs.StringVar(&c.FloorReader, "floor-reader", c.FloorReader, "how the floor's reading process reads (see herald-bench floor -reader): epoll is how the regimes' receivers read")
 	fs.StringVar(&c.Out, "out", c.Out, "directory for each run's JSON, the plots and the profile")
 	fs.BoolVar(&c.JSON, "json", false, "print the summary as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -103,7 +105,7 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	sum := &compareSummary{Figures: map[string]map[string][]float64{}}
 	if c.Floor {
 		for _, n := range []int{1000, 10000} {
-			rs, err := floorSockets(ctx, n, []int{1}, 160, 50000, 5*time.Second, 16, c.QuietBelow, stderr)
+			rs, err := floorSockets(ctx, n, []int{1}, 160, 50000, 5*time.Second, 16, c.FloorReader, c.QuietBelow, stderr)
 			if err != nil {
 				return fmt.Errorf("floor: %w", err)
 			}
@@ -367,7 +369,7 @@ func (s *compareSummary) print(w io.Writer) {
 	if len(s.Floor) > 0 {
 		fmt.Fprintln(w, "floor (writer CPU per 160-byte frame, one frame per write):")
 		for _, f := range s.Floor {
-			fmt.Fprintf(w, "  %d sockets: %.2f us\n", f.Sockets, f.WriterCPUUS)
+			fmt.Fprintf(w, "  %d sockets, %s reader: %.2f us\n", f.Sockets, f.Reader, f.WriterCPUUS)
 			floor[f.Sockets] = f.WriterCPUUS
 		}
 		fmt.Fprintln(w)

@@ -91,27 +91,11 @@ func newEpollReceivers(cs *clientSet, loops int) (*epollReceivers, error) {
 // add takes over ws's socket: it duplicates the descriptor, closes gorilla's connection
 // (which unregisters it from Go's poller) and reads the duplicate from now on.
 func (r *epollReceivers) add(id int, ws *websocket.Conn) error {
-	tc, ok := ws.NetConn().(*net.TCPConn)
-	if !ok {
-		return errors.New("not a TCP connection")
-	}
-	sc, err := tc.SyscallConn()
+	fd, err := takeFD(ws.NetConn())
 	if err != nil {
 		return err
 	}
-	fd := -1
-	var dupErr error
-	if err := sc.Control(func(s uintptr) { fd, dupErr = syscall.Dup(int(s)) }); err != nil {
-		return err
-	}
-	if dupErr != nil {
-		return fmt.Errorf("dup: %w", dupErr)
-	}
 	_ = ws.Close()
-	if err := syscall.SetNonblock(fd, true); err != nil {
-		syscall.Close(fd)
-		return err
-	}
 	if fd >= len(r.byFD) {
 		syscall.Close(fd)
 		return fmt.Errorf("descriptor %d over the table", fd)
@@ -237,6 +221,32 @@ func nextFrame(b []byte) (op byte, payload []byte, size int, ok bool) {
 		return 0, nil, 0, false
 	}
 	return op, b[h : h+l], h + l, true
+}
+
+// takeFD duplicates nc's socket descriptor, non-blocking, for reading with epoll; the
+// caller then closes nc (which unregisters it from Go's poller) and owns the duplicate.
+func takeFD(nc net.Conn) (int, error) {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return -1, errors.New("not a TCP connection")
+	}
+	sc, err := tc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var dupErr error
+	if err := sc.Control(func(s uintptr) { fd, dupErr = syscall.Dup(int(s)) }); err != nil {
+		return -1, err
+	}
+	if dupErr != nil {
+		return -1, fmt.Errorf("dup: %w", dupErr)
+	}
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // drop ends a connection whose server closed it (or that failed).

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 )
@@ -31,6 +32,7 @@ type FloorResult struct {
 	WriterCPUUS    float64 `json:"writer_cpu_per_frame_us"`
 	WriterCPUWrite float64 `json:"writer_cpu_per_write_us"`
 	ReaderCPUUS    float64 `json:"reader_cpu_per_frame_us"`
+	Reader         string  `json:"reader"`
 }
 
 func floorCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -42,6 +44,7 @@ func floorCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fps := fs.Int("frames-per-sec", 50000, "frames written per second in all (paced, as a gateway's fan-out would be)")
 	duration := fs.Duration("duration", 5*time.Second, "how long each measurement writes")
 	sourceAddrs := fs.Int("source-addrs", 16, "the reader dials from 127.0.0.2 .. 127.0.0.(1+n) in turn")
+	reader := fs.String("reader", "epoll", "how the reading process reads: epoll (as the load tool's receivers do: two threads, each waiting in epoll_wait on its half of the sockets) or goroutine (one goroutine per socket, through Go's poller)")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	quiet := fs.Float64("quiet-below", 20, "before each measurement, wait (up to 3 minutes) until the machine is less busy than this percent (0: don't wait)")
 	fs.Usage = func() {
@@ -57,6 +60,10 @@ func floorCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "herald-bench floor: -frame-bytes must be 3 to 65535")
 		return errUsage
 	}
+	if *reader != "epoll" && *reader != "goroutine" {
+		fmt.Fprintln(stderr, "herald-bench floor: -reader must be epoll or goroutine")
+		return errUsage
+	}
 	ns, err1 := intList(*sockets)
 	bs, err2 := intList(*batches)
 	if err := errors.Join(err1, err2); err != nil {
@@ -65,7 +72,7 @@ func floorCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var results []FloorResult
 	for _, n := range ns {
-		rs, err := floorSockets(ctx, n, bs, *frameBytes, *fps, *duration, *sourceAddrs, *quiet, stderr)
+		rs, err := floorSockets(ctx, n, bs, *frameBytes, *fps, *duration, *sourceAddrs, *reader, *quiet, stderr)
 		results = append(results, rs...)
 		if err != nil {
 			return err
@@ -80,9 +87,9 @@ func floorCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func printFloor(w io.Writer, results []FloorResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "sockets\tframes/write\tframe bytes\tframes\twriter us/frame\twriter us/write\treader us/frame\t")
+	fmt.Fprintln(tw, "sockets\treader\tframes/write\tframe bytes\tframes\twriter us/frame\twriter us/write\treader us/frame\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%.2f\t%.2f\t%.2f\t\n", r.Sockets, r.FramesPerWrite, r.FrameBytes, r.Frames, r.WriterCPUUS, r.WriterCPUWrite, r.ReaderCPUUS)
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%.2f\t%.2f\t%.2f\t\n", r.Sockets, r.Reader, r.FramesPerWrite, r.FrameBytes, r.Frames, r.WriterCPUUS, r.WriterCPUWrite, r.ReaderCPUUS)
 	}
 	tw.Flush()
 }
@@ -100,7 +107,7 @@ func intList(s string) ([]int, error) {
 }
 
 // floorSockets connects n sockets to a reader child process and measures each batch size.
-func floorSockets(ctx context.Context, n int, batches []int, frameBytes, fps int, d time.Duration, sourceAddrs int, quietBelow float64, stderr io.Writer) ([]FloorResult, error) {
+func floorSockets(ctx context.Context, n int, batches []int, frameBytes, fps int, d time.Duration, sourceAddrs int, reader string, quietBelow float64, stderr io.Writer) ([]FloorResult, error) {
 	if need := n + 64; need > noFileLimit() {
 		return nil, fmt.Errorf("%d sockets need %d descriptors; the limit is %d", n, need, noFileLimit())
 	}
@@ -114,7 +121,7 @@ func floorSockets(ctx context.Context, n int, batches []int, frameBytes, fps int
 		return nil, err
 	}
 	child := exec.CommandContext(ctx, self, floorReaderCmd, "-addr", ln.Addr().String(), "-n", strconv.Itoa(n),
-		"-source-addrs", strconv.Itoa(sourceAddrs))
+		"-source-addrs", strconv.Itoa(sourceAddrs), "-reader", reader)
 	child.Stderr = stderr
 	stdin, err := child.StdinPipe()
 	if err != nil {
@@ -172,7 +179,7 @@ func floorSockets(ctx context.Context, n int, batches []int, frameBytes, fps int
 		if err != nil {
 			return results, err
 		}
-		r.FrameBytes = frameBytes
+		r.FrameBytes, r.Reader = frameBytes, reader
 		fmt.Fprintf(stderr, "floor: %d sockets, %d frames/write: %.2f us/frame\n", n, b, r.WriterCPUUS)
 		results = append(results, r)
 	}
@@ -240,6 +247,7 @@ func floorReader(ctx context.Context, args []string) error {
 	addr := fs.String("addr", "", "address to dial")
 	n := fs.Int("n", 0, "connections")
 	sourceAddrs := fs.Int("source-addrs", 16, "source addresses")
+	reader := fs.String("reader", "epoll", "epoll or goroutine")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -253,7 +261,6 @@ func floorReader(ctx context.Context, args []string) error {
 		cancel()
 	}()
 	sd := newSourceDialer(2, *sourceAddrs)
-	var wg sync.WaitGroup
 	var conns []net.Conn
 	for i := 0; i < *n; i++ {
 		c, err := sd.DialContext(ctx, "tcp", *addr)
@@ -261,6 +268,12 @@ func floorReader(ctx context.Context, args []string) error {
 			return fmt.Errorf("reader: dial %d of %d: %w", i, *n, err)
 		}
 		conns = append(conns, c)
+	}
+	if *reader == "epoll" {
+		return readEpoll(ctx, conns)
+	}
+	var wg sync.WaitGroup
+	for _, c := range conns {
 		wg.Go(func() {
 			buf := make([]byte, 4096)
 			for {
@@ -273,6 +286,53 @@ func floorReader(ctx context.Context, args []string) error {
 	<-ctx.Done()
 	for _, c := range conns {
 		c.Close()
+	}
+	wg.Wait()
+	return nil
+}
+
+// readEpoll reads conns the way the load tool's receivers do (epollReceivers): their
+// sockets taken over as raw descriptors, split between two goroutines, each waiting in
+// epoll_wait on its half and reading every socket that is ready once; until ctx ends.
+func readEpoll(ctx context.Context, conns []net.Conn) error {
+	var loops [2]int
+	for i := range loops {
+		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		if err != nil {
+			return fmt.Errorf("epoll_create1: %w", err)
+		}
+		defer syscall.Close(epfd)
+		loops[i] = epfd
+	}
+	for i, c := range conns {
+		fd, err := takeFD(c)
+		if err != nil {
+			return err
+		}
+		c.Close()
+		defer syscall.Close(fd)
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(fd)}
+		if err := syscall.EpollCtl(loops[i%2], syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			return fmt.Errorf("epoll_ctl: %w", err)
+		}
+	}
+	var wg sync.WaitGroup
+	for _, epfd := range loops {
+		wg.Go(func() {
+			events := make([]syscall.EpollEvent, 256)
+			buf := make([]byte, 256<<10)
+			for ctx.Err() == nil {
+				n, err := syscall.EpollWait(epfd, events, 100)
+				if err != nil && !errors.Is(err, syscall.EINTR) {
+					return
+				}
+				for _, ev := range events[:max(n, 0)] {
+					if m, err := syscall.Read(int(ev.Fd), buf); m == 0 && err == nil {
+						_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, int(ev.Fd), nil) // the writer closed it
+					}
+				}
+			}
+		})
 	}
 	wg.Wait()
 	return nil

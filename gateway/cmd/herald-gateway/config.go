@@ -175,7 +175,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.bool(&c.Compression, "compression", "HERALD_COMPRESSION", "negotiate permessage-deflate with clients that offer it (each message is compressed once for all of them)")
 	e.int(&c.CompressMinBytes, "compression-min-bytes", "HERALD_COMPRESSION_MIN_BYTES", 256, "frames smaller than this go uncompressed")
 	e.int(&c.CompressLevel, "compression-level", "HERALD_COMPRESSION_LEVEL", 1, "deflate level: 1 (fastest) to 9 (smallest)")
-	e.int(&c.WriteWorkers, "write-workers", "HERALD_WRITE_WORKERS", 0, "writer workers that write the connections' queues, each on its own core; 0: one per core (GOMAXPROCS); negative: a goroutine per write instead")
+	e.int(&c.WriteWorkers, "write-workers", "HERALD_WRITE_WORKERS", 0, "writer workers that write the connections' queues, each on its own core; 0: one per core but one (GOMAXPROCS-1, at least 1); negative: a goroutine per write instead")
 	e.dur(&c.PublishTimeout, "publish-timeout", "HERALD_PUBLISH_TIMEOUT", 5*time.Second, "bound on one publish to the bus")
 	e.dur(&c.DedupWindow, "dedup-window", "HERALD_DEDUP_WINDOW", 2*time.Minute, "a message id seen again within this window is delivered once")
 	e.dur(&c.ShutdownTimeout, "shutdown-timeout", "HERALD_SHUTDOWN_TIMEOUT", 30*time.Second, "how long a drain on SIGTERM may take")
