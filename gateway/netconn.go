@@ -201,11 +201,8 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if tc, ok := nc.(*net.TCPConn); ok && h.sndbuf > 0 {
 		_ = tc.SetWriteBuffer(h.sndbuf)
 	}
-	h.conn = &batchConn{Conn: nc, timeout: h.timeout, fd: -1}
-	if canWriteNow {
-		h.conn.fd = socketFD(nc)
-		h.conn.direct = h.conn.fd >= 0
-	}
+	h.conn = &batchConn{Conn: nc, timeout: h.timeout, fd: socketFD(nc)}
+	h.conn.direct = h.conn.fd >= 0
 	if brw.Reader.Buffered() == 0 {
 		// Swap the server's 4 KiB read buffer for a small one; the WebSocket library
 		// reuses the reader it is given. (With bytes buffered, the library refuses the

@@ -8,9 +8,6 @@ import (
 	"unsafe"
 )
 
-// canWriteNow is true where sendNow can write to a socket without waiting.
-const canWriteNow = true
-
 // socketFD returns nc's descriptor for sendNow, or -1 where it has none (TLS).
 func socketFD(nc net.Conn) int {
 	sc, ok := nc.(syscall.Conn)

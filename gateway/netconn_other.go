@@ -4,9 +4,8 @@ package gateway
 
 import "net"
 
-// canWriteNow is false here: every write goes through a writer goroutine that waits.
-const canWriteNow = false
-
+// socketFD gives no descriptor here: every write goes through a writer goroutine that
+// waits.
 func socketFD(net.Conn) int { return -1 }
 
 func sendNow(int, []byte) (int, error) { return 0, nil }

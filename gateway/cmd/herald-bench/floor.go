@@ -327,8 +327,10 @@ func readEpoll(ctx context.Context, conns []net.Conn) error {
 					return
 				}
 				for _, ev := range events[:max(n, 0)] {
-					if m, err := syscall.Read(int(ev.Fd), buf); m == 0 && err == nil {
-						_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, int(ev.Fd), nil) // the writer closed it
+					m, err := syscall.Read(int(ev.Fd), buf)
+					if (m == 0 && err == nil) || (err != nil && !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR)) {
+						// The writer closed it, or it failed: level-triggered, it would be ready forever.
+						_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, int(ev.Fd), nil)
 					}
 				}
 			}
