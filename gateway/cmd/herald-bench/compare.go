@@ -27,20 +27,24 @@ type compareConfig struct {
 	GatewayArgs string
 	BaselineBin string
 	BaselineArg string
-	Runs        int
-	Regimes     string
-	APIKey      string
-	GatewayAddr string
-	BaseAddr    string
-	PprofAddr   string
-	PprofRegime string
-	AMQPURL     string
-	Floor       bool
-	FloorReader string
-	QuietBelow  float64
-	QuietWait   time.Duration
-	Out         string
-	JSON        bool
+	// BaselineHerald says the baseline binary is another build of herald-gateway (say,
+	// main before a change): it is started with Herald's flags and runs every regime, so
+	// that two builds are measured side by side.
+	BaselineHerald bool
+	Runs           int
+	Regimes        string
+	APIKey         string
+	GatewayAddr    string
+	BaseAddr       string
+	PprofAddr      string
+	PprofRegime    string
+	AMQPURL        string
+	Floor          bool
+	FloorReader    string
+	QuietBelow     float64
+	QuietWait      time.Duration
+	Out            string
+	JSON           bool
 }
 
 // systems compared, in the order they run within a round.
@@ -62,6 +66,7 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&c.GatewayArgs, "gateway-args", "", "extra flags for herald-gateway, space-separated")
 	fs.StringVar(&c.BaselineBin, "baseline-bin", "bin/baseline", "the classic gorilla hub binary (./gateway/cmd/herald-bench/baseline)")
 	fs.StringVar(&c.BaselineArg, "baseline-args", "", "extra flags for the baseline, space-separated")
+	fs.BoolVar(&c.BaselineHerald, "baseline-herald", false, "the baseline binary is another herald-gateway build (e.g. main before a change): start it with Herald's flags and run every regime on it")
 	fs.IntVar(&c.Runs, "runs", c.Runs, "rounds; each runs every regime on Herald then on the baseline (A B A B), and the table shows medians")
 	fs.StringVar(&c.Regimes, "regimes", c.Regimes, "comma-separated, from "+strings.Join(allRegimes, ",")+" (rabbit needs -amqp-url)")
 	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "API key both servers are started with")
@@ -115,7 +120,7 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	for round := 1; round <= c.Runs; round++ {
 		for _, regime := range regimes {
 			for _, sys := range []string{sysHerald, sysBaseline} {
-				if regime == "rabbit" && sys == sysBaseline {
+				if regime == "rabbit" && sys == sysBaseline && !c.BaselineHerald {
 					continue
 				}
 				if err := ctx.Err(); err != nil {
@@ -132,6 +137,9 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if c.JSON {
 		return writeJSON(stdout, sum)
 	}
+	if c.BaselineHerald {
+		fmt.Fprintf(stdout, "baseline: %s, another herald-gateway build\n", c.BaselineBin)
+	}
 	sum.print(stdout)
 	return nil
 }
@@ -147,8 +155,11 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 	cfg.Target, cfg.Pub.Target, cfg.Pub.APIKey = addr, addr, c.APIKey
 	cfg.QuietBelow, cfg.QuietWait = c.QuietBelow, c.QuietWait
 	tag := fmt.Sprintf("%s-%s-%d", regime, sys, round)
-	if sys == sysHerald {
+	isHerald := sys == sysHerald || c.BaselineHerald
+	if isHerald {
 		args = append(args, "-log-level", "warn")
+	}
+	if sys == sysHerald {
 		if c.PprofAddr != "" && regime == c.PprofRegime && round == 1 {
 			args = append(args, "-debug-addr", c.PprofAddr)
 			cfg.PprofURL, cfg.PprofOut = "http://"+c.PprofAddr, filepath.Join(c.Out, "cpu-"+tag+".pprof")
@@ -171,7 +182,7 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 		presets[regime](&cfg)
 		cfg.Preset = regime
 	}
-	if sys == sysHerald {
+	if isHerald {
 		args = append(args, loadLimitsOff(bin)...)
 	}
 	args = append(args, strings.Fields(extra)...)
