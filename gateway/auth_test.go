@@ -268,8 +268,8 @@ func TestPermissionsFromClaims(t *testing.T) {
 		"publish":  []string{"room:*"},
 	})
 	bob := hs(t, "bob", time.Hour, claims{"channels": []string{"room:*"}, "publish": []string{"*"}})
-	carol := hs(t, "carol", time.Hour, nil) // no claims: subscribe anywhere (default), publish nowhere
-	// A sub that tries to widen a pattern by holding a wildcard gets nothing from it.
+	carol := hs(t, "carol", time.Hour, nil) // no claims: subscribe and publish nowhere (the defaults)
+	// A sub that tries to widen a pattern by holding a wildcard is refused.
 	star := hs(t, "*", time.Hour, claims{"channels": []string{"user:{sub}"}})
 
 	tests := []struct {
@@ -281,8 +281,9 @@ func TestPermissionsFromClaims(t *testing.T) {
 		{"another user's channel", alice, "channels=user:bob:inbox", http.StatusForbidden},
 		{"not listed", alice, "channels=news,sport", http.StatusForbidden},
 		{"prefix is not the channel", alice, "channels=room", http.StatusForbidden},
-		{"no claim: default every channel", carol, "channels=anything", 0},
-		{"a sub of * is not a wildcard", star, "channels=user:x", http.StatusForbidden},
+		{"no claim: no channel by default", carol, "channels=anything", http.StatusForbidden},
+		{"no claim: not even its own", carol, "channels=user:carol:inbox", http.StatusForbidden},
+		{"a sub of * in {sub} is refused", star, "channels=user:x", http.StatusUnauthorized},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -319,6 +320,7 @@ func TestPermissionsFromClaims(t *testing.T) {
 		{a, `{"op":"publish","channel":"news","data":1,"ref":"6"}`, gateway.CodeForbidden},
 		{a, `{"op":"publish","data":1,"ref":"7"}`, gateway.CodeForbidden},
 		{b, `{"op":"subscribe","channel":"news","ref":"8"}`, gateway.CodeForbidden},
+		{c, `{"op":"subscribe","channel":"room:1","ref":"8c"}`, gateway.CodeForbidden},
 		{c, `{"op":"publish","channel":"room:1","data":1,"ref":"9"}`, gateway.CodeForbidden},
 		{b, `{"op":"subscribe","channel":"room:1","ref":"10"}`, "subscribed"},
 	}
@@ -603,5 +605,142 @@ func TestOrigins(t *testing.T) {
 	}
 	if _, err := gateway.NewServer(gateway.Config{AllowedOrigins: []string{"https://*"}}, gateway.NewHub(gateway.HubConfig{}), failingBus{}, failingBus{}); err == nil {
 		t.Error("NewServer took the allowed origin https://*; want an error")
+	}
+}
+
+// TestDefaultPermissionsAreNone: with authentication on and no --default-channels, a
+// token without a channels claim, and an anonymous client, may subscribe to nothing and
+// ask who is on no channel (presence follows subscribe permissions).
+func TestDefaultPermissionsAreNone(t *testing.T) {
+	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"*"}, Logger: testLogger(t)})
+	g := newTestGateway(t, gateway.Config{Presence: p,
+		Auth: gateway.AuthConfig{Secret: testSecret, AllowAnonymous: true}}, nil)
+	noClaims := g.dial("token=" + hs(t, "carol", time.Hour, nil))
+	noClaims.expect("welcome")
+	anon := g.dial("")
+	anon.expect("welcome")
+	room := g.dial("token=" + hs(t, "dave", time.Hour, claims{"channels": []string{"room"}}))
+	room.expect("welcome")
+	for _, tt := range []struct {
+		name  string
+		who   *client
+		frame string
+		want  string // op, or error code
+	}{
+		{"no claims: subscribe", noClaims, `{"op":"subscribe","channel":"news","ref":"1"}`, gateway.CodeForbidden},
+		{"no claims: subscribe to its own", noClaims, `{"op":"subscribe","channel":"user:carol:inbox","ref":"2"}`, gateway.CodeForbidden},
+		{"no claims: presence", noClaims, `{"op":"presence","channel":"room","ref":"3"}`, gateway.CodeForbidden},
+		{"no claims: subscribe with presence", noClaims, `{"op":"subscribe","channel":"room","presence":true,"ref":"4"}`, gateway.CodeForbidden},
+		{"anonymous: subscribe", anon, `{"op":"subscribe","channel":"news","ref":"5"}`, gateway.CodeForbidden},
+		{"anonymous: presence", anon, `{"op":"presence","channel":"room","ref":"6"}`, gateway.CodeForbidden},
+		{"room: presence of room", room, `{"op":"presence","channel":"room","ref":"7"}`, "presence"},
+		{"room: presence of another channel", room, `{"op":"presence","channel":"lobby","ref":"8"}`, gateway.CodeForbidden},
+	} {
+		tt.who.send(tt.frame)
+		f := tt.who.next()
+		got := f.str("op")
+		if got == "error" {
+			got = f.str("code")
+		}
+		if got != tt.want {
+			t.Errorf("%s: %s: got %v, want %s", tt.name, tt.frame, f, tt.want)
+		}
+	}
+	for _, q := range []string{"channels=news&token=" + hs(t, "carol", time.Hour, nil), "channels=news"} {
+		if _, resp, err := g.tryDial(q); err == nil || status(resp) != http.StatusForbidden {
+			t.Errorf("connect with %.30s: got HTTP %d, want 403", q, status(resp))
+		}
+	}
+}
+
+// TestSubCannotWidenPatterns: "{sub}" names only the user's own channels. A sub that
+// holds a separator or a pattern character is refused where a permission uses {sub}
+// (else alice:inbox, in user:{sub}:*, would reach user:alice:inbox:*, a part of alice's
+// channels); a pattern where {sub} is not followed by a separator before the * is
+// refused; an anonymous client gets nothing from a {sub} pattern.
+func TestSubCannotWidenPatterns(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{Auth: gateway.AuthConfig{Secret: testSecret, AllowAnonymous: true,
+		DefaultChannels: []string{"user:{sub}:*", "public:*"}}}, nil)
+	own := claims{"channels": []string{"user:{sub}:*"}}
+	tests := []struct {
+		name, sub string
+		extra     claims
+		channel   string
+		status    int // 0: upgraded
+	}{
+		{"plain sub, its own channel", "alice", own, "user:alice:inbox", 0},
+		{"sub with ':' reaching alice's channels", "alice:inbox", own, "user:alice:inbox:x", http.StatusUnauthorized},
+		{"sub with ':' reaching alice's channels, by the default", "alice:inbox", nil, "user:alice:inbox:x", http.StatusUnauthorized},
+		{"sub with '/'", "alice/x", own, "user:alice/x:y", http.StatusUnauthorized},
+		{"sub with '.'", "alice.x", own, "user:alice.x:y", http.StatusUnauthorized},
+		{"sub with '*'", "a*", own, "user:a:y", http.StatusUnauthorized},
+		{"sub with braces", "{sub}", own, "user:x:y", http.StatusUnauthorized},
+		{"sub with '@'", "alice@example.com", own, "public:x", http.StatusUnauthorized},
+		{"sub longer than a channel", strings.Repeat("a", 129), own, "public:x", http.StatusUnauthorized},
+		{"sub with ':' where no permission uses {sub}", "alice:inbox", claims{"channels": []string{"news"}}, "news", 0},
+		{"{sub} right before *", "alice", claims{"channels": []string{"user:{sub}*"}}, "user:alice2", http.StatusUnauthorized},
+		{"{sub} before a letter and *", "alice", claims{"channels": []string{"user:{sub}x*"}}, "user:alicexx", http.StatusUnauthorized},
+		{"{sub} exact, without *", "alice", claims{"channels": []string{"inbox:{sub}"}}, "inbox:alice", 0},
+		{"braces that are not {sub}", "alice", claims{"channels": []string{"user:{user}:*"}}, "public:x", http.StatusUnauthorized},
+		{"{sub} in the publish claim", "bob:x", claims{"channels": []string{"news"}, "publish": []string{"user:{sub}:*"}}, "news", http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, resp, err := g.tryDial("channels=" + url.QueryEscape(tt.channel) + "&token=" + hs(t, tt.sub, time.Hour, tt.extra))
+			if tt.status == 0 {
+				if err != nil {
+					t.Fatalf("got %v (HTTP %d), want upgraded", err, status(resp))
+				}
+				c.expect("welcome")
+				return
+			}
+			if err == nil || status(resp) != tt.status {
+				t.Fatalf("got HTTP %d, want %d", status(resp), tt.status)
+			}
+		})
+	}
+
+	// A plain sub cannot reach another user's channels, nor alice's through a prefix.
+	a := g.dial("token=" + hs(t, "alice", time.Hour, own))
+	a.expect("welcome")
+	for ch, want := range map[string]string{"user:alice:inbox": "subscribed", "user:alice2:inbox": gateway.CodeForbidden,
+		"user:bob:inbox": gateway.CodeForbidden, "user:alice": gateway.CodeForbidden} {
+		a.send(map[string]string{"op": "subscribe", "channel": ch, "ref": ch})
+		f := a.next()
+		if got := f.str("op"); got != want && f.str("code") != want {
+			t.Errorf("alice subscribes to %s: got %v, want %s", ch, f, want)
+		}
+	}
+
+	// A refresh that would bring {sub} to an unsafe sub is refused; the connection stays.
+	r := g.dial("token=" + hs(t, "alice:inbox", time.Hour, claims{"channels": []string{"news"}}) + "&channels=news")
+	r.expect("welcome")
+	r.send(map[string]string{"op": "refresh", "token": hs(t, "alice:inbox", time.Hour, own), "ref": "r"})
+	if f := r.expect("error"); f.str("code") != gateway.CodeForbidden || f.str("ref") != "r" || !strings.Contains(f.str("message"), "{sub}") {
+		t.Errorf("refresh to user:{sub}:* for sub alice:inbox: got %v, want error forbidden naming {sub}", f)
+	}
+	r.send(`{"op":"subscribe","channel":"user:alice:inbox:x","ref":"s"}`)
+	if f := r.expect("error"); f.str("code") != gateway.CodeForbidden {
+		t.Errorf("after the refused refresh: got %v, want forbidden", f)
+	}
+
+	// Anonymous: the {sub} pattern gives nothing (not user::*); the others apply.
+	anon := g.dial("")
+	anon.expect("welcome")
+	for ch, want := range map[string]string{"user::x": gateway.CodeForbidden, "public:x": "subscribed"} {
+		anon.send(map[string]string{"op": "subscribe", "channel": ch, "ref": ch})
+		f := anon.next()
+		if got := f.str("op"); got != want && f.str("code") != want {
+			t.Errorf("anonymous subscribes to %s: got %v, want %s", ch, f, want)
+		}
+	}
+
+	// A default pattern that breaks the rules stops the server from starting.
+	for _, bad := range [][]string{{"user:{sub}*"}, {"{user}:*"}, {"user:{sub"}} {
+		_, err := gateway.NewServer(gateway.Config{Auth: gateway.AuthConfig{Secret: testSecret, DefaultChannels: bad}},
+			gateway.NewHub(gateway.HubConfig{}), failingBus{}, failingBus{})
+		if err == nil {
+			t.Errorf("NewServer took DefaultChannels %q; want an error", bad)
+		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/heraldgw/herald/gateway"
 )
 
 // config is everything the gateway is started with: flags, each with an environment
@@ -199,7 +201,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.str(&c.JWTIssuer, "jwt-issuer", "HERALD_JWT_ISSUER", "", "when set, tokens must have it as iss")
 	e.dur(&c.JWTLeeway, "jwt-leeway", "HERALD_JWT_LEEWAY", 30*time.Second, "clock skew allowed on exp and nbf")
 	e.bool(&c.AllowAnonymous, "allow-anonymous", "HERALD_ALLOW_ANONYMOUS", "with authentication on, admit clients without a token (no user; the default permissions)")
-	e.str(&c.DefaultChannels, "default-channels", "HERALD_DEFAULT_CHANNELS", "*", "channel patterns a token without a channels claim (or an anonymous client) may subscribe to; empty: none")
+	e.str(&c.DefaultChannels, "default-channels", "HERALD_DEFAULT_CHANNELS", "", "channel patterns a token without a channels claim (or an anonymous client) may subscribe to, e.g. public:*,user:{sub}:*; empty: none")
 	e.str(&c.DefaultPublish, "default-publish", "HERALD_DEFAULT_PUBLISH", "", "channel patterns a token without a publish claim (or an anonymous client) may publish to; empty: none")
 	e.str(&c.AllowedOrigins, "allowed-origins", "HERALD_ALLOWED_ORIGINS", "", "browser origins allowed besides the gateway's own, comma-separated: https://app.example.com, https://*.example.com, or *")
 	e.str(&c.TrustedProxies, "trusted-proxies", "HERALD_TRUSTED_PROXIES", "", "CIDRs of proxies whose X-Forwarded-For names the client's address, comma-separated")
@@ -314,6 +316,11 @@ func (c *config) validateAuth() []error {
 	}
 	if keys == 0 && (c.JWTAlg != "" || c.JWTAudience != "" || c.JWTIssuer != "" || c.AllowAnonymous) {
 		errs = append(errs, errors.New("jwt-alg, jwt-audience, jwt-issuer and allow-anonymous need a key: jwt-secret, jwt-public-key or jwks-url"))
+	}
+	for name, v := range map[string]string{"default-channels": c.DefaultChannels, "default-publish": c.DefaultPublish} {
+		if err := gateway.CheckPatterns(splitList(v)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
 	}
 	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
 		errs = append(errs, errors.New("jwt-secret must be at least 32 bytes (HS256 wants a key as long as its hash)"))

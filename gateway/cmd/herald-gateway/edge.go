@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/heraldgw/herald/gateway"
@@ -84,6 +85,24 @@ func edgeConfig(ctx context.Context, cfg config, log *slog.Logger, metrics *gate
 	} else {
 		log.Info("authentication on", "alg", cfg.JWTAlg, "anonymous", cfg.AllowAnonymous,
 			"audience", cfg.JWTAudience, "issuer", cfg.JWTIssuer)
+		log.Info(defaultsLine(e.auth))
 	}
 	return e, nil
+}
+
+// defaultsLine says, in one line, what a token without a channels or publish claim may
+// do, and what a client without a token gets.
+func defaultsLine(a gateway.AuthConfig) string {
+	list := func(patterns []string, flag string) string {
+		if len(patterns) == 0 {
+			return "no channel (" + flag + " is empty)"
+		}
+		return strings.Join(patterns, ", ") + " (" + flag + ")"
+	}
+	anon := "clients without a token are refused (--allow-anonymous is off)"
+	if a.AllowAnonymous {
+		anon = "clients without a token are admitted anonymously with these same permissions (--allow-anonymous)"
+	}
+	return fmt.Sprintf("tokens without a channels claim may subscribe to %s; tokens without a publish claim may publish to %s; %s",
+		list(a.DefaultChannels, "--default-channels"), list(a.DefaultPublish, "--default-publish"), anon)
 }

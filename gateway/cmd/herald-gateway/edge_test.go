@@ -23,7 +23,7 @@ func TestEdgeFlags(t *testing.T) {
 	}
 	if c.MaxConnections != 100000 || c.MaxConnectionsPerIP != 1000 || c.HandshakeRate != 20 || c.HandshakeBurst != 100 ||
 		c.MessageRate != 50 || c.MessageBurst != 100 || c.MaxViolations != 10 || c.MaxSubscriptions != 256 ||
-		c.JWTLeeway != 30*time.Second || c.DefaultChannels != "*" || c.DefaultPublish != "" || c.AllowAnonymous ||
+		c.JWTLeeway != 30*time.Second || c.DefaultChannels != "" || c.DefaultPublish != "" || c.AllowAnonymous ||
 		c.ReadHeaderTimeout != 10*time.Second || c.IdleTimeout != 2*time.Minute || c.MaxHeaderBytes != 16<<10 ||
 		c.JWKSRefresh != 10*time.Minute {
 		t.Errorf("defaults differ from the documented ones: %+v", c)
@@ -53,6 +53,8 @@ func TestEdgeFlags(t *testing.T) {
 		{"bad proxy", []string{"--trusted-proxies", "10.0.0.0/33"}, "trusted-proxies"},
 		{"negative limit", []string{"--max-connections", "-1"}, "max-connections"},
 		{"zero burst", []string{"--message-burst", "0"}, "message-burst"},
+		{"{sub} before *", []string{"--default-channels", "public:*,user:{sub}*"}, "default-channels"},
+		{"braces that are not {sub}", []string{"--default-publish", "user:{user}"}, "default-publish"},
 	}
 	for _, tt := range errs {
 		t.Run(tt.name, func(t *testing.T) {
@@ -148,6 +150,36 @@ func TestRunWithAuthentication(t *testing.T) {
 		t.Fatalf("anonymous connect to the demo default: %v", err)
 	}
 	ws.Close()
+}
+
+// TestStartupSaysWhatTokensWithoutClaimsGet: with authentication on, one log line says
+// what a token without a channels or publish claim may do, and what clients without a
+// token get; by default, nothing and refused.
+func TestStartupSaysWhatTokensWithoutClaimsGet(t *testing.T) {
+	line := func(logs *syncBuffer) string {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "tokens without a channels claim") {
+				return l
+			}
+		}
+		t.Fatalf("no log line says what tokens without claims get:\n%s", logs)
+		return ""
+	}
+	_, logs := runGateway(t, "--jwt-secret", strings.Repeat("k", 32))
+	got := line(logs)
+	for _, want := range []string{"may subscribe to no channel", "may publish to no channel", "without a token are refused"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("defaults: %s\nwant it to say %q", got, want)
+		}
+	}
+	_, logs = runGateway(t, "--jwt-secret", strings.Repeat("k", 32), "--allow-anonymous",
+		"--default-channels", "public:*,user:{sub}:*", "--default-publish", "public:chat")
+	got = line(logs)
+	for _, want := range []string{"may subscribe to public:*, user:{sub}:*", "may publish to public:chat", "without a token are admitted anonymously"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("configured: %s\nwant it to say %q", got, want)
+		}
+	}
 }
 
 // TestHandshakeNeverCompleted: a client that opens a TCP connection and sends part of
