@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -518,7 +520,7 @@ func TestJWKS(t *testing.T) {
 	testKeys(t)
 	srv := newJWKSServer(t)
 	srv.set(map[string]any{"k1": &rsaKey.PublicKey})
-	jwks := gateway.NewJWKS(gateway.JWKSConfig{URL: srv.URL, MissInterval: 50 * time.Millisecond, Logger: testLogger(t)})
+	jwks := gateway.NewJWKS(gateway.JWKSConfig{URL: srv.URL, AllowHTTP: true, MissInterval: 50 * time.Millisecond, Logger: testLogger(t)})
 	if err := jwks.Fetch(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -561,6 +563,141 @@ func TestJWKS(t *testing.T) {
 		t.Errorf("20 unknown kids made %d fetches, want at most a few", n)
 	}
 }
+
+// TestJWKSRedirects: the key set is fetched only from the scheme and host of its URL: a
+// redirect on the same host is followed, one to another host or scheme is refused.
+func TestJWKSRedirects(t *testing.T) {
+	testKeys(t)
+	keys := newJWKSServer(t) // another host: 127.0.0.1 on another port
+	keys.set(map[string]any{"k1": &rsaKey.PublicKey})
+	var own *jwksServer
+	own = newJWKSServer(t)
+	own.set(map[string]any{"k1": &rsaKey.PublicKey})
+	redirector := func(to func(r *http.Request) string) *httptest.Server {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, to(r), http.StatusFound)
+		}))
+		t.Cleanup(s.Close)
+		return s
+	}
+	toKeys := redirector(func(*http.Request) string { return keys.URL + "/jwks.json" })
+	loop := redirector(func(r *http.Request) string { return "/again" + r.URL.Path })
+	sameHost := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/old" {
+			http.Redirect(w, r, "/jwks.json", http.StatusMovedPermanently)
+			return
+		}
+		own.Config.Handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(sameHost.Close)
+	tlsToHTTP := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, keys.URL+"/jwks.json", http.StatusFound)
+	}))
+	t.Cleanup(tlsToHTTP.Close)
+
+	tests := []struct {
+		name   string
+		url    string
+		client *http.Client
+		want   string // "" for a good fetch, else part of the error
+	}{
+		{"same host", sameHost.URL + "/old", nil, ""},
+		{"another host", toKeys.URL + "/jwks.json", nil, "refused a redirect"},
+		{"https to http", tlsToHTTP.URL + "/jwks.json", tlsToHTTP.Client(), "refused a redirect"},
+		{"a loop on the same host", loop.URL + "/jwks.json", nil, "stopped after 10 redirects"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := keys.count.Load()
+			j := gateway.NewJWKS(gateway.JWKSConfig{URL: tt.url, AllowHTTP: true, Client: tt.client, Logger: testLogger(t)})
+			err := j.Fetch(t.Context())
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Fetch: %v, want the keys", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Fetch: got %v, want an error containing %q", err, tt.want)
+			}
+			if n := keys.count.Load() - before; n != 0 {
+				t.Errorf("the other host got %d requests, want none", n)
+			}
+		})
+	}
+	// The caller's client is not changed.
+	c := tlsToHTTP.Client()
+	gateway.NewJWKS(gateway.JWKSConfig{URL: tlsToHTTP.URL, Client: c})
+	if c.CheckRedirect != nil {
+		t.Error("NewJWKS changed the caller's client")
+	}
+}
+
+// TestJWKSPlainHTTPAndSecrets: a plain http:// URL is refused unless allowed; the URL's
+// password and secret query parameters never reach an error or a log line.
+func TestJWKSPlainHTTPAndSecrets(t *testing.T) {
+	testKeys(t)
+	keys := newJWKSServer(t)
+	keys.set(map[string]any{"k1": &rsaKey.PublicKey})
+	if err := gateway.NewJWKS(gateway.JWKSConfig{URL: keys.URL}).Fetch(t.Context()); err == nil || !strings.Contains(err.Error(), "plain http") {
+		t.Errorf("http URL, not allowed: got %v, want it refused as plain http", err)
+	}
+	if err := gateway.NewJWKS(gateway.JWKSConfig{URL: keys.URL, AllowHTTP: true}).Fetch(t.Context()); err != nil {
+		t.Errorf("http URL, allowed: %v", err)
+	}
+	for _, u := range []string{"ftp://x/jwks", "https:///jwks", "/jwks"} {
+		if err := gateway.CheckJWKSURL(u, true); err == nil {
+			t.Errorf("CheckJWKSURL(%q): got nil, want an error", u)
+		}
+	}
+
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "down", http.StatusInternalServerError)
+	}))
+	t.Cleanup(failing.Close)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close() // nothing listens there now: the client's error quotes the URL
+	for _, base := range []string{failing.URL, closed.URL} {
+		secretURL := strings.Replace(base, "http://", "http://ops:hunter2@", 1) + "/jwks?tenant=t1&access_token=tok-123"
+		var logs strings.Builder
+		var mu sync.Mutex
+		log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return logs.Write(p)
+		}), nil))
+		j := gateway.NewJWKS(gateway.JWKSConfig{URL: secretURL, AllowHTTP: true, Logger: log, Refresh: time.Hour})
+		err := j.Fetch(t.Context())
+		if err == nil {
+			t.Fatalf("Fetch from %s: got nil, want an error", base)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { j.Run(ctx); close(done) }()
+		waitFor(t, "the failed fetch logged", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return strings.Contains(logs.String(), "JWKS fetch failed")
+		})
+		cancel()
+		<-done
+		mu.Lock()
+		out := err.Error() + "\n" + logs.String()
+		mu.Unlock()
+		for _, secret := range []string{"hunter2", "tok-123"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("the error or log shows %q:\n%s", secret, out)
+			}
+		}
+		if !strings.Contains(out, "tenant=t1") || !strings.Contains(out, "ops:xxxxx@") {
+			t.Errorf("the error or log lost where it fetched from:\n%s", out)
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func TestOrigins(t *testing.T) {
 	g := newTestGateway(t, gateway.Config{AllowedOrigins: []string{"https://app.example.com", "https://*.example.org"}}, nil)

@@ -64,6 +64,7 @@ type config struct {
 	JWTPublicKey        string // path of a PEM file
 	JWKSURL             string
 	JWKSRefresh         time.Duration
+	JWKSAllowHTTP       bool
 	JWTAlg              string
 	JWTAudience         string
 	JWTIssuer           string
@@ -196,6 +197,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.str(&c.JWTPublicKey, "jwt-public-key", "HERALD_JWT_PUBLIC_KEY", "", "PEM file of the RSA (RS256) or ECDSA P-256 (ES256) public key that verifies client tokens")
 	e.str(&c.JWKSURL, "jwks-url", "HERALD_JWKS_URL", "", "URL of a JSON Web Key Set whose keys (by kid) verify client tokens")
 	e.dur(&c.JWKSRefresh, "jwks-refresh", "HERALD_JWKS_REFRESH", 10*time.Minute, "how often the JWKS is fetched again")
+	e.bool(&c.JWKSAllowHTTP, "jwks-allow-http", "HERALD_JWKS_ALLOW_HTTP", "accept a plain http:// --jwks-url (logged loudly at start): only for a key server on a network you trust, since whoever can alter the traffic can sign any token")
 	e.str(&c.JWTAlg, "jwt-alg", "HERALD_JWT_ALG", "", "the only token algorithm accepted: HS256, RS256 or ES256 (default: the key's; RS256 for a JWKS)")
 	e.str(&c.JWTAudience, "jwt-audience", "HERALD_JWT_AUDIENCE", "", "when set, tokens must name it in aud")
 	e.str(&c.JWTIssuer, "jwt-issuer", "HERALD_JWT_ISSUER", "", "when set, tokens must have it as iss")
@@ -316,6 +318,13 @@ func (c *config) validateAuth() []error {
 	}
 	if keys == 0 && (c.JWTAlg != "" || c.JWTAudience != "" || c.JWTIssuer != "" || c.AllowAnonymous) {
 		errs = append(errs, errors.New("jwt-alg, jwt-audience, jwt-issuer and allow-anonymous need a key: jwt-secret, jwt-public-key or jwks-url"))
+	}
+	if c.JWKSURL != "" {
+		if err := gateway.CheckJWKSURL(c.JWKSURL, c.JWKSAllowHTTP); err != nil {
+			errs = append(errs, fmt.Errorf("jwks-url: %w", err))
+		}
+	} else if c.JWKSAllowHTTP {
+		errs = append(errs, errors.New("jwks-allow-http is only for a jwks-url"))
 	}
 	for name, v := range map[string]string{"default-channels": c.DefaultChannels, "default-publish": c.DefaultPublish} {
 		if err := gateway.CheckPatterns(splitList(v)); err != nil {

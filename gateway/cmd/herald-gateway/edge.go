@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 // edge is the gateway's authentication and limits, from the flags.
@@ -71,7 +72,11 @@ func edgeConfig(ctx context.Context, cfg config, log *slog.Logger, metrics *gate
 			return edge{}, fmt.Errorf("jwt-public-key %s: %w", cfg.JWTPublicKey, err)
 		}
 	case cfg.JWKSURL != "":
-		e.jwks = gateway.NewJWKS(gateway.JWKSConfig{URL: cfg.JWKSURL, Refresh: cfg.JWKSRefresh,
+		if strings.HasPrefix(strings.ToLower(cfg.JWKSURL), "http://") {
+			log.Warn("THE JWKS URL IS PLAIN HTTP (--jwks-allow-http): whoever can alter the traffic to it can replace the keys and sign any token; use https unless the key server is on a network you trust",
+				"url", redact.URL(cfg.JWKSURL))
+		}
+		e.jwks = gateway.NewJWKS(gateway.JWKSConfig{URL: cfg.JWKSURL, AllowHTTP: cfg.JWKSAllowHTTP, Refresh: cfg.JWKSRefresh,
 			Logger: log.With("part", "jwks"), Metrics: metrics})
 		fetch, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if err := e.jwks.Fetch(fetch); err != nil {

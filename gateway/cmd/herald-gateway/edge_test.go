@@ -8,12 +8,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/heraldgw/herald/producer/amqptest"
 )
 
 func TestEdgeFlags(t *testing.T) {
@@ -199,5 +202,77 @@ func TestHandshakeNeverCompleted(t *testing.T) {
 	_, err = io.Copy(io.Discard, nc) // until the gateway closes
 	if d := time.Since(start); err != nil || d < 200*time.Millisecond || d > 3*time.Second {
 		t.Errorf("got %v after %v, want the connection closed after about 300ms", err, d)
+	}
+}
+
+// TestJWKSURLMustBeHTTPS: --check-config refuses a plain http:// --jwks-url unless
+// --jwks-allow-http, and a gateway started with one says so loudly; the URL's password
+// and secret parameters reach no log line.
+func TestJWKSURLMustBeHTTPS(t *testing.T) {
+	check := func(args ...string) (int, string) {
+		var out bytes.Buffer
+		code := run(t.Context(), append([]string{"--check-config"}, args...), env(nil), &out)
+		return code, out.String()
+	}
+	if code, out := check("--jwks-url", "http://idp.internal/jwks"); code != 2 || !strings.Contains(out, "jwks-url") || !strings.Contains(out, "plain http") {
+		t.Errorf("plain http JWKS: exit %d (%s), want 2 naming jwks-url and plain http", code, out)
+	}
+	if code, out := check("--jwks-url", "http://idp.internal/jwks", "--jwks-allow-http"); code != 0 {
+		t.Errorf("plain http JWKS, allowed: exit %d (%s), want 0", code, out)
+	}
+	if code, out := check("--jwks-allow-http"); code != 2 || !strings.Contains(out, "jwks-allow-http") {
+		t.Errorf("--jwks-allow-http without a JWKS: exit %d (%s), want 2", code, out)
+	}
+	if code, out := check("--jwks-url", "https://u:hunter2@idp.internal/jwks?token=tok-123&x=%zz"); code != 0 && strings.Contains(out, "hunter2") {
+		t.Errorf("check-config printed the JWKS password: %s", out)
+	}
+
+	// Nothing listens on port 1: the fetch fails and is logged, redacted.
+	_, logs := runGateway(t, "--jwks-url", "http://ops:hunter2@127.0.0.1:1/jwks?access_token=tok-123", "--jwks-allow-http")
+	out := logs.String()
+	if !strings.Contains(out, "THE JWKS URL IS PLAIN HTTP") {
+		t.Errorf("no loud warning about the plain http JWKS URL:\n%s", out)
+	}
+	if !strings.Contains(out, "JWKS not fetched at start") {
+		t.Errorf("the failed fetch is not logged:\n%s", out)
+	}
+	for _, secret := range []string{"hunter2", "tok-123"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the log shows %q:\n%s", secret, out)
+		}
+	}
+}
+
+// TestAMQPURLSecretsNotShown: the AMQP URL's password shows nowhere: not in the
+// listening line (which names the broker, redacted), nor in the error of a URL that does
+// not parse (net/url quotes the whole URL in its errors).
+func TestAMQPURLSecretsNotShown(t *testing.T) {
+	url := amqptest.URL(t)
+	u, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, _ := u.User.Password()
+	exchange, stream := amqptest.Names(t, url)
+	_, logs := runGateway(t, "--amqp-url", url, "--exchange", exchange, "--stream", stream,
+		"--presence-channels", "", "--no-user-presence")
+	var listening string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "herald gateway listening") {
+			listening = l
+		}
+	}
+	u.User = neturl.UserPassword(u.User.Username(), "xxxxx")
+	if want := `"amqp_url":"` + u.String() + `"`; !strings.Contains(listening, want) {
+		t.Errorf("listening line %s: want it to name the broker as %s", listening, want)
+	}
+	if pass != "" && pass != u.User.Username() && strings.Contains(logs.String(), ":"+pass+"@") {
+		t.Errorf("the log shows the AMQP password:\n%s", logs)
+	}
+
+	var out bytes.Buffer
+	code := run(t.Context(), []string{"--amqp-url", "amqp://guest:se%zzcret@127.0.0.1:5672/", "--log-format", "json"}, env(nil), &out)
+	if code == 0 || strings.Contains(out.String(), "zzcret") {
+		t.Errorf("a URL that does not parse: exit %d, output %s: want a failure that does not show the password", code, out.String())
 	}
 }
