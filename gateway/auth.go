@@ -125,6 +125,10 @@ func ParsePublicKeyPEM(data []byte) (crypto.PublicKey, error) {
 	return key, nil
 }
 
+// PublicKeyAlgorithm is the signing algorithm a public key verifies: RS256 for an RSA
+// key of at least 2048 bits, ES256 for an ECDSA P-256 key; an error for any other.
+func PublicKeyAlgorithm(key crypto.PublicKey) (string, error) { return keyAlgorithm(key) }
+
 // minRSABits is the smallest RSA key the gateway accepts.
 const minRSABits = 2048
 

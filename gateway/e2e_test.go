@@ -485,6 +485,9 @@ func TestCloseCodes(t *testing.T) {
 func TestSlowConsumerClosedWith4008(t *testing.T) {
 	// Publishing waits for each delivery; coalescing writes would only slow that down.
 	g := newTestGateway(t, gateway.Config{WriteQueueBytes: 64 << 10, FlushInterval: -1}, nil)
+	if got := counter(t, g.reg, "herald_write_queue_cap_bytes"); got != 64<<10 {
+		t.Errorf("herald_write_queue_cap_bytes: got %v, want the configured cap, %d", got, 64<<10)
+	}
 	slow := g.dial("channels=flood")
 	slow.expect("welcome")
 	healthy := g.dial("channels=flood")
@@ -694,6 +697,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 		"herald_write_queue_messages":       0,
 		"herald_write_queue_bytes":          0,
 		"herald_bus_connected":              1,
+		"herald_write_queue_cap_bytes":      1 << 20, // the default
 	}
 	for name, want := range checks {
 		if got := counter(t, g.reg, name); got != want {

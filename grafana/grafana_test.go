@@ -1071,15 +1071,15 @@ func gatewayUsage(t *testing.T) string {
 	return string(out)
 }
 
-// startGateway starts a gateway on RabbitMQ listening on addr, and waits until it is ready.
-func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchange, stream string) *process {
+// startGateway starts a gateway on RabbitMQ listening on addr, with extra flags, and waits
+// until it is ready.
+func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchange, stream string, extra ...string) *process {
 	t.Helper()
 	bin, err := buildGateway()
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := start(t, node, filepath.Join(t.TempDir(), node+".log"), bin,
-		"--addr", addr, "--node-id", node, "--amqp-url", amqpURL,
+	args := []string{"--addr", addr, "--node-id", node, "--amqp-url", amqpURL,
 		"--exchange", exchange, "--stream", stream, "--api-key", testAPIKey,
 		// A small kernel send buffer: a client that does not read backs its write queue up
 		// soon (the backpressure check below), not after megabytes of loopback buffers.
@@ -1088,7 +1088,8 @@ func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchan
 		// an exchange of this test's; compression for the clients that offer it.
 		"--presence-channels", "presence:*", "--presence-interval", "200ms",
 		"--presence-exchange", exchange+".presence", "--insecure-user-param", "--compression",
-		"--shutdown-timeout", "2s", "--log-level", "debug")
+		"--shutdown-timeout", "2s", "--log-level", "debug"}
+	gw := start(t, node, filepath.Join(t.TempDir(), node+".log"), bin, append(args, extra...)...)
 	t.Cleanup(func() { amqptest.Delete(t, amqpURL, exchange+".presence", exchange+".presence") })
 	waitFor(t, ctx, 20*time.Second, node+" ready", func() error {
 		if gw.exited() {
@@ -1148,7 +1149,10 @@ scrape_configs:
 		"--web.listen-address="+promAddr)
 	promBase := "http://" + promAddr
 
-	gw := startGateway(t, ctx, gwAddr, "grafana-test", amqpURL, exchange, stream)
+	// A write queue cap other than the default, written with a unit: the alert on queues
+	// near their cap must compare against it.
+	const queueCap = 256 << 10
+	gw := startGateway(t, ctx, gwAddr, "grafana-test", amqpURL, exchange, stream, "--write-queue-bytes", "256KiB")
 	base, wsBase := "http://"+gwAddr, "ws://"+gwAddr
 	t.Logf("gateway ready at %s after %v", gwAddr, time.Since(began).Round(time.Millisecond))
 
@@ -1379,34 +1383,39 @@ scrape_configs:
 		t.Errorf("herald_connections = %v, want %v", got, open)
 	}
 
-	// 3. Backpressure. A client that does not read backs its write queue up; once
-	// Prometheus has seen the queue, it reads everything and the queue empties.
+	// 3. Backpressure. A client that does not read backs its write queue up past 80% of
+	// its cap: Prometheus sees it, and HeraldWriteQueueNearCap is pending for the gateway
+	// (it fires after its "for"). Then the client reads everything and the queue empties.
+	mid := strings.Repeat("b", 16<<10)
 	big := strings.Repeat("b", 60<<10)
 	open++
 	backlog := dialBuffered(t, ctx, wsBase, "backlog", "channels=backlog", 4096)
 	sent := 0
 	var queued metrics
-	for queued.get("herald_write_queue_bytes") < 2*float64(len(big)) {
+	for queued.get("herald_write_queue_bytes") <= 0.8*queueCap {
 		if sent == 200 {
 			t.Fatalf("%d messages of %d bytes to a client that does not read, and its write queue holds %v bytes",
-				sent, len(big), queued.get("herald_write_queue_bytes"))
+				sent, len(mid), queued.get("herald_write_queue_bytes"))
 		}
-		pub.publish("backlog", big)
+		pub.publish("backlog", mid)
 		sent++
 		queued = mustScrape()
 	}
-	if q, mx := queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_max_bytes"); q != mx || q >= 1<<20 {
-		t.Errorf("one backed-up client: queue bytes %v, fullest %v: want equal, and under the 1 MiB cap", q, mx)
+	if q, mx := queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_max_bytes"); q != mx || q >= queueCap {
+		t.Errorf("one backed-up client: queue bytes %v, fullest %v: want equal, and under the %d-byte cap", q, mx, queueCap)
 	}
 	if q, mx := queued.get("herald_write_queue_messages"), queued.get("herald_write_queue_max_messages"); q != mx || q < 2 {
 		t.Errorf("one backed-up client: queue messages %v, fullest %v: want equal, 2 or more", q, mx)
 	}
+	if c := queued.get("herald_write_queue_cap_bytes"); c != queueCap {
+		t.Errorf("herald_write_queue_cap_bytes = %v, want the configured %d", c, queueCap)
+	}
 	t.Logf("write queue after %d messages of %d bytes to a client that does not read: %v bytes, %v messages",
-		sent, len(big), queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_messages"))
-	waitFor(t, ctx, 5*time.Second, "Prometheus sees the backed-up queue", func() error {
-		r, err := promQuery(ctx, promBase, fmt.Sprintf(`herald_write_queue_max_bytes{job=%q} > 0`, gatewayJob))
+		sent, len(mid), queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_messages"))
+	waitFor(t, ctx, 10*time.Second, "HeraldWriteQueueNearCap pending for the backed-up queue", func() error {
+		r, err := promQuery(ctx, promBase, fmt.Sprintf(`ALERTS{alertname="HeraldWriteQueueNearCap", instance=%q}`, gwAddr))
 		if err == nil && len(r) == 0 {
-			err = errors.New("no queue seen")
+			err = errors.New("no such alert")
 		}
 		return err
 	})
@@ -1426,7 +1435,7 @@ scrape_configs:
 		return nil
 	})
 
-	// A client that never reads overflows its 1 MiB queue and is closed with 4008.
+	// A client that never reads overflows its queue (256 KiB) and is closed with 4008.
 	m4 := mustScrape()
 	firehose := dial(t, ctx, wsBase, "firehose", "channels=firehose")
 	for sent = 0; mustScrape().get("herald_slow_consumers_total") == m4.get("herald_slow_consumers_total"); sent++ {

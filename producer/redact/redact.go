@@ -7,6 +7,7 @@
 package redact
 
 import (
+	"errors"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -46,12 +47,19 @@ func one(raw string) string {
 	if err != nil || u.Opaque != "" {
 		return asText(raw)
 	}
+	changed := false
 	if u.User != nil {
 		if _, has := u.User.Password(); has {
 			u.User = url.UserPassword(u.User.Username(), Mask)
+			changed = true
 		}
 	}
-	u.RawQuery = query(u.RawQuery)
+	if q := query(u.RawQuery); q != u.RawQuery {
+		u.RawQuery, changed = q, true
+	}
+	if !changed {
+		return raw // nothing to hide: as it was written
+	}
 	return u.String()
 }
 
@@ -144,10 +152,18 @@ func Error(err error, raw string) error {
 	return &redacted{msg: msg, err: err}
 }
 
-// redactURLErrors redacts the URL of every *url.Error in err's tree.
+// quoted matches a Go-quoted string in an error message.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// redactURLErrors redacts the URL of every *url.Error in err's tree. The reason of a
+// parse error loses what it quotes: that is a piece of the URL ("invalid port \":p4ss\"
+// after host" where a '/' in a password cut the URL short).
 func redactURLErrors(err error) {
 	if ue, ok := err.(*url.Error); ok {
 		ue.URL = URL(ue.URL)
+		if ue.Op == "parse" && ue.Err != nil && quoted.MatchString(ue.Err.Error()) {
+			ue.Err = errors.New(quoted.ReplaceAllString(ue.Err.Error(), "(hidden)"))
+		}
 	}
 	switch e := err.(type) {
 	case interface{ Unwrap() error }:

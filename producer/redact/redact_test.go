@@ -59,6 +59,13 @@ func TestError(t *testing.T) {
 		t.Errorf("errors.As *url.Error: got %v, want the wrapped error, redacted", ue)
 	}
 
+	// A '/' in a password cuts the URL short: the parser quotes a piece of the password.
+	raw = "amqp://guest:p4ss/word@127.0.0.1:5672/"
+	_, perr = url.Parse(raw)
+	if got := redact.Error(perr, raw); strings.Contains(got.Error(), "p4ss") || strings.Contains(got.Error(), "word") {
+		t.Errorf("redacted error %q holds a piece of the password", got)
+	}
+
 	// The raw URL in a message, as is and quoted with %q; the chain stays.
 	raw = "http://u:pw\"x@h/jwks?token=t0k"
 	e := fmt.Errorf("fetch %s and %q: %w", raw, raw, fs.ErrNotExist)
