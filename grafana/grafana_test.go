@@ -1128,7 +1128,7 @@ func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchan
 		// Presence on the channels under presence: (users named with ?user=), carried on
 		// an exchange of this test's; compression for the clients that offer it.
 		"--presence-channels", "presence:*", "--presence-interval", "200ms",
-		"--presence-exchange", exchange+".presence", "--insecure-user-param", "--compression",
+		"--presence-exchange", exchange + ".presence", "--insecure-user-param", "--compression",
 		"--shutdown-timeout", "2s", "--log-level", "debug"}
 	gw := start(t, node, filepath.Join(t.TempDir(), node+".log"), bin, append(args, extra...)...)
 	t.Cleanup(func() { amqptest.Delete(t, amqpURL, exchange+".presence", exchange+".presence") })
