@@ -10,7 +10,7 @@ import (
 	"github.com/heraldgw/herald/producer/message"
 )
 
-// Error codes of the error frame (PROTOCOL.md section 1).
+// Error codes of the error frame (docs/PROTOCOL.md section 6).
 const (
 	CodeBadRequest  = "bad_request"
 	CodeUnknownOp   = "unknown_op"

@@ -4,7 +4,7 @@
 //
 // The gateway sees the bus through two small interfaces, Publisher and BusHealth, and is
 // fed by it through Hub.Dispatch; it never imports an AMQP client. The wire contract is
-// PROTOCOL.md.
+// docs/PROTOCOL.md.
 package gateway
 
 import (
@@ -530,7 +530,7 @@ func (s *Server) serveUser(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.presence.User(id))
 }
 
-// servePublish is POST /api/publish (PROTOCOL.md section 2).
+// servePublish is POST /api/publish (docs/PROTOCOL.md section 14).
 func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	if !s.apiAllowed(w, r) {
 		return
