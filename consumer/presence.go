@@ -11,6 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/heraldgw/herald/producer"
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 // Defaults of PresenceConfig's zero fields, and limits of the presence link.
@@ -118,7 +119,7 @@ func (c PresenceConfig) validate() error {
 		return errors.New("consumer: presence config: URL is required")
 	}
 	if _, err := amqp.ParseURI(c.URL); err != nil {
-		return fmt.Errorf("consumer: presence config: URL: %w", err)
+		return fmt.Errorf("consumer: presence config: URL: %w", redact.Error(err, c.URL))
 	}
 	switch {
 	case c.TTL < 0 || c.TTL > presenceMaxTTL:

@@ -531,6 +531,7 @@ func TestPresenceRunFailsForGood(t *testing.T) {
 	}{
 		{name: "no URL", cfg: PresenceConfig{}, want: "URL is required"},
 		{name: "bad URL", cfg: PresenceConfig{URL: "http://127.0.0.1/"}, want: "presence config: URL"},
+		{name: "password with a bad escape", cfg: PresenceConfig{URL: "amqp://guest:se%zzcret@127.0.0.1/"}, want: "presence config: URL"},
 		{name: "negative TTL", cfg: PresenceConfig{URL: url, TTL: -time.Second}, want: "TTL -1s"},
 		{name: "negative MaxQueued", cfg: PresenceConfig{URL: url, MaxQueued: -1}, want: "MaxQueued -1"},
 		{name: "nil handler", cfg: PresenceConfig{URL: url}, nilH: true, want: "handler is nil"},
@@ -551,6 +552,9 @@ func TestPresenceRunFailsForGood(t *testing.T) {
 			err := l.Run(ctx)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Run: got %v, want an error containing %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "zzcret") {
+				t.Errorf("Run: got %q, which holds the URL's password", err)
 			}
 			if took := time.Since(start); took > 5*time.Second {
 				t.Errorf("Run took %v to fail, want it prompt", took)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/heraldgw/herald/producer"
 	"github.com/heraldgw/herald/producer/message"
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 const (
@@ -97,7 +98,7 @@ func (s *Stream) replayChannel() (*amqp.Channel, error) {
 			Dial:       amqp.DefaultDial(amqpDialTimeout),
 		})
 		if err != nil {
-			return nil, fmt.Errorf("consumer: replay: connect: %w", err)
+			return nil, fmt.Errorf("consumer: replay: connect: %w", redact.Error(err, s.cfg.URL))
 		}
 		s.replayConn = conn
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 // Limits of the AMQP connections of this package (the stream consumer's, the replays'
@@ -71,7 +73,7 @@ func (s *amqpSession) dial(ctx context.Context, url, name, what string, setup fu
 	})
 	defer stop()
 	if err != nil {
-		return fmt.Errorf("%s: connect: %w", what, err)
+		return fmt.Errorf("%s: connect: %w", what, redact.Error(err, url))
 	}
 	s.conn = conn
 	defer func() {

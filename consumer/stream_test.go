@@ -653,6 +653,8 @@ func TestStreamRunFailsFast(t *testing.T) {
 		{"no URL", StreamConfig{}, "URL is required"},
 		{"bad prefetch", StreamConfig{URL: url, Prefetch: 70000}, "Prefetch 70000"},
 		{"refused", StreamConfig{URL: "amqp://guest:guest@127.0.0.1:1/"}, "consumer: connect"},
+		// url.Parse quotes the whole URL in its error: the password must not reach it.
+		{"password with a bad escape", StreamConfig{URL: "amqp://guest:se%zzcret@127.0.0.1:1/"}, "consumer: connect"},
 		{"other retention", StreamConfig{URL: url, Exchange: exchange, Stream: stream}, "consumer: declare stream"},
 	}
 	for _, tt := range tests {
@@ -664,6 +666,9 @@ func TestStreamRunFailsFast(t *testing.T) {
 			err := s.Run(ctx)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Run: got %v, want an error containing %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "zzcret") {
+				t.Errorf("Run: got %q, which holds the URL's password", err)
 			}
 			if tt.name == "other retention" {
 				var aerr *amqp.Error

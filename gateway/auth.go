@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/heraldgw/herald/producer/message"
 )
 
 // Signing algorithms a gateway can pin (AuthConfig.Algorithm).
@@ -43,7 +45,18 @@ const (
 //
 // A pattern is a channel name, matched exactly, or a prefix ending in "*", which matches
 // every channel that starts with the prefix ("user:alice:*", or "*" for all). "{sub}" in a
-// pattern stands for the token's sub, e.g. "user:{sub}:*".
+// pattern stands for the token's sub, e.g. "user:{sub}:*". So that "{sub}" only ever names
+// the user's own channels:
+//   - a token whose permissions use "{sub}" is refused (401 at the handshake, error
+//     forbidden on refresh) unless its sub is 1 to 128 characters of A-Z a-z 0-9 _ -
+//     (no separator ':' '/' '.', no pattern character: "alice:inbox" cannot stand in
+//     "user:{sub}:*" for a prefix of alice's channels);
+//   - in a pattern ending in "*", "{sub}" must be followed by a separator (not
+//     "user:{sub}*", which would let alice reach alice2's channels);
+//   - a pattern with "{sub}" gives an anonymous client (no sub) nothing.
+//
+// A pattern that breaks these rules refuses its token; in DefaultChannels or
+// DefaultPublish it makes NewServer fail.
 type AuthConfig struct {
 	// Secret is the HS256 shared secret.
 	Secret []byte
@@ -67,8 +80,9 @@ type AuthConfig struct {
 	// configured every client is anonymous, with every permission.)
 	AllowAnonymous bool
 	// DefaultChannels are the subscribe patterns of a token without a channels claim,
-	// and of anonymous clients when AllowAnonymous. Default nil: ["*"], every channel;
-	// an empty non-nil slice: none.
+	// and of anonymous clients when AllowAnonymous. Default: none (such a client may
+	// subscribe to nothing). Presence follows: a client may ask who is on a channel it
+	// may subscribe to.
 	DefaultChannels []string
 	// DefaultPublish are the publish patterns of a token without a publish claim, and of
 	// anonymous clients when AllowAnonymous. Default: none.
@@ -110,6 +124,10 @@ func ParsePublicKeyPEM(data []byte) (crypto.PublicKey, error) {
 	}
 	return key, nil
 }
+
+// PublicKeyAlgorithm is the signing algorithm a public key verifies: RS256 for an RSA
+// key of at least 2048 bits, ES256 for an ECDSA P-256 key; an error for any other.
+func PublicKeyAlgorithm(key crypto.PublicKey) (string, error) { return keyAlgorithm(key) }
 
 // minRSABits is the smallest RSA key the gateway accepts.
 const minRSABits = 2048
@@ -166,11 +184,12 @@ func newAuthenticator(cfg AuthConfig) (*authenticator, error) {
 	case a.leeway < 0:
 		a.leeway = 0
 	}
-	a.defSub = cfg.DefaultChannels
-	if a.defSub == nil {
-		a.defSub = []string{"*"}
+	a.defSub, a.defPub = cfg.DefaultChannels, cfg.DefaultPublish
+	for _, list := range [][]string{a.defSub, a.defPub} {
+		if err := CheckPatterns(list); err != nil {
+			return nil, fmt.Errorf("auth: default permissions: %w", err)
+		}
 	}
-	a.defPub = cfg.DefaultPublish
 
 	alg := cfg.Algorithm
 	switch {
@@ -285,9 +304,20 @@ func (a *authenticator) verify(token string) (*identity, *tokenError) {
 	sub, pub := a.defSub, a.defPub
 	if c.Channels != nil {
 		sub = *c.Channels
+		if err := CheckPatterns(sub); err != nil {
+			return nil, &tokenError{refusedTokenInvalid, fmt.Errorf("channels claim: %w", err)}
+		}
 	}
 	if c.Publish != nil {
 		pub = *c.Publish
+		if err := CheckPatterns(pub); err != nil {
+			return nil, &tokenError{refusedTokenInvalid, fmt.Errorf("publish claim: %w", err)}
+		}
+	}
+	if (usesSub(sub) || usesSub(pub)) && !safeSub(c.Subject) {
+		return nil, &tokenError{refusedTokenInvalid, fmt.Errorf(
+			"token sub %q cannot stand for {sub} in a channel pattern: it must be 1 to %d characters of A-Z a-z 0-9 _ - (no separator or pattern character)",
+			c.Subject, message.MaxChannelLen)}
 	}
 	id.subscribe, id.publish = compilePerms(sub, c.Subject), compilePerms(pub, c.Subject)
 	return id, nil
@@ -329,20 +359,81 @@ type perms struct {
 
 var allPerms = perms{all: true}
 
-// compilePerms compiles patterns, putting sub in place of "{sub}". Whether a pattern is
-// a wildcard is decided before the substitution, so a sub cannot make one.
+// subPlaceholder stands for the token's sub in a pattern.
+const subPlaceholder = "{sub}"
+
+// usesSub reports whether a pattern of list has "{sub}".
+func usesSub(list []string) bool {
+	for _, s := range list {
+		if strings.Contains(s, subPlaceholder) {
+			return true
+		}
+	}
+	return false
+}
+
+// safeSub reports whether sub may stand for "{sub}": 1 to 128 characters of
+// A-Z a-z 0-9 _ -, so that it can neither end a channel segment (':' '/' '.') nor match
+// anything but itself.
+func safeSub(sub string) bool {
+	if sub == "" || len(sub) > message.MaxChannelLen {
+		return false
+	}
+	for i := 0; i < len(sub); i++ {
+		switch c := sub[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// isSeparator reports whether c separates the segments of a channel name.
+func isSeparator(c byte) bool { return c == ':' || c == '/' || c == '.' }
+
+// CheckPatterns checks a list of permission patterns (AuthConfig): braces only as
+// "{sub}", and in a pattern ending in "*", every "{sub}" followed by a separator, so that
+// one user's prefix never covers another's ("user:{sub}*" would give alice user:alice2).
+func CheckPatterns(list []string) error {
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if strings.Count(s, "{") != strings.Count(s, subPlaceholder) || strings.Count(s, "}") != strings.Count(s, subPlaceholder) {
+			return fmt.Errorf("pattern %.140q: braces are only for {sub}", s)
+		}
+		if !strings.HasSuffix(s, "*") {
+			continue
+		}
+		for rest := s; ; {
+			i := strings.Index(rest, subPlaceholder)
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len(subPlaceholder):]
+			if rest == "" || !isSeparator(rest[0]) {
+				return fmt.Errorf("pattern %.140q: {sub} must be followed by ':', '/' or '.' in a pattern ending in *", s)
+			}
+		}
+	}
+	return nil
+}
+
+// compilePerms compiles patterns, putting sub in place of "{sub}" (CheckPatterns and
+// safeSub have passed). Whether a pattern is a wildcard is decided before the
+// substitution, so a sub cannot make one. A pattern with "{sub}" gives nothing where
+// sub is empty (an anonymous client).
 func compilePerms(list []string, sub string) perms {
 	var p perms
 	for _, s := range list {
 		s = strings.TrimSpace(s)
-		if s == "" {
+		if s == "" || sub == "" && strings.Contains(s, subPlaceholder) {
 			continue
 		}
 		pt := pattern{prefix: s}
 		if strings.HasSuffix(s, "*") {
 			pt = pattern{prefix: strings.TrimSuffix(s, "*"), wildcard: true}
 		}
-		pt.prefix = strings.ReplaceAll(pt.prefix, "{sub}", sub)
+		pt.prefix = strings.ReplaceAll(pt.prefix, subPlaceholder, sub)
 		if pt.wildcard && pt.prefix == "" {
 			return allPerms
 		}

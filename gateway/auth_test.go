@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -268,8 +270,8 @@ func TestPermissionsFromClaims(t *testing.T) {
 		"publish":  []string{"room:*"},
 	})
 	bob := hs(t, "bob", time.Hour, claims{"channels": []string{"room:*"}, "publish": []string{"*"}})
-	carol := hs(t, "carol", time.Hour, nil) // no claims: subscribe anywhere (default), publish nowhere
-	// A sub that tries to widen a pattern by holding a wildcard gets nothing from it.
+	carol := hs(t, "carol", time.Hour, nil) // no claims: subscribe and publish nowhere (the defaults)
+	// A sub that tries to widen a pattern by holding a wildcard is refused.
 	star := hs(t, "*", time.Hour, claims{"channels": []string{"user:{sub}"}})
 
 	tests := []struct {
@@ -281,8 +283,9 @@ func TestPermissionsFromClaims(t *testing.T) {
 		{"another user's channel", alice, "channels=user:bob:inbox", http.StatusForbidden},
 		{"not listed", alice, "channels=news,sport", http.StatusForbidden},
 		{"prefix is not the channel", alice, "channels=room", http.StatusForbidden},
-		{"no claim: default every channel", carol, "channels=anything", 0},
-		{"a sub of * is not a wildcard", star, "channels=user:x", http.StatusForbidden},
+		{"no claim: no channel by default", carol, "channels=anything", http.StatusForbidden},
+		{"no claim: not even its own", carol, "channels=user:carol:inbox", http.StatusForbidden},
+		{"a sub of * in {sub} is refused", star, "channels=user:x", http.StatusUnauthorized},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -319,6 +322,7 @@ func TestPermissionsFromClaims(t *testing.T) {
 		{a, `{"op":"publish","channel":"news","data":1,"ref":"6"}`, gateway.CodeForbidden},
 		{a, `{"op":"publish","data":1,"ref":"7"}`, gateway.CodeForbidden},
 		{b, `{"op":"subscribe","channel":"news","ref":"8"}`, gateway.CodeForbidden},
+		{c, `{"op":"subscribe","channel":"room:1","ref":"8c"}`, gateway.CodeForbidden},
 		{c, `{"op":"publish","channel":"room:1","data":1,"ref":"9"}`, gateway.CodeForbidden},
 		{b, `{"op":"subscribe","channel":"room:1","ref":"10"}`, "subscribed"},
 	}
@@ -516,7 +520,7 @@ func TestJWKS(t *testing.T) {
 	testKeys(t)
 	srv := newJWKSServer(t)
 	srv.set(map[string]any{"k1": &rsaKey.PublicKey})
-	jwks := gateway.NewJWKS(gateway.JWKSConfig{URL: srv.URL, MissInterval: 50 * time.Millisecond, Logger: testLogger(t)})
+	jwks := gateway.NewJWKS(gateway.JWKSConfig{URL: srv.URL, AllowHTTP: true, MissInterval: 50 * time.Millisecond, Logger: testLogger(t)})
 	if err := jwks.Fetch(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -559,6 +563,141 @@ func TestJWKS(t *testing.T) {
 		t.Errorf("20 unknown kids made %d fetches, want at most a few", n)
 	}
 }
+
+// TestJWKSRedirects: the key set is fetched only from the scheme and host of its URL: a
+// redirect on the same host is followed, one to another host or scheme is refused.
+func TestJWKSRedirects(t *testing.T) {
+	testKeys(t)
+	keys := newJWKSServer(t) // another host: 127.0.0.1 on another port
+	keys.set(map[string]any{"k1": &rsaKey.PublicKey})
+	var own *jwksServer
+	own = newJWKSServer(t)
+	own.set(map[string]any{"k1": &rsaKey.PublicKey})
+	redirector := func(to func(r *http.Request) string) *httptest.Server {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, to(r), http.StatusFound)
+		}))
+		t.Cleanup(s.Close)
+		return s
+	}
+	toKeys := redirector(func(*http.Request) string { return keys.URL + "/jwks.json" })
+	loop := redirector(func(r *http.Request) string { return "/again" + r.URL.Path })
+	sameHost := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/old" {
+			http.Redirect(w, r, "/jwks.json", http.StatusMovedPermanently)
+			return
+		}
+		own.Config.Handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(sameHost.Close)
+	tlsToHTTP := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, keys.URL+"/jwks.json", http.StatusFound)
+	}))
+	t.Cleanup(tlsToHTTP.Close)
+
+	tests := []struct {
+		name   string
+		url    string
+		client *http.Client
+		want   string // "" for a good fetch, else part of the error
+	}{
+		{"same host", sameHost.URL + "/old", nil, ""},
+		{"another host", toKeys.URL + "/jwks.json", nil, "refused a redirect"},
+		{"https to http", tlsToHTTP.URL + "/jwks.json", tlsToHTTP.Client(), "refused a redirect"},
+		{"a loop on the same host", loop.URL + "/jwks.json", nil, "stopped after 10 redirects"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := keys.count.Load()
+			j := gateway.NewJWKS(gateway.JWKSConfig{URL: tt.url, AllowHTTP: true, Client: tt.client, Logger: testLogger(t)})
+			err := j.Fetch(t.Context())
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Fetch: %v, want the keys", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Fetch: got %v, want an error containing %q", err, tt.want)
+			}
+			if n := keys.count.Load() - before; n != 0 {
+				t.Errorf("the other host got %d requests, want none", n)
+			}
+		})
+	}
+	// The caller's client is not changed.
+	c := tlsToHTTP.Client()
+	gateway.NewJWKS(gateway.JWKSConfig{URL: tlsToHTTP.URL, Client: c})
+	if c.CheckRedirect != nil {
+		t.Error("NewJWKS changed the caller's client")
+	}
+}
+
+// TestJWKSPlainHTTPAndSecrets: a plain http:// URL is refused unless allowed; the URL's
+// password and secret query parameters never reach an error or a log line.
+func TestJWKSPlainHTTPAndSecrets(t *testing.T) {
+	testKeys(t)
+	keys := newJWKSServer(t)
+	keys.set(map[string]any{"k1": &rsaKey.PublicKey})
+	if err := gateway.NewJWKS(gateway.JWKSConfig{URL: keys.URL}).Fetch(t.Context()); err == nil || !strings.Contains(err.Error(), "plain http") {
+		t.Errorf("http URL, not allowed: got %v, want it refused as plain http", err)
+	}
+	if err := gateway.NewJWKS(gateway.JWKSConfig{URL: keys.URL, AllowHTTP: true}).Fetch(t.Context()); err != nil {
+		t.Errorf("http URL, allowed: %v", err)
+	}
+	for _, u := range []string{"ftp://x/jwks", "https:///jwks", "/jwks"} {
+		if err := gateway.CheckJWKSURL(u, true); err == nil {
+			t.Errorf("CheckJWKSURL(%q): got nil, want an error", u)
+		}
+	}
+
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "down", http.StatusInternalServerError)
+	}))
+	t.Cleanup(failing.Close)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close() // nothing listens there now: the client's error quotes the URL
+	for _, base := range []string{failing.URL, closed.URL} {
+		secretURL := strings.Replace(base, "http://", "http://ops:hunter2@", 1) + "/jwks?tenant=t1&access_token=tok-123"
+		var logs strings.Builder
+		var mu sync.Mutex
+		log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return logs.Write(p)
+		}), nil))
+		j := gateway.NewJWKS(gateway.JWKSConfig{URL: secretURL, AllowHTTP: true, Logger: log, Refresh: time.Hour})
+		err := j.Fetch(t.Context())
+		if err == nil {
+			t.Fatalf("Fetch from %s: got nil, want an error", base)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { j.Run(ctx); close(done) }()
+		waitFor(t, "the failed fetch logged", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return strings.Contains(logs.String(), "JWKS fetch failed")
+		})
+		cancel()
+		<-done
+		mu.Lock()
+		out := err.Error() + "\n" + logs.String()
+		mu.Unlock()
+		for _, secret := range []string{"hunter2", "tok-123"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("the error or log shows %q:\n%s", secret, out)
+			}
+		}
+		if !strings.Contains(out, "tenant=t1") || !strings.Contains(out, "ops:xxxxx@") {
+			t.Errorf("the error or log lost where it fetched from:\n%s", out)
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func TestOrigins(t *testing.T) {
 	g := newTestGateway(t, gateway.Config{AllowedOrigins: []string{"https://app.example.com", "https://*.example.org"}}, nil)
@@ -603,5 +742,142 @@ func TestOrigins(t *testing.T) {
 	}
 	if _, err := gateway.NewServer(gateway.Config{AllowedOrigins: []string{"https://*"}}, gateway.NewHub(gateway.HubConfig{}), failingBus{}, failingBus{}); err == nil {
 		t.Error("NewServer took the allowed origin https://*; want an error")
+	}
+}
+
+// TestDefaultPermissionsAreNone: with authentication on and no --default-channels, a
+// token without a channels claim, and an anonymous client, may subscribe to nothing and
+// ask who is on no channel (presence follows subscribe permissions).
+func TestDefaultPermissionsAreNone(t *testing.T) {
+	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"*"}, Logger: testLogger(t)})
+	g := newTestGateway(t, gateway.Config{Presence: p,
+		Auth: gateway.AuthConfig{Secret: testSecret, AllowAnonymous: true}}, nil)
+	noClaims := g.dial("token=" + hs(t, "carol", time.Hour, nil))
+	noClaims.expect("welcome")
+	anon := g.dial("")
+	anon.expect("welcome")
+	room := g.dial("token=" + hs(t, "dave", time.Hour, claims{"channels": []string{"room"}}))
+	room.expect("welcome")
+	for _, tt := range []struct {
+		name  string
+		who   *client
+		frame string
+		want  string // op, or error code
+	}{
+		{"no claims: subscribe", noClaims, `{"op":"subscribe","channel":"news","ref":"1"}`, gateway.CodeForbidden},
+		{"no claims: subscribe to its own", noClaims, `{"op":"subscribe","channel":"user:carol:inbox","ref":"2"}`, gateway.CodeForbidden},
+		{"no claims: presence", noClaims, `{"op":"presence","channel":"room","ref":"3"}`, gateway.CodeForbidden},
+		{"no claims: subscribe with presence", noClaims, `{"op":"subscribe","channel":"room","presence":true,"ref":"4"}`, gateway.CodeForbidden},
+		{"anonymous: subscribe", anon, `{"op":"subscribe","channel":"news","ref":"5"}`, gateway.CodeForbidden},
+		{"anonymous: presence", anon, `{"op":"presence","channel":"room","ref":"6"}`, gateway.CodeForbidden},
+		{"room: presence of room", room, `{"op":"presence","channel":"room","ref":"7"}`, "presence"},
+		{"room: presence of another channel", room, `{"op":"presence","channel":"lobby","ref":"8"}`, gateway.CodeForbidden},
+	} {
+		tt.who.send(tt.frame)
+		f := tt.who.next()
+		got := f.str("op")
+		if got == "error" {
+			got = f.str("code")
+		}
+		if got != tt.want {
+			t.Errorf("%s: %s: got %v, want %s", tt.name, tt.frame, f, tt.want)
+		}
+	}
+	for _, q := range []string{"channels=news&token=" + hs(t, "carol", time.Hour, nil), "channels=news"} {
+		if _, resp, err := g.tryDial(q); err == nil || status(resp) != http.StatusForbidden {
+			t.Errorf("connect with %.30s: got HTTP %d, want 403", q, status(resp))
+		}
+	}
+}
+
+// TestSubCannotWidenPatterns: "{sub}" names only the user's own channels. A sub that
+// holds a separator or a pattern character is refused where a permission uses {sub}
+// (else alice:inbox, in user:{sub}:*, would reach user:alice:inbox:*, a part of alice's
+// channels); a pattern where {sub} is not followed by a separator before the * is
+// refused; an anonymous client gets nothing from a {sub} pattern.
+func TestSubCannotWidenPatterns(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{Auth: gateway.AuthConfig{Secret: testSecret, AllowAnonymous: true,
+		DefaultChannels: []string{"user:{sub}:*", "public:*"}}}, nil)
+	own := claims{"channels": []string{"user:{sub}:*"}}
+	tests := []struct {
+		name, sub string
+		extra     claims
+		channel   string
+		status    int // 0: upgraded
+	}{
+		{"plain sub, its own channel", "alice", own, "user:alice:inbox", 0},
+		{"sub with ':' reaching alice's channels", "alice:inbox", own, "user:alice:inbox:x", http.StatusUnauthorized},
+		{"sub with ':' reaching alice's channels, by the default", "alice:inbox", nil, "user:alice:inbox:x", http.StatusUnauthorized},
+		{"sub with '/'", "alice/x", own, "user:alice/x:y", http.StatusUnauthorized},
+		{"sub with '.'", "alice.x", own, "user:alice.x:y", http.StatusUnauthorized},
+		{"sub with '*'", "a*", own, "user:a:y", http.StatusUnauthorized},
+		{"sub with braces", "{sub}", own, "user:x:y", http.StatusUnauthorized},
+		{"sub with '@'", "alice@example.com", own, "public:x", http.StatusUnauthorized},
+		{"sub longer than a channel", strings.Repeat("a", 129), own, "public:x", http.StatusUnauthorized},
+		{"sub with ':' where no permission uses {sub}", "alice:inbox", claims{"channels": []string{"news"}}, "news", 0},
+		{"{sub} right before *", "alice", claims{"channels": []string{"user:{sub}*"}}, "user:alice2", http.StatusUnauthorized},
+		{"{sub} before a letter and *", "alice", claims{"channels": []string{"user:{sub}x*"}}, "user:alicexx", http.StatusUnauthorized},
+		{"{sub} exact, without *", "alice", claims{"channels": []string{"inbox:{sub}"}}, "inbox:alice", 0},
+		{"braces that are not {sub}", "alice", claims{"channels": []string{"user:{user}:*"}}, "public:x", http.StatusUnauthorized},
+		{"{sub} in the publish claim", "bob:x", claims{"channels": []string{"news"}, "publish": []string{"user:{sub}:*"}}, "news", http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, resp, err := g.tryDial("channels=" + url.QueryEscape(tt.channel) + "&token=" + hs(t, tt.sub, time.Hour, tt.extra))
+			if tt.status == 0 {
+				if err != nil {
+					t.Fatalf("got %v (HTTP %d), want upgraded", err, status(resp))
+				}
+				c.expect("welcome")
+				return
+			}
+			if err == nil || status(resp) != tt.status {
+				t.Fatalf("got HTTP %d, want %d", status(resp), tt.status)
+			}
+		})
+	}
+
+	// A plain sub cannot reach another user's channels, nor alice's through a prefix.
+	a := g.dial("token=" + hs(t, "alice", time.Hour, own))
+	a.expect("welcome")
+	for ch, want := range map[string]string{"user:alice:inbox": "subscribed", "user:alice2:inbox": gateway.CodeForbidden,
+		"user:bob:inbox": gateway.CodeForbidden, "user:alice": gateway.CodeForbidden} {
+		a.send(map[string]string{"op": "subscribe", "channel": ch, "ref": ch})
+		f := a.next()
+		if got := f.str("op"); got != want && f.str("code") != want {
+			t.Errorf("alice subscribes to %s: got %v, want %s", ch, f, want)
+		}
+	}
+
+	// A refresh that would bring {sub} to an unsafe sub is refused; the connection stays.
+	r := g.dial("token=" + hs(t, "alice:inbox", time.Hour, claims{"channels": []string{"news"}}) + "&channels=news")
+	r.expect("welcome")
+	r.send(map[string]string{"op": "refresh", "token": hs(t, "alice:inbox", time.Hour, own), "ref": "r"})
+	if f := r.expect("error"); f.str("code") != gateway.CodeForbidden || f.str("ref") != "r" || !strings.Contains(f.str("message"), "{sub}") {
+		t.Errorf("refresh to user:{sub}:* for sub alice:inbox: got %v, want error forbidden naming {sub}", f)
+	}
+	r.send(`{"op":"subscribe","channel":"user:alice:inbox:x","ref":"s"}`)
+	if f := r.expect("error"); f.str("code") != gateway.CodeForbidden {
+		t.Errorf("after the refused refresh: got %v, want forbidden", f)
+	}
+
+	// Anonymous: the {sub} pattern gives nothing (not user::*); the others apply.
+	anon := g.dial("")
+	anon.expect("welcome")
+	for ch, want := range map[string]string{"user::x": gateway.CodeForbidden, "public:x": "subscribed"} {
+		anon.send(map[string]string{"op": "subscribe", "channel": ch, "ref": ch})
+		f := anon.next()
+		if got := f.str("op"); got != want && f.str("code") != want {
+			t.Errorf("anonymous subscribes to %s: got %v, want %s", ch, f, want)
+		}
+	}
+
+	// A default pattern that breaks the rules stops the server from starting.
+	for _, bad := range [][]string{{"user:{sub}*"}, {"{user}:*"}, {"user:{sub"}} {
+		_, err := gateway.NewServer(gateway.Config{Auth: gateway.AuthConfig{Secret: testSecret, DefaultChannels: bad}},
+			gateway.NewHub(gateway.HubConfig{}), failingBus{}, failingBus{})
+		if err == nil {
+			t.Errorf("NewServer took DefaultChannels %q; want an error", bad)
+		}
 	}
 }

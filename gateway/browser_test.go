@@ -176,7 +176,8 @@ func (p *page) describe() string {
 		const q = (s) => [...document.querySelectorAll(s)];
 		return JSON.stringify({
 			state: document.getElementById("state")?.dataset.state,
-			offset: document.getElementById("offset")?.textContent,
+			offset: document.getElementById("seen")?.dataset.offset,
+			auth: document.getElementById("auth")?.hidden === false ? document.getElementById("auth").textContent : "",
 			chat: q("#chat li.msg").map((li) => li.dataset.offset + ":" + li.querySelector(".text").textContent),
 			notes: q("#notes li").map((li) => li.dataset.offset + ":" + li.textContent),
 			events: q("#events li").map((li) => li.textContent),
@@ -325,9 +326,9 @@ func TestBrowserChatBetweenTwoPages(t *testing.T) {
 			t.Errorf("%s: got ids %s %s, want the same messages as alice's %v", p.name, got[0].ID, got[1].ID, ids)
 		}
 		var off string
-		p.eval(`document.getElementById("offset").textContent`, &off)
+		p.eval(`document.getElementById("seen").dataset.offset`, &off)
 		if want := fmt.Sprint(got[1].Offset); off != want {
-			t.Errorf("%s: the page shows offset %q, want %q (the last message's)", p.name, off, want)
+			t.Errorf("%s: the page resumes from offset %q, want %q (the last message's)", p.name, off, want)
 		}
 		var time string
 		p.eval(`document.querySelector("#chat li.msg time").textContent`, &time)
@@ -443,6 +444,21 @@ func TestBrowserResumeAfterDrop(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // room for a duplicate to show up
 
 	checkAllOnce(t, p, wantChat, nNotes)
+	// In a visitor's words: what was caught up on, and no offsets.
+	var log []string
+	p.eval(`[...document.querySelectorAll("#events li")].map((li) => li.textContent)`, &log)
+	var resumed string
+	p.eval(`document.querySelector('#events li[data-kind="resumed"]').textContent`, &resumed)
+	if want := "caught up on 30 missed messages"; !strings.Contains(resumed, want) {
+		t.Errorf("the resume is logged as %q, want it to say %q", resumed, want)
+	}
+	var header string
+	p.eval(`document.querySelector("header").textContent`, &header)
+	for _, line := range append(log, header) {
+		if strings.Contains(strings.ToLower(line), "offset") {
+			t.Errorf("the page says %q: offsets mean nothing to a visitor", strings.TrimSpace(line))
+		}
+	}
 	shot(t, p, "herald-demo-resumed.png")
 }
 
@@ -510,10 +526,16 @@ func checkAllOnce(t *testing.T, p *page, wantChat []string, nNotes int) {
 	if len(seen) != int(total) {
 		t.Errorf("got %d distinct offsets, want %d (0 to %d)", len(seen), total, total-1)
 	}
-	var shown string
-	p.eval(`document.getElementById("offset").textContent`, &shown)
-	if want := fmt.Sprint(total - 1); shown != want {
-		t.Errorf("the page shows offset %q, want %q", shown, want)
+	var shown struct {
+		Offset string `json:"offset"`
+		Count  string `json:"count"`
+	}
+	p.eval(`({offset: document.getElementById("seen").dataset.offset, count: document.getElementById("seen").textContent})`, &shown)
+	if want := fmt.Sprint(total - 1); shown.Offset != want {
+		t.Errorf("the page resumes from offset %q, want %q", shown.Offset, want)
+	}
+	if want := fmt.Sprint(total); shown.Count != want {
+		t.Errorf("the page counts %q messages, want %q", shown.Count, want)
 	}
 }
 
@@ -630,4 +652,267 @@ func TestBrowserDemoShowsWhoIsOnline(t *testing.T) {
 	carol.close()
 	alice.waitFor("carol's leave", `!document.querySelector('#online li[data-user="carol"]')`)
 	shot(t, alice, "herald-demo-online.png")
+}
+
+// chatItem is one chat message as the demo shows it, with how it names its sender.
+type chatItem struct {
+	Who   string `json:"who"`
+	User  bool   `json:"user"`  // a user the gateway vouches for
+	Guest bool   `json:"guest"` // a guest's name of their choosing
+	Text  string `json:"text"`
+	Mine  bool   `json:"mine"`
+}
+
+func (p *page) chat() []chatItem {
+	p.t.Helper()
+	var out []chatItem
+	p.eval(`[...document.querySelectorAll("#chat li.msg")].map((li) => ({
+		who: li.querySelector(".who").textContent,
+		user: li.querySelector(".who").classList.contains("user"),
+		guest: li.querySelector(".tag") !== null,
+		text: li.querySelector(".text").textContent,
+		mine: li.classList.contains("mine"),
+	}))`, &out)
+	return out
+}
+
+// TestBrowserDemoChatNames: the chat name is the connection's user where it has one (read
+// only, shown as a user); a guest picks a name of its own, kept per tab and shown as a
+// guest's; a message is "mine" only in the tab that sent it, whatever names collide.
+func TestBrowserDemoChatNames(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{InsecureUserParam: true, Limits: gateway.Limits{HandshakeRate: -1}}, nil)
+	b := newBrowser(t)
+	guest := openDemo(t, b, g, "guest", "")
+	alice := openDemo(t, b, g, "alice", "user=alice")
+	guest.eval(`document.getElementById("name").value = "bob"`, nil)
+	guest.say("hello from a guest called bob")
+	alice.waitFor("the guest's message", `document.querySelectorAll("#chat li.msg").length === 1`)
+	var name struct {
+		Value    string `json:"value"`
+		ReadOnly bool   `json:"readOnly"`
+		Kind     string `json:"kind"`
+	}
+	alice.eval(`({value: document.getElementById("name").value, readOnly: document.getElementById("name").readOnly,
+		kind: document.getElementById("name-kind").textContent})`, &name)
+	if name.Value != "alice" || !name.ReadOnly || name.Kind != "you are" {
+		t.Errorf("alice's page: name %+v, want alice, read-only, labelled as her", name)
+	}
+	alice.say("hello from alice")
+	for _, p := range []*page{guest, alice} {
+		p.waitFor("both messages", `document.querySelectorAll("#chat li.msg").length === 2`)
+		got := p.chat()
+		want := []chatItem{
+			{Who: "bob", Guest: true, Text: "hello from a guest called bob", Mine: p == guest},
+			{Who: "alice", User: true, Text: "hello from alice", Mine: p == alice},
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("%s: message %d: got %+v, want %+v", p.name, i, got[i], want[i])
+			}
+		}
+	}
+
+	// Another tab does not take the first one's name; two guests of the same name are
+	// told apart: a message is mine only where it was sent.
+	other := openDemo(t, b, g, "other guest", "")
+	var otherName string
+	other.eval(`document.getElementById("name").value`, &otherName)
+	if otherName == "bob" || !strings.HasPrefix(otherName, "guest-") {
+		t.Errorf("a new tab's guest name: got %q, want a fresh guest-NNNN, not another tab's", otherName)
+	}
+	samA := openDemo(t, b, g, "sam A", "name=sam")
+	samB := openDemo(t, b, g, "sam B", "name=sam")
+	samA.say("I am the first sam")
+	samB.waitFor("sam A's message", `document.querySelectorAll("#chat li.msg").length === 1`)
+	samA.waitFor("its own message", `document.querySelectorAll("#chat li.msg.mine").length === 1`)
+	if got := samB.chat(); len(got) != 1 || got[0].Mine || !got[0].Guest || got[0].Who != "sam" {
+		t.Errorf("sam B sees %+v, want sam A's message as a guest's, not its own", got)
+	}
+	shot(t, alice, "herald-demo-names.png")
+}
+
+// TestBrowserDemoUserParamHints: the page tells people to use ?user= only where the
+// gateway honours it, and says so when ?user= is ignored.
+func TestBrowserDemoUserParamHints(t *testing.T) {
+	presence := func() *gateway.Presence {
+		return gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Logger: testLogger(t)})
+	}
+	plain := newTestGateway(t, gateway.Config{Presence: presence()}, nil)
+	demo := newTestGateway(t, gateway.Config{Presence: presence(), InsecureUserParam: true}, nil)
+	b := newBrowser(t)
+
+	p := openDemo(t, b, plain, "ignored", "user=alice")
+	p.waitFor("the notice", `!document.getElementById("notice").hidden`)
+	var got struct {
+		Notice string `json:"notice"`
+		Empty  string `json:"empty"`
+		Kind   string `json:"kind"`
+		Items  int    `json:"items"`
+	}
+	read := func(p *page) {
+		p.eval(`({notice: document.getElementById("notice").hidden ? "" : document.getElementById("notice").textContent,
+			empty: document.getElementById("online").dataset.empty, kind: document.getElementById("name-kind").textContent,
+			items: document.querySelectorAll("#online li[data-user]").length})`, &got)
+	}
+	p.waitFor("the presence answer", `document.getElementById("online-anonymous").dataset.count === "1"`)
+	read(p)
+	if !strings.Contains(got.Notice, "?user=alice is ignored") || got.Kind != "guest name" {
+		t.Errorf("?user= on a gateway that ignores it: notice %q, name kind %q; want it said ignored, and a guest", got.Notice, got.Kind)
+	}
+	if strings.Contains(got.Empty, "Open this page with ?user=") || got.Items != 0 {
+		t.Errorf("a gateway without --insecure-user-param: the Online card says %q (%d users): it must not offer ?user=", got.Empty, got.Items)
+	}
+	shot(t, p, "herald-demo-user-ignored.png")
+
+	q := openDemo(t, b, demo, "honoured", "")
+	read(q)
+	if !strings.Contains(got.Empty, "Open this page with ?user=NAME") || got.Notice != "" {
+		t.Errorf("a gateway with --insecure-user-param: Online card %q, notice %q: want the ?user= hint and no notice", got.Empty, got.Notice)
+	}
+}
+
+// TestBrowserDemoNeedsAToken: with authentication on, the page without a token says a
+// token is needed and how to pass it, without trying to connect; with a refused token it
+// says why (the gateway's 401) and stops; a token that does not permit the page's
+// channels gets the 403's reason; a good token connects as its user; an expired one
+// says so.
+func TestBrowserDemoNeedsAToken(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{Auth: gateway.AuthConfig{Secret: testSecret, Leeway: -1}}, nil)
+	b := newBrowser(t)
+	room := claims{"channels": []string{"room", "notifications"}}
+	authState := func(p *page) (kind, text, pill string) {
+		var out struct{ Kind, Text, Pill string }
+		p.eval(`({kind: document.getElementById("auth").hidden ? "" : document.getElementById("auth").dataset.kind,
+			text: document.getElementById("auth").textContent, pill: document.getElementById("state").textContent})`, &out)
+		return out.Kind, out.Text, out.Pill
+	}
+
+	none := openPage(t, b, "no token", g.http.URL+"/")
+	none.waitFor("the token panel", `!document.getElementById("auth").hidden`)
+	if kind, text, pill := authState(none); kind != "needed" || !strings.Contains(text, "?token=YOUR_JWT") || pill != "token needed" {
+		t.Errorf("no token: panel %q %q, pill %q; want it to say a token is needed and how to pass it", kind, text, pill)
+	}
+	shot(t, none, "herald-demo-token-needed.png")
+	time.Sleep(500 * time.Millisecond)
+	if n := counterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_missing"); n != 0 {
+		t.Errorf("the page without a token tried to connect %v times, want none", n)
+	}
+
+	bad := openPage(t, b, "expired token", g.http.URL+"/?token="+hs(t, "alice", -time.Minute, room))
+	bad.waitFor("the refusal", `document.getElementById("auth").dataset.kind === "refused"`)
+	if _, text, _ := authState(bad); !strings.Contains(text, "401") || !strings.Contains(text, "expired") {
+		t.Errorf("expired token: the page says %q, want the gateway's 401 and its reason", text)
+	}
+	before := counterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_expired")
+	time.Sleep(3 * time.Second) // herald.js would have retried by now
+	if n := counterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_expired"); n != before || before > 3 {
+		t.Errorf("expired token: %v refused handshakes, then %v more: want the page to stop trying", before, n-before)
+	}
+	var state string
+	bad.eval(`herald.state`, &state)
+	if state != "closed" {
+		t.Errorf("expired token: herald.js is %s, want closed: no loop on connection lost", state)
+	}
+
+	noChannels := openPage(t, b, "no channels claim", g.http.URL+"/?token="+hs(t, "alice", time.Hour, nil))
+	noChannels.waitFor("the refusal", `document.getElementById("auth").dataset.kind === "forbidden"`)
+	if _, text, _ := authState(noChannels); !strings.Contains(text, "403") || !strings.Contains(text, `"room"`) {
+		t.Errorf("token without the page's channels: the page says %q, want the 403 naming the channel", text)
+	}
+
+	good := openDemo(t, b, g, "good token", "token="+hs(t, "carol", 3*time.Second, room))
+	var name string
+	good.eval(`document.getElementById("name").value`, &name)
+	if name != "carol" {
+		t.Errorf("good token: the chat name is %q, want the token's sub, carol", name)
+	}
+	good.waitFor("the expiry", `document.getElementById("auth").dataset.kind === "expired"`)
+	shot(t, good, "herald-demo-token-expired.png")
+}
+
+// TestBrowserDemoFooterSaysWhetherTheAPIIsOn: the footer's curl comes with the truth:
+// without an API key the API is off (404), and the page says so.
+func TestBrowserDemoFooterSaysWhetherTheAPIIsOn(t *testing.T) {
+	b := newBrowser(t)
+	for _, tt := range []struct {
+		name string
+		g    *testGateway
+		want string
+		not  string
+	}{
+		{"no API key", newTestGatewayNoKey(t), "The backend API is off on this gateway (no API key), so this command would answer 404", ""},
+		{"an API key", newTestGateway(t, gateway.Config{}, nil), "with the gateway's API key", "off"},
+	} {
+		p := openDemo(t, b, tt.g, tt.name, "")
+		var note, curl string
+		p.eval(`document.getElementById("api-note").textContent`, &note)
+		p.eval(`document.getElementById("curl").textContent`, &curl)
+		if !strings.Contains(note, tt.want) || tt.not != "" && strings.Contains(note, tt.not) {
+			t.Errorf("%s: the footer says %q, want %q", tt.name, note, tt.want)
+		}
+		if !strings.Contains(curl, tt.g.http.URL+"/api/publish") {
+			t.Errorf("%s: the curl %q does not name this gateway", tt.name, curl)
+		}
+	}
+}
+
+// TestBrowserDemoLabelsNotifications: a notification to named users is labelled for the
+// page's user, not "everyone".
+func TestBrowserDemoLabelsNotifications(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{InsecureUserParam: true}, nil)
+	b := newBrowser(t)
+	p := openDemo(t, b, g, "alice", "user=alice")
+	direct := mustPublish(t, g, `{"users":["alice"],"data":{"title":"Your order shipped"}}`)
+	all := mustPublish(t, g, `{"data":{"title":"Maintenance tonight"}}`)
+	ch := mustPublish(t, g, `{"channel":"notifications","data":{"title":"Deploy finished"}}`)
+	p.waitFor("three notifications", `document.querySelectorAll("#notes li").length === 3`)
+	got := p.list("#notes li")
+	want := map[string]string{direct: "to alice", all: "everyone", ch: "notifications"}
+	for _, it := range got {
+		if it.Who != want[it.ID] {
+			t.Errorf("notification %q: labelled %q, want %q", it.Text, it.Who, want[it.ID])
+		}
+	}
+	shot(t, p, "herald-demo-direct.png")
+}
+
+// TestBrowserDemoConnectionLog: the connection log fills its column: with more lines than
+// the old four-line box, it reaches the bottom of the chat beside it (no empty space
+// below a clipped list) and shows at least six lines at once.
+func TestBrowserDemoConnectionLog(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{}, nil)
+	b := newBrowser(t)
+	p := openDemo(t, b, g, "page", "hold=100")
+	for i := range 4 {
+		p.do("drop", chromedp.Click(chromedp.ID("drop")))
+		p.waitFor("back online", fmt.Sprintf(`document.querySelectorAll('#events li[data-kind="welcome"]').length === %d &&
+			document.getElementById("state").dataset.state === "open"`, i+2))
+	}
+	var layout struct {
+		Lines     int     `json:"lines"`
+		Visible   int     `json:"visible"`
+		LogBottom float64 `json:"logBottom"`
+		ChatBot   float64 `json:"chatBottom"`
+	}
+	p.eval(`(() => {
+		const feed = document.getElementById("events");
+		const box = feed.getBoundingClientRect();
+		const lis = [...feed.children];
+		return {
+			lines: lis.length,
+			visible: lis.filter((li) => { const r = li.getBoundingClientRect(); return r.top >= box.top - 1 && r.bottom <= box.bottom + 1; }).length,
+			logBottom: document.querySelector(".card.log").getBoundingClientRect().bottom,
+			chatBottom: document.querySelector(".card.chat").getBoundingClientRect().bottom,
+		};
+	})()`, &layout)
+	if layout.Lines < 8 {
+		t.Fatalf("the log has %d lines, want 8 or more for the test", layout.Lines)
+	}
+	if layout.Visible < 6 {
+		t.Errorf("the log shows %d of its %d lines at once, want 6 or more", layout.Visible, layout.Lines)
+	}
+	if d := layout.ChatBot - layout.LogBottom; d > 2 || d < -2 {
+		t.Errorf("the log card ends %.0fpx above the chat card beside it, want them level (no empty space below it)", d)
+	}
+	shot(t, p, "herald-demo-log.png")
 }

@@ -485,6 +485,9 @@ func TestCloseCodes(t *testing.T) {
 func TestSlowConsumerClosedWith4008(t *testing.T) {
 	// Publishing waits for each delivery; coalescing writes would only slow that down.
 	g := newTestGateway(t, gateway.Config{WriteQueueBytes: 64 << 10, FlushInterval: -1}, nil)
+	if got := counter(t, g.reg, "herald_write_queue_cap_bytes"); got != 64<<10 {
+		t.Errorf("herald_write_queue_cap_bytes: got %v, want the configured cap, %d", got, 64<<10)
+	}
 	slow := g.dial("channels=flood")
 	slow.expect("welcome")
 	healthy := g.dial("channels=flood")
@@ -694,6 +697,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 		"herald_write_queue_messages":       0,
 		"herald_write_queue_bytes":          0,
 		"herald_bus_connected":              1,
+		"herald_write_queue_cap_bytes":      1 << 20, // the default
 	}
 	for name, want := range checks {
 		if got := counter(t, g.reg, name); got != want {
@@ -836,4 +840,60 @@ func TestStalledSocketDoesNotHoldTheWriter(t *testing.T) {
 	waitFor(t, "every delivery counted", func() bool {
 		return counter(t, g.reg, "herald_messages_delivered_total") == 2*n
 	})
+}
+
+// TestClientInfo: GET /ws/info tells a page, before it connects, whether it needs a
+// token, whether ?user= names its user, and whether the backend API is on.
+func TestClientInfo(t *testing.T) {
+	tests := []struct {
+		name string
+		g    *testGateway
+		want string
+	}{
+		{"the demo default", newTestGatewayNoKey(t), `{"auth":"off","user_param":false,"api":false}`},
+		{"user param and an API key", newTestGateway(t, gateway.Config{InsecureUserParam: true}, nil), `{"auth":"off","user_param":true,"api":true}`},
+		{"tokens required", newTestGateway(t, gateway.Config{Auth: gateway.AuthConfig{Secret: []byte("a-test-secret-of-at-least-32-bytes!!")}}, nil), `{"auth":"required","user_param":false,"api":true}`},
+		{"tokens optional", newTestGateway(t, gateway.Config{Auth: gateway.AuthConfig{Secret: []byte("a-test-secret-of-at-least-32-bytes!!"), AllowAnonymous: true}}, nil), `{"auth":"optional","user_param":false,"api":true}`},
+	}
+	for _, tt := range tests {
+		resp, err := http.Get(tt.g.http.URL + "/ws/info")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != tt.want {
+			t.Errorf("%s: got %d %s, want 200 %s", tt.name, resp.StatusCode, body, tt.want)
+		}
+	}
+}
+
+// TestDirectMessagesSayDirect: a message that names users carries "direct": true, live
+// and on replay, so that a client can tell it from a broadcast; the list of users is not
+// sent. Others carry no direct.
+func TestDirectMessagesSayDirect(t *testing.T) {
+	g := newTestGatewayRetaining(t, gateway.Config{InsecureUserParam: true}, nil, consumer.EmbeddedConfig{RetainMessages: 50})
+	alice := g.dial("user=alice&channels=news")
+	alice.expect("welcome")
+	mustPublish(t, g, `{"users":["alice","bob"],"data":"for you"}`)
+	mustPublish(t, g, `{"data":"for all"}`)
+	mustPublish(t, g, `{"channel":"news","data":"news"}`)
+	mustPublish(t, g, `{"channel":"news","users":["alice"],"data":"news for you"}`)
+	want := map[string]bool{"for you": true, "for all": false, "news": false, "news for you": true}
+	check := func(who string, c *client) {
+		for range want {
+			f := c.expect("message")
+			d, _ := f["data"].(string)
+			if got := f["direct"] == true; got != want[d] {
+				t.Errorf("%s: %v: direct %v, want %v", who, f, got, want[d])
+			}
+			if _, ok := f["users"]; ok {
+				t.Errorf("%s: %v: the message lists its users", who, f)
+			}
+		}
+	}
+	check("live", alice)
+	replay := g.dial("user=alice&channels=news&since=-1")
+	replay.expect("welcome")
+	check("replayed", replay)
 }

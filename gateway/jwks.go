@@ -13,22 +13,32 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 // JWKSConfig configures a JWKS.
 type JWKSConfig struct {
 	// URL serves the JSON Web Key Set (RFC 7517), e.g.
-	// https://issuer.example.com/.well-known/jwks.json.
+	// https://issuer.example.com/.well-known/jwks.json. It is logged with its secrets
+	// (password, secret-looking query parameters) hidden.
 	URL string
+	// AllowHTTP lets URL be plain http://. Default false: Fetch refuses it, since anyone
+	// on the path could swap the keys and so sign any token.
+	AllowHTTP bool
 	// Refresh is how often Run fetches the set again. Default 10m.
 	Refresh time.Duration
 	// MissInterval is the least time between two fetches caused by a token whose kid is
 	// not in the set (a rotated key), so that made-up kids cannot make the gateway fetch
 	// on every handshake. Default 10s.
 	MissInterval time.Duration
-	// Client fetches the set. Default: a client with a 10s timeout.
+	// Client fetches the set. Default: a client with a 10s timeout. Whatever the client,
+	// a redirect to another scheme or host is refused (the keys must come from the host
+	// the URL names); redirects on the same scheme and host are followed, up to 10.
 	Client *http.Client
 	// Logger receives fetch failures. Default: discard.
 	Logger *slog.Logger
@@ -40,7 +50,8 @@ type JWKSConfig struct {
 // tokens, by kid. Run keeps it fresh; a kid it does not know makes it fetch again (at
 // most once per MissInterval). Safe for concurrent use.
 type JWKS struct {
-	cfg JWKSConfig
+	cfg     JWKSConfig
+	safeURL string // cfg.URL with its secrets hidden, for logs and errors
 
 	// fetchMu is held for a whole fetch, so that one runs at a time; it protects lastMiss.
 	fetchMu  sync.Mutex
@@ -70,10 +81,55 @@ func NewJWKS(cfg JWKSConfig) *JWKS {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Timeout: 10 * time.Second}
 	}
+	client := *cfg.Client // a copy: the caller's client is left as it is
+	client.CheckRedirect = sameOrigin(cfg.Client.CheckRedirect)
+	cfg.Client = &client
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &JWKS{cfg: cfg, keys: map[string]jwk{}}
+	return &JWKS{cfg: cfg, safeURL: redact.URL(cfg.URL), keys: map[string]jwk{}}
+}
+
+// maxJWKSRedirects is how many redirects a fetch follows.
+const maxJWKSRedirects = 10
+
+// sameOrigin is a CheckRedirect that refuses a redirect to another scheme or host than
+// the first request's, and more than maxJWKSRedirects; then it asks next, when not nil.
+func sameOrigin(next func(*http.Request, []*http.Request) error) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		first := via[0].URL
+		if !strings.EqualFold(req.URL.Scheme, first.Scheme) || !strings.EqualFold(req.URL.Host, first.Host) {
+			return fmt.Errorf("refused a redirect from %s to %s: the key set must come from the scheme and host of its URL",
+				redact.URL(first.Scheme+"://"+first.Host), redact.URL(req.URL.Scheme+"://"+req.URL.Host))
+		}
+		if len(via) >= maxJWKSRedirects {
+			return fmt.Errorf("stopped after %d redirects", maxJWKSRedirects)
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		return nil
+	}
+}
+
+// CheckJWKSURL checks a JWKS URL: absolute, with a host, https (or http where allowHTTP).
+func CheckJWKSURL(raw string, allowHTTP bool) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("JWKS URL %s: %w", redact.URL(raw), redact.Error(err, raw))
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && allowHTTP:
+	case u.Scheme == "http":
+		return fmt.Errorf("JWKS URL %s is plain http: anyone on the path could replace the keys and sign any token; use https (or allow http explicitly, for a key server on a trusted network)", redact.URL(raw))
+	default:
+		return fmt.Errorf("JWKS URL %s: want an https:// URL", redact.URL(raw))
+	}
+	if u.Host == "" {
+		return fmt.Errorf("JWKS URL %s has no host", redact.URL(raw))
+	}
+	return nil
 }
 
 // jwksRetry is how soon Run tries again after a failed fetch.
@@ -93,7 +149,7 @@ func (j *JWKS) Run(ctx context.Context) {
 		}
 		next := j.cfg.Refresh
 		if err := j.Fetch(ctx); err != nil && ctx.Err() == nil {
-			j.cfg.Logger.Warn("JWKS fetch failed; keeping the keys fetched before", "url", j.cfg.URL, "err", err)
+			j.cfg.Logger.Warn("JWKS fetch failed; keeping the keys fetched before", "url", j.safeURL, "err", err)
 			next = min(next, jwksRetry)
 		}
 		t.Reset(next)
@@ -110,7 +166,7 @@ func (j *JWKS) Fetch(ctx context.Context) error {
 	keys, err := j.fetch(ctx)
 	j.cfg.Metrics.jwksFetched(err == nil)
 	if err != nil {
-		return fmt.Errorf("jwks: fetch %s: %w", j.cfg.URL, err)
+		return fmt.Errorf("jwks: fetch %s: %w", j.safeURL, redact.Error(err, j.cfg.URL))
 	}
 	j.mu.Lock()
 	j.keys, j.loaded = keys, true
@@ -119,6 +175,9 @@ func (j *JWKS) Fetch(ctx context.Context) error {
 }
 
 func (j *JWKS) fetch(ctx context.Context) (map[string]jwk, error) {
+	if err := CheckJWKSURL(j.cfg.URL, j.cfg.AllowHTTP); err != nil {
+		return nil, err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, j.cfg.URL, nil)
 	if err != nil {
 		return nil, err
@@ -264,7 +323,7 @@ func (j *JWKS) key(kid, alg string) (any, error) {
 		err := j.Fetch(ctx)
 		cancel()
 		if err != nil {
-			j.cfg.Logger.Warn("JWKS fetch for an unknown kid failed", "kid", kid, "err", err)
+			j.cfg.Logger.Warn("JWKS fetch for an unknown kid failed", "kid", fmt.Sprintf("%.64q", kid), "err", err)
 		}
 	}
 	return j.lookup(kid, alg)

@@ -229,6 +229,13 @@ type originPolicy struct {
 
 type wildcardOrigin struct{ scheme, suffix string } // "https://", ".example.com"
 
+// CheckAllowedOrigins checks a list of allowed origins (Config.AllowedOrigins) as
+// NewServer does.
+func CheckAllowedOrigins(allowed []string) error {
+	_, err := newOriginPolicy(allowed)
+	return err
+}
+
 func newOriginPolicy(allowed []string) (*originPolicy, error) {
 	p := &originPolicy{exact: make(map[string]bool)}
 	for _, o := range allowed {

@@ -432,6 +432,7 @@ type stateCollector struct {
 	conns, subs, chans, busUp     *prometheus.Desc
 	qFrames, qBytes, qMaxF, qMaxB *prometheus.Desc
 	qDepth                        *prometheus.Desc
+	qCap                          *prometheus.Desc
 }
 
 // queueDepthBuckets are the upper bounds, in bytes, of herald_write_queue_depth_bytes.
@@ -452,11 +453,12 @@ func newStateCollector(srv *Server, hub *Hub, bus BusHealth) *stateCollector {
 		qMaxF:   d("herald_write_queue_max_messages", "Frames waiting in the fullest connection's write queue."),
 		qMaxB:   d("herald_write_queue_max_bytes", "Bytes waiting in the fullest connection's write queue."),
 		qDepth:  d("herald_write_queue_depth_bytes", "Bytes waiting in each connection's write queue, sampled at scrape."),
+		qCap:    d("herald_write_queue_cap_bytes", "The configured cap of each connection's write queue (--write-queue-bytes); a connection over it is closed with 4008."),
 	}
 }
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.conns, s.subs, s.chans, s.busUp, s.qFrames, s.qBytes, s.qMaxF, s.qMaxB, s.qDepth} {
+	for _, d := range []*prometheus.Desc{s.conns, s.subs, s.chans, s.busUp, s.qFrames, s.qBytes, s.qMaxF, s.qMaxB, s.qDepth, s.qCap} {
 		ch <- d
 	}
 }
@@ -497,6 +499,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	g(s.qBytes, bytes)
 	g(s.qMaxF, maxF)
 	g(s.qMaxB, maxB)
+	g(s.qCap, s.srv.cfg.WriteQueueBytes)
 	ch <- prometheus.MustNewConstMetric(s.busUp, prometheus.GaugeValue, up)
 }
 

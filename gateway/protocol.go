@@ -10,7 +10,7 @@ import (
 	"github.com/heraldgw/herald/producer/message"
 )
 
-// Error codes of the error frame (PROTOCOL.md section 1).
+// Error codes of the error frame (docs/PROTOCOL.md section 6).
 const (
 	CodeBadRequest  = "bad_request"
 	CodeUnknownOp   = "unknown_op"
@@ -46,6 +46,9 @@ type (
 		From    string          `json:"from,omitempty"`
 		Time    string          `json:"time"`
 		Data    json.RawMessage `json:"data"`
+		// Direct says that the message named users, so it reached only their
+		// connections (the list itself is not sent: each recipient would see the others).
+		Direct bool `json:"direct,omitempty"`
 	}
 	replyFrame struct {
 		Op      string `json:"op"`
@@ -94,6 +97,7 @@ func newMessageFrame(m message.Message) *frame {
 	if m.Offset >= 0 {
 		mf.Offset = &m.Offset
 	}
+	mf.Direct = len(m.Users) > 0
 	return newFrame(mustEncode(mf), m.Offset, m.Time)
 }
 

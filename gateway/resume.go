@@ -8,8 +8,8 @@ import (
 	"github.com/heraldgw/herald/producer/message"
 )
 
-// Log is the bus's ordered, retained history, read to resume clients (PROTOCOL.md
-// section 4).
+// Log is the bus's ordered, retained history, read to resume clients (docs/PROTOCOL.md
+// section 9).
 type Log interface {
 	// Replay calls fn with the retained messages after offset since (since -1: from the
 	// oldest retained), in offset order, until fn returns false or ctx ends. A message

@@ -4,7 +4,7 @@
 //
 // The gateway sees the bus through two small interfaces, Publisher and BusHealth, and is
 // fed by it through Hub.Dispatch; it never imports an AMQP client. The wire contract is
-// PROTOCOL.md.
+// docs/PROTOCOL.md.
 package gateway
 
 import (
@@ -259,6 +259,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		return nil, fmt.Errorf("gateway: web files: %w", err)
 	}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
+	s.mux.HandleFunc("GET /ws/info", s.serveInfo)
 	s.mux.HandleFunc("POST /api/publish", s.servePublish)
 	s.mux.HandleFunc("GET /api/presence", s.servePresence)
 	s.mux.HandleFunc("GET /api/users/{id}", s.serveUser)
@@ -382,6 +383,32 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
+// clientInfo is the answer of GET /ws/info: what a client (the demo page) needs to know
+// before it connects. It tells nothing a client could not learn by trying.
+type clientInfo struct {
+	// Auth is "off" (no token is asked for or used), "optional" (a token names the user;
+	// without one a client is anonymous) or "required" (a client without a valid token
+	// is refused with 401).
+	Auth string `json:"auth"`
+	// UserParam says that ?user= names the connection's user, unauthenticated
+	// (InsecureUserParam: demos and tests).
+	UserParam bool `json:"user_param"`
+	// API says that the backend API (POST /api/publish...) is on: an API key is set.
+	API bool `json:"api"`
+}
+
+// serveInfo is GET /ws/info.
+func (s *Server) serveInfo(w http.ResponseWriter, _ *http.Request) {
+	info := clientInfo{Auth: "off", UserParam: s.cfg.InsecureUserParam, API: s.cfg.APIKey != ""}
+	switch {
+	case s.auth.enabled && s.auth.anonymous:
+		info.Auth = "optional"
+	case s.auth.enabled:
+		info.Auth = "required"
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
 // track adds c to the connections that Shutdown drains; false once draining.
 func (s *Server) track(c *Conn) bool {
 	s.connsMu.Lock()
@@ -503,7 +530,7 @@ func (s *Server) serveUser(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.presence.User(id))
 }
 
-// servePublish is POST /api/publish (PROTOCOL.md section 2).
+// servePublish is POST /api/publish (docs/PROTOCOL.md section 14).
 func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	if !s.apiAllowed(w, r) {
 		return

@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -121,6 +122,11 @@ func TestComposeFile(t *testing.T) {
 		var ports []string
 		for _, pc := range s.Ports {
 			ports = append(ports, fmt.Sprintf("%s:%d", pc.Published, pc.Target))
+			// A local demo, with ?user= unauthenticated: nothing is published beyond
+			// this machine.
+			if pc.HostIP != "127.0.0.1" {
+				t.Errorf("service %s: port %s:%d published on %q, want 127.0.0.1 only", name, pc.Published, pc.Target, pc.HostIP)
+			}
 		}
 		for _, wp := range w.ports {
 			if !slices.Contains(ports, wp) {
@@ -180,6 +186,15 @@ func TestComposeFile(t *testing.T) {
 		}
 		if env("HERALD_API_KEY") == "" {
 			t.Errorf("service %s: HERALD_API_KEY empty: the HTTP publish API would be off", name)
+		}
+		// Behind the load balancer: its address, and only its, is trusted for
+		// X-Forwarded-For, or every client would share its address and its limits.
+		if got, want := env("HERALD_TRUSTED_PROXIES"), lbAddress(t, p); got != want {
+			t.Errorf("service %s: HERALD_TRUSTED_PROXIES %q, want the load balancer's address %q", name, got, want)
+		}
+		// The demo's presence shows named users: ?user= names them (a local demo).
+		if env("HERALD_INSECURE_USER_PARAM") != "true" {
+			t.Errorf("service %s: HERALD_INSECURE_USER_PARAM %q, want true: the demo page's users would all be anonymous", name, env("HERALD_INSECURE_USER_PARAM"))
 		}
 		node := env("HERALD_NODE_ID")
 		if node == "" || nodes[node] {
@@ -307,6 +322,32 @@ func TestComposeFile(t *testing.T) {
 	} else if _, err := os.Stat(filepath.Join(dir, "grafana/dashboards", filepath.Base(*home))); err != nil {
 		t.Errorf("grafana home dashboard: %v", err)
 	}
+}
+
+// lbAddress returns the load balancer's fixed address on the compose network, checking
+// that it lies in the network's subnet.
+func lbAddress(t *testing.T, p *types.Project) string {
+	t.Helper()
+	lb := p.Services["lb"]
+	nc := lb.Networks["default"]
+	if nc == nil || nc.Ipv4Address == "" {
+		t.Errorf("service lb: no fixed ipv4_address on the default network, so the gateways cannot trust it")
+		return ""
+	}
+	addr, err := netip.ParseAddr(nc.Ipv4Address)
+	if err != nil {
+		t.Errorf("service lb: ipv4_address %q: %v", nc.Ipv4Address, err)
+		return ""
+	}
+	ipam := p.Networks["default"].Ipam
+	if len(ipam.Config) != 1 {
+		t.Errorf("network default: %d ipam pools, want one fixed subnet", len(ipam.Config))
+		return nc.Ipv4Address
+	}
+	if subnet, err := netip.ParsePrefix(ipam.Config[0].Subnet); err != nil || !subnet.Contains(addr) {
+		t.Errorf("service lb: address %s outside the network's subnet %q (%v)", addr, ipam.Config[0].Subnet, err)
+	}
+	return nc.Ipv4Address
 }
 
 // path returns the directory of a slash-separated container path.
@@ -1071,15 +1112,15 @@ func gatewayUsage(t *testing.T) string {
 	return string(out)
 }
 
-// startGateway starts a gateway on RabbitMQ listening on addr, and waits until it is ready.
-func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchange, stream string) *process {
+// startGateway starts a gateway on RabbitMQ listening on addr, with extra flags, and waits
+// until it is ready.
+func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchange, stream string, extra ...string) *process {
 	t.Helper()
 	bin, err := buildGateway()
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := start(t, node, filepath.Join(t.TempDir(), node+".log"), bin,
-		"--addr", addr, "--node-id", node, "--amqp-url", amqpURL,
+	args := []string{"--addr", addr, "--node-id", node, "--amqp-url", amqpURL,
 		"--exchange", exchange, "--stream", stream, "--api-key", testAPIKey,
 		// A small kernel send buffer: a client that does not read backs its write queue up
 		// soon (the backpressure check below), not after megabytes of loopback buffers.
@@ -1087,8 +1128,9 @@ func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchan
 		// Presence on the channels under presence: (users named with ?user=), carried on
 		// an exchange of this test's; compression for the clients that offer it.
 		"--presence-channels", "presence:*", "--presence-interval", "200ms",
-		"--presence-exchange", exchange+".presence", "--insecure-user-param", "--compression",
-		"--shutdown-timeout", "2s", "--log-level", "debug")
+		"--presence-exchange", exchange + ".presence", "--insecure-user-param", "--compression",
+		"--shutdown-timeout", "2s", "--log-level", "debug"}
+	gw := start(t, node, filepath.Join(t.TempDir(), node+".log"), bin, append(args, extra...)...)
 	t.Cleanup(func() { amqptest.Delete(t, amqpURL, exchange+".presence", exchange+".presence") })
 	waitFor(t, ctx, 20*time.Second, node+" ready", func() error {
 		if gw.exited() {
@@ -1148,7 +1190,10 @@ scrape_configs:
 		"--web.listen-address="+promAddr)
 	promBase := "http://" + promAddr
 
-	gw := startGateway(t, ctx, gwAddr, "grafana-test", amqpURL, exchange, stream)
+	// A write queue cap other than the default, written with a unit: the alert on queues
+	// near their cap must compare against it.
+	const queueCap = 256 << 10
+	gw := startGateway(t, ctx, gwAddr, "grafana-test", amqpURL, exchange, stream, "--write-queue-bytes", "256KiB")
 	base, wsBase := "http://"+gwAddr, "ws://"+gwAddr
 	t.Logf("gateway ready at %s after %v", gwAddr, time.Since(began).Round(time.Millisecond))
 
@@ -1379,34 +1424,39 @@ scrape_configs:
 		t.Errorf("herald_connections = %v, want %v", got, open)
 	}
 
-	// 3. Backpressure. A client that does not read backs its write queue up; once
-	// Prometheus has seen the queue, it reads everything and the queue empties.
+	// 3. Backpressure. A client that does not read backs its write queue up past 80% of
+	// its cap: Prometheus sees it, and HeraldWriteQueueNearCap is pending for the gateway
+	// (it fires after its "for"). Then the client reads everything and the queue empties.
+	mid := strings.Repeat("b", 16<<10)
 	big := strings.Repeat("b", 60<<10)
 	open++
 	backlog := dialBuffered(t, ctx, wsBase, "backlog", "channels=backlog", 4096)
 	sent := 0
 	var queued metrics
-	for queued.get("herald_write_queue_bytes") < 2*float64(len(big)) {
+	for queued.get("herald_write_queue_bytes") <= 0.8*queueCap {
 		if sent == 200 {
 			t.Fatalf("%d messages of %d bytes to a client that does not read, and its write queue holds %v bytes",
-				sent, len(big), queued.get("herald_write_queue_bytes"))
+				sent, len(mid), queued.get("herald_write_queue_bytes"))
 		}
-		pub.publish("backlog", big)
+		pub.publish("backlog", mid)
 		sent++
 		queued = mustScrape()
 	}
-	if q, mx := queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_max_bytes"); q != mx || q >= 1<<20 {
-		t.Errorf("one backed-up client: queue bytes %v, fullest %v: want equal, and under the 1 MiB cap", q, mx)
+	if q, mx := queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_max_bytes"); q != mx || q >= queueCap {
+		t.Errorf("one backed-up client: queue bytes %v, fullest %v: want equal, and under the %d-byte cap", q, mx, queueCap)
 	}
 	if q, mx := queued.get("herald_write_queue_messages"), queued.get("herald_write_queue_max_messages"); q != mx || q < 2 {
 		t.Errorf("one backed-up client: queue messages %v, fullest %v: want equal, 2 or more", q, mx)
 	}
+	if c := queued.get("herald_write_queue_cap_bytes"); c != queueCap {
+		t.Errorf("herald_write_queue_cap_bytes = %v, want the configured %d", c, queueCap)
+	}
 	t.Logf("write queue after %d messages of %d bytes to a client that does not read: %v bytes, %v messages",
-		sent, len(big), queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_messages"))
-	waitFor(t, ctx, 5*time.Second, "Prometheus sees the backed-up queue", func() error {
-		r, err := promQuery(ctx, promBase, fmt.Sprintf(`herald_write_queue_max_bytes{job=%q} > 0`, gatewayJob))
+		sent, len(mid), queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_messages"))
+	waitFor(t, ctx, 10*time.Second, "HeraldWriteQueueNearCap pending for the backed-up queue", func() error {
+		r, err := promQuery(ctx, promBase, fmt.Sprintf(`ALERTS{alertname="HeraldWriteQueueNearCap", instance=%q}`, gwAddr))
 		if err == nil && len(r) == 0 {
-			err = errors.New("no queue seen")
+			err = errors.New("no such alert")
 		}
 		return err
 	})
@@ -1426,7 +1476,7 @@ scrape_configs:
 		return nil
 	})
 
-	// A client that never reads overflows its 1 MiB queue and is closed with 4008.
+	// A client that never reads overflows its queue (256 KiB) and is closed with 4008.
 	m4 := mustScrape()
 	firehose := dial(t, ctx, wsBase, "firehose", "channels=firehose")
 	for sent = 0; mustScrape().get("herald_slow_consumers_total") == m4.get("herald_slow_consumers_total"); sent++ {
@@ -1700,7 +1750,10 @@ scrape_configs:
 // TestLoadBalancer runs grafana/compose/nginx.conf in a real nginx in front of two real
 // gateways on RabbitMQ, as compose.yaml does, with the service names swapped for local
 // addresses: WebSocket clients through it reach both gateways (a browser's Origin
-// included), and a publish through it reaches the clients of both.
+// included), and a publish through it reaches the clients of both. The gateways trust the
+// load balancer as compose.yaml has them do, so their per-address limits count each
+// client by its own address (clients here connect from addresses of their own in
+// 127.0.0.0/8), and a client's own X-Forwarded-For cannot pass for another.
 func TestLoadBalancer(t *testing.T) {
 	nginx := tool(t, "nginx", "Debian package nginx")
 	amqpURL := amqptest.URL(t)
@@ -1747,12 +1800,29 @@ http {
 		t.Fatalf("nginx -t: %v\n%s", err, out)
 	}
 
+	// compose.yaml trusts the load balancer's address; here nginx connects to the
+	// gateways from 127.0.0.1. One connection per client address per gateway.
+	if env := loadCompose(t).Services["gateway-1"].Environment["HERALD_TRUSTED_PROXIES"]; env == nil || *env == "" {
+		t.Fatal("compose.yaml: the gateways trust no proxy (HERALD_TRUSTED_PROXIES)")
+	}
 	nodes := []string{"lb-test-1", "lb-test-2"}
 	for i, addr := range addrs {
-		startGateway(t, ctx, addr, nodes[i], amqpURL, exchange, stream)
+		startGateway(t, ctx, addr, nodes[i], amqpURL, exchange, stream,
+			"--trusted-proxies", "127.0.0.1", "--max-connections-per-ip", "1")
+	}
+	wsBase := "ws://" + lbAddr
+	// dialFrom opens a WebSocket through the load balancer from the local address src.
+	dialFrom := func(src string, h http.Header) (*websocket.Conn, *http.Response, error) {
+		d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, Subprotocols: []string{"herald.v1"},
+			NetDialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext}
+		ws, resp, err := d.DialContext(ctx, wsBase+"/ws?channels=lb", h)
+		if err == nil {
+			t.Cleanup(func() { _ = ws.Close() })
+		}
+		return ws, resp, err
 	}
 	lb := start(t, "nginx", filepath.Join(dir, "nginx.out"), nginx, "-p", dir, "-c", mainConf)
-	base, wsBase := "http://"+lbAddr, "ws://"+lbAddr
+	base := "http://" + lbAddr
 	waitFor(t, ctx, 10*time.Second, "nginx answering", func() error {
 		if lb.exited() {
 			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
@@ -1777,17 +1847,17 @@ http {
 
 	// Clients as a browser on the load balancer's page connects: with its Origin. Each
 	// reads its welcome frame, which names its gateway; least_conn spreads them.
+	// Each from an address of its own: with one connection per address per gateway, all
+	// six get in only where the gateways see the clients' addresses, not nginx's.
 	const clients = 6
 	seen := map[string]int{}
 	var conns []*websocket.Conn
 	for i := range clients {
 		h := http.Header{"Origin": {base}}
-		d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, Subprotocols: []string{"herald.v1"}}
-		ws, resp, err := d.DialContext(ctx, wsBase+"/ws?channels=lb", h)
+		ws, resp, err := dialFrom(fmt.Sprintf("127.0.0.%d", 10+i), h)
 		if err != nil {
-			t.Fatalf("client %d through the load balancer: %v (response %v)", i, err, resp)
+			t.Fatalf("client %d through the load balancer: %v (HTTP %d): do the gateways see the clients' own addresses?", i, err, statusOf(resp))
 		}
-		t.Cleanup(func() { _ = ws.Close() })
 		if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != "herald.v1" {
 			t.Errorf("client %d: subprotocol %q, want herald.v1", i, got)
 		}
@@ -1830,4 +1900,41 @@ http {
 		t.Errorf("GET /readyz through the load balancer: %s", resp.Status)
 	}
 	t.Logf("clients per gateway through the load balancer: %v", seen)
+
+	// The limits still apply, per client: one address gets one connection per gateway,
+	// then 429.
+	h := http.Header{"Origin": {base}}
+	got, refused := 0, 0
+	for attempt := 0; got < 2; attempt++ {
+		if attempt == 8 {
+			t.Fatalf("8 attempts from 127.0.0.2 gave %d connections and %d refusals, want one on each gateway", got, refused)
+		}
+		_, resp, err := dialFrom("127.0.0.2", h)
+		switch {
+		case err == nil:
+			got++
+		case statusOf(resp) == http.StatusTooManyRequests:
+			refused++
+		default:
+			t.Fatalf("from 127.0.0.2: %v (HTTP %d), want upgraded or 429", err, statusOf(resp))
+		}
+	}
+	for range 2 { // 127.0.0.2 holds its connection on each gateway now
+		if _, resp, err := dialFrom("127.0.0.2", h); err == nil || statusOf(resp) != http.StatusTooManyRequests {
+			t.Errorf("a third connection from 127.0.0.2: %v (HTTP %d), want 429", err, statusOf(resp))
+		}
+	}
+	// A client that names 127.0.0.2 in its own X-Forwarded-For is counted as itself
+	// (nginx appends the address it sees, and only nginx is trusted).
+	spoof := http.Header{"Origin": {base}, "X-Forwarded-For": {"127.0.0.2"}}
+	if _, resp, err := dialFrom("127.0.0.3", spoof); err != nil {
+		t.Errorf("from 127.0.0.3 claiming 127.0.0.2: %v (HTTP %d), want upgraded: counted as 127.0.0.3", err, statusOf(resp))
+	}
+}
+
+func statusOf(resp *http.Response) int {
+	if resp == nil {
+		return 0
+	}
+	return resp.StatusCode
 }

@@ -3,7 +3,7 @@
 // A Publisher publishes to the durable fanout exchange that every gateway's stream is
 // bound to, with publisher confirms: Publish returns nil only once the broker has
 // confirmed the message. Every gateway then delivers it to the WebSocket connections it
-// addresses (PROTOCOL.md sections 1 and 3).
+// addresses (docs/PROTOCOL.md sections 8 and 15).
 package producer
 
 import "github.com/heraldgw/herald/producer/message"

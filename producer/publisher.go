@@ -13,6 +13,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 // Errors a publish can end with besides validation errors (message.ErrBadChannel and
@@ -80,7 +82,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, errors.New("config: URL is required")
 	}
 	if _, err := amqp.ParseURI(cfg.URL); err != nil {
-		return cfg, fmt.Errorf("config: URL: %w", err)
+		return cfg, fmt.Errorf("config: URL: %w", redact.Error(err, cfg.URL))
 	}
 	if cfg.Exchange == "" {
 		cfg.Exchange = DefaultExchange
@@ -284,7 +286,7 @@ func (p *Publisher) open(ctx context.Context) (*session, error) {
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", p.addr, err)
+		return nil, fmt.Errorf("dial %s: %w", p.addr, redact.Error(err, p.cfg.URL))
 	}
 	s, err := newSession(conn, p.cfg.Logger)
 	if err != nil {

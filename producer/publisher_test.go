@@ -374,6 +374,9 @@ func TestNewErrors(t *testing.T) {
 		{"not an AMQP URL", Config{URL: "http://example.com/"}, "config: URL"},
 		{"backoff bounds reversed", Config{URL: amqptest.DefaultURL, ReconnectMin: time.Second, ReconnectMax: time.Millisecond}, "ReconnectMin"},
 		{"nothing listening", Config{URL: "amqp://guest:guest@127.0.0.1:1/"}, "dial 127.0.0.1:1"},
+		// url.Parse quotes the whole URL in its error: the password must not reach it.
+		{"a password with a bad escape", Config{URL: "amqp://guest:se%zzcret@127.0.0.1:5672/"}, "config: URL"},
+		{"a password with a space", Config{URL: "amqp://guest:se cret@127.0.0.1:5672/"}, "config: URL"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -387,6 +390,9 @@ func TestNewErrors(t *testing.T) {
 			}
 			if !strings.HasPrefix(err.Error(), "producer: new: ") || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("New: got %q, want %q... containing %q", err, "producer: new: ", tc.want)
+			}
+			if strings.Contains(err.Error(), "cret") {
+				t.Errorf("New: got %q, which holds the URL's password", err)
 			}
 			if d := time.Since(start); d > 2*time.Second {
 				t.Errorf("New took %v, want it to fail fast", d)

@@ -1,31 +1,43 @@
 // The demo page: a chat room on channel "room", who is online there, and a notifications
-// panel for messages from backend services, on one Herald connection. Query parameters: name (the chat name),
-// token (a JWT), user (the demo gateway's --insecure-user-param), hold (ms the "Drop
-// connection" button keeps the page offline; default 3000).
-import { Herald } from "./herald.js";
+// panel for messages from backend services, on one Herald connection.
+//
+// Before it connects, the page asks the gateway what it needs (GET ws/info): whether a
+// token is required, whether ?user= names the user, whether the backend API is on. Query
+// parameters: token (a JWT), user (the user, where the gateway takes it from the URL:
+// --insecure-user-param), name (a guest's chat name), hold (ms the "Drop connection"
+// button keeps the page offline; default 3000).
+import { Herald, buildURL } from "./herald.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MAX_ITEMS = 300;
-
-const nameInput = $("name");
-nameInput.value = params.get("name") || localStorage.getItem("herald-name") || `guest${Math.floor(Math.random() * 900) + 100}`;
-
+const ROOM = "room";
+const CHANNELS = [ROOM, "notifications"];
+const holdMs = Number(params.get("hold") ?? 3000);
+const token = params.get("token") || undefined;
 const extra = {};
 if (params.get("user")) extra.user = params.get("user");
-const holdMs = Number(params.get("hold") ?? 3000);
-const ROOM = "room";
 
-const herald = new Herald("ws", {
-  channels: [ROOM, "notifications"],
-  presence: [ROOM], // join and leave events, where the gateway has presence on for room
-  token: params.get("token") || undefined,
-  params: extra,
-});
-// For the console and for tests.
-window.herald = herald;
+// --- what the gateway asks for ------------------------------------------------------------
 
-$("curl").textContent = $("curl").textContent.replace("http://localhost:8080", location.origin);
+/**
+ * @typedef {Object} GatewayInfo
+ * @property {"off" | "optional" | "required"} auth
+ * @property {boolean} user_param ?user= names the user
+ * @property {boolean} api the backend API is on
+ */
+
+/** @returns {Promise<GatewayInfo | null>} null where the gateway does not say */
+async function loadInfo() {
+  try {
+    const r = await fetch("ws/info", { cache: "no-store", signal: AbortSignal.timeout(3000) });
+    return r.ok ? await r.json() : null;
+  } catch {
+    return null;
+  }
+}
+
+const info = await loadInfo();
 
 // --- rendering -------------------------------------------------------------------------
 
@@ -61,25 +73,90 @@ function tag(li, f) {
   if (f.channel) li.dataset.channel = f.channel;
 }
 
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
+/** Shows a line above the page (a hint about its address, say). */
+function notice(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
+}
+
+// --- who is this page -------------------------------------------------------------------
+
+const nameInput = $("name");
+/** The connection's user, from welcome; "" while anonymous. */
+let me = "";
+// A guest's name is this tab's own (sessionStorage): another tab's does not leak in.
+nameInput.value = params.get("name") || sessionStorage.getItem("herald-guest-name") || `guest-${Math.floor(Math.random() * 9000) + 1000}`;
+
+/** Shows who the page speaks as: its user, or a guest name of its choosing. */
+function showIdentity(user) {
+  me = user;
+  if (user) {
+    nameInput.value = user;
+    nameInput.readOnly = true;
+    nameInput.title = token ? "You, as your token names you" : "You, as ?user= names you";
+    $("name-kind").textContent = "you are";
+  } else {
+    nameInput.readOnly = false;
+    nameInput.title = "A name of your choosing, shown to others as a guest's";
+    $("name-kind").textContent = "guest name";
+  }
+  $("send").dataset.user = user ? "true" : "false";
+}
+
+// --- chat and notifications -------------------------------------------------------------
+
+/** @type {Set<string>} ids of the messages this page published (from their acks) */
+const mine = new Set();
+
 function isChat(f) {
-  return f.channel === "room" && f.data !== null && typeof f.data === "object" && typeof f.data.text === "string";
+  return f.channel === ROOM && f.data !== null && typeof f.data === "object" && typeof f.data.text === "string";
 }
 
 function addChat(f) {
-  const who = typeof f.data.name === "string" && f.data.name ? f.data.name : f.from || "anonymous";
-  const li = el("li", who === nameInput.value ? "msg mine" : "msg");
+  const li = el("li", mine.has(f.id) ? "msg mine" : "msg");
   tag(li, f);
   const meta = el("div", "meta");
-  meta.append(el("span", "who", who), timeEl(f.time));
+  if (f.from) {
+    // A user the gateway vouches for (its token, or ?user= on a demo gateway).
+    meta.append(el("span", "who user", f.from));
+  } else {
+    // A name the sender chose: anyone can choose any, so it is marked as a guest's.
+    const name = typeof f.data.name === "string" && f.data.name ? f.data.name : "anonymous";
+    const who = el("span", "who", name);
+    who.title = "a guest's name of their choosing";
+    meta.append(who, el("span", "tag", "guest"));
+  }
+  meta.append(timeEl(f.time));
   li.append(meta, el("div", "text", f.data.text));
   append($("chat"), li);
+}
+
+/** Marks the chat message id as this page's own, whether it arrived before its ack or after. */
+function markMine(id) {
+  mine.add(id);
+  const li = $("chat").querySelector(`li[data-id="${CSS.escape(id)}"]`);
+  if (li) li.classList.add("mine");
 }
 
 function addNote(f) {
   const li = el("li", "note");
   tag(li, f);
   const meta = el("div", "meta");
-  meta.append(el("span", "src", f.channel ? f.channel : "everyone"), timeEl(f.time));
+  let src;
+  if (f.direct) {
+    src = el("span", "src direct", me ? `to ${me}` : "to you");
+    src.title = "Sent to you alone (a message for named users)";
+    li.classList.add("direct");
+  } else if (f.channel) {
+    src = el("span", "src", f.channel);
+    src.title = `Sent to the subscribers of ${f.channel}`;
+  } else {
+    src = el("span", "src", "everyone");
+    src.title = "Sent to every connection";
+  }
+  meta.append(src, timeEl(f.time));
   li.append(meta);
   const d = f.data;
   if (typeof d === "string") {
@@ -94,6 +171,20 @@ function addNote(f) {
   append($("notes"), li);
 }
 
+let received = 0;
+/** Counts a message in the header; keeps the offset to resume from for the curious. */
+function countMessage(f) {
+  received++;
+  const seen = $("seen");
+  seen.textContent = String(received);
+  if (f.offset !== undefined) {
+    seen.dataset.offset = String(f.offset);
+    $("seen-stat").title = `Messages this page has received. It resumes after the last (offset ${f.offset}) when it reconnects.`;
+  }
+}
+
+// --- the connection log -------------------------------------------------------------------
+
 function logEvent(kind, text, code) {
   const li = el("li", `ev ${kind}`);
   li.dataset.kind = kind;
@@ -101,6 +192,60 @@ function logEvent(kind, text, code) {
   li.append(timeEl(), document.createTextNode(" " + text));
   append($("events"), li);
 }
+
+/** Why a connection closed, in a visitor's words, by close code. */
+const closeWords = {
+  1000: "The connection was closed",
+  1001: "The gateway is restarting or shutting down",
+  1006: "The connection was lost",
+  1008: "The gateway refused this page's token",
+  1011: "The gateway had an internal error",
+  4000: "You dropped the connection",
+  4008: "This page fell behind (too many messages at once); nothing is lost",
+  4029: "This page sent too many messages too fast",
+};
+const closeWhy = (code) => closeWords[code] ?? `The connection closed (code ${code})`;
+
+/** Shows why the page cannot connect, and how to fix it. */
+function showAuth(kind, detail) {
+  const title = {
+    needed: "This gateway needs a token",
+    refused: "The gateway refused your token",
+    expired: "Your token has expired",
+    forbidden: "The gateway refused this page",
+  }[kind];
+  const text = {
+    needed: "Authentication is on: the gateway admits no one without a token, so this page does not try to connect.",
+    refused: `The gateway answered 401${detail ? `: ${detail}` : ""}. Get a fresh token and reload the page with it.`,
+    expired: "The gateway closed the connection when the token expired (code 1008). Get a fresh token and reload the page with it.",
+    forbidden: `The gateway answered 403${detail ? `: ${detail}` : ""}.`,
+  }[kind];
+  $("auth").dataset.kind = kind;
+  $("auth-title").textContent = title;
+  $("auth-text").textContent = text;
+  const u = new URL(location.href);
+  u.searchParams.set("token", "YOUR_JWT");
+  $("auth-example").textContent = u.pathname + u.search;
+  $("auth").hidden = false;
+  const pill = $("state");
+  pill.textContent = kind === "forbidden" ? "refused" : "token needed";
+  pill.dataset.state = "auth";
+}
+
+// --- the footer and the Online card's hint ------------------------------------------------
+
+if (info) {
+  $("api-note").textContent = info.api
+    ? "Push a notification from a backend service, with the gateway's API key:"
+    : "The backend API is off on this gateway (no API key), so this command would answer 404. Start the gateway with an API key (HERALD_API_KEY=secret, or --api-key) to push notifications from a backend:";
+  $("api-note").dataset.api = String(info.api);
+  $("online").dataset.empty = info.user_param
+    ? "No named users here yet. Open this page with ?user=NAME to be one."
+    : info.auth !== "off"
+      ? "No users with a token here yet."
+      : "Everyone here is anonymous: this gateway names users by their tokens (start it with a JWT key), or, for a demo, by ?user=NAME with --insecure-user-param.";
+}
+$("curl").textContent = $("curl").textContent.replace("http://localhost:8080", location.origin);
 
 // --- who is online ----------------------------------------------------------------------
 
@@ -115,6 +260,9 @@ let onlineBusy = false;
 let onlineAgain = false;
 /** @type {Set<string>} the users listed now */
 let onlineShown = new Set();
+
+/** @type {Herald | null} */
+let herald = null;
 
 /** Refreshes the Online card soon: at once, or ONLINE_EVERY ms after the last refresh. */
 function refreshOnline() {
@@ -138,7 +286,7 @@ function schedule(ms, poll) {
 
 async function loadOnline() {
   onlineTimer = null;
-  if (herald.state !== "open") return; // the next welcome refreshes
+  if (herald?.state !== "open") return; // the next welcome refreshes
   onlineBusy = true;
   onlineAt = Date.now();
   let on = true;
@@ -147,7 +295,7 @@ async function loadOnline() {
   } catch (e) {
     on = false;
     if (e.code === "forbidden") showPresenceOff();
-    else if (e.code !== "disconnected" && e.code !== "closed") logEvent("error", `presence: ${e.code}: ${e.message}`);
+    else if (e.code !== "disconnected" && e.code !== "closed") logEvent("error", `Who is online: ${e.message}`);
   } finally {
     onlineBusy = false;
   }
@@ -159,8 +307,6 @@ async function loadOnline() {
   }
 }
 
-const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
-
 /** @param {import("./herald.js").PresenceAnswer} a */
 function showOnline(a) {
   const card = $("online").closest(".online");
@@ -168,7 +314,6 @@ function showOnline(a) {
   $("online-off").hidden = true;
   const list = $("online");
   list.hidden = false;
-  const me = herald.welcome?.user || "";
   const shown = a.users.slice(0, ONLINE_SHOWN);
   list.replaceChildren(...shown.map((u) => {
     const li = el("li", u.user === me ? "me" : "");
@@ -211,93 +356,152 @@ function showPresenceOff() {
   $("online-off").hidden = false;
 }
 
-herald.addEventListener("join", refreshOnline);
-herald.addEventListener("leave", refreshOnline);
-
-function showOffset() {
-  const off = herald.lastOffset;
-  $("offset").textContent = off === null ? "–" : String(off);
-}
-
 // --- the connection ---------------------------------------------------------------------
 
-const closeNames = {
-  1000: "normal", 1001: "going away", 1006: "connection lost", 1008: "policy", 1011: "internal error",
-  4008: "slow consumer", 4029: "rate limited",
-};
+const stateWords = { connecting: "connecting…", open: "connected", reconnecting: "reconnecting…", closed: "disconnected" };
 
-herald.addEventListener("message", (ev) => {
-  const f = ev.detail;
-  if (isChat(f)) addChat(f);
-  else addNote(f);
-  showOffset();
-});
+/** After a drop or a loss: the page counts what it catches up on until resumed. */
+let catchingUp = false;
+let caughtUp = 0;
+let welcomed = false;
+let lastState = "connecting";
+let stopped = false; // the page gave up (a refused token): no more words about reconnecting
 
-herald.addEventListener("welcome", (ev) => {
-  const w = ev.detail;
-  $("node").textContent = w.node || "–";
-  logEvent("welcome", `connected to ${w.node} as ${w.conn}${w.user ? ` (user ${w.user})` : ""}`);
-  showOffset();
-  refreshOnline(); // in a timer: the client is open only once the welcome listeners ran
-});
-
-herald.addEventListener("resumed", (ev) => {
-  const r = ev.detail;
-  logEvent("resumed", r.until > r.since
-    ? `resumed: replayed what was missed, offsets ${r.since + 1} to ${r.until}`
-    : `resumed at offset ${r.since}: nothing was missed`);
-  showOffset();
-  refreshOnline();
-});
-
-herald.addEventListener("reset", (ev) => {
-  const li = el("li", "divider", "History was reset: earlier messages may be missing.");
-  li.dataset.kind = "reset";
-  append($("chat"), li);
-  logEvent("reset", `history reset; now at offset ${ev.detail.offset}`);
-  showOffset();
-});
-
-herald.addEventListener("error", (ev) => {
-  const e = ev.detail;
-  logEvent("error", `${e.code}: ${e.message}`);
-});
-
-herald.addEventListener("state", (ev) => {
-  const s = ev.detail;
-  const pill = $("state");
-  pill.textContent = s.state;
-  pill.dataset.state = s.state;
-  const open = s.state === "open";
-  $("drop").disabled = !open;
-  $("send-button").disabled = !open;
-  if (!open) $("online").closest(".online").dataset.stale = "true"; // until the next answer
-  if (s.state === "reconnecting") {
-    const why = closeNames[s.code] ? ` (${closeNames[s.code]})` : "";
-    logEvent("closed", `closed ${s.code}${why}: reconnecting in ${(s.delay / 1000).toFixed(1)} s`, s.code);
-  } else if (s.state === "closed") {
-    logEvent("closed", `closed${s.code ? ` ${s.code}` : ""}${s.reason ? `: ${s.reason}` : ""}`, s.code);
+/**
+ * A connection attempt failed before the gateway's welcome. A browser does not tell a
+ * page why a WebSocket handshake failed, so ask the same URL over plain HTTP: the gateway
+ * answers it as it answered the handshake (401 token refused, 403, 429, 503).
+ */
+async function diagnose() {
+  const ws = new URL(buildURL("ws", { channels: CHANNELS, since: herald.lastOffset, token, params: extra }, location.href));
+  ws.protocol = ws.protocol === "wss:" ? "https:" : "http:";
+  let r;
+  try {
+    r = await fetch(ws, { cache: "no-store" });
+  } catch {
+    return; // the gateway is unreachable: herald.js keeps trying
   }
-});
+  const body = await r.json().catch(() => ({}));
+  const detail = String(body?.error?.message ?? "").slice(0, 300);
+  if (r.status === 401 || r.status === 403) {
+    stopped = true;
+    herald.close(); // the same token would be refused again
+    showAuth(r.status === 403 ? "forbidden" : token ? "refused" : "needed", detail);
+    logEvent("closed", r.status === 401 ? "The gateway refused the token: the page stopped trying" : "The gateway refused the connection: the page stopped trying", r.status);
+  } else if (r.status === 429) {
+    logEvent("closed", "The gateway refuses more connections from this address for now; retrying", r.status);
+  } else if (r.status === 503) {
+    logEvent("closed", "The gateway is full or shutting down; retrying", r.status);
+  }
+}
 
-// --- the page's controls ----------------------------------------------------------------
+function start() {
+  herald = new Herald("ws", {
+    channels: CHANNELS,
+    presence: [ROOM], // join and leave events, where the gateway has presence on for room
+    token,
+    params: extra,
+  });
+  // For the console and for tests.
+  window.herald = herald;
 
-$("drop").addEventListener("click", () => {
-  logEvent("drop", `connection dropped; back in ${(holdMs / 1000).toFixed(1)} s`);
-  herald.drop(holdMs);
-});
+  herald.addEventListener("join", refreshOnline);
+  herald.addEventListener("leave", refreshOnline);
+
+  herald.addEventListener("message", (ev) => {
+    const f = ev.detail;
+    if (isChat(f)) addChat(f);
+    else addNote(f);
+    countMessage(f);
+    if (catchingUp) caughtUp++;
+  });
+
+  herald.addEventListener("welcome", (ev) => {
+    const w = ev.detail;
+    $("node").textContent = w.node || "–";
+    showIdentity(w.user || "");
+    logEvent("welcome", `Connected to gateway ${w.node}${w.user ? ` as ${w.user}` : " as a guest"}`);
+    if (extra.user && !w.user) {
+      notice(`?user=${extra.user} is ignored: this gateway does not take users from the page's address (that needs --insecure-user-param, for demos), so you are a guest.`);
+    }
+    if (welcomed) {
+      catchingUp = true;
+      caughtUp = 0;
+    }
+    welcomed = true;
+    refreshOnline(); // in a timer: the client is open only once the welcome listeners ran
+  });
+
+  herald.addEventListener("resumed", (ev) => {
+    if (ev.detail.channel) return; // a subscribe's own replay: not a reconnect
+    catchingUp = false;
+    logEvent("resumed", caughtUp > 0
+      ? `Back online: caught up on ${plural(caughtUp, "missed message", "missed messages")}`
+      : "Back online: nothing was missed");
+    refreshOnline();
+  });
+
+  herald.addEventListener("reset", () => {
+    catchingUp = false;
+    const li = el("li", "divider", "Some earlier messages could not be recovered.");
+    li.dataset.kind = "reset";
+    append($("chat"), li);
+    logEvent("reset", "Back online, but some messages were missed: they are older than the history the gateway keeps");
+  });
+
+  herald.addEventListener("error", (ev) => {
+    const e = ev.detail;
+    if (e.code === "token") return; // the state change says it
+    logEvent("error", e.message);
+  });
+
+  herald.addEventListener("state", (ev) => {
+    const s = ev.detail;
+    const before = lastState;
+    lastState = s.state;
+    if (stopped) return;
+    const pill = $("state");
+    pill.textContent = stateWords[s.state] ?? s.state;
+    pill.dataset.state = s.state;
+    const open = s.state === "open";
+    $("drop").disabled = !open;
+    $("send-button").disabled = !open;
+    if (!open) $("online").closest(".online").dataset.stale = "true"; // until the next answer
+    if (s.state === "reconnecting") {
+      if (s.code !== 4000) { // the Drop button logs its own line
+        logEvent("closed", `${closeWhy(s.code)}; reconnecting in ${(s.delay / 1000).toFixed(1)} s`, s.code);
+      }
+      if (before !== "open") void diagnose(); // refused before the welcome: ask why
+    } else if (s.state === "closed") {
+      if (s.code === 1008) {
+        showAuth("expired");
+        logEvent("closed", closeWhy(1008), 1008);
+      } else {
+        logEvent("closed", `Disconnected${s.reason ? `: ${s.reason}` : ""}`, s.code);
+      }
+    }
+  });
+
+  $("drop").addEventListener("click", () => {
+    logEvent("drop", `You dropped the connection; reconnecting in ${(holdMs / 1000).toFixed(1)} s, and catching up on what is sent meanwhile`, 4000);
+    herald.drop(holdMs);
+  });
+}
 
 $("send").addEventListener("submit", async (ev) => {
   ev.preventDefault();
+  if (!herald) return;
   const text = $("text").value.trim();
-  const name = nameInput.value.trim() || "anonymous";
   if (!text) return;
-  localStorage.setItem("herald-name", name);
+  // A user is named by the gateway (from); a guest names itself, for this tab only.
+  const data = me ? { text } : { name: nameInput.value.trim() || "guest", text };
+  if (!me) sessionStorage.setItem("herald-guest-name", data.name);
   const err = $("send-error");
   err.hidden = true;
   $("text").value = "";
   try {
-    await herald.publish("room", { name, text });
+    const ack = await herald.publish(ROOM, data);
+    markMine(ack.id);
   } catch (e) {
     if (!$("text").value) $("text").value = text;
     err.textContent = `Not sent: ${e.message}`;
@@ -305,3 +509,11 @@ $("send").addEventListener("submit", async (ev) => {
   }
   $("text").focus();
 });
+
+showIdentity("");
+if (info?.auth === "required" && !token) {
+  showAuth("needed"); // it would only be refused: do not try
+  logEvent("closed", "Not connecting: this gateway needs a token (see above)");
+} else {
+  start();
+}

@@ -6,10 +6,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 // config is everything the gateway is started with: flags, each with an environment
@@ -62,6 +72,7 @@ type config struct {
 	JWTPublicKey        string // path of a PEM file
 	JWKSURL             string
 	JWKSRefresh         time.Duration
+	JWKSAllowHTTP       bool
 	JWTAlg              string
 	JWTAudience         string
 	JWTIssuer           string
@@ -84,70 +95,11 @@ type config struct {
 	MaxHeaderBytes      int
 }
 
-// envFlags defines flags whose defaults come from environment variables.
-type envFlags struct {
-	fs     *flag.FlagSet
-	getenv func(string) string
-	errs   []error
-}
-
-func (e *envFlags) env(name, envName, usage string) (string, string, bool) {
-	v := e.getenv(envName)
-	return v, fmt.Sprintf("%s (env %s)", usage, envName), v != ""
-}
-
-func (e *envFlags) str(p *string, name, envName, def, usage string) {
-	v, usage, ok := e.env(name, envName, usage)
-	if !ok {
-		v = def
-	}
-	e.fs.StringVar(p, name, def, usage)
-	*p = v
-}
-
-func (e *envFlags) dur(p *time.Duration, name, envName string, def time.Duration, usage string) {
-	e.fs.DurationVar(p, name, def, "")
-	e.fromEnv(name, envName, usage)
-}
-
-func (e *envFlags) int(p *int, name, envName string, def int, usage string) {
-	e.fs.IntVar(p, name, def, "")
-	e.fromEnv(name, envName, usage)
-}
-
-func (e *envFlags) int64(p *int64, name, envName string, def int64, usage string) {
-	e.fs.Int64Var(p, name, def, "")
-	e.fromEnv(name, envName, usage)
-}
-
-func (e *envFlags) float(p *float64, name, envName string, def float64, usage string) {
-	e.fs.Float64Var(p, name, def, "")
-	e.fromEnv(name, envName, usage)
-}
-
-func (e *envFlags) bool(p *bool, name, envName string, usage string) {
-	e.fs.BoolVar(p, name, false, "")
-	e.fromEnv(name, envName, usage)
-}
-
-// fromEnv sets the usage of a defined flag and, when its variable is set, its value,
-// through the flag's own parser so that the variable takes exactly what the flag takes.
-func (e *envFlags) fromEnv(name, envName, usage string) {
-	f := e.fs.Lookup(name)
-	f.Usage = fmt.Sprintf("%s (env %s)", usage, envName)
-	if v := e.getenv(envName); v != "" {
-		if err := f.Value.Set(v); err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", envName, v, err))
-		}
-	}
-}
-
 // parseConfig reads flags from args, with defaults from the environment. It returns
 // flag.ErrHelp after printing usage for -h or --help.
 func parseConfig(args []string, getenv func(string) string, out io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("herald-gateway", flag.ContinueOnError)
-	fs.SetOutput(out)
 	e := &envFlags{fs: fs, getenv: getenv}
 	host, _ := os.Hostname()
 	if host == "" {
@@ -161,19 +113,19 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.str(&c.Exchange, "exchange", "HERALD_EXCHANGE", "herald", "RabbitMQ fanout exchange that publishers publish to")
 	e.str(&c.Stream, "stream", "HERALD_STREAM", "herald.stream", "RabbitMQ stream queue bound to the exchange; it gives messages their offsets")
 	e.dur(&c.StreamMaxAge, "stream-max-age", "HERALD_STREAM_MAX_AGE", 24*time.Hour, "how long the stream retains messages")
-	e.int64(&c.StreamMaxBytes, "stream-max-bytes", "HERALD_STREAM_MAX_BYTES", 1<<30, "how many bytes the stream retains")
-	e.int64(&c.StreamSegment, "stream-segment-bytes", "HERALD_STREAM_SEGMENT_BYTES", 0, "size of the stream's segment files, the unit retention deletes; 0: the broker's default (500 MB)")
+	e.size(&c.StreamMaxBytes, "stream-max-bytes", "HERALD_STREAM_MAX_BYTES", 1<<30, math.MaxInt64, "how many bytes the stream retains")
+	e.size(&c.StreamSegment, "stream-segment-bytes", "HERALD_STREAM_SEGMENT_BYTES", 0, math.MaxInt64, "size of the stream's segment files, the unit retention deletes; 0: the broker's default (500 MB)")
 	e.int(&c.Prefetch, "prefetch", "HERALD_PREFETCH", 1000, "unacknowledged stream messages the consumer may hold")
 	e.int(&c.RetainMessages, "retain-messages", "HERALD_RETAIN_MESSAGES", 10000, "embedded bus: messages kept for resume")
-	e.int64(&c.RetainBytes, "retain-bytes", "HERALD_RETAIN_BYTES", 64<<20, "embedded bus: bytes of data kept for resume")
-	e.int(&c.WriteQueueBytes, "write-queue-bytes", "HERALD_WRITE_QUEUE_BYTES", 1<<20, "per-connection write queue cap; over it the client is closed with 4008")
-	e.int64(&c.MaxMessageBytes, "max-message-bytes", "HERALD_MAX_MESSAGE_BYTES", 64<<10, "largest client frame (else close 1009) and HTTP publish body (else 413)")
+	e.size(&c.RetainBytes, "retain-bytes", "HERALD_RETAIN_BYTES", 64<<20, math.MaxInt64, "embedded bus: bytes of data kept for resume")
+	e.sizeInt(&c.WriteQueueBytes, "write-queue-bytes", "HERALD_WRITE_QUEUE_BYTES", 1<<20, math.MaxInt64, "per-connection write queue cap; over it the client is closed with 4008")
+	e.size(&c.MaxMessageBytes, "max-message-bytes", "HERALD_MAX_MESSAGE_BYTES", 64<<10, math.MaxInt64, "largest client frame (else close 1009) and HTTP publish body (else 413)")
 	e.dur(&c.WriteTimeout, "write-timeout", "HERALD_WRITE_TIMEOUT", 10*time.Second, "deadline of each socket write")
 	e.dur(&c.PingInterval, "ping-interval", "HERALD_PING_INTERVAL", 25*time.Second, "how often clients are pinged; one silent for this plus 10s is dropped")
-	e.int(&c.SocketSendBuffer, "socket-send-buffer", "HERALD_SOCKET_SEND_BUFFER", 0, "kernel send buffer per connection (SO_SNDBUF) in bytes; bounds kernel memory per client; 0: the kernel's autotuning")
+	e.sizeInt(&c.SocketSendBuffer, "socket-send-buffer", "HERALD_SOCKET_SEND_BUFFER", 0, math.MaxInt32, "kernel send buffer per connection (SO_SNDBUF); bounds kernel memory per client; 0: the kernel's autotuning")
 	e.dur(&c.FlushInterval, "flush-interval", "HERALD_FLUSH_INTERVAL", 10*time.Millisecond, "a connection that wrote within this interval waits for the next one, and its frames go out in one write; negative: write each at once")
 	e.bool(&c.Compression, "compression", "HERALD_COMPRESSION", "negotiate permessage-deflate with clients that offer it (each message is compressed once for all of them)")
-	e.int(&c.CompressMinBytes, "compression-min-bytes", "HERALD_COMPRESSION_MIN_BYTES", 256, "frames smaller than this go uncompressed")
+	e.sizeInt(&c.CompressMinBytes, "compression-min-bytes", "HERALD_COMPRESSION_MIN_BYTES", 256, math.MaxInt64, "frames smaller than this go uncompressed")
 	e.int(&c.CompressLevel, "compression-level", "HERALD_COMPRESSION_LEVEL", 1, "deflate level: 1 (fastest) to 9 (smallest)")
 	e.int(&c.WriteWorkers, "write-workers", "HERALD_WRITE_WORKERS", 0, "writer workers that write the connections' queues, each on its own core; 0: one per core but one (GOMAXPROCS-1, at least 1); negative: a goroutine per write instead")
 	e.dur(&c.PublishTimeout, "publish-timeout", "HERALD_PUBLISH_TIMEOUT", 5*time.Second, "bound on one publish to the bus")
@@ -194,12 +146,13 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.str(&c.JWTPublicKey, "jwt-public-key", "HERALD_JWT_PUBLIC_KEY", "", "PEM file of the RSA (RS256) or ECDSA P-256 (ES256) public key that verifies client tokens")
 	e.str(&c.JWKSURL, "jwks-url", "HERALD_JWKS_URL", "", "URL of a JSON Web Key Set whose keys (by kid) verify client tokens")
 	e.dur(&c.JWKSRefresh, "jwks-refresh", "HERALD_JWKS_REFRESH", 10*time.Minute, "how often the JWKS is fetched again")
+	e.bool(&c.JWKSAllowHTTP, "jwks-allow-http", "HERALD_JWKS_ALLOW_HTTP", "accept a plain http:// --jwks-url (logged loudly at start): only for a key server on a network you trust, since whoever can alter the traffic can sign any token")
 	e.str(&c.JWTAlg, "jwt-alg", "HERALD_JWT_ALG", "", "the only token algorithm accepted: HS256, RS256 or ES256 (default: the key's; RS256 for a JWKS)")
 	e.str(&c.JWTAudience, "jwt-audience", "HERALD_JWT_AUDIENCE", "", "when set, tokens must name it in aud")
 	e.str(&c.JWTIssuer, "jwt-issuer", "HERALD_JWT_ISSUER", "", "when set, tokens must have it as iss")
 	e.dur(&c.JWTLeeway, "jwt-leeway", "HERALD_JWT_LEEWAY", 30*time.Second, "clock skew allowed on exp and nbf")
 	e.bool(&c.AllowAnonymous, "allow-anonymous", "HERALD_ALLOW_ANONYMOUS", "with authentication on, admit clients without a token (no user; the default permissions)")
-	e.str(&c.DefaultChannels, "default-channels", "HERALD_DEFAULT_CHANNELS", "*", "channel patterns a token without a channels claim (or an anonymous client) may subscribe to; empty: none")
+	e.str(&c.DefaultChannels, "default-channels", "HERALD_DEFAULT_CHANNELS", "", "channel patterns a token without a channels claim (or an anonymous client) may subscribe to, e.g. public:*,user:{sub}:*; empty: none")
 	e.str(&c.DefaultPublish, "default-publish", "HERALD_DEFAULT_PUBLISH", "", "channel patterns a token without a publish claim (or an anonymous client) may publish to; empty: none")
 	e.str(&c.AllowedOrigins, "allowed-origins", "HERALD_ALLOWED_ORIGINS", "", "browser origins allowed besides the gateway's own, comma-separated: https://app.example.com, https://*.example.com, or *")
 	e.str(&c.TrustedProxies, "trusted-proxies", "HERALD_TRUSTED_PROXIES", "", "CIDRs of proxies whose X-Forwarded-For names the client's address, comma-separated")
@@ -213,17 +166,24 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.int(&c.MaxSubscriptions, "max-subscriptions", "HERALD_MAX_SUBSCRIPTIONS", 256, "channel subscriptions per connection (else error too_large); 0: no limit")
 	e.dur(&c.ReadHeaderTimeout, "read-header-timeout", "HERALD_READ_HEADER_TIMEOUT", 10*time.Second, "time a client has to send its request headers (a handshake that never completes is dropped)")
 	e.dur(&c.IdleTimeout, "idle-timeout", "HERALD_IDLE_TIMEOUT", 2*time.Minute, "how long an idle HTTP keep-alive connection is kept")
-	e.int(&c.MaxHeaderBytes, "max-header-bytes", "HERALD_MAX_HEADER_BYTES", 16<<10, "largest request header (else 431)")
+	e.sizeInt(&c.MaxHeaderBytes, "max-header-bytes", "HERALD_MAX_HEADER_BYTES", 16<<10, math.MaxInt64, "largest request header (else 431)")
 	fs.BoolVar(&c.CheckOnly, "check-config", false, "check the configuration (flags and environment) and exit: 0 when the gateway would start with it, 2 otherwise")
 	e.str(&c.LogFormat, "log-format", "HERALD_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 
-	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: herald-gateway [flags]\n\nHerald's WebSocket gateway. Every flag has an environment variable twin; a flag wins over its variable.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	// The flag package prints nothing: -help prints the usage, an error is returned (and
+	// names the setting).
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
-		return c, err
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(out, fs)
+			return c, err
+		}
+		if len(e.errs) > 0 {
+			return c, errors.Join(e.errs...)
+		}
+		return c, fmt.Errorf("%w (--help lists every flag)", err)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
@@ -234,13 +194,35 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	return c, c.validate()
 }
 
+// invalid is an error that names the setting it is about (flag and variable).
+func invalid(name, format string, args ...any) error {
+	return fmt.Errorf("%s: "+format, append([]any{setting(name)}, args...)...)
+}
+
+// validate checks everything the gateway would refuse at start, so that --check-config
+// says so before a deploy: each error names its setting.
 func (c *config) validate() error {
 	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
-		errs = append(errs, fmt.Errorf("log-format %q: want text or json", c.LogFormat))
+		add(invalid("log-format", "%q: want text or json", c.LogFormat))
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
-		errs = append(errs, err)
+		add(invalid("log-level", "%v", err))
+	}
+	add(checkAddr("addr", c.Addr, false))
+	add(checkAddr("debug-addr", c.DebugAddr, true))
+	if c.AMQPURL != "" {
+		add(checkAMQPURLs("amqp-url", c.AMQPURL))
+	}
+	for name, v := range map[string]string{"exchange": c.Exchange, "stream": c.Stream, "presence-exchange": c.PresenceExchange} {
+		if v == "" || len(v) > 255 {
+			add(invalid(name, "%.64q: want a name of 1 to 255 bytes", v))
+		}
 	}
 	positive := map[string]int64{
 		"prefetch": int64(c.Prefetch), "retain-messages": int64(c.RetainMessages),
@@ -257,32 +239,35 @@ func (c *config) validate() error {
 	}
 	for name, v := range positive {
 		if v <= 0 {
-			errs = append(errs, fmt.Errorf("%s must be positive", name))
+			add(invalid(name, "must be positive"))
 		}
 	}
 	nonNegative := map[string]float64{
 		"max-connections": float64(c.MaxConnections), "max-connections-per-ip": float64(c.MaxConnectionsPerIP),
 		"handshake-rate": c.HandshakeRate, "message-rate": c.MessageRate,
 		"max-rate-violations": float64(c.MaxViolations), "max-subscriptions": float64(c.MaxSubscriptions),
-		"jwt-leeway": float64(c.JWTLeeway),
+		"jwt-leeway": float64(c.JWTLeeway), "prefetch": float64(c.Prefetch),
 	}
 	for name, v := range nonNegative {
 		if v < 0 {
-			errs = append(errs, fmt.Errorf("%s must not be negative", name))
+			add(invalid(name, "must not be negative"))
 		}
+	}
+	if c.Prefetch > 65535 {
+		add(invalid("prefetch", "%d: at most 65535 (AMQP's limit)", c.Prefetch))
 	}
 	errs = append(errs, c.validateAuth()...)
 	if c.CompressLevel < 1 || c.CompressLevel > 9 {
-		errs = append(errs, fmt.Errorf("compression-level %d: want 1 to 9", c.CompressLevel))
-	}
-	if c.CompressMinBytes < 0 {
-		errs = append(errs, errors.New("compression-min-bytes must not be negative"))
+		add(invalid("compression-level", "%d: want 1 to 9", c.CompressLevel))
 	}
 	if c.PresenceTTL <= c.PresenceSnapshot {
-		errs = append(errs, errors.New("presence-ttl must be longer than presence-snapshot-interval (three times it is usual), or live gateways would flicker out of the view"))
+		add(invalid("presence-ttl", "must be longer than --presence-snapshot-interval (three times it is usual), or live gateways would flicker out of the view"))
 	}
 	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
-		errs = append(errs, err)
+		add(invalid("trusted-proxies", "%v", err))
+	}
+	if err := gateway.CheckAllowedOrigins(splitList(c.AllowedOrigins)); err != nil {
+		add(invalid("allowed-origins", "%v", err))
 	}
 	return errors.Join(errs...)
 }
@@ -302,23 +287,185 @@ func (c *config) validateAuth() []error {
 	var errs []error
 	keys := c.jwtKeys()
 	if keys > 1 {
-		errs = append(errs, errors.New("jwt-secret, jwt-public-key and jwks-url: give one, not several"))
+		errs = append(errs, fmt.Errorf("%s, %s and %s: give one, not several", setting("jwt-secret"), setting("jwt-public-key"), setting("jwks-url")))
 	}
 	if keys > 0 && c.InsecureUserParam {
-		errs = append(errs, errors.New("insecure-user-param cannot be used with authentication (jwt-secret, jwt-public-key, jwks-url): it would let any client claim any user"))
+		errs = append(errs, invalid("insecure-user-param", "cannot be used with authentication (--jwt-secret, --jwt-public-key, --jwks-url): it would let any client claim any user"))
 	}
 	switch c.JWTAlg {
 	case "", "HS256", "RS256", "ES256":
 	default:
-		errs = append(errs, fmt.Errorf("jwt-alg %q: want HS256, RS256 or ES256", c.JWTAlg))
+		errs = append(errs, invalid("jwt-alg", "%q: want HS256, RS256 or ES256", c.JWTAlg))
 	}
-	if keys == 0 && (c.JWTAlg != "" || c.JWTAudience != "" || c.JWTIssuer != "" || c.AllowAnonymous) {
-		errs = append(errs, errors.New("jwt-alg, jwt-audience, jwt-issuer and allow-anonymous need a key: jwt-secret, jwt-public-key or jwks-url"))
+	if keys == 0 {
+		for name, set := range map[string]bool{"jwt-alg": c.JWTAlg != "", "jwt-audience": c.JWTAudience != "",
+			"jwt-issuer": c.JWTIssuer != "", "allow-anonymous": c.AllowAnonymous} {
+			if set {
+				errs = append(errs, invalid(name, "needs a key: --jwt-secret, --jwt-public-key or --jwks-url"))
+			}
+		}
 	}
-	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
-		errs = append(errs, errors.New("jwt-secret must be at least 32 bytes (HS256 wants a key as long as its hash)"))
+	switch {
+	case c.JWTSecret != "":
+		if len(c.JWTSecret) < 32 {
+			errs = append(errs, invalid("jwt-secret", "must be at least 32 bytes (HS256 wants a key as long as its hash)"))
+		}
+		if c.JWTAlg != "" && c.JWTAlg != gateway.AlgHS256 {
+			errs = append(errs, invalid("jwt-alg", "%s: a shared secret verifies HS256 only", c.JWTAlg))
+		}
+	case c.JWTPublicKey != "":
+		pem, err := os.ReadFile(c.JWTPublicKey)
+		if err != nil {
+			errs = append(errs, invalid("jwt-public-key", "%v", err))
+			break
+		}
+		key, err := gateway.ParsePublicKeyPEM(pem)
+		if err != nil {
+			errs = append(errs, invalid("jwt-public-key", "%s: %v", c.JWTPublicKey, err))
+			break
+		}
+		if alg, _ := gateway.PublicKeyAlgorithm(key); c.JWTAlg != "" && c.JWTAlg != alg {
+			errs = append(errs, invalid("jwt-alg", "%s: the key in --jwt-public-key verifies %s", c.JWTAlg, alg))
+		}
+	case c.JWKSURL != "":
+		if c.JWTAlg == gateway.AlgHS256 {
+			errs = append(errs, invalid("jwt-alg", "HS256: a JWKS verifies RS256 or ES256"))
+		}
+	}
+	if c.JWKSURL != "" {
+		if err := gateway.CheckJWKSURL(c.JWKSURL, c.JWKSAllowHTTP); err != nil {
+			errs = append(errs, invalid("jwks-url", "%v", err))
+		}
+	} else if c.JWKSAllowHTTP {
+		errs = append(errs, invalid("jwks-allow-http", "is only for a --jwks-url"))
+	}
+	for name, v := range map[string]string{"default-channels": c.DefaultChannels, "default-publish": c.DefaultPublish} {
+		if err := gateway.CheckPatterns(splitList(v)); err != nil {
+			errs = append(errs, invalid(name, "%v", err))
+		}
 	}
 	return errs
+}
+
+// checkAddr checks a listen address (of setting name) as net.Listen would take it:
+// host:port or :port, the host an IP address or a host name, the port a number or a
+// service name. Empty is an error unless optional.
+func checkAddr(name, addr string, optional bool) error {
+	if addr == "" {
+		if optional {
+			return nil
+		}
+		return invalid(name, "empty: want host:port or :port, e.g. :8080")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		why := err.Error()
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			why = ae.Err
+		}
+		return invalid(name, "%.100q: want host:port or :port, e.g. :8080 or 127.0.0.1:8080 (%s)", addr, why)
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return invalid(name, "%.100q: port %.20q is not a port number (0 to 65535) or a service name", addr, port)
+	}
+	if host != "" && !validHost(host) {
+		return invalid(name, "%.100q: %.64q is not an IP address or a host name", addr, host)
+	}
+	return nil
+}
+
+// validHost reports whether host is an IP address (IPv6 with a zone included) or a
+// syntactically valid host name. It does not resolve it.
+func validHost(host string) bool {
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	if len(host) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// maxAMQPURLs is how many URLs --amqp-url may list: one until the gateway dials a list
+// of nodes.
+const maxAMQPURLs = 1
+
+// amqpListSplit finds the commas that start another URL of a list: a comma inside one
+// URL (a password may hold one) is not followed by a scheme.
+var amqpListSplit = regexp.MustCompile(`,\s*[A-Za-z][A-Za-z0-9+.-]*://`)
+
+// splitURLs splits a comma-separated list of URLs.
+func splitURLs(s string) []string {
+	var out []string
+	start := 0
+	for _, loc := range amqpListSplit.FindAllStringIndex(s, -1) {
+		out = append(out, strings.TrimSpace(s[start:loc[0]]))
+		start = loc[0] + 1
+	}
+	return append(out, strings.TrimSpace(s[start:]))
+}
+
+// checkAMQPURLs checks an AMQP URL, or a comma-separated list of them, element by
+// element, as the AMQP client will read them: amqp:// or amqps://, a host, a port in
+// range, a well-escaped password, known parameters. Errors show the URLs redacted.
+func checkAMQPURLs(name, list string) error {
+	urls := splitURLs(list)
+	var errs []error
+	for i, raw := range urls {
+		where := redact.URL(raw)
+		if len(urls) > 1 {
+			where = fmt.Sprintf("URL %d of %d, %s", i+1, len(urls), where)
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			var ue *url.Error
+			if err = redact.Error(err, raw); errors.As(err, &ue) {
+				err = ue.Err // the URL is in where
+			}
+			errs = append(errs, invalid(name, "%s: %v (a reserved character in the user name or password, such as @ : / ? # %% or a space, must be percent-encoded)", where, err))
+			continue
+		}
+		if s := strings.ToLower(u.Scheme); s != "amqp" && s != "amqps" {
+			errs = append(errs, invalid(name, "%s: want an amqp:// or amqps:// URL, e.g. amqp://user:password@rabbitmq.example.com:5672/", where))
+			continue
+		}
+		if u.Hostname() == "" {
+			errs = append(errs, invalid(name, "%s: no host", where))
+			continue
+		}
+		if p := u.Port(); p != "" {
+			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+				errs = append(errs, invalid(name, "%s: port %s: want 1 to 65535", where, p))
+				continue
+			}
+		}
+		for _, param := range []string{"cacertfile", "certfile", "keyfile"} {
+			if f := u.Query().Get(param); f != "" {
+				if _, err := os.Stat(f); err != nil {
+					errs = append(errs, invalid(name, "%s: %s: %v", where, param, err))
+				}
+			}
+		}
+		if _, err := amqp.ParseURI(raw); err != nil {
+			errs = append(errs, invalid(name, "%s: %v", where, redact.Error(err, raw)))
+		}
+	}
+	if len(urls) > maxAMQPURLs {
+		errs = append(errs, invalid(name, "%d URLs: this gateway takes one", len(urls)))
+	}
+	return errors.Join(errs...)
 }
 
 // parsePrefixes reads a comma-separated list of CIDRs or single addresses.
@@ -331,7 +478,7 @@ func parsePrefixes(s string) ([]netip.Prefix, error) {
 		}
 		a, err := netip.ParseAddr(v)
 		if err != nil {
-			return nil, fmt.Errorf("trusted-proxies: %q is not a CIDR or an address", v)
+			return nil, fmt.Errorf("%q is not a CIDR or an address", v)
 		}
 		a = a.Unmap()
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 // edge is the gateway's authentication and limits, from the flags.
@@ -70,7 +72,11 @@ func edgeConfig(ctx context.Context, cfg config, log *slog.Logger, metrics *gate
 			return edge{}, fmt.Errorf("jwt-public-key %s: %w", cfg.JWTPublicKey, err)
 		}
 	case cfg.JWKSURL != "":
-		e.jwks = gateway.NewJWKS(gateway.JWKSConfig{URL: cfg.JWKSURL, Refresh: cfg.JWKSRefresh,
+		if strings.HasPrefix(strings.ToLower(cfg.JWKSURL), "http://") {
+			log.Warn("THE JWKS URL IS PLAIN HTTP (--jwks-allow-http): whoever can alter the traffic to it can replace the keys and sign any token; use https unless the key server is on a network you trust",
+				"url", redact.URL(cfg.JWKSURL))
+		}
+		e.jwks = gateway.NewJWKS(gateway.JWKSConfig{URL: cfg.JWKSURL, AllowHTTP: cfg.JWKSAllowHTTP, Refresh: cfg.JWKSRefresh,
 			Logger: log.With("part", "jwks"), Metrics: metrics})
 		fetch, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if err := e.jwks.Fetch(fetch); err != nil {
@@ -84,6 +90,24 @@ func edgeConfig(ctx context.Context, cfg config, log *slog.Logger, metrics *gate
 	} else {
 		log.Info("authentication on", "alg", cfg.JWTAlg, "anonymous", cfg.AllowAnonymous,
 			"audience", cfg.JWTAudience, "issuer", cfg.JWTIssuer)
+		log.Info(defaultsLine(e.auth))
 	}
 	return e, nil
+}
+
+// defaultsLine says, in one line, what a token without a channels or publish claim may
+// do, and what a client without a token gets.
+func defaultsLine(a gateway.AuthConfig) string {
+	list := func(patterns []string, flag string) string {
+		if len(patterns) == 0 {
+			return "no channel (" + flag + " is empty)"
+		}
+		return strings.Join(patterns, ", ") + " (" + flag + ")"
+	}
+	anon := "clients without a token are refused (--allow-anonymous is off)"
+	if a.AllowAnonymous {
+		anon = "clients without a token are admitted anonymously with these same permissions (--allow-anonymous)"
+	}
+	return fmt.Sprintf("tokens without a channels claim may subscribe to %s; tokens without a publish claim may publish to %s; %s",
+		list(a.DefaultChannels, "--default-channels"), list(a.DefaultPublish, "--default-publish"), anon)
 }

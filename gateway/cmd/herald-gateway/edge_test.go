@@ -8,12 +8,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/heraldgw/herald/producer/amqptest"
 )
 
 func TestEdgeFlags(t *testing.T) {
@@ -23,7 +26,7 @@ func TestEdgeFlags(t *testing.T) {
 	}
 	if c.MaxConnections != 100000 || c.MaxConnectionsPerIP != 1000 || c.HandshakeRate != 20 || c.HandshakeBurst != 100 ||
 		c.MessageRate != 50 || c.MessageBurst != 100 || c.MaxViolations != 10 || c.MaxSubscriptions != 256 ||
-		c.JWTLeeway != 30*time.Second || c.DefaultChannels != "*" || c.DefaultPublish != "" || c.AllowAnonymous ||
+		c.JWTLeeway != 30*time.Second || c.DefaultChannels != "" || c.DefaultPublish != "" || c.AllowAnonymous ||
 		c.ReadHeaderTimeout != 10*time.Second || c.IdleTimeout != 2*time.Minute || c.MaxHeaderBytes != 16<<10 ||
 		c.JWKSRefresh != 10*time.Minute {
 		t.Errorf("defaults differ from the documented ones: %+v", c)
@@ -49,10 +52,12 @@ func TestEdgeFlags(t *testing.T) {
 		{"two keys", []string{"--jwt-secret", strings.Repeat("s", 32), "--jwks-url", "https://x/jwks"}, "not several"},
 		{"short secret", []string{"--jwt-secret", "short"}, "32 bytes"},
 		{"bad alg", []string{"--jwt-secret", strings.Repeat("s", 32), "--jwt-alg", "none"}, "jwt-alg"},
-		{"anonymous without a key", []string{"--allow-anonymous"}, "need a key"},
+		{"anonymous without a key", []string{"--allow-anonymous"}, "needs a key"},
 		{"bad proxy", []string{"--trusted-proxies", "10.0.0.0/33"}, "trusted-proxies"},
 		{"negative limit", []string{"--max-connections", "-1"}, "max-connections"},
 		{"zero burst", []string{"--message-burst", "0"}, "message-burst"},
+		{"{sub} before *", []string{"--default-channels", "public:*,user:{sub}*"}, "default-channels"},
+		{"braces that are not {sub}", []string{"--default-publish", "user:{user}"}, "default-publish"},
 	}
 	for _, tt := range errs {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,6 +155,36 @@ func TestRunWithAuthentication(t *testing.T) {
 	ws.Close()
 }
 
+// TestStartupSaysWhatTokensWithoutClaimsGet: with authentication on, one log line says
+// what a token without a channels or publish claim may do, and what clients without a
+// token get; by default, nothing and refused.
+func TestStartupSaysWhatTokensWithoutClaimsGet(t *testing.T) {
+	line := func(logs *syncBuffer) string {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "tokens without a channels claim") {
+				return l
+			}
+		}
+		t.Fatalf("no log line says what tokens without claims get:\n%s", logs)
+		return ""
+	}
+	_, logs := runGateway(t, "--jwt-secret", strings.Repeat("k", 32))
+	got := line(logs)
+	for _, want := range []string{"may subscribe to no channel", "may publish to no channel", "without a token are refused"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("defaults: %s\nwant it to say %q", got, want)
+		}
+	}
+	_, logs = runGateway(t, "--jwt-secret", strings.Repeat("k", 32), "--allow-anonymous",
+		"--default-channels", "public:*,user:{sub}:*", "--default-publish", "public:chat")
+	got = line(logs)
+	for _, want := range []string{"may subscribe to public:*, user:{sub}:*", "may publish to public:chat", "without a token are admitted anonymously"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("configured: %s\nwant it to say %q", got, want)
+		}
+	}
+}
+
 // TestHandshakeNeverCompleted: a client that opens a TCP connection and sends part of
 // its request headers is dropped after --read-header-timeout.
 func TestHandshakeNeverCompleted(t *testing.T) {
@@ -167,5 +202,79 @@ func TestHandshakeNeverCompleted(t *testing.T) {
 	_, err = io.Copy(io.Discard, nc) // until the gateway closes
 	if d := time.Since(start); err != nil || d < 200*time.Millisecond || d > 3*time.Second {
 		t.Errorf("got %v after %v, want the connection closed after about 300ms", err, d)
+	}
+}
+
+// TestJWKSURLMustBeHTTPS: --check-config refuses a plain http:// --jwks-url unless
+// --jwks-allow-http, and a gateway started with one says so loudly; the URL's password
+// and secret parameters reach no log line.
+func TestJWKSURLMustBeHTTPS(t *testing.T) {
+	check := func(args ...string) (int, string) {
+		var out bytes.Buffer
+		code := run(t.Context(), append([]string{"--check-config"}, args...), env(nil), &out)
+		return code, out.String()
+	}
+	if code, out := check("--jwks-url", "http://idp.internal/jwks"); code != 2 || !strings.Contains(out, "jwks-url") || !strings.Contains(out, "plain http") {
+		t.Errorf("plain http JWKS: exit %d (%s), want 2 naming jwks-url and plain http", code, out)
+	}
+	if code, out := check("--jwks-url", "http://idp.internal/jwks", "--jwks-allow-http"); code != 0 {
+		t.Errorf("plain http JWKS, allowed: exit %d (%s), want 0", code, out)
+	}
+	if code, out := check("--jwks-allow-http"); code != 2 || !strings.Contains(out, "jwks-allow-http") {
+		t.Errorf("--jwks-allow-http without a JWKS: exit %d (%s), want 2", code, out)
+	}
+	if code, out := check("--jwks-url", "https://u:hunter2@idp.internal/jwks?token=tok-123&x=%zz"); code != 0 && strings.Contains(out, "hunter2") {
+		t.Errorf("check-config printed the JWKS password: %s", out)
+	}
+
+	// Nothing listens on port 1: the fetch fails and is logged, redacted.
+	_, logs := runGateway(t, "--jwks-url", "http://ops:hunter2@127.0.0.1:1/jwks?access_token=tok-123", "--jwks-allow-http")
+	out := logs.String()
+	if !strings.Contains(out, "THE JWKS URL IS PLAIN HTTP") {
+		t.Errorf("no loud warning about the plain http JWKS URL:\n%s", out)
+	}
+	if !strings.Contains(out, "JWKS not fetched at start") {
+		t.Errorf("the failed fetch is not logged:\n%s", out)
+	}
+	for _, secret := range []string{"hunter2", "tok-123"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the log shows %q:\n%s", secret, out)
+		}
+	}
+}
+
+// TestAMQPURLSecretsNotShown: the AMQP URL's password shows nowhere: not in the
+// listening line (which names the broker, redacted), nor in the error of a URL that does
+// not parse (net/url quotes the whole URL in its errors).
+func TestAMQPURLSecretsNotShown(t *testing.T) {
+	url := amqptest.URL(t)
+	u, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, _ := u.User.Password()
+	exchange, stream := amqptest.Names(t, url)
+	_, logs := runGateway(t, "--amqp-url", url, "--exchange", exchange, "--stream", stream,
+		"--presence-channels", "", "--no-user-presence")
+	var listening string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "herald gateway listening") {
+			listening = l
+		}
+	}
+	u.User = neturl.UserPassword(u.User.Username(), "xxxxx")
+	if want := `"amqp_url":"` + u.String() + `"`; !strings.Contains(listening, want) {
+		t.Errorf("listening line %s: want it to name the broker as %s", listening, want)
+	}
+	if pass != "" && pass != u.User.Username() && strings.Contains(logs.String(), ":"+pass+"@") {
+		t.Errorf("the log shows the AMQP password:\n%s", logs)
+	}
+
+	for _, bad := range []string{"amqp://guest:se%zzcret@127.0.0.1:5672/", "amqp://guest:zz/cret@127.0.0.1:5672/"} {
+		var out bytes.Buffer
+		code := run(t.Context(), []string{"--amqp-url", bad, "--log-format", "json"}, env(nil), &out)
+		if code == 0 || strings.Contains(out.String(), "zz") {
+			t.Errorf("a URL that does not parse: exit %d, output %s: want a failure that does not show the password", code, out.String())
+		}
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/heraldgw/herald/consumer"
 	"github.com/heraldgw/herald/gateway"
 	"github.com/heraldgw/herald/producer"
+	"github.com/heraldgw/herald/producer/redact"
 )
 
 func main() {
@@ -205,7 +206,11 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		go func() { _ = debugSrv.Serve(dln) }()
 		log.Info("profiling endpoints on", "addr", dln.Addr().String())
 	}
-	log.Info("herald gateway listening", "addr", ln.Addr().String(), "node", cfg.NodeID, "bus", busName(cfg))
+	listening := []any{"addr", ln.Addr().String(), "node", cfg.NodeID, "bus", busName(cfg)}
+	if cfg.AMQPURL != "" {
+		listening = append(listening, "amqp_url", redact.URL(cfg.AMQPURL))
+	}
+	log.Info("herald gateway listening", listening...)
 
 	var runErr error
 	select {
