@@ -67,8 +67,14 @@ type StreamConfig struct {
 	// again following a loss (not after the first attach).
 	OnReconnect func()
 	// OnDecodeError, when set, is called from Run's goroutine for a delivery that cannot be
-	// decoded as a Herald message (PROTOCOL.md section 3). The delivery is acked and dropped.
+	// delivered as a Herald message (PROTOCOL.md section 3): err matches producer.ErrNotJSON
+	// or producer.ErrUnroutable. The delivery is acked and dropped.
 	OnDecodeError func(err error)
+	// OnBadHeader, when set, is called from Run's goroutine for each header of a delivery
+	// that cannot be read, with the header's name (one of producer's Header constants):
+	// an optional one, which the message is delivered without, or a routing one, which
+	// makes it undeliverable (OnDecodeError follows).
+	OnBadHeader func(header string)
 }
 
 // withDefaults returns c with its zero fields set to their defaults.
@@ -164,8 +170,10 @@ type Stream struct {
 	replayConn  *amqp.Connection
 
 	// Owned by Run's goroutine.
-	pos      int64     // offset of the last delivery handled (dispatched, dropped or skipped); NoOffset before one
-	attached time.Time // when the first consumer was attached (at "next")
+	pos        int64     // offset of the last delivery handled (dispatched, dropped or skipped); NoOffset before one
+	attached   time.Time // when the first consumer was attached (at "next")
+	headerLogs logSampler
+	dropLogs   logSampler
 }
 
 // NewStream returns a Stream that will deliver to d once Run is called. It does not
@@ -397,20 +405,37 @@ func (s *Stream) handle(d amqp.Delivery) {
 		}
 		s.pos = off
 	}
-	m, err := producer.Decode(d)
+	m, skipped, err := producer.Decode(d)
+	for _, he := range skipped {
+		s.badHeader(he)
+		if ok, held := s.headerLogs.allow(); ok {
+			s.log.Warn("consumer delivers a message without a header it cannot read",
+				"offset", off, "id", m.ID, "err", he, "similar_lines_held", held)
+		}
+	}
 	if err != nil {
-		s.log.Warn("consumer dropped a delivery that is not a Herald message", "offset", off, "err", err)
+		if he := (*producer.HeaderError)(nil); errors.As(err, &he) {
+			s.badHeader(he)
+		}
+		if ok, held := s.dropLogs.allow(); ok {
+			s.log.Warn("consumer dropped a delivery that cannot be delivered as a Herald message",
+				"offset", off, "err", err, "similar_lines_held", held)
+		}
 		if s.cfg.OnDecodeError != nil {
 			s.cfg.OnDecodeError(err)
 		}
 		return
 	}
-	if m.Time.IsZero() {
-		m.Time = time.Now()
-	}
 	s.d.Dispatch(m)
 	if hasOff {
 		s.last.Store(off)
+	}
+}
+
+// badHeader reports a header that could not be read.
+func (s *Stream) badHeader(he *producer.HeaderError) {
+	if s.cfg.OnBadHeader != nil {
+		s.cfg.OnBadHeader(he.Header)
 	}
 }
 

@@ -123,8 +123,18 @@ func (h *Hub) newest() (int64, bool) {
 
 // Dispatch queues m to every connection it addresses. It encodes the frame once and
 // never blocks on a connection. Called by the bus from one goroutine.
+//
+// A message the publisher gave no time has none on the wire; the hub's clocks, the
+// deduplication window and the delivery latency, use the time it received it instead.
+// An id the log derived from the offset (message.OffsetID) is not deduplicated: no
+// publisher chose it, so no retry can repeat it.
 func (h *Hub) Dispatch(m message.Message) {
-	if h.dedup != nil && m.ID != "" && h.dedup.seen(m.ID, m.Time) {
+	start := time.Now()
+	clock := m.Time
+	if clock.IsZero() {
+		clock = start
+	}
+	if h.dedup != nil && m.ID != "" && !message.IsOffsetID(m.ID) && h.dedup.seen(m.ID, clock) {
 		h.metrics.dropped(dropDuplicate, 1)
 		if m.Offset >= 0 {
 			h.dupMu.Lock()
@@ -136,8 +146,7 @@ func (h *Hub) Dispatch(m message.Message) {
 		h.log.Debug("duplicate message dropped", "id", m.ID, "offset", m.Offset)
 		return
 	}
-	start := time.Now()
-	f := newMessageFrame(m)
+	f := newMessageFrame(m, start)
 
 	h.mu.RLock()
 	switch {

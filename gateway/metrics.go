@@ -16,6 +16,7 @@ const (
 	dropDuplicate    = "duplicate"     // a message id seen within the deduplication window
 	dropUndecodable  = "undecodable"   // a bus message that is not a Herald message
 	dropLagged       = "lagged"        // the embedded bus's log moved past undispatched messages
+	dropUnroutable   = "unroutable"    // a bus message whose channel or users header cannot be read
 )
 
 // Sources of published messages (label of herald_messages_published_total).
@@ -56,6 +57,7 @@ type Metrics struct {
 	edge        edgeMetrics // authentication and limits
 	presence    presenceMetrics
 	compression compressionMetrics
+	contract    contractMetrics // what the bus's messages and broker do to the AMQP contract
 }
 
 // compressionMetrics counts permessage-deflate's work.
@@ -219,7 +221,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"code"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "herald_delivery_latency_seconds",
-			Help:    "Time from a message's publish to its write to a client socket.",
+			Help:    "Time from a message's publish (where the publisher gave no time: from its receipt by this gateway) to its write to a client socket.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 		busReconnects: prometheus.NewCounter(prometheus.CounterOpts{
@@ -260,7 +262,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, code := range []string{CodeBadRequest, CodeUnknownOp, CodeForbidden, CodeRateLimited, CodeTooLarge, CodeUnavailable} {
 		m.clientErrors.WithLabelValues(code)
 	}
-	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged} {
+	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged, dropUnroutable} {
 		m.droppedTotal.WithLabelValues(r)
 	}
 	for _, s := range []string{sourceWS, sourceHTTP} {
@@ -272,6 +274,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.edge.register(reg)
 	m.presence.register(reg)
 	m.compression.register(reg)
+	m.contract.register(reg)
 	return m
 }
 
@@ -580,3 +583,45 @@ func okLabel(ok bool, yes, no string) string {
 	}
 	return no
 }
+
+// busHeaders are the headers of a bus message that Herald reads (PROTOCOL.md section 3),
+// the label values of herald_bus_header_errors_total; any other name is counted as other.
+var busHeaders = []string{"channel", "users", "from", "time", "source", "x-stream-offset"}
+
+// contractMetrics counts what publishers and the broker do to the AMQP contract: headers
+// that cannot be read.
+type contractMetrics struct {
+	headerErrors *prometheus.CounterVec
+}
+
+func (c *contractMetrics) register(reg prometheus.Registerer) {
+	c.headerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_bus_header_errors_total",
+		Help: "Messages from the bus with a header that could not be read, by header: from, time, source (the message is delivered without it), channel, users (the message is delivered to nobody, and counted in herald_messages_dropped_total{reason=\"unroutable\"}).",
+	}, []string{"header"})
+	reg.MustRegister(c.headerErrors)
+	for _, h := range busHeaders {
+		c.headerErrors.WithLabelValues(h)
+	}
+	c.headerErrors.WithLabelValues("other")
+}
+
+// BusBadHeader counts a bus message with a header that could not be read, by the
+// header's name (a bounded label: names Herald does not read count as "other").
+func (m *Metrics) BusBadHeader(header string) {
+	if m == nil {
+		return
+	}
+	label := "other"
+	for _, h := range busHeaders {
+		if h == header {
+			label = h
+			break
+		}
+	}
+	m.contract.headerErrors.WithLabelValues(label).Inc()
+}
+
+// BusUnroutable counts a bus message dropped because its channel or users header cannot
+// be read: delivering it without would widen its audience.
+func (m *Metrics) BusUnroutable() { m.dropped(dropUnroutable, 1) }

@@ -288,7 +288,14 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		Name:          "herald-gateway-consumer-" + cfg.NodeID,
 		Logger:        log.With("part", "consumer"),
 		OnStateChange: func(up bool) { metrics.BusState("consumer", up) },
-		OnDecodeError: func(error) { metrics.BusDecodeError() },
+		OnDecodeError: func(err error) {
+			if errors.Is(err, producer.ErrUnroutable) {
+				metrics.BusUnroutable()
+			} else {
+				metrics.BusDecodeError()
+			}
+		},
+		OnBadHeader: metrics.BusBadHeader,
 	}, hub)
 	return bus{
 		Publisher: pub,
