@@ -255,7 +255,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, code := range []int{1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1011, CloseSlowConsumer, CloseRateLimited, 0} {
 		m.closedConns.WithLabelValues(closeCodeLabel(code))
 	}
-	for _, r := range []string{"draining", "bad_query", "bad_handshake", "origin", "rate_limited",
+	for _, r := range []string{"draining", "starting", "bad_query", "bad_handshake", "origin", "rate_limited",
 		"too_many_connections", "too_many_connections_per_ip", CodeForbidden} {
 		m.refused.WithLabelValues(r)
 	}

@@ -295,6 +295,8 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	switch {
 	case s.draining.Load():
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+	case !s.busReady.Load() && s.bus.Connected():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
 	case !s.busReady.Load() || !s.bus.Connected():
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "bus unavailable"})
 	default:
@@ -307,6 +309,13 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
+		return
+	}
+	if _, known := s.hub.newest(); s.log != nil && !known {
+		// The bus is still reading the tail of its log (the hub's SetLogStart): a client
+		// admitted now would get messages published before it came.
+		w.Header().Set("Retry-After", "1")
+		s.refuse(w, http.StatusServiceUnavailable, "starting", "the gateway is catching up with the bus; retry")
 		return
 	}
 	q := r.URL.Query()

@@ -74,7 +74,7 @@ type bus struct {
 	gateway.Log
 	run   func(context.Context) error
 	head  func(context.Context) (int64, bool) // the newest offset in the log, for the lag gauge
-	ready <-chan struct{}                     // closed once messages published from now on reach the hub
+	ready <-chan struct{}                     // closed once the hub knows where the log stands and messages published from now on reach it
 	close func()
 }
 
@@ -277,7 +277,23 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 	if err != nil {
 		return bus{}, fmt.Errorf("publisher: %w", err)
 	}
-	stream := consumer.NewStream(consumer.StreamConfig{
+	stream := consumer.NewStream(streamConfig(cfg, log, metrics, hub), hub)
+	return bus{
+		Publisher: pub,
+		BusHealth: rabbitHealth{p: pub, s: stream},
+		Log:       stream,
+		run:       stream.Run,
+		head:      stream.Head,
+		ready:     stream.Ready(),
+		close:     func() { _ = pub.Close() },
+	}, nil
+}
+
+// streamConfig is the stream consumer's configuration: it reports to metrics and, once
+// it has read the stream up to its head at start, tells hub where the log stands (until
+// then the server admits no client).
+func streamConfig(cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *gateway.Hub) consumer.StreamConfig {
+	return consumer.StreamConfig{
 		URL:           cfg.AMQPURL,
 		Exchange:      cfg.Exchange,
 		Stream:        cfg.Stream,
@@ -288,6 +304,7 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		Name:          "herald-gateway-consumer-" + cfg.NodeID,
 		Logger:        log.With("part", "consumer"),
 		OnStateChange: func(up bool) { metrics.BusState("consumer", up) },
+		OnLogStart:    hub.SetLogStart,
 		OnDecodeError: func(err error) {
 			if errors.Is(err, producer.ErrUnroutable) {
 				metrics.BusUnroutable()
@@ -296,16 +313,7 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 			}
 		},
 		OnBadHeader: metrics.BusBadHeader,
-	}, hub)
-	return bus{
-		Publisher: pub,
-		BusHealth: rabbitHealth{p: pub, s: stream},
-		Log:       stream,
-		run:       stream.Run,
-		head:      stream.Head,
-		ready:     stream.Ready(),
-		close:     func() { _ = pub.Close() },
-	}, nil
+	}
 }
 
 // newPresence returns the gateway's presence, or nil when it is off: no channel has it and
