@@ -221,6 +221,10 @@ type Stream struct {
 	replayMu    sync.Mutex
 	replayConn  *amqp.Connection
 
+	// probeHook, set by tests only, is called by ProbeHeaders once the probe's stream is
+	// declared.
+	probeHook func(ctx context.Context, stream string)
+
 	// Owned by Run's goroutine.
 	pos        int64     // offset of the last delivery handled (dispatched, dropped or skipped); NoOffset before one
 	attached   time.Time // when the first consumer was attached (at Start)

@@ -589,9 +589,11 @@ func okLabel(ok bool, yes, no string) string {
 var busHeaders = []string{"channel", "users", "from", "time", "source", "x-stream-offset"}
 
 // contractMetrics counts what publishers and the broker do to the AMQP contract: headers
-// that cannot be read.
+// that cannot be read, and whether the broker keeps array and table headers in streams.
 type contractMetrics struct {
 	headerErrors *prometheus.CounterVec
+	headersKept  *prometheus.GaugeVec
+	headerProbes *prometheus.CounterVec
 }
 
 func (c *contractMetrics) register(reg prometheus.Registerer) {
@@ -599,11 +601,45 @@ func (c *contractMetrics) register(reg prometheus.Registerer) {
 		Name: "herald_bus_header_errors_total",
 		Help: "Messages from the bus with a header that could not be read, by header: from, time, source (the message is delivered without it), channel, users (the message is delivered to nobody, and counted in herald_messages_dropped_total{reason=\"unroutable\"}).",
 	}, []string{"header"})
-	reg.MustRegister(c.headerErrors)
+	c.headersKept = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "herald_bus_headers_kept",
+		Help: "1 when the broker keeps header values of this kind (array, table) through a stream, 0 when it drops them (RabbitMQ 3.10 drops both: publish users as a string holding a JSON array); absent until the gateway's probe at start has answered, and on the embedded bus.",
+	}, []string{"kind"})
+	c.headerProbes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_bus_header_probes_total",
+		Help: "Probes of what the broker keeps of array and table headers in a stream, by result: ok, failed (retried with backoff).",
+	}, []string{"result"})
+	reg.MustRegister(c.headerErrors, c.headersKept, c.headerProbes)
 	for _, h := range busHeaders {
 		c.headerErrors.WithLabelValues(h)
 	}
 	c.headerErrors.WithLabelValues("other")
+	c.headerProbes.WithLabelValues("ok")
+	c.headerProbes.WithLabelValues("failed")
+}
+
+// BusHeadersKept records what the header probe found: whether the broker keeps array and
+// table header values through a stream.
+func (m *Metrics) BusHeadersKept(arrays, tables bool) {
+	if m == nil {
+		return
+	}
+	m.contract.headersKept.WithLabelValues("array").Set(boolGauge(arrays))
+	m.contract.headersKept.WithLabelValues("table").Set(boolGauge(tables))
+}
+
+// BusHeaderProbe counts a header probe that answered (ok) or failed.
+func (m *Metrics) BusHeaderProbe(ok bool) {
+	if m != nil {
+		m.contract.headerProbes.WithLabelValues(okLabel(ok, "ok", "failed")).Inc()
+	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // BusBadHeader counts a bus message with a header that could not be read, by the

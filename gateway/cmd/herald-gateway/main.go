@@ -76,6 +76,10 @@ type bus struct {
 	head  func(context.Context) (int64, bool) // the newest offset in the log, for the lag gauge
 	ready <-chan struct{}                     // closed once the hub knows where the log stands and messages published from now on reach it
 	close func()
+	// probe, when set, runs once at start beside the bus: what the broker does to headers.
+	probe func(context.Context)
+	// detail, when set, is what /readyz shows of the bus.
+	detail func() any
 }
 
 func serve(ctx context.Context, cfg config, log *slog.Logger) error {
@@ -129,6 +133,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		DisableClientPublish: cfg.NoClientPublish,
 		InsecureUserParam:    cfg.InsecureUserParam,
 		Log:                  b.Log,
+		BusDetail:            b.detail,
 		Presence:             presence,
 		Logger:               log,
 		Metrics:              metrics,
@@ -165,6 +170,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	})
 	wg.Go(func() { watchLag(busCtx, b, hub, metrics) })
+	if b.probe != nil {
+		wg.Go(func() { b.probe(busCtx) })
+	}
 	var link gateway.PresenceSender // nil: presence is local (the embedded bus) or off
 	if presence != nil && cfg.AMQPURL != "" {
 		l := presenceLink(cfg, log, metrics, presence)
@@ -278,6 +286,7 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		return bus{}, fmt.Errorf("publisher: %w", err)
 	}
 	stream := consumer.NewStream(streamConfig(cfg, log, metrics, hub), hub)
+	headers := newHeaderReport()
 	return bus{
 		Publisher: pub,
 		BusHealth: rabbitHealth{p: pub, s: stream},
@@ -286,6 +295,10 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		head:      stream.Head,
 		ready:     stream.Ready(),
 		close:     func() { _ = pub.Close() },
+		probe: func(ctx context.Context) {
+			probeHeaders(ctx, stream.ProbeHeaders, log.With("part", "header-probe"), metrics, headers)
+		},
+		detail: headers.detail,
 	}, nil
 }
 
