@@ -203,8 +203,8 @@ func streamMaxAgeArg(d time.Duration) string {
 //
 // Run does all the work on the caller's goroutine: it owns the connection, the channel
 // and the position in the stream, and it is the only goroutine that calls Dispatch and
-// the config's callbacks. Connected, LastOffset and Ready are safe to call from any
-// goroutine.
+// the config's callbacks. Connected, LastOffset, Ready, Replay, Head, Oldest and
+// ProbeHeaders are safe to call from any goroutine.
 type Stream struct {
 	cfg   StreamConfig // defaults applied; read-only after NewStream
 	d     Dispatcher
