@@ -23,8 +23,16 @@ const (
 	streamDefaultMaxBytes = int64(1 << 30)
 	streamDefaultPrefetch = 1000
 	streamDefaultName     = "herald-consumer"
+	streamDefaultStart    = "last"
+	streamDefaultWarmUp   = time.Second
 	streamMaxPrefetch     = 65535       // basic.qos carries the count in 16 bits
 	streamAttachSkewGuard = time.Second // see Stream.resumeArg
+
+	// The warm-up is over once the head found at start is reached and no delivery has
+	// come for warmUpSettle (the rest of the head's chunk is on its way), or at most
+	// warmUpSettleMax after the head was reached (publishers that never pause).
+	warmUpSettle    = 100 * time.Millisecond
+	warmUpSettleMax = time.Second
 )
 
 // StreamConfig configures a Stream. Every gateway that consumes the same stream must use
@@ -67,8 +75,32 @@ type StreamConfig struct {
 	// again following a loss (not after the first attach).
 	OnReconnect func()
 	// OnDecodeError, when set, is called from Run's goroutine for a delivery that cannot be
-	// decoded as a Herald message (PROTOCOL.md section 3). The delivery is acked and dropped.
+	// delivered as a Herald message (PROTOCOL.md section 3): err matches producer.ErrNotJSON
+	// or producer.ErrUnroutable. The delivery is acked and dropped.
 	OnDecodeError func(err error)
+	// Start is where the consumer first attaches to the stream (its x-stream-offset):
+	// "last" (the stream's last chunk) when nil, "first", a non-negative int64 offset, or
+	// a time.Time. What it reads from there up to the stream's head is dispatched before
+	// the Stream is ready (the warm-up: the dispatcher learns where the log stands, and
+	// may keep a tail of it), so a gateway must admit no client until Ready. Reconnects
+	// resume just after the last offset handled, whatever Start.
+	Start any
+	// WarmUpWait bounds how long the first attach waits to learn where the stream's head
+	// is: RabbitMQ 3.10 has no AMQP 0-9-1 query for it (queue.declare-ok counts no
+	// messages in a stream), and a consumer attached at "last" gets nothing from an empty
+	// stream. When no delivery comes within WarmUpWait the stream is taken for empty. It
+	// also ends a warm-up that gets no delivery for that long before it reaches the head.
+	// 1s when zero.
+	WarmUpWait time.Duration
+	// OnLogStart, when set, is called once from Run's goroutine when the warm-up is over,
+	// just before Ready is closed, with the offset of the newest message in the stream
+	// then (message.NoOffset when it is empty): every message after it will be dispatched.
+	OnLogStart func(newest int64)
+	// OnBadHeader, when set, is called from Run's goroutine for each header of a delivery
+	// that cannot be read, with the header's name (one of producer's Header constants):
+	// an optional one, which the message is delivered without, or a routing one, which
+	// makes it undeliverable (OnDecodeError follows).
+	OnBadHeader func(header string)
 }
 
 // withDefaults returns c with its zero fields set to their defaults.
@@ -90,6 +122,12 @@ func (c StreamConfig) withDefaults() StreamConfig {
 	}
 	if c.Name == "" {
 		c.Name = streamDefaultName
+	}
+	if c.Start == nil {
+		c.Start = streamDefaultStart
+	}
+	if c.WarmUpWait == 0 {
+		c.WarmUpWait = streamDefaultWarmUp
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -113,6 +151,21 @@ func (c StreamConfig) validate() error {
 		return fmt.Errorf("consumer: stream config: Prefetch %d is outside 1..%d", c.Prefetch, streamMaxPrefetch)
 	case c.ReconnectMin < 0:
 		return fmt.Errorf("consumer: stream config: ReconnectMin %v is negative", c.ReconnectMin)
+	case c.WarmUpWait < 0:
+		return fmt.Errorf("consumer: stream config: WarmUpWait %v is negative", c.WarmUpWait)
+	}
+	switch v := c.Start.(type) {
+	case string:
+		if v != "first" && v != "last" {
+			return fmt.Errorf("consumer: stream config: Start %q: want \"first\", \"last\", an int64 offset or a time.Time", v)
+		}
+	case int64:
+		if v < 0 {
+			return fmt.Errorf("consumer: stream config: Start offset %d is negative", v)
+		}
+	case time.Time:
+	default:
+		return fmt.Errorf("consumer: stream config: Start %v (%T): want \"first\", \"last\", an int64 offset or a time.Time", v, v)
 	}
 	return nil
 }
@@ -143,15 +196,20 @@ func streamMaxAgeArg(d time.Duration) string {
 // attaches again just after the last offset it received, so nothing within retention is
 // lost or dispatched twice.
 //
+// At start it attaches a little back (StreamConfig.Start: the stream's last chunk) and
+// dispatches what it reads up to the stream's head before it is Ready: a warm-up, after
+// which the newest offset in the stream is known (OnLogStart), so that the first welcome
+// frames can carry it.
+//
 // Run does all the work on the caller's goroutine: it owns the connection, the channel
 // and the position in the stream, and it is the only goroutine that calls Dispatch and
-// the config's callbacks. Connected, LastOffset and Ready are safe to call from any
-// goroutine.
+// the config's callbacks. Connected, LastOffset, Ready, Replay, Head, Oldest and
+// ProbeHeaders are safe to call from any goroutine.
 type Stream struct {
 	cfg   StreamConfig // defaults applied; read-only after NewStream
 	d     Dispatcher
 	log   *slog.Logger
-	ready chan struct{} // closed by Run when the first consumer is attached
+	ready chan struct{} // closed by Run when the warm-up is over
 
 	started   atomic.Bool  // set by the first call of Run
 	connected atomic.Bool  // whether a consumer is attached now
@@ -163,9 +221,26 @@ type Stream struct {
 	replayMu    sync.Mutex
 	replayConn  *amqp.Connection
 
+	// probeHook, set by tests only, is called by ProbeHeaders once the probe's stream is
+	// declared.
+	probeHook func(ctx context.Context, stream string)
+
 	// Owned by Run's goroutine.
-	pos      int64     // offset of the last delivery handled (dispatched, dropped or skipped); NoOffset before one
-	attached time.Time // when the first consumer was attached (at "next")
+	pos        int64     // offset of the last delivery handled (dispatched, dropped or skipped); NoOffset before one
+	attached   time.Time // when the first consumer was attached (at Start)
+	warm       warmUp
+	headerLogs logSampler
+	dropLogs   logSampler
+}
+
+// warmUp is the state of a Stream's warm-up: from the first attach until it has read up
+// to the head of the stream it found then. Owned by Run's goroutine.
+type warmUp struct {
+	done    bool
+	target  int64     // the head found after the first attach; NoOffset: none (an empty stream)
+	reached time.Time // when a delivery at or past target was handled; zero before
+	seen    time.Time // when the last delivery was handled, or the consumer (re)attached
+	n       int       // deliveries handled during the warm-up
 }
 
 // NewStream returns a Stream that will deliver to d once Run is called. It does not
@@ -185,9 +260,12 @@ func NewStream(cfg StreamConfig, d Dispatcher) *Stream {
 	return s
 }
 
-// Ready returns a channel that is closed once the first consumer is attached to the
-// stream. Every message published to the exchange after that is dispatched, so a gateway
-// should report itself ready only then. It is never closed when Run fails to start.
+// Ready returns a channel that is closed once the first consumer has attached to the
+// stream and read it up to the head it found there (the warm-up), and OnLogStart has been
+// called. Every message published to the exchange after that is dispatched, and none
+// before the newest offset given to OnLogStart is dispatched after it, so a gateway
+// should admit clients and report itself ready only then. It is never closed when Run
+// fails to start.
 func (s *Stream) Ready() <-chan struct{} { return s.ready }
 
 // Connected reports whether a consumer is attached to the stream now.
@@ -200,9 +278,9 @@ func (s *Stream) LastOffset() (int64, bool) {
 	return off, off != message.NoOffset
 }
 
-// Run connects, declares the exchange and the stream, binds them, and dispatches every
-// message published from now on until ctx is cancelled; it starts at the stream's next
-// message, not at its retained history. It returns an error only when the configuration
+// Run connects, declares the exchange and the stream, binds them, and dispatches the
+// stream from StreamConfig.Start (the warm-up, until Ready) and every message published
+// from then on, until ctx is cancelled. It returns an error only when the configuration
 // is invalid or the first connect or declare fails, so that a gateway fails fast at start
 // with a clear message; after that it reconnects with backoff for as long as ctx lives, and
 // returns nil once ctx is cancelled and the channel and connection are closed. Run may be
@@ -215,7 +293,7 @@ func (s *Stream) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.closeReplays()
-	ss, err := s.open(ctx, "next")
+	ss, err := s.open(ctx, s.cfg.Start)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -224,14 +302,18 @@ func (s *Stream) Run(ctx context.Context) error {
 	}
 	s.attached = time.Now()
 	s.setConnected(true)
-	close(s.ready)
-	s.log.Info("consumer attached to stream", "offset", "next", "exchange", s.cfg.Exchange)
+	s.log.Info("consumer attached to stream; reading up to its head before it is ready",
+		"offset", s.cfg.Start, "exchange", s.cfg.Exchange)
+	s.beginWarmUp(ctx)
 
 	resumed := false
 	for {
 		s.setConnected(true) // already true after the first attach
 		if resumed && s.cfg.OnReconnect != nil {
 			s.cfg.OnReconnect()
+		}
+		if resumed && !s.warm.done {
+			s.warm.seen = time.Now() // give the new consumer its time to deliver
 		}
 		err := s.consume(ctx, ss)
 		s.setConnected(false)
@@ -245,6 +327,62 @@ func (s *Stream) Run(ctx context.Context) error {
 		}
 		resumed = true
 	}
+}
+
+// beginWarmUp finds the head of the stream after the first attach: the offset at which
+// the stream's last chunk starts, which the consumer (attached at or before it) will
+// reach. A consumer attached after ours sees no older head, so nothing the warm-up must
+// read is missed. An empty stream gives no head within WarmUpWait.
+func (s *Stream) beginWarmUp(ctx context.Context) {
+	probe, cancel := context.WithTimeout(ctx, s.cfg.WarmUpWait)
+	head, ok := s.Head(probe)
+	cancel()
+	now := time.Now()
+	s.warm = warmUp{target: message.NoOffset, seen: now}
+	if ok {
+		s.warm.target = head
+	} else {
+		s.warm.reached = now // nothing to reach: over once no delivery comes for warmUpSettle
+	}
+	s.log.Debug("consumer warm-up: head of the stream", "head", s.warm.target, "found", ok)
+}
+
+// warmUpOver reports whether the warm-up may end now, no delivery being waiting: the head
+// found at start was reached and either no delivery came since for warmUpSettle or it was
+// reached warmUpSettleMax ago; or, short of the head, no delivery came for WarmUpWait.
+func (s *Stream) warmUpOver(now time.Time) bool {
+	w := &s.warm
+	if !w.reached.IsZero() {
+		return now.Sub(w.seen) >= warmUpSettle || now.Sub(w.reached) >= warmUpSettleMax
+	}
+	return now.Sub(w.seen) >= s.cfg.WarmUpWait
+}
+
+// warmUpHandled records a delivery handled during the warm-up.
+func (s *Stream) warmUpHandled(now time.Time) {
+	w := &s.warm
+	w.n++
+	w.seen = now
+	if w.reached.IsZero() && s.pos != message.NoOffset && s.pos >= w.target {
+		w.reached = now
+	}
+}
+
+// endWarmUp reports where the stream stands (OnLogStart) and makes the Stream ready.
+func (s *Stream) endWarmUp() {
+	w := &s.warm
+	w.done = true
+	if s.cfg.OnLogStart != nil {
+		s.cfg.OnLogStart(s.pos)
+	}
+	close(s.ready)
+	took := time.Since(s.attached).Round(time.Millisecond)
+	if w.reached.IsZero() {
+		s.log.Warn("consumer warm-up ended short of the head found at start: no delivery came for a while",
+			"newest_offset", s.pos, "head", w.target, "messages", w.n, "took", took)
+		return
+	}
+	s.log.Info("consumer caught up with the stream; ready", "newest_offset", s.pos, "messages", w.n, "took", took)
 }
 
 // setConnected records whether a consumer is attached and reports a change.
@@ -357,10 +495,27 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 		case d, ok = <-ss.deliveries:
 		default:
 			acks.flush() // nothing is waiting: return the credit before blocking
+
+			// During the warm-up, look again after a while whether it is over.
+			var look *time.Timer
+			var tick <-chan time.Time
+			if !s.warm.done {
+				if s.warmUpOver(time.Now()) {
+					s.endWarmUp()
+					continue
+				}
+				look = time.NewTimer(warmUpSettle / 2)
+				tick = look.C
+			}
 			select {
 			case d, ok = <-ss.deliveries:
+			case <-tick:
+				continue
 			case <-ctx.Done():
 				return nil
+			}
+			if look != nil {
+				look.Stop()
 			}
 		}
 		if !ok {
@@ -381,6 +536,9 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 			expect = message.NoOffset
 		}
 		s.handle(d)
+		if !s.warm.done {
+			s.warmUpHandled(time.Now())
+		}
 		acks.add(d.DeliveryTag)
 	}
 }
@@ -397,20 +555,37 @@ func (s *Stream) handle(d amqp.Delivery) {
 		}
 		s.pos = off
 	}
-	m, err := producer.Decode(d)
+	m, skipped, err := producer.Decode(d)
+	for _, he := range skipped {
+		s.badHeader(he)
+		if ok, held := s.headerLogs.allow(); ok {
+			s.log.Warn("consumer delivers a message without a header it cannot read",
+				"offset", off, "id", m.ID, "err", he, "similar_lines_held", held)
+		}
+	}
 	if err != nil {
-		s.log.Warn("consumer dropped a delivery that is not a Herald message", "offset", off, "err", err)
+		if he := (*producer.HeaderError)(nil); errors.As(err, &he) {
+			s.badHeader(he)
+		}
+		if ok, held := s.dropLogs.allow(); ok {
+			s.log.Warn("consumer dropped a delivery that cannot be delivered as a Herald message",
+				"offset", off, "err", err, "similar_lines_held", held)
+		}
 		if s.cfg.OnDecodeError != nil {
 			s.cfg.OnDecodeError(err)
 		}
 		return
 	}
-	if m.Time.IsZero() {
-		m.Time = time.Now()
-	}
 	s.d.Dispatch(m)
 	if hasOff {
 		s.last.Store(off)
+	}
+}
+
+// badHeader reports a header that could not be read.
+func (s *Stream) badHeader(he *producer.HeaderError) {
+	if s.cfg.OnBadHeader != nil {
+		s.cfg.OnBadHeader(he.Header)
 	}
 }
 

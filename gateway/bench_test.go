@@ -44,7 +44,7 @@ func BenchmarkNewMessageFrame(b *testing.B) {
 	b.ReportAllocs()
 	var f *frame
 	for b.Loop() {
-		f = newMessageFrame(m)
+		f = newMessageFrame(m, time.Time{})
 	}
 	b.ReportMetric(float64(f.size()), "frame-bytes")
 }
@@ -114,7 +114,7 @@ func emptyQueue(c *Conn) {
 func BenchmarkEnqueue(b *testing.B) {
 	s := newBenchServer(b)
 	c := idleConn(s)
-	f := newMessageFrame(benchMessage(1))
+	f := newMessageFrame(benchMessage(1), time.Time{})
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
@@ -163,7 +163,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 			defer stop()
 			batch := make([]*frame, size)
 			for i := range batch {
-				batch[i] = newMessageFrame(benchMessage(int64(i)))
+				batch[i] = newMessageFrame(benchMessage(int64(i)), time.Time{})
 			}
 			b.ReportAllocs()
 			for b.Loop() {
@@ -183,7 +183,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 func BenchmarkWriteTurn(b *testing.B) {
 	c, stop := realConn(b)
 	defer stop()
-	f := newMessageFrame(benchMessage(1))
+	f := newMessageFrame(benchMessage(1), time.Time{})
 	var buf []byte
 	b.ReportAllocs()
 	for b.Loop() {

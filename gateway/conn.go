@@ -646,5 +646,5 @@ func (c *Conn) replyError(code, msg, ref string) {
 // isInvalid reports whether a publish failed because the message itself is invalid.
 func isInvalid(err error) bool {
 	return errors.Is(err, message.ErrBadChannel) || errors.Is(err, message.ErrNoData) ||
-		errors.Is(err, message.ErrBadData) || errors.Is(err, message.ErrBadUser)
+		errors.Is(err, message.ErrBadData) || errors.Is(err, message.ErrBadUser) || errors.Is(err, message.ErrBadID)
 }

@@ -62,7 +62,9 @@ type Hub struct {
 	users    map[string]map[member]struct{}
 
 	// last is the offset of the newest message dispatched, message.NoOffset before
-	// the first; known reports whether the bus told us where its log stands.
+	// the first; known reports whether the bus told us where its log stands
+	// (SetLogStart): until then welcome frames carry no offset, and a server with a log
+	// refuses connections.
 	last  atomic.Int64
 	known atomic.Bool
 
@@ -105,11 +107,19 @@ func NewHub(cfg HubConfig) *Hub {
 	return h
 }
 
-// SetLogStart tells the hub where the bus's log stands before the first dispatch: the
-// offset of its newest message (message.NoOffset when it is empty). Until this is called
-// or a message with an offset is dispatched, welcome frames carry no offset.
+// SetLogStart tells the hub where the bus's log stands once the bus has caught up with
+// it at start: the offset of its newest message (message.NoOffset when it is empty). The
+// bus may dispatch messages before (a warm-up: the log's tail, read before any client
+// may connect); those move the hub's position, but until SetLogStart welcome frames carry
+// no offset and a Server with a Log refuses connections (503). It never moves the position
+// back. Called by the dispatching goroutine, or before dispatching starts.
 func (h *Hub) SetLogStart(newest int64) {
-	h.last.Store(newest)
+	// Under the lock, so that a join sees the position and known together.
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if newest > h.last.Load() {
+		h.last.Store(newest)
+	}
 	h.known.Store(true)
 }
 
@@ -123,21 +133,29 @@ func (h *Hub) newest() (int64, bool) {
 
 // Dispatch queues m to every connection it addresses. It encodes the frame once and
 // never blocks on a connection. Called by the bus from one goroutine.
+//
+// A message the publisher gave no time has none on the wire; the hub's clocks, the
+// deduplication window and the delivery latency, use the time it received it instead.
+// An id the log derived from the offset (message.OffsetID) is not deduplicated: no
+// publisher chose it, so no retry can repeat it.
 func (h *Hub) Dispatch(m message.Message) {
-	if h.dedup != nil && m.ID != "" && h.dedup.seen(m.ID, m.Time) {
+	start := time.Now()
+	clock := m.Time
+	if clock.IsZero() {
+		clock = start
+	}
+	if h.dedup != nil && m.ID != "" && !message.IsOffsetID(m.ID) && h.dedup.seen(m.ID, clock) {
 		h.metrics.dropped(dropDuplicate, 1)
 		if m.Offset >= 0 {
 			h.dupMu.Lock()
 			h.dups.add(m.Offset)
 			h.dupMu.Unlock()
 			h.last.Store(m.Offset)
-			h.known.Store(true)
 		}
 		h.log.Debug("duplicate message dropped", "id", m.ID, "offset", m.Offset)
 		return
 	}
-	start := time.Now()
-	f := newMessageFrame(m)
+	f := newMessageFrame(m, start)
 
 	h.mu.RLock()
 	switch {
@@ -163,7 +181,6 @@ func (h *Hub) Dispatch(m message.Message) {
 	}
 	if m.Offset >= 0 {
 		h.last.Store(m.Offset)
-		h.known.Store(true)
 	}
 	h.mu.RUnlock()
 

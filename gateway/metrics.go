@@ -16,6 +16,7 @@ const (
 	dropDuplicate    = "duplicate"     // a message id seen within the deduplication window
 	dropUndecodable  = "undecodable"   // a bus message that is not a Herald message
 	dropLagged       = "lagged"        // the embedded bus's log moved past undispatched messages
+	dropUnroutable   = "unroutable"    // a bus message whose channel or users header cannot be read
 )
 
 // Sources of published messages (label of herald_messages_published_total).
@@ -56,6 +57,7 @@ type Metrics struct {
 	edge        edgeMetrics // authentication and limits
 	presence    presenceMetrics
 	compression compressionMetrics
+	contract    contractMetrics // what the bus's messages and broker do to the AMQP contract
 }
 
 // compressionMetrics counts permessage-deflate's work.
@@ -219,7 +221,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"code"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "herald_delivery_latency_seconds",
-			Help:    "Time from a message's publish to its write to a client socket.",
+			Help:    "Time from a message's publish (where the publisher gave no time: from its receipt by this gateway) to its write to a client socket.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 		busReconnects: prometheus.NewCounter(prometheus.CounterOpts{
@@ -253,14 +255,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, code := range []int{1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1011, CloseSlowConsumer, CloseRateLimited, 0} {
 		m.closedConns.WithLabelValues(closeCodeLabel(code))
 	}
-	for _, r := range []string{"draining", "bad_query", "bad_handshake", "origin", "rate_limited",
+	for _, r := range []string{"draining", "starting", "bad_query", "bad_handshake", "origin", "rate_limited",
 		"too_many_connections", "too_many_connections_per_ip", CodeForbidden} {
 		m.refused.WithLabelValues(r)
 	}
 	for _, code := range []string{CodeBadRequest, CodeUnknownOp, CodeForbidden, CodeRateLimited, CodeTooLarge, CodeUnavailable} {
 		m.clientErrors.WithLabelValues(code)
 	}
-	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged} {
+	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged, dropUnroutable} {
 		m.droppedTotal.WithLabelValues(r)
 	}
 	for _, s := range []string{sourceWS, sourceHTTP} {
@@ -272,6 +274,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.edge.register(reg)
 	m.presence.register(reg)
 	m.compression.register(reg)
+	m.contract.register(reg)
 	return m
 }
 
@@ -583,3 +586,81 @@ func okLabel(ok bool, yes, no string) string {
 	}
 	return no
 }
+
+// busHeaders are the headers of a bus message that Herald reads (PROTOCOL.md section 3),
+// the label values of herald_bus_header_errors_total; any other name is counted as other.
+var busHeaders = []string{"channel", "users", "from", "time", "source", "x-stream-offset"}
+
+// contractMetrics counts what publishers and the broker do to the AMQP contract: headers
+// that cannot be read, and whether the broker keeps array and table headers in streams.
+type contractMetrics struct {
+	headerErrors *prometheus.CounterVec
+	headersKept  *prometheus.GaugeVec
+	headerProbes *prometheus.CounterVec
+}
+
+func (c *contractMetrics) register(reg prometheus.Registerer) {
+	c.headerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_bus_header_errors_total",
+		Help: "Messages from the bus with a header that could not be read, by header: from, time, source (the message is delivered without it), channel, users (the message is delivered to nobody, and counted in herald_messages_dropped_total{reason=\"unroutable\"}).",
+	}, []string{"header"})
+	c.headersKept = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "herald_bus_headers_kept",
+		Help: "1 when the broker keeps header values of this kind (array, table) through a stream, 0 when it drops them (RabbitMQ 3.10 drops both: publish users as a string holding a JSON array); absent until the gateway's probe at start has answered, and on the embedded bus.",
+	}, []string{"kind"})
+	c.headerProbes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_bus_header_probes_total",
+		Help: "Probes of what the broker keeps of array and table headers in a stream, by result: ok, failed (retried with backoff).",
+	}, []string{"result"})
+	reg.MustRegister(c.headerErrors, c.headersKept, c.headerProbes)
+	for _, h := range busHeaders {
+		c.headerErrors.WithLabelValues(h)
+	}
+	c.headerErrors.WithLabelValues("other")
+	c.headerProbes.WithLabelValues("ok")
+	c.headerProbes.WithLabelValues("failed")
+}
+
+// BusHeadersKept records what the header probe found: whether the broker keeps array and
+// table header values through a stream.
+func (m *Metrics) BusHeadersKept(arrays, tables bool) {
+	if m == nil {
+		return
+	}
+	m.contract.headersKept.WithLabelValues("array").Set(boolGauge(arrays))
+	m.contract.headersKept.WithLabelValues("table").Set(boolGauge(tables))
+}
+
+// BusHeaderProbe counts a header probe that answered (ok) or failed.
+func (m *Metrics) BusHeaderProbe(ok bool) {
+	if m != nil {
+		m.contract.headerProbes.WithLabelValues(okLabel(ok, "ok", "failed")).Inc()
+	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// BusBadHeader counts a bus message with a header that could not be read, by the
+// header's name (a bounded label: names Herald does not read count as "other").
+func (m *Metrics) BusBadHeader(header string) {
+	if m == nil {
+		return
+	}
+	label := "other"
+	for _, h := range busHeaders {
+		if h == header {
+			label = h
+			break
+		}
+	}
+	m.contract.headerErrors.WithLabelValues(label).Inc()
+}
+
+// BusUnroutable counts a bus message dropped because its channel or users header cannot
+// be read: delivering it without would widen its audience.
+func (m *Metrics) BusUnroutable() { m.dropped(dropUnroutable, 1) }

@@ -44,7 +44,7 @@ type (
 		Channel string          `json:"channel,omitempty"`
 		Offset  *int64          `json:"offset,omitempty"`
 		From    string          `json:"from,omitempty"`
-		Time    string          `json:"time"`
+		Time    string          `json:"time,omitempty"` // absent where the publisher gave no time
 		Data    json.RawMessage `json:"data"`
 		// Direct says that the message named users, so it reached only their
 		// connections (the list itself is not sent: each recipient would see the others).
@@ -84,21 +84,29 @@ type (
 	}
 )
 
-// newMessageFrame encodes m as a message frame, once for all its recipients.
-func newMessageFrame(m message.Message) *frame {
+// newMessageFrame encodes m as a message frame, once for all its recipients. received
+// is when this gateway received m (zero: now): the frame's clock for the delivery latency
+// where the publisher gave no time, which is never made up on the wire (the frame then
+// has no time, on every gateway and on replay alike).
+func newMessageFrame(m message.Message, received time.Time) *frame {
 	mf := messageFrame{
 		Op:      "message",
 		ID:      m.ID,
 		Channel: m.Channel,
 		From:    m.From,
-		Time:    m.Time.UTC().Format(time.RFC3339Nano),
 		Data:    m.Data,
 	}
 	if m.Offset >= 0 {
 		mf.Offset = &m.Offset
 	}
 	mf.Direct = len(m.Users) > 0
-	return newFrame(mustEncode(mf), m.Offset, m.Time)
+	published := m.Time
+	if !published.IsZero() {
+		mf.Time = published.UTC().Format(time.RFC3339Nano)
+	} else if published = received; published.IsZero() {
+		published = time.Now()
+	}
+	return newFrame(mustEncode(mf), m.Offset, published)
 }
 
 // replyTo encodes a frame answering one client.

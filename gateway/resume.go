@@ -105,7 +105,7 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 				extended = time.Now()
 			}
 			if m.Data != nil && wants(&m) && !s.hub.duplicate(m.Offset) && !seenID(seen, m.ID) {
-				f := newMessageFrame(m)
+				f := newMessageFrame(m, time.Time{})
 				f.replayed = true
 				if !c.enqueueReplay(f) {
 					closed = true // the connection is closing: stop

@@ -117,6 +117,11 @@ type Config struct {
 	// Log is the bus's history, read to resume clients that connect or subscribe with
 	// since. Default nil: such clients get reset.
 	Log Log
+	// BusDetail, when set, is called by each GET /readyz and its answer is shown under
+	// "bus" in the JSON: what an operator should know of the bus (with RabbitMQ, whether
+	// the broker keeps array and table headers in streams). It never changes readiness: a
+	// warning there is not an outage. Called from request goroutines. Default nil: none.
+	BusDetail func() any
 	// Presence answers who is online: the presence op, GET /api/presence and
 	// GET /api/users/{id}. The Hub must share it. Default nil: presence is off.
 	Presence *Presence
@@ -293,14 +298,20 @@ func (s *Server) Ready() bool {
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	status, code := "ready", http.StatusOK
 	switch {
 	case s.draining.Load():
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		status, code = "draining", http.StatusServiceUnavailable
+	case !s.busReady.Load() && s.bus.Connected():
+		status, code = "starting", http.StatusServiceUnavailable
 	case !s.busReady.Load() || !s.bus.Connected():
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "bus unavailable"})
-	default:
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		status, code = "bus unavailable", http.StatusServiceUnavailable
 	}
+	body := map[string]any{"status": status}
+	if s.cfg.BusDetail != nil {
+		body["bus"] = s.cfg.BusDetail()
+	}
+	writeJSON(w, code, body)
 }
 
 // serveWS checks the query, upgrades the request, joins the connection to the hub (or
@@ -308,6 +319,13 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
+		return
+	}
+	if _, known := s.hub.newest(); s.log != nil && !known {
+		// The bus is still reading the tail of its log (the hub's SetLogStart): a client
+		// admitted now would get messages published before it came.
+		w.Header().Set("Retry-After", "1")
+		s.refuse(w, http.StatusServiceUnavailable, "starting", "the gateway is catching up with the bus; retry")
 		return
 	}
 	q := r.URL.Query()

@@ -1723,6 +1723,36 @@ scrape_configs:
 		t.Errorf("Prometheus loaded rules %v, want %v", loaded, wantRules)
 	}
 
+	// HeraldBrokerDropsArrayHeaders fires for this gateway exactly where its probe found
+	// that the broker drops array headers in streams (the test's RabbitMQ 3.10 does; a
+	// broker that keeps them must not alert), as the gateway itself reports it.
+	kept := final.get(`herald_bus_headers_kept{kind="array"}`)
+	if _, ok := final.values[`herald_bus_headers_kept{kind="array"}`]; !ok {
+		t.Errorf(`the gateway exports no herald_bus_headers_kept{kind="array"}: its header probe has not answered`)
+	}
+	waitFor(t, ctx, 10*time.Second, "HeraldBrokerDropsArrayHeaders as the gateway's probe says", func() error {
+		var alerts struct {
+			Alerts []struct {
+				Labels map[string]string `json:"labels"`
+				State  string            `json:"state"`
+			} `json:"alerts"`
+		}
+		if err := promGet(ctx, promBase, "/api/v1/alerts", nil, &alerts); err != nil {
+			return err
+		}
+		firing := false
+		for _, a := range alerts.Alerts {
+			if a.Labels["alertname"] == "HeraldBrokerDropsArrayHeaders" && a.Labels["instance"] == gwAddr {
+				firing = a.State == "firing"
+			}
+		}
+		if firing != (kept == 0) {
+			return fmt.Errorf("alert firing %v, with herald_bus_headers_kept{kind=\"array\"} = %v", firing, kept)
+		}
+		t.Logf("herald_bus_headers_kept{kind=\"array\"} = %v; HeraldBrokerDropsArrayHeaders firing: %v", kept, firing)
+		return nil
+	})
+
 	// 5. The gateway stops: Prometheus finds it down, and HeraldGatewayDown is pending
 	// for it (it fires after its "for").
 	gw.stop(t)

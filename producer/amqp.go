@@ -2,7 +2,9 @@ package producer
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -32,9 +34,13 @@ const (
 const ContentType = "application/json"
 
 // Encode turns a prepared message into the AMQP publishing that carries it: the body is
-// the data, the id and time are properties, the routing is in headers.
+// the data, the id and time are properties, the routing is in headers. A zero Time is
+// left out (the time header and the timestamp property both).
 func Encode(m message.Message) amqp.Publishing {
-	h := amqp.Table{HeaderTime: m.Time.UTC().Format(time.RFC3339Nano)}
+	h := amqp.Table{}
+	if !m.Time.IsZero() {
+		h[HeaderTime] = m.Time.UTC().Format(time.RFC3339Nano)
+	}
 	if m.Channel != "" {
 		h[HeaderChannel] = m.Channel
 	}
@@ -58,79 +64,141 @@ func Encode(m message.Message) amqp.Publishing {
 	}
 }
 
+// Errors of Decode that mean a delivery cannot be delivered at all; callers match them
+// with errors.Is.
+var (
+	// ErrNotJSON: the body is not JSON (an empty body included).
+	ErrNotJSON = errors.New("body is not JSON")
+	// ErrUnroutable: the channel or users header is there but cannot be read. Leaving it
+	// out would widen the message's audience (a private message would reach the whole
+	// channel, a channel's message every connection), so the message goes to nobody.
+	ErrUnroutable = errors.New("routing header cannot be read")
+)
+
+// HeaderError is a header of a delivery that Decode could not read: its name (one of the
+// Header constants) and why, with at most a bounded prefix of its value.
+type HeaderError struct {
+	Header string
+	Err    error
+}
+
+func (e *HeaderError) Error() string { return "header " + e.Header + ": " + e.Err.Error() }
+
+func (e *HeaderError) Unwrap() error { return e.Err }
+
+// maxQuoted bounds how much of a value from a delivery an error quotes: errors end up in
+// logs, and a publisher chooses the values.
+const maxQuoted = 64
+
 // Decode reads a Herald message from an AMQP delivery, as published by Encode or by any
-// AMQP client that follows PROTOCOL.md section 3. A body that is not JSON, or a header of
-// the wrong type or value, is an error: the message cannot be delivered as the protocol
-// says. A missing message id is left empty; a missing time is left zero. Offset is the
-// stream offset where the delivery carries one, else message.NoOffset.
-func Decode(d amqp.Delivery) (message.Message, error) {
-	m := message.Message{ID: d.MessageId, Data: d.Body, Offset: message.NoOffset}
+// AMQP client that follows PROTOCOL.md section 3.
+//
+// It returns an error only when the message cannot be delivered as the protocol says: the
+// body is not JSON (ErrNotJSON), or a routing header, channel or users, is there but
+// cannot be read (ErrUnroutable, wrapping the *HeaderError). An optional header that
+// cannot be read (from, time, source, x-stream-offset) is left out of m and reported in
+// skipped, one *HeaderError each, and the message is delivered without it.
+//
+// Offset is the stream offset where the delivery carries one, else message.NoOffset. A
+// delivery without a message id gets message.OffsetID of its offset, the same on every
+// reader; without an offset either, the id stays empty. Time is the time header, else the
+// timestamp property, else zero: where the publisher gave no time, none is made up.
+func Decode(d amqp.Delivery) (m message.Message, skipped []*HeaderError, err error) {
+	m = message.Message{ID: d.MessageId, Data: d.Body, Offset: message.NoOffset}
 	if !json.Valid(d.Body) {
-		return m, fmt.Errorf("decode message %q: body is not JSON", d.MessageId)
+		return m, nil, fmt.Errorf("decode message %s: %w", quote(d.MessageId), ErrNotJSON)
 	}
+	var routing *HeaderError // the first routing header that cannot be read
 	for k, v := range d.Headers {
-		var err error
+		var herr error
 		switch k {
 		case HeaderChannel:
-			m.Channel, err = headerString(k, v)
-			if err == nil && !message.ValidChannel(m.Channel) {
-				err = fmt.Errorf("header %s: %w: %q", k, message.ErrBadChannel, m.Channel)
+			var ch string
+			if ch, herr = headerString(v); herr == nil {
+				if message.ValidChannel(ch) {
+					m.Channel = ch
+				} else {
+					herr = fmt.Errorf("%w: %s", message.ErrBadChannel, quote(ch))
+				}
 			}
-		case HeaderFrom:
-			m.From, err = headerString(k, v)
-		case HeaderSource:
-			m.Source, err = headerString(k, v)
 		case HeaderUsers:
-			m.Users, err = headerStrings(k, v)
+			m.Users, herr = headerStrings(v)
+		case HeaderFrom:
+			m.From, herr = headerString(v)
+		case HeaderSource:
+			m.Source, herr = headerString(v)
 		case HeaderTime:
 			var s string
-			if s, err = headerString(k, v); err == nil {
-				if m.Time, err = time.Parse(time.RFC3339Nano, s); err != nil {
-					err = fmt.Errorf("header %s: %w", k, err)
+			if s, herr = headerString(v); herr == nil {
+				if m.Time, herr = time.Parse(time.RFC3339Nano, s); herr != nil {
+					herr = fmt.Errorf("%s is not an RFC 3339 time", quote(s))
 				}
 			}
 		case HeaderStreamOffset:
 			if off, ok := v.(int64); ok && off >= 0 {
 				m.Offset = off
 			} else {
-				err = fmt.Errorf("header %s: got %T %v, want a non-negative int64", k, v, v)
+				herr = fmt.Errorf("got %T, want a non-negative int64", v)
 			}
 		}
-		if err != nil {
-			return m, fmt.Errorf("decode message %q: %w", d.MessageId, err)
+		if herr == nil {
+			continue
+		}
+		he := &HeaderError{Header: k, Err: herr}
+		switch k {
+		case HeaderChannel, HeaderUsers:
+			if routing == nil || k < routing.Header { // the same one whatever the map's order
+				routing = he
+			}
+		default:
+			skipped = append(skipped, he)
 		}
 	}
-	if m.Time.IsZero() {
+	if m.Time.IsZero() && !d.Timestamp.IsZero() {
 		m.Time = d.Timestamp
 	}
-	return m, nil
+	if m.ID == "" && m.Offset >= 0 {
+		m.ID = message.OffsetID(m.Offset)
+	}
+	if routing != nil {
+		return m, skipped, fmt.Errorf("decode message %s: %w: %w", quote(m.ID), ErrUnroutable, routing)
+	}
+	return m, skipped, nil
 }
 
-func headerString(k string, v interface{}) (string, error) {
+// quote quotes s for an error, cut to maxQuoted bytes.
+func quote(s string) string {
+	if len(s) > maxQuoted {
+		return strconv.Quote(s[:maxQuoted]) + "..."
+	}
+	return strconv.Quote(s)
+}
+
+func headerString(v interface{}) (string, error) {
 	s, ok := v.(string)
 	if !ok {
-		return "", fmt.Errorf("header %s: got %T, want string", k, v)
+		return "", fmt.Errorf("got %T, want string", v)
 	}
 	return s, nil
 }
 
-func headerStrings(k string, v interface{}) ([]string, error) {
+func headerStrings(v interface{}) ([]string, error) {
 	var arr []interface{}
 	switch v := v.(type) {
 	case []interface{}:
 		arr = v
 	case string:
 		if err := json.Unmarshal([]byte(v), &arr); err != nil {
-			return nil, fmt.Errorf("header %s: %q is not a JSON array of strings", k, v)
+			return nil, fmt.Errorf("%s is not a JSON array of strings", quote(v))
 		}
 	default:
-		return nil, fmt.Errorf("header %s: got %T, want a JSON array of strings in a string", k, v)
+		return nil, fmt.Errorf("got %T, want a JSON array of strings in a string", v)
 	}
 	out := make([]string, 0, len(arr))
 	for _, e := range arr {
 		s, ok := e.(string)
 		if !ok || s == "" {
-			return nil, fmt.Errorf("header %s: element %v (%T) is not a non-empty string", k, e, e)
+			return nil, fmt.Errorf("element %T %s is not a non-empty string", e, quote(fmt.Sprint(e)))
 		}
 		out = append(out, s)
 	}

@@ -2,6 +2,7 @@ package producer
 
 import (
 	"encoding/json"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -48,9 +49,20 @@ func FuzzDecode(f *testing.F) {
 			h[HeaderStreamOffset] = int32(offset)
 		}
 		d := amqp.Delivery{Headers: h, Body: body, MessageId: id, Timestamp: time.Unix(offset%1e10, 0)}
-		m, err := Decode(d)
+		m, skipped, err := Decode(d)
 		if err != nil {
+			if !errors.Is(err, ErrNotJSON) && !errors.Is(err, ErrUnroutable) {
+				t.Fatalf("Decode: got %v, want ErrNotJSON or ErrUnroutable", err)
+			}
 			return // counted and dropped by the consumer
+		}
+		for _, he := range skipped {
+			if he.Header == HeaderChannel || he.Header == HeaderUsers {
+				t.Fatalf("a routing header was left out, and the message kept: %v", he)
+			}
+		}
+		if m.ID == "" && m.Offset >= 0 {
+			t.Fatalf("no id at offset %d (message_id %q)", m.Offset, id)
 		}
 		if !json.Valid(m.Data) {
 			t.Fatalf("accepted a body that is not JSON: %q", body)
@@ -66,9 +78,9 @@ func FuzzDecode(f *testing.F) {
 		if m.Offset < message.NoOffset {
 			t.Fatalf("offset %d", m.Offset)
 		}
-		again, err := Decode(delivery(Encode(m)))
-		if err != nil {
-			t.Fatalf("Decode(Encode(m)) of an accepted message: %v", err)
+		again, skipped, err := Decode(delivery(Encode(m)))
+		if err != nil || len(skipped) > 0 {
+			t.Fatalf("Decode(Encode(m)) of an accepted message: %v (left out: %v)", err, skipped)
 		}
 		if again.Channel != m.Channel || again.From != m.From || !slices.Equal(again.Users, m.Users) ||
 			string(again.Data) != string(m.Data) || again.ID != m.ID || !again.Time.Equal(m.Time) && !m.Time.IsZero() {

@@ -62,6 +62,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{"channel", message.Message{ID: "c1", Channel: "news:eu/sport.x_y-z", Time: when, Data: json.RawMessage(`"text"`)}},
 		{"users and from", message.Message{ID: "u1", Users: []string{"alice", "bob"}, From: "carol", Time: when, Data: json.RawMessage(`[1,2,3]`)}},
 		{"non-UTC time", message.Message{ID: "t1", Time: when.In(time.FixedZone("X", 3600)), Data: json.RawMessage(`null`)}},
+		{"no time", message.Message{ID: "n1", Data: json.RawMessage(`{}`)}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -75,9 +76,9 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			if err := pub.Headers.Validate(); err != nil {
 				t.Errorf("headers: got %v, want a valid AMQP table", err)
 			}
-			got, err := Decode(delivery(pub))
-			if err != nil {
-				t.Fatalf("Decode: got %v, want nil", err)
+			got, skipped, err := Decode(delivery(pub))
+			if err != nil || len(skipped) > 0 {
+				t.Fatalf("Decode: got %v (headers left out: %v), want nil", err, skipped)
 			}
 			want := tc.m
 			want.Offset = message.NoOffset
@@ -101,12 +102,28 @@ func TestDecode(t *testing.T) {
 			want: message.Message{ID: "m", Time: when, Data: json.RawMessage(`{}`), Offset: message.NoOffset},
 		},
 		{
+			name: "the time header wins over the timestamp property",
+			d: amqp.Delivery{MessageId: "m", Timestamp: when, Body: []byte(`{}`),
+				Headers: amqp.Table{HeaderTime: "2025-03-04T05:06:07.5Z"}},
+			want: message.Message{ID: "m", Time: when.Add(500 * time.Millisecond), Data: json.RawMessage(`{}`), Offset: message.NoOffset},
+		},
+		{
+			name: "no time header and no timestamp: no time is made up",
+			d:    amqp.Delivery{MessageId: "m", Body: []byte(`{}`), Headers: amqp.Table{HeaderStreamOffset: int64(3)}},
+			want: message.Message{ID: "m", Data: json.RawMessage(`{}`), Offset: 3},
+		},
+		{
 			name: "stream offset",
 			d:    amqp.Delivery{MessageId: "m", Body: []byte(`1`), Headers: amqp.Table{HeaderStreamOffset: int64(42)}},
 			want: message.Message{ID: "m", Data: json.RawMessage(`1`), Offset: 42},
 		},
 		{
-			name: "no message id",
+			name: "no message id: the id of its offset",
+			d:    amqp.Delivery{Body: []byte(`true`), Headers: amqp.Table{HeaderChannel: "c", HeaderStreamOffset: int64(4711)}},
+			want: message.Message{ID: "offset-4711", Channel: "c", Data: json.RawMessage(`true`), Offset: 4711},
+		},
+		{
+			name: "no message id and no offset: no id",
 			d:    amqp.Delivery{Body: []byte(`true`), Headers: amqp.Table{HeaderChannel: "c"}},
 			want: message.Message{Channel: "c", Data: json.RawMessage(`true`), Offset: message.NoOffset},
 		},
@@ -128,9 +145,9 @@ func TestDecode(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Decode(tc.d)
-			if err != nil {
-				t.Fatalf("Decode: got %v, want nil", err)
+			got, skipped, err := Decode(tc.d)
+			if err != nil || len(skipped) > 0 {
+				t.Fatalf("Decode: got %v (headers left out: %v), want nil", err, skipped)
 			}
 			if d := diffMessage(got, tc.want); d != "" {
 				t.Error(d)
@@ -139,43 +156,98 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// TestDecodeLeavesOutOptionalHeaders checks that an optional header that cannot be read
+// costs the message that field only: it is delivered, the rest intact, and Decode names
+// the header it left out.
+func TestDecodeLeavesOutOptionalHeaders(t *testing.T) {
+	when := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	long := strings.Repeat("y", 10000)
+	tests := []struct {
+		name    string
+		headers amqp.Table
+		skipped string    // the header left out
+		time    time.Time // the time the message keeps
+		offset  int64
+	}{
+		{"time not RFC 3339", amqp.Table{HeaderTime: "yesterday"}, HeaderTime, when, 7},
+		{"time not RFC 3339, long", amqp.Table{HeaderTime: long}, HeaderTime, when, 7},
+		{"time not a string", amqp.Table{HeaderTime: int64(1700000000)}, HeaderTime, when, 7},
+		{"from not a string", amqp.Table{HeaderFrom: true}, HeaderFrom, when, 7},
+		{"from an AMQP array", amqp.Table{HeaderFrom: []interface{}{"carol"}}, HeaderFrom, when, 7},
+		{"source not a string", amqp.Table{HeaderSource: amqp.Table{"x": "y"}}, HeaderSource, when, 7},
+		{"offset negative", amqp.Table{HeaderStreamOffset: int64(-1)}, HeaderStreamOffset, when, message.NoOffset},
+		{"offset not int64", amqp.Table{HeaderStreamOffset: int32(5)}, HeaderStreamOffset, when, message.NoOffset},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := amqp.Table{HeaderChannel: "news", HeaderUsers: `["alice"]`, HeaderStreamOffset: int64(7)}
+			for k, v := range tc.headers {
+				h[k] = v
+			}
+			d := amqp.Delivery{MessageId: "id-1", Timestamp: when, Body: []byte(`{"ok":true}`), Headers: h}
+			got, skipped, err := Decode(d)
+			if err != nil {
+				t.Fatalf("Decode: got %v, want the message without header %s", err, tc.skipped)
+			}
+			want := message.Message{ID: "id-1", Channel: "news", Users: []string{"alice"}, Time: tc.time,
+				Data: json.RawMessage(`{"ok":true}`), Offset: tc.offset}
+			if d := diffMessage(got, want); d != "" {
+				t.Error(d)
+			}
+			if len(skipped) != 1 || skipped[0].Header != tc.skipped {
+				t.Fatalf("headers left out: got %v, want one: %s", skipped, tc.skipped)
+			}
+			if msg := skipped[0].Error(); !strings.HasPrefix(msg, "header "+tc.skipped+": ") || len(msg) > 200 {
+				t.Errorf("error: got %q (%d bytes), want it to name the header, within 200 bytes", msg, len(msg))
+			}
+		})
+	}
+}
+
 func TestDecodeErrors(t *testing.T) {
 	body := []byte(`{"ok":true}`)
+	long := strings.Repeat("x", 10000)
 	tests := []struct {
 		name    string
 		d       amqp.Delivery
-		wantIs  error  // when not nil, errors.Is(err, wantIs) must hold
-		wantMsg string // the error must contain this
+		wantIs  []error // errors.Is(err, each) must hold
+		header  string  // the routing header named, where one is at fault
+		wantMsg string  // the error must contain this
 	}{
-		{"body not JSON", amqp.Delivery{Body: []byte(`{nope`)}, nil, "body is not JSON"},
-		{"empty body", amqp.Delivery{}, nil, "body is not JSON"},
-		{"channel not a string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderChannel: int32(7)}}, nil, "header channel: got int32, want string"},
-		{"invalid channel name", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderChannel: "no spaces"}}, message.ErrBadChannel, "no spaces"},
-		{"empty channel name", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderChannel: ""}}, message.ErrBadChannel, "header channel"},
-		{"from not a string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderFrom: true}}, nil, "header from"},
-		{"users string not JSON", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: "alice"}}, nil, "is not a JSON array of strings"},
-		{"users JSON not an array", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: `{"alice":1}`}}, nil, "is not a JSON array of strings"},
-		{"users of another type", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: int32(1)}}, nil, "header users: got int32"},
-		{"users JSON with a non-string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: `["alice",3]`}}, nil, "is not a non-empty string"},
-		{"users array with a non-string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: []interface{}{"alice", int64(3)}}}, nil, "is not a non-empty string"},
-		{"users with an empty string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: []interface{}{""}}}, nil, "is not a non-empty string"},
-		{"time not RFC 3339", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderTime: "yesterday"}}, nil, "header time"},
-		{"time not a string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderTime: int64(1700000000)}}, nil, "header time: got int64"},
-		{"offset negative", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderStreamOffset: int64(-1)}}, nil, "want a non-negative int64"},
-		{"offset not int64", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderStreamOffset: int32(5)}}, nil, "want a non-negative int64"},
+		{"body not JSON", amqp.Delivery{Body: []byte(`{nope`)}, []error{ErrNotJSON}, "", "body is not JSON"},
+		{"empty body", amqp.Delivery{}, []error{ErrNotJSON}, "", "body is not JSON"},
+		{"channel not a string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderChannel: int32(7)}}, []error{ErrUnroutable}, HeaderChannel, "header channel: got int32, want string"},
+		{"invalid channel name", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderChannel: "no spaces"}}, []error{ErrUnroutable, message.ErrBadChannel}, HeaderChannel, "no spaces"},
+		{"empty channel name", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderChannel: ""}}, []error{ErrUnroutable, message.ErrBadChannel}, HeaderChannel, "header channel"},
+		{"users string not JSON", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: "alice"}}, []error{ErrUnroutable}, HeaderUsers, "is not a JSON array of strings"},
+		{"users string long", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: long}}, []error{ErrUnroutable}, HeaderUsers, "is not a JSON array of strings"},
+		{"users JSON not an array", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: `{"alice":1}`}}, []error{ErrUnroutable}, HeaderUsers, "is not a JSON array of strings"},
+		{"users of another type", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: int32(1)}}, []error{ErrUnroutable}, HeaderUsers, "header users: got int32"},
+		{"users JSON with a non-string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: `["alice",3]`}}, []error{ErrUnroutable}, HeaderUsers, "is not a non-empty string"},
+		{"users array with a non-string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: []interface{}{"alice", int64(3)}}}, []error{ErrUnroutable}, HeaderUsers, "is not a non-empty string"},
+		{"users with an empty string", amqp.Delivery{Body: body, Headers: amqp.Table{HeaderUsers: []interface{}{""}}}, []error{ErrUnroutable}, HeaderUsers, "is not a non-empty string"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.d.MessageId = "id-1"
-			_, err := Decode(tc.d)
+			_, _, err := Decode(tc.d)
 			if err == nil {
 				t.Fatalf("Decode: got nil error, want one containing %q", tc.wantMsg)
 			}
 			if !strings.Contains(err.Error(), tc.wantMsg) || !strings.Contains(err.Error(), `"id-1"`) {
 				t.Errorf("Decode: got %q, want it to contain %q and the message id", err, tc.wantMsg)
 			}
-			if tc.wantIs != nil && !errors.Is(err, tc.wantIs) {
-				t.Errorf("Decode: got %v, want errors.Is %v", err, tc.wantIs)
+			if len(err.Error()) > 300 {
+				t.Errorf("Decode: got an error of %d bytes, want a bounded one", len(err.Error()))
+			}
+			for _, is := range tc.wantIs {
+				if !errors.Is(err, is) {
+					t.Errorf("Decode: got %v, want errors.Is %v", err, is)
+				}
+			}
+			var he *HeaderError
+			if got := errors.As(err, &he); got != (tc.header != "") || got && he.Header != tc.header {
+				t.Errorf("Decode: got %v, want a *HeaderError for %q", err, tc.header)
 			}
 		})
 	}

@@ -8,8 +8,10 @@
 package amqptest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -127,4 +129,74 @@ func BindQueue(t testing.TB, url, exchange string, args amqp.Table) <-chan amqp.
 		t.Fatalf("amqptest: consume: %v", err)
 	}
 	return deliveries
+}
+
+// StreamKeepsHeaders publishes a message with an array-valued and a table-valued header
+// to a stream of its own (deleted when the test ends) and reads it back: whether the
+// broker keeps each kind through a stream, found without Herald's code, and the broker's
+// version. RabbitMQ 3.10 drops both.
+func StreamKeepsHeaders(t testing.TB, url string) (arrays, tables bool, version string) {
+	t.Helper()
+	_, stream := Names(t, url)
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatalf("amqptest: dial: %v", err)
+	}
+	defer conn.Close()
+	version, _ = conn.Properties["version"].(string)
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("amqptest: channel: %v", err)
+	}
+	if _, err := ch.QueueDeclare(stream, true, false, false, false, amqp.Table{"x-queue-type": "stream"}); err != nil {
+		t.Fatalf("amqptest: declare stream: %v", err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatalf("amqptest: confirm: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", stream, true, false, amqp.Publishing{
+		Body:    []byte(`{}`),
+		Headers: amqp.Table{"a": []interface{}{"x"}, "t": amqp.Table{"k": "v"}, "s": "x"},
+	})
+	if err != nil {
+		t.Fatalf("amqptest: publish: %v", err)
+	}
+	if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+		t.Fatalf("amqptest: confirm: %v %v", ok, err)
+	}
+	if err := ch.Qos(1, 0, false); err != nil {
+		t.Fatalf("amqptest: qos: %v", err)
+	}
+	ds, err := ch.Consume(stream, "", false, false, false, false, amqp.Table{"x-stream-offset": "first"})
+	if err != nil {
+		t.Fatalf("amqptest: consume: %v", err)
+	}
+	select {
+	case d := <-ds:
+		if _, ok := d.Headers["s"]; !ok {
+			t.Fatalf("amqptest: the message came back without its string header: %v", d.Headers)
+		}
+		_, arrays = d.Headers["a"].([]interface{})
+		_, tables = d.Headers["t"].(amqp.Table)
+	case <-ctx.Done():
+		t.Fatal("amqptest: the message did not come back from the stream")
+	}
+	return arrays, tables, version
+}
+
+// QueueExists reports whether the broker has a queue (or stream) named name.
+func QueueExists(t testing.TB, url, name string) bool {
+	t.Helper()
+	ch := Channel(t, url)
+	_, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+	var aerr *amqp.Error
+	if errors.As(err, &aerr) && aerr.Code == amqp.NotFound {
+		return false
+	}
+	if err != nil {
+		t.Fatalf("amqptest: passive declare %s: %v", name, err)
+	}
+	return true
 }

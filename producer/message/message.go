@@ -12,6 +12,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -31,7 +33,8 @@ const MaxUserLen = 256
 type Message struct {
 	// ID identifies the message; a publish with an empty ID gets a generated one.
 	// Publishing again with the same ID within the gateway's deduplication window
-	// delivers the message once.
+	// delivers the message once. A message that reached the log without an id (an AMQP
+	// client that set no message_id) is given OffsetID of its offset by every reader.
 	ID string
 	// Channel is the channel the message is published to; empty means every connection.
 	Channel string
@@ -58,7 +61,23 @@ var (
 	ErrNoData     = errors.New("data is required")
 	ErrBadData    = errors.New("data is not valid JSON")
 	ErrBadUser    = errors.New("invalid user in users")
+	ErrBadID      = errors.New("invalid message id")
 )
+
+// OffsetIDPrefix begins the id that a message published without one gets from its place
+// in the log: "offset-" and the offset in decimal ("offset-4711"). Every gateway, live or
+// on replay, derives the same id from the same offset. Ids from NewID are hex digits only,
+// and Validate refuses an id with this prefix, so no id given at publish can take one.
+const OffsetIDPrefix = "offset-"
+
+// OffsetID returns the id of a message at offset that was published without an id.
+func OffsetID(offset int64) string {
+	return OffsetIDPrefix + strconv.FormatInt(offset, 10)
+}
+
+// IsOffsetID reports whether id has the form OffsetID gives: an id that no publisher
+// chose, so there is no retry of it to deduplicate.
+func IsOffsetID(id string) bool { return strings.HasPrefix(id, OffsetIDPrefix) }
 
 // ValidChannel reports whether name is a channel name the protocol allows:
 // 1 to 128 characters of A-Z a-z 0-9 _ - . : /.
@@ -78,9 +97,14 @@ func ValidChannel(name string) bool {
 	return true
 }
 
-// Validate checks a message before it is published: the channel name (when set), the
-// users (non-empty strings), and the data (present, valid JSON).
+// Validate checks a message before it is published: the id (not one of the reserved
+// OffsetID form), the channel name (when set), the users (non-empty strings), and the
+// data (present, valid JSON).
 func (m *Message) Validate() error {
+	if IsOffsetID(m.ID) {
+		return fmt.Errorf("%w: %q: ids beginning with %q are given by the log to messages published without one",
+			ErrBadID, m.ID, OffsetIDPrefix)
+	}
 	if m.Channel != "" && !ValidChannel(m.Channel) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, m.Channel)
 	}

@@ -75,8 +75,12 @@ type bus struct {
 	gateway.Log
 	run   func(context.Context) error
 	head  func(context.Context) (int64, bool) // the newest offset in the log, for the lag gauge
-	ready <-chan struct{}                     // closed once messages published from now on reach the hub
+	ready <-chan struct{}                     // closed once the hub knows where the log stands and messages published from now on reach it
 	close func()
+	// probe, when set, runs once at start beside the bus: what the broker does to headers.
+	probe func(context.Context)
+	// detail, when set, is what /readyz shows of the bus.
+	detail func() any
 }
 
 func serve(ctx context.Context, cfg config, log *slog.Logger) error {
@@ -130,6 +134,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		DisableClientPublish: cfg.NoClientPublish,
 		InsecureUserParam:    cfg.InsecureUserParam,
 		Log:                  b.Log,
+		BusDetail:            b.detail,
 		Presence:             presence,
 		Logger:               log,
 		Metrics:              metrics,
@@ -166,6 +171,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	})
 	wg.Go(func() { watchLag(busCtx, b, hub, metrics) })
+	if b.probe != nil {
+		wg.Go(func() { b.probe(busCtx) })
+	}
 	var link gateway.PresenceSender // nil: presence is local (the embedded bus) or off
 	if presence != nil && cfg.AMQPURL != "" {
 		l := presenceLink(cfg, log, metrics, presence)
@@ -282,7 +290,28 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 	if err != nil {
 		return bus{}, fmt.Errorf("publisher: %w", err)
 	}
-	stream := consumer.NewStream(consumer.StreamConfig{
+	stream := consumer.NewStream(streamConfig(cfg, log, metrics, hub), hub)
+	headers := newHeaderReport()
+	return bus{
+		Publisher: pub,
+		BusHealth: rabbitHealth{p: pub, s: stream},
+		Log:       stream,
+		run:       stream.Run,
+		head:      stream.Head,
+		ready:     stream.Ready(),
+		close:     func() { _ = pub.Close() },
+		probe: func(ctx context.Context) {
+			probeHeaders(ctx, stream.ProbeHeaders, log.With("part", "header-probe"), metrics, headers)
+		},
+		detail: headers.detail,
+	}, nil
+}
+
+// streamConfig is the stream consumer's configuration: it reports to metrics and, once
+// it has read the stream up to its head at start, tells hub where the log stands (until
+// then the server admits no client).
+func streamConfig(cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *gateway.Hub) consumer.StreamConfig {
+	return consumer.StreamConfig{
 		URL:           cfg.AMQPURL,
 		Exchange:      cfg.Exchange,
 		Stream:        cfg.Stream,
@@ -293,17 +322,16 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		Name:          "herald-gateway-consumer-" + cfg.NodeID,
 		Logger:        log.With("part", "consumer"),
 		OnStateChange: func(up bool) { metrics.BusState("consumer", up) },
-		OnDecodeError: func(error) { metrics.BusDecodeError() },
-	}, hub)
-	return bus{
-		Publisher: pub,
-		BusHealth: rabbitHealth{p: pub, s: stream},
-		Log:       stream,
-		run:       stream.Run,
-		head:      stream.Head,
-		ready:     stream.Ready(),
-		close:     func() { _ = pub.Close() },
-	}, nil
+		OnLogStart:    hub.SetLogStart,
+		OnDecodeError: func(err error) {
+			if errors.Is(err, producer.ErrUnroutable) {
+				metrics.BusUnroutable()
+			} else {
+				metrics.BusDecodeError()
+			}
+		},
+		OnBadHeader: metrics.BusBadHeader,
+	}
 }
 
 // newPresence returns the gateway's presence, or nil when it is off: no channel has it and

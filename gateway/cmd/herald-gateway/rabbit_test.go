@@ -15,8 +15,8 @@ import (
 )
 
 // warmUp publishes one message and waits until every gateway has received it, so that
-// welcome frames carry an offset (a gateway learns where the stream stands from the
-// first message it receives).
+// the stream is not empty and every gateway consumes it (welcome frames carry an offset
+// of 0 or more).
 func warmUp(t *testing.T, gws ...*proc) {
 	t.Helper()
 	if _, status, err := httpPublish(gws[0], `{"channel":"warm-up","data":0}`); err != nil || status != http.StatusAccepted {

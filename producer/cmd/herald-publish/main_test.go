@@ -41,9 +41,9 @@ func receive(t *testing.T, deliveries <-chan amqp.Delivery, n int) []producer.Me
 	for len(out) < n {
 		select {
 		case d := <-deliveries:
-			m, err := producer.Decode(d)
-			if err != nil {
-				t.Fatalf("Decode: got %v, want nil", err)
+			m, skipped, err := producer.Decode(d)
+			if err != nil || len(skipped) > 0 {
+				t.Fatalf("Decode: got %v (headers left out: %v), want nil", err, skipped)
 			}
 			out = append(out, m)
 		case <-deadline:
