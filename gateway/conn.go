@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/heraldgw/herald/gateway/logsample"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -137,7 +138,7 @@ func (c *Conn) enqueue(f *frame) {
 		c.mu.Unlock()
 		c.srv.metrics.dropped(dropSlowConsumer, dropped)
 		c.srv.metrics.slowConsumer()
-		c.log.Info("slow consumer closed", "user", c.usr, "dropped", dropped)
+		c.log.Info("slow consumer closed", "user", logsample.Clip(c.usr), "dropped", dropped)
 		return
 	}
 	c.queue = append(c.queue, f)

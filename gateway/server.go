@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/heraldgw/herald/gateway/logsample"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -202,6 +203,9 @@ type Server struct {
 	origins    *originPolicy
 	slots      connSlots
 	handshakes *addrRates // nil: no handshake rate limit
+	// refusals writes the log lines of refusals and of closes for abuse, sampled by
+	// reason: clients can repeat those at will.
+	refusals *logsample.Sampler
 
 	// connsMu protects draining and all; conns is added to only under it, while not
 	// draining, so that Shutdown's Wait never races an Add.
@@ -231,9 +235,10 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 			// bypass it; only its control frames are written through it).
 			WriteBufferPool: &sync.Pool{},
 		},
-		apiKey: sha256.Sum256([]byte(cfg.APIKey)),
-		mux:    http.NewServeMux(),
-		all:    make(map[*Conn]struct{}),
+		apiKey:   sha256.Sum256([]byte(cfg.APIKey)),
+		mux:      http.NewServeMux(),
+		all:      make(map[*Conn]struct{}),
+		refusals: logsample.New(cfg.Logger, logsample.Config{}),
 	}
 	s.upgrader.Error = s.handshakeError
 	if cfg.Compression {
@@ -309,6 +314,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
 		return
 	}
+	ip, ok := s.handshakeAllowed(w, r)
+	if !ok {
+		return // answered 429 and counted
+	}
 	q := r.URL.Query()
 	channels, err := parseChannels(q.Get("channels"))
 	if err != nil {
@@ -324,7 +333,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		since = &n
 	}
-	id, release, ok := s.admit(w, r, channels)
+	id, release, ok := s.admit(w, r, ip, channels)
 	if !ok {
 		return // admit has answered and counted it
 	}
@@ -614,6 +623,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.refusals.Close()
 		s.stopWrite.Do(func() {
 			if s.flusher != nil {
 				s.flusher.close()
