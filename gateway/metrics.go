@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/heraldgw/herald/gateway/pending"
 )
 
 // Reasons a message to one connection was dropped (label of herald_messages_dropped_total).
@@ -513,7 +515,7 @@ type edgeMetrics struct {
 func (e *edgeMetrics) register(reg prometheus.Registerer) {
 	e.limitsHit = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "herald_limits_hit_total",
-		Help: "Times a client hit a limit, by limit: connections, connections_per_ip, handshake_rate (refused before the upgrade), message_rate (error rate_limited), message_rate_closed (closed with 4029), subscriptions, frame_size (closed with 1009).",
+		Help: "Times a client hit a limit, by limit: connections, connections_per_ip, handshake_rate (refused before the upgrade), message_rate (error rate_limited), message_rate_closed (closed with 4029), subscriptions, frame_size (closed with 1009), pending_connections, pending_connections_per_ip (a new connection closed at accept), idle_connections (an idle keep-alive connection closed).",
 	}, []string{"limit"})
 	e.panics = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "herald_panics_total",
@@ -533,7 +535,8 @@ func (e *edgeMetrics) register(reg prometheus.Registerer) {
 	}, []string{"result"})
 	reg.MustRegister(e.limitsHit, e.panics, e.refreshes, e.tokensExpired, e.jwksFetches)
 	for _, l := range []string{limitConnections, limitConnectionsPerIP, limitHandshakeRate, limitMessageRate,
-		limitRateClosed, limitSubscriptions, limitFrameSize} {
+		limitRateClosed, limitSubscriptions, limitFrameSize,
+		pending.LimitPending, pending.LimitPendingPerAddr, pending.LimitIdle} {
 		e.limitsHit.WithLabelValues(l)
 	}
 	for _, r := range []string{"ok", "refused"} {
@@ -549,6 +552,10 @@ func (m *Metrics) limitHit(limit string) {
 		m.edge.limitsHit.WithLabelValues(limit).Inc()
 	}
 }
+
+// ListenerRefused counts a connection that a pending.Listener closed for one of its caps
+// (limit is one of pending's Limit constants), in herald_limits_hit_total{limit}.
+func (m *Metrics) ListenerRefused(limit string) { m.limitHit(limit) }
 
 func (m *Metrics) panicked() {
 	if m != nil {

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestListenerFlags(t *testing.T) {
+	c, err := parseConfig(nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ReadTimeout != 10*time.Second || c.MaxPending != 10000 || c.MaxPendingPerIP != 0 || c.AdminAddr != "" {
+		t.Errorf("defaults differ from the documented ones: %+v", c)
+	}
+	c, err = parseConfig(nil, env(map[string]string{
+		"HERALD_READ_TIMEOUT": "3s", "HERALD_MAX_PENDING_CONNECTIONS": "50", "HERALD_MAX_PENDING_CONNECTIONS_PER_IP": "5",
+		"HERALD_ADMIN_ADDR": "127.0.0.1:9090", "HERALD_READ_HEADER_TIMEOUT": "2s",
+	}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ReadTimeout != 3*time.Second || c.MaxPending != 50 || c.MaxPendingPerIP != 5 || c.AdminAddr != "127.0.0.1:9090" {
+		t.Errorf("environment not applied: %+v", c)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--read-timeout", "0s"}, "read-timeout must be positive"},
+		{[]string{"--read-timeout", "5s", "--read-header-timeout", "6s"}, "must not exceed read-timeout"},
+		{[]string{"--max-pending-connections", "-1"}, "max-pending-connections must not be negative"},
+		{[]string{"--max-pending-connections-per-ip", "-1"}, "max-pending-connections-per-ip must not be negative"},
+		{[]string{"--admin-addr", "nonsense"}, "admin-addr"},
+		{[]string{"--admin-addr", ":9090", "--debug-addr", ":6060"}, "give admin-addr only"},
+	} {
+		if _, err := parseConfig(tt.args, env(nil), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: got %v, want an error naming %q", tt.args, err, tt.want)
+		}
+	}
+	var help bytes.Buffer
+	_, _ = parseConfig([]string{"-help"}, env(nil), &help)
+	for _, name := range []string{"read-timeout", "max-pending-connections", "max-pending-connections-per-ip", "admin-addr", "debug-addr"} {
+		if !strings.Contains(help.String(), "-"+name+" ") {
+			t.Errorf("-help does not list -%s", name)
+		}
+	}
+}
+
+// TestDebugAddrIsAdminAlias: the deprecated --debug-addr opens the admin listener, and
+// /metrics stays on the public one, as it was.
+func TestDebugAddrIsAdminAlias(t *testing.T) {
+	addr, logs := runGateway(t, "--debug-addr", "127.0.0.1:0")
+	var admin string
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var rec struct{ Msg, Admin string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "herald gateway listening" {
+			admin = rec.Admin
+		}
+	}
+	if admin == "" {
+		t.Fatalf("no admin listener in the log:\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), "--debug-addr is deprecated") {
+		t.Error("no deprecation warning")
+	}
+	for _, url := range []string{"http://" + addr + "/metrics", "http://" + admin + "/metrics", "http://" + admin + "/debug/pprof/", "http://" + admin + "/readyz"} {
+		resp, err := noKeepAlive.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: got %d, want 200", url, resp.StatusCode)
+		}
+	}
+}
