@@ -40,6 +40,18 @@ type Limits struct {
 	MessageRate float64
 	// MessageBurst is how many frames a connection may send at once. Default 100.
 	MessageBurst int
+	// FrameRate is how many WebSocket frames per second a connection may send, on
+	// average, of every kind: data, continuation, ping, pong and close (MessageRate counts
+	// messages; pings, pongs and the fragments of a message escape it). A frame over it
+	// closes the connection with 4029 at once. Default four times MessageRate, off where
+	// MessageRate is off; negative: off.
+	FrameRate float64
+	// FrameBurst is how many frames a connection may send at once. Default four times
+	// MessageBurst.
+	FrameBurst int
+	// MaxFragments is how many frames one message may come in; a message in more
+	// closes the connection with 1009. Default 256; negative: no limit.
+	MaxFragments int
 	// MaxViolations is how many frames over MessageRate a connection may send within
 	// ViolationWindow; one more closes it with 4029. Default 10.
 	MaxViolations int
@@ -81,6 +93,11 @@ func (l *Limits) setDefaults() {
 	if l.ViolationWindow <= 0 {
 		l.ViolationWindow = 10 * time.Second
 	}
+	if l.FrameRate == 0 && l.MessageRate > 0 {
+		l.FrameRate = 4 * l.MessageRate
+	}
+	def(&l.FrameBurst, 4*max(l.MessageBurst, 1))
+	def(&l.MaxFragments, 256)
 }
 
 // Limits hit (labels of herald_limits_hit_total).

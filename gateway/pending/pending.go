@@ -88,8 +88,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		if limit := l.admit(c); limit != "" {
-			_ = c.Close()
 			l.cfg.OnRefused(limit, c.RemoteAddr())
+			_ = c.Close()
 			continue
 		}
 		return c, nil
@@ -149,8 +149,8 @@ func (l *Listener) ConnState(c net.Conn, state http.ConnState) {
 	}
 	l.mu.Unlock()
 	if tooMany {
-		_ = c.Close() // the server's wait for its next request ends, and it reports StateClosed
 		l.cfg.OnRefused(LimitIdle, c.RemoteAddr())
+		_ = c.Close() // the server's wait for its next request ends, and it reports StateClosed
 	}
 }
 

@@ -89,6 +89,11 @@ type config struct {
 	MaxPending      int
 	MaxPendingPerIP int
 	AdminAddr       string
+
+	// WebSocket frames (README "Authentication and limits").
+	FrameRate    float64
+	FrameBurst   int
+	MaxFragments int
 }
 
 // envFlags defines flags whose defaults come from environment variables.
@@ -216,6 +221,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.int(&c.HandshakeBurst, "handshake-burst", "HERALD_HANDSHAKE_BURST", 100, "handshakes one client address may make at once")
 	e.float(&c.MessageRate, "message-rate", "HERALD_MESSAGE_RATE", 50, "frames per second a connection may send (else error rate_limited); 0: no limit")
 	e.int(&c.MessageBurst, "message-burst", "HERALD_MESSAGE_BURST", 100, "frames a connection may send at once")
+	e.float(&c.FrameRate, "frame-rate", "HERALD_FRAME_RATE", 0, "WebSocket frames per second a connection may send, every kind counted (pings, pongs, fragments...); over it the connection is closed with 4029; 0: four times --message-rate; negative: no limit")
+	e.int(&c.FrameBurst, "frame-burst", "HERALD_FRAME_BURST", 0, "frames a connection may send at once; 0: four times --message-burst")
+	e.int(&c.MaxFragments, "max-fragments", "HERALD_MAX_FRAGMENTS", 256, "frames one client message may come in (else close 1009); 0: no limit")
 	e.int(&c.MaxViolations, "max-rate-violations", "HERALD_MAX_RATE_VIOLATIONS", 10, "frames over the rate within 10s before the connection is closed with 4029; 0: never closed")
 	e.int(&c.MaxSubscriptions, "max-subscriptions", "HERALD_MAX_SUBSCRIPTIONS", 256, "channel subscriptions per connection (else error too_large); 0: no limit")
 	e.dur(&c.ReadHeaderTimeout, "read-header-timeout", "HERALD_READ_HEADER_TIMEOUT", 10*time.Second, "time a client has to send its request headers (a handshake that never completes is dropped)")
@@ -278,6 +286,7 @@ func (c *config) validate() error {
 		"max-rate-violations": float64(c.MaxViolations), "max-subscriptions": float64(c.MaxSubscriptions),
 		"jwt-leeway": float64(c.JWTLeeway), "max-pending-connections": float64(c.MaxPending),
 		"max-pending-connections-per-ip": float64(c.MaxPendingPerIP),
+		"frame-burst":                    float64(c.FrameBurst), "max-fragments": float64(c.MaxFragments),
 	}
 	for name, v := range nonNegative {
 		if v < 0 {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 func TestListenerFlags(t *testing.T) {
@@ -77,5 +79,45 @@ func TestDebugAddrIsAdminAlias(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s: got %d, want 200", url, resp.StatusCode)
 		}
+	}
+}
+
+// TestFrameFlags: --frame-rate, --frame-burst and --max-fragments (and their variables)
+// reach the gateway: 20 pings at once over a burst of 5 close the connection with 4029.
+func TestFrameFlags(t *testing.T) {
+	c, err := parseConfig(nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FrameRate != 0 || c.FrameBurst != 0 || c.MaxFragments != 256 {
+		t.Errorf("defaults differ from the documented ones: %+v", c)
+	}
+	c, err = parseConfig(nil, env(map[string]string{"HERALD_FRAME_RATE": "-1", "HERALD_FRAME_BURST": "7", "HERALD_MAX_FRAGMENTS": "0"}), &bytes.Buffer{})
+	if err != nil || c.FrameRate != -1 || c.FrameBurst != 7 || c.MaxFragments != 0 {
+		t.Errorf("environment not applied: %+v %v", c, err)
+	}
+	for _, args := range [][]string{{"--frame-burst", "-1"}, {"--max-fragments", "-1"}} {
+		if _, err := parseConfig(args, env(nil), &bytes.Buffer{}); err == nil {
+			t.Errorf("%v: accepted", args)
+		}
+	}
+
+	addr, _ := runGateway(t, "--frame-rate", "1", "--frame-burst", "5")
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range 20 {
+		_ = ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
+	}
+	for {
+		if _, _, err = ws.ReadMessage(); err != nil {
+			break
+		}
+	}
+	if !websocket.IsCloseError(err, 4029) {
+		t.Errorf("20 pings over a burst of 5: got %v, want close 4029", err)
 	}
 }
