@@ -232,7 +232,8 @@ type wsClient struct {
 	done chan struct{}
 }
 
-// newClient connects a client and keeps it connected until the test ends.
+// newClient connects a client, waits for its welcome, and keeps it connected until the
+// test ends.
 func newClient(t *testing.T, name, query string, gateways func() []*proc) *wsClient {
 	t.Helper()
 	c := &wsClient{t: t, name: name, query: query, gateways: gateways, last: -2,
@@ -243,6 +244,10 @@ func newClient(t *testing.T, name, query string, gateways func() []*proc) *wsCli
 		t.Fatalf("client %s: %v", name, err)
 	}
 	t.Cleanup(c.close)
+	// Connected once welcomed: the gateway joins a connection to the hub after the
+	// upgrade's answer, so a message published between the two is not the client's
+	// (welcome's offset says so), and a test that publishes next would expect it.
+	c.waitFrame(t, "welcome", 10*time.Second)
 	return c
 }
 

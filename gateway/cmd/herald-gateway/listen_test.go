@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -119,5 +123,53 @@ func TestFrameFlags(t *testing.T) {
 	}
 	if !websocket.IsCloseError(err, 4029) {
 		t.Errorf("20 pings over a burst of 5: got %v, want close 4029", err)
+	}
+}
+
+// TestDrainStopsTheAdminListener: the admin listener serves until the gateway stops,
+// and is closed then.
+func TestDrainStopsTheAdminListener(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"},
+			func(string) string { return "" }, pw)
+		pw.Close()
+	}()
+	admin := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			var rec struct{ Msg, Admin string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "herald gateway listening" {
+				admin <- rec.Admin
+			}
+		}
+	}()
+	var addr string
+	select {
+	case addr = <-admin:
+	case <-time.After(10 * time.Second):
+		t.Fatal("gateway did not start")
+	}
+	resp, err := noKeepAlive.Get("http://" + addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cancel() // as SIGTERM does
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit code %d, want 0", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("gateway did not stop")
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Error("the admin listener still accepts connections after the gateway stopped")
 	}
 }
