@@ -9,12 +9,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/heraldgw/herald/gateway/logsample"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -483,7 +485,8 @@ func (c *Conn) refresh(r request) {
 	}
 	if terr != nil {
 		c.srv.metrics.tokenRefreshed(false)
-		c.log.Info("refresh refused", "user", c.usr, "reason", terr.reason, "err", terr.err)
+		c.srv.refusals.Log(slog.LevelInfo, logRefresh, "refresh refused", "conn", c.id, "user", logsample.Clip(c.usr),
+			"why", terr.reason, "err", logsample.ClipErr(terr.err))
 		c.replyError(CodeForbidden, "token refused: "+terr.err.Error(), r.Ref)
 		return
 	}

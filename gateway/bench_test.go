@@ -167,7 +167,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := c.writeBatch(batch, false); err != nil {
+				if _, err := c.writeBatch(batch, 0); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -1,10 +1,13 @@
 package gateway
 
 import (
+	"compress/flate"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -12,6 +15,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/heraldgw/herald/gateway/logsample"
+	"github.com/heraldgw/herald/gateway/wsframe"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -48,7 +53,8 @@ type Conn struct {
 	// permessage-deflate; nil: frames go plain. Set before the connection starts.
 	deflate *deflater
 
-	// mu protects skip, queue, queued, the close fields, pingDue, writing and spare.
+	// mu protects skip, queue, queued, the close fields, pingDue, pingSeq, writing and
+	// spare.
 	mu     sync.Mutex
 	skip   int64 // frames of messages at or below this offset were replayed: drop them
 	queue  []*frame
@@ -60,6 +66,7 @@ type Conn struct {
 	closeText               string // the close frame's reason
 	flushFirst              bool   // send what is queued before the close frame
 	pingDue                 bool   // the writer should send a ping
+	pingSeq                 uint32 // the number of the latest ping asked for (1 and up)
 	// writing is true while c has a writer (a worker's turn, queued or under way, or a
 	// writeLoop goroutine), and for good once the writing side is closed (close frame
 	// sent, or a write failed): at most one writer is ever at work. finished is set by
@@ -67,7 +74,10 @@ type Conn struct {
 	// for; it is added to only under mu, before finished.
 	writing  bool
 	finished bool
-	writers  sync.WaitGroup
+	// pongSeq is the number of the latest ping a pong has answered; the read pump owns
+	// it.
+	pongSeq uint32
+	writers sync.WaitGroup
 	// scheduled is true while c waits in the flusher for the next tick; flushedTick is
 	// the tick of c's last write (see flusher).
 	scheduled   bool
@@ -102,6 +112,9 @@ func (c *Conn) pingTick() {
 	}
 	c.mu.Lock()
 	c.pingDue = true
+	if c.pingSeq++; c.pingSeq == 0 { // 0 means no ping (writeTask)
+		c.pingSeq = 1
+	}
 	c.startWriter()
 	c.mu.Unlock()
 	c.ping.Reset(c.srv.cfg.PingInterval)
@@ -137,7 +150,7 @@ func (c *Conn) enqueue(f *frame) {
 		c.mu.Unlock()
 		c.srv.metrics.dropped(dropSlowConsumer, dropped)
 		c.srv.metrics.slowConsumer()
-		c.log.Info("slow consumer closed", "user", c.usr, "dropped", dropped)
+		c.log.Info("slow consumer closed", "user", logsample.Clip(c.usr), "dropped", dropped)
 		return
 	}
 	c.queue = append(c.queue, f)
@@ -296,7 +309,11 @@ func (c *Conn) writeLoop(first *writeTask) {
 		var err error
 		sent := 0
 		if t.code == 0 || t.flush {
-			sent, err = c.writeBatch(t.frames, t.ping && t.code == 0)
+			ping := t.ping
+			if t.code != 0 {
+				ping = 0
+			}
+			sent, err = c.writeBatch(t.frames, ping)
 		}
 		c.finishTurn(t, err, len(t.frames)-sent, false)
 		if err != nil {
@@ -309,10 +326,10 @@ func (c *Conn) writeLoop(first *writeTask) {
 	}
 }
 
-// writeBatch writes frames, and a ping after them when ping is set, to the socket: their
-// bytes go into one pooled buffer, written in one call, or in calls of about
-// batchFlushBytes for a long queue. It returns how many frames were written.
-func (c *Conn) writeBatch(batch []*frame, ping bool) (int, error) {
+// writeBatch writes frames, and after them the ping numbered ping unless it is 0, to the
+// socket: their bytes go into one pooled buffer, written in one call, or in calls of
+// about batchFlushBytes for a long queue. It returns how many frames were written.
+func (c *Conn) writeBatch(batch []*frame, ping uint32) (int, error) {
 	bp := batchBufs.Get().(*[]byte)
 	defer func() {
 		if cap(*bp) <= maxPooledBatch {
@@ -332,8 +349,8 @@ func (c *Conn) writeBatch(batch []*frame, ping bool) (int, error) {
 		}
 	}
 	data := len(buf)
-	if ping {
-		buf = append(buf, pingFrame...)
+	if ping != 0 {
+		buf = appendPing(buf, ping)
 	}
 	if len(buf) > 0 {
 		if _, err := c.nc.Write(buf); err != nil {
@@ -426,6 +443,13 @@ func (c *Conn) readMessage() (int, []byte, error) {
 	if err == nil && int64(len(data)) > limit {
 		return mt, nil, errInflatedTooBig
 	}
+	var corrupt flate.CorruptInputError
+	if errors.As(err, &corrupt) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// Not deflate data (RFC 7692 section 8: fail the connection with 1007). The
+		// inflater's own errors: the library reports a connection that ends inside a
+		// message as a CloseError (1006), not io.ErrUnexpectedEOF.
+		return mt, nil, &wsframe.Violation{Code: websocket.CloseInvalidFramePayloadData, Reason: "compressed message is not valid deflate data"}
+	}
 	return mt, data, err
 }
 
@@ -451,15 +475,59 @@ func (c *Conn) panicked(v any) {
 
 // startReading sets the read limits and handlers, then starts the read pump.
 func (c *Conn) startReading() {
+	l := &c.srv.cfg.Limits
+	c.nc.in.Init(wsframe.Config{Deflate: c.nc.deflate, FrameRate: l.FrameRate, FrameBurst: l.FrameBurst, MaxFragments: l.MaxFragments})
 	c.ws.SetReadLimit(c.srv.cfg.MaxMessageBytes)
-	c.ws.SetPongHandler(func(string) error { c.extendRead(); return nil })
+	c.ws.SetPongHandler(func(p string) error { c.pong([]byte(p)); return nil })
+	c.ws.SetPingHandler(c.answerPing)
 	c.extendRead()
 	go c.readPump()
+}
+
+// answerPing answers a ping from the client with a pong, unless the next frame, already
+// buffered, is a ping too: RFC 6455 section 5.5.3 lets the pong of the latest ping
+// answer those before it, so a burst of pings costs one write, not one each. Called by
+// the read pump (the WebSocket library's ping handler).
+func (c *Conn) answerPing(payload string) error {
+	if br := c.nc.br; br != nil && br.Buffered() >= 2 {
+		if next, _ := br.Peek(2); next[0] == frameFinal|framePing && next[1]&frameMasked != 0 {
+			return nil
+		}
+	}
+	err := c.ws.WriteControl(websocket.PongMessage, []byte(payload), time.Now().Add(c.srv.cfg.WriteTimeout))
+	if err != nil && !errors.Is(err, websocket.ErrCloseSent) && !errors.Is(err, errCloseSent) {
+		var ne net.Error
+		if !errors.As(err, &ne) {
+			return err
+		}
+	}
+	return nil // as the library's own handler: a pong that cannot be written is no reason to stop reading
+}
+
+// pong takes a pong from the client, with its payload. Only the first pong that answers
+// the gateway's latest ping, outside a partly received message, moves the read deadline;
+// any other (unsolicited, a repeat, or one among the frames of a message that has not
+// ended) is counted and ignored, so that a client cannot keep a connection, or a message
+// it never finishes, open by sending pongs. Called by the read pump.
+func (c *Conn) pong(p []byte) {
+	if len(p) == pingPayloadLen && !c.nc.in.InMessage() {
+		seq := binary.BigEndian.Uint64(p)
+		c.mu.Lock()
+		latest := c.pingSeq
+		c.mu.Unlock()
+		if seq == uint64(latest) && latest != c.pongSeq {
+			c.pongSeq = latest
+			c.extendRead()
+			return
+		}
+	}
+	c.srv.metrics.pongIgnored()
 }
 
 // Frame header bits of RFC 6455 section 5.2, for awaitFrame.
 const (
 	frameFinal   = 0x80
+	framePing    = 0x9
 	framePong    = 0xa
 	frameMasked  = 0x80
 	frameLenMask = 0x7f
@@ -467,10 +535,10 @@ const (
 )
 
 // awaitFrame waits until a frame has begun to arrive. A pong, which it sees whole in the
-// buffer, it consumes itself (extending the read deadline, as the library's pong handler
-// would): the library, given a pong, would go on waiting for a data frame deep in its own
-// calls. It is called only between messages, so the library's reading state is not
-// disturbed. Without access to the buffered reader it returns at once.
+// buffer, it consumes itself (and hands to pong, as the library's pong handler would):
+// the library, given a pong, would go on waiting for a data frame deep in its own calls.
+// It is called only between messages, so the library's reading state is not disturbed.
+// Without access to the buffered reader it returns at once.
 func (c *Conn) awaitFrame() error {
 	br := c.nc.br
 	if br == nil {
@@ -485,11 +553,21 @@ func (c *Conn) awaitFrame() error {
 		if head[0] != frameFinal|framePong || head[1]&frameMasked == 0 || size-maskKeyLen > 125 {
 			return nil // not a well-formed client pong (final, no RSV bits, masked): the library reads it
 		}
-		if _, err := br.Peek(2 + size); err != nil {
+		frame, err := br.Peek(2 + size)
+		if err != nil {
 			return err
 		}
+		var payload [pingPayloadLen]byte
+		n := 0
+		if size-maskKeyLen == pingPayloadLen { // only such a pong can answer a ping
+			key := frame[2 : 2+maskKeyLen]
+			for i, b := range frame[2+maskKeyLen:] {
+				payload[i] = b ^ key[i%maskKeyLen]
+			}
+			n = pingPayloadLen
+		}
 		_, _ = br.Discard(2 + size)
-		c.extendRead()
+		c.pong(payload[:n])
 	}
 }
 
@@ -508,11 +586,14 @@ func (c *Conn) extendRead() {
 func (c *Conn) readEnded(err error) {
 	code := websocket.CloseAbnormalClosure
 	var ce *websocket.CloseError
+	var v *wsframe.Violation
 	switch {
 	case errors.Is(err, websocket.ErrReadLimit):
 		code = websocket.CloseMessageTooBig
 	case errors.As(err, &ce):
 		code = ce.Code
+	case errors.As(err, &v):
+		code = v.Code
 	}
 	c.mu.Lock()
 	dropped := 0
@@ -528,10 +609,43 @@ func (c *Conn) readEnded(err error) {
 	// Over the size limit (not a peer's close frame with 1009): the library has sent 1009.
 	if errors.Is(err, websocket.ErrReadLimit) {
 		c.srv.metrics.limitHit(limitFrameSize)
-		c.nc.closeWrite()
-		_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
-		_, _ = io.Copy(io.Discard, c.nc.Conn)
+		c.closeAfterRead()
 	}
+	if v != nil {
+		c.failRead(v)
+	}
+}
+
+// failRead fails the connection for what the read pump found (a frame the inspector
+// refused, or a message that is not deflate data): it sends the close frame itself, now,
+// since reading ends here and the frame must be on the wire before the socket closes (a
+// writer at work finishes its write first; batchConn lets nothing follow the close
+// frame). Called by the read pump.
+func (c *Conn) failRead(v *wsframe.Violation) {
+	if v.Limit != "" {
+		c.srv.metrics.limitHit(v.Limit)
+	}
+	c.srv.refusals.Log(slog.LevelInfo, logFrameViolation, "closing: frame refused", "conn", c.id, "code", v.Code, "why", v.Reason)
+	err := c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(v.Code, v.Reason),
+		time.Now().Add(c.srv.cfg.WriteTimeout))
+	if err != nil {
+		c.log.Debug("close frame not sent", "code", v.Code, "err", err)
+	}
+	c.closeAfterRead()
+}
+
+// maxDrain bounds what closeAfterRead reads and discards: a client that goes on sending
+// after the close frame (a flood does) is cut off past it, rather than costing the
+// gateway a second of reading at full speed per connection.
+const maxDrain = 64 << 10
+
+// closeAfterRead, once a close frame is sent, half-closes the socket and reads and
+// discards what the client still sends, for closeGrace at most, so that the socket is
+// not reset (which could lose the close frame) before the client has read it.
+func (c *Conn) closeAfterRead() {
+	c.nc.closeWrite()
+	_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
+	_, _ = io.CopyN(io.Discard, c.nc.Conn, maxDrain)
 }
 
 // finish ends the connection, once; see end.

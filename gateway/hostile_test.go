@@ -33,6 +33,12 @@ type rawClient struct {
 // rawDial opens a connection to g's /ws?query and completes the upgrade by hand.
 func (g *testGateway) rawDial(query string) *rawClient {
 	g.t.Helper()
+	return g.rawDialHeader(query, "")
+}
+
+// rawDialHeader is rawDial with more request header lines (each ending in \r\n).
+func (g *testGateway) rawDialHeader(query, header string) *rawClient {
+	g.t.Helper()
 	host := strings.TrimPrefix(g.http.URL, "http://")
 	nc, err := net.Dial("tcp", host)
 	if err != nil {
@@ -40,7 +46,7 @@ func (g *testGateway) rawDial(query string) *rawClient {
 	}
 	g.t.Cleanup(func() { nc.Close() })
 	fmt.Fprintf(nc, "GET /ws?%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", query, host)
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n", query, host, header)
 	br := bufio.NewReader(nc)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -250,6 +256,16 @@ func TestHostileInput(t *testing.T) {
 		{"close with a reserved code", func(r *rawClient) {
 			r.write(websocket.CloseMessage, binary.BigEndian.AppendUint16(nil, 999), frameOpts{})
 		}, outcome{close: 1002}},
+		{"close with a 1-byte body", func(r *rawClient) { r.write(websocket.CloseMessage, []byte{3}, frameOpts{}) }, outcome{close: 1002}},
+		{"64-bit length with its top bit set", func(r *rawClient) {
+			r.write(websocket.TextMessage, []byte("{}"), frameOpts{length: 1<<63 + 2})
+		}, outcome{close: 1002}},
+		{"message in 257 fragments", func(r *rawClient) {
+			r.write(websocket.TextMessage, []byte(`"`), frameOpts{notFin: true})
+			for range 256 {
+				r.write(opContinuation, nil, frameOpts{notFin: true})
+			}
+		}, outcome{close: 1009}},
 
 		// Fragmented messages that are well formed are reassembled and served.
 		{"fragments with a ping between", func(r *rawClient) {

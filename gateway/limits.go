@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
+
+	"github.com/heraldgw/herald/gateway/logsample"
 )
 
 // Limits bounds what clients may take of a gateway. Each zero field has the default its
@@ -37,6 +40,18 @@ type Limits struct {
 	MessageRate float64
 	// MessageBurst is how many frames a connection may send at once. Default 100.
 	MessageBurst int
+	// FrameRate is how many WebSocket frames per second a connection may send, on
+	// average, of every kind: data, continuation, ping, pong and close (MessageRate counts
+	// messages; pings, pongs and the fragments of a message escape it). A frame over it
+	// closes the connection with 4029 at once. Default four times MessageRate, off where
+	// MessageRate is off; negative: off.
+	FrameRate float64
+	// FrameBurst is how many frames a connection may send at once. Default four times
+	// MessageBurst.
+	FrameBurst int
+	// MaxFragments is how many frames one message may come in; a message in more
+	// closes the connection with 1009. Default 256; negative: no limit.
+	MaxFragments int
 	// MaxViolations is how many frames over MessageRate a connection may send within
 	// ViolationWindow; one more closes it with 4029. Default 10.
 	MaxViolations int
@@ -78,6 +93,11 @@ func (l *Limits) setDefaults() {
 	if l.ViolationWindow <= 0 {
 		l.ViolationWindow = 10 * time.Second
 	}
+	if l.FrameRate == 0 && l.MessageRate > 0 {
+		l.FrameRate = 4 * l.MessageRate
+	}
+	def(&l.FrameBurst, 4*max(l.MessageBurst, 1))
+	def(&l.MaxFragments, 256)
 }
 
 // Limits hit (labels of herald_limits_hit_total).
@@ -339,7 +359,7 @@ func (e *connEdge) armExpiry() {
 	at := e.id.expires.Add(c.srv.auth.leeway)
 	e.expiry = time.AfterFunc(time.Until(at), func() {
 		c.srv.metrics.tokenExpired()
-		c.log.Info("token expired: closing", "user", c.usr)
+		c.log.Info("token expired: closing", "user", logsample.Clip(c.usr))
 		c.requestClose(websocket.ClosePolicyViolation, "token expired", false)
 	})
 }
@@ -427,28 +447,54 @@ func (s *Server) setupEdge() error {
 	return nil
 }
 
-// admit decides, before the upgrade, whether a client may connect: its origin (else
-// 403), its handshake rate (429), its token (401), its permission to subscribe to the
-// channels it names (403; too many: 400), and room for one more connection (503 for
-// the gateway, 429 for its address). It answers and counts a refusal itself. When it
-// admits, release gives the connection's slots back and must be called once.
-func (s *Server) admit(w http.ResponseWriter, r *http.Request, channels []string) (id *identity, release func(), ok bool) {
-	if !s.origins.allows(r) {
-		s.logger.Info("handshake refused: origin not allowed", "origin", r.Header.Get("Origin"))
-		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
-		return nil, nil, false
-	}
+// Reasons of sampled refusal log lines (logsample.Sampler): a client may repeat any of
+// them at will, so each is written a few times, then at most once a second.
+const (
+	logOrigin         = "origin"
+	logToken          = "token"
+	logChannel        = "channel"
+	logConnections    = "connections"
+	logConnectionsIP  = "connections_per_ip"
+	logHandshakeRate  = "handshake_rate"
+	logRateClosed     = "message_rate_closed"
+	logRefresh        = "refresh"
+	logFrameViolation = "frame_violation"
+	logPendingRefused = "pending_connections"
+)
+
+// handshakeAllowed takes a token from the handshake rate of the request's client
+// address, first of all checks (so that a flood of handshakes costs the gateway no
+// origin or token check, and no log line, past the burst): over it, 429. It returns the
+// address, which the connection's limits count it under.
+func (s *Server) handshakeAllowed(w http.ResponseWriter, r *http.Request) (netip.Addr, bool) {
 	ip := addrKey(clientIP(r, s.cfg.Limits.TrustedProxies))
 	if s.handshakes != nil && !s.handshakes.allow(ip) {
 		s.metrics.limitHit(limitHandshakeRate)
-		s.logger.Debug("handshake refused: rate", "ip", ip)
+		s.refusals.Log(slog.LevelDebug, logHandshakeRate, "handshake refused: rate", "ip", ip)
 		w.Header().Set("Retry-After", "1")
 		s.refuse(w, http.StatusTooManyRequests, "rate_limited", "too many connection attempts; retry later")
+		return ip, false
+	}
+	return ip, true
+}
+
+// admit decides, before the upgrade, whether a client whose handshake rate allowed it
+// (handshakeAllowed) may connect: its origin (else 403), its token (401), its permission
+// to subscribe to the channels it names (403; too many: 400), and room for one more
+// connection (503 for the gateway, 429 for its address). It answers and counts a refusal
+// itself, and logs it sampled, with at most a bounded prefix of what the client sent.
+// When it admits, release gives the connection's slots back and must be called once.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, ip netip.Addr, channels []string) (id *identity, release func(), ok bool) {
+	if !s.origins.allows(r) {
+		s.refusals.Log(slog.LevelInfo, logOrigin, "handshake refused: origin not allowed",
+			"origin", logsample.Clip(r.Header.Get("Origin")), "ip", ip)
+		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
 		return nil, nil, false
 	}
 	id, terr := s.auth.authenticate(r)
 	if terr != nil {
-		s.logger.Info("handshake refused: token", "reason", terr.reason, "err", terr.err, "ip", ip)
+		s.refusals.Log(slog.LevelInfo, logToken, "handshake refused: token", "why", terr.reason,
+			"err", logsample.ClipErr(terr.err), "ip", ip)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="herald", error="invalid_token"`)
 		s.refuse(w, http.StatusUnauthorized, terr.reason, "token refused: "+terr.err.Error())
 		return nil, nil, false
@@ -460,7 +506,8 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, channels []string
 	}
 	for _, ch := range channels {
 		if !id.subscribe.allows(ch) {
-			s.logger.Info("handshake refused: channel not permitted", "user", id.user, "channel", ch)
+			s.refusals.Log(slog.LevelInfo, logChannel, "handshake refused: channel not permitted",
+				"user", logsample.Clip(id.user), "channel", ch, "ip", ip)
 			s.refuse(w, http.StatusForbidden, CodeForbidden, fmt.Sprintf("not permitted to subscribe to %q", ch))
 			return nil, nil, false
 		}
@@ -469,12 +516,12 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, channels []string
 	switch limit {
 	case limitConnections:
 		s.metrics.limitHit(limit)
-		s.logger.Warn("handshake refused: the gateway is at its connection limit", "max", s.cfg.Limits.MaxConnections)
+		s.refusals.Log(slog.LevelWarn, logConnections, "handshake refused: the gateway is at its connection limit", "max", s.cfg.Limits.MaxConnections)
 		s.refuse(w, http.StatusServiceUnavailable, "too_many_connections", "this gateway is full; connect to another")
 		return nil, nil, false
 	case limitConnectionsPerIP:
 		s.metrics.limitHit(limit)
-		s.logger.Debug("handshake refused: connections per address", "ip", ip)
+		s.refusals.Log(slog.LevelDebug, logConnectionsIP, "handshake refused: connections per address", "ip", ip)
 		w.Header().Set("Retry-After", "5")
 		s.refuse(w, http.StatusTooManyRequests, "too_many_connections_per_ip", "too many connections from this address")
 		return nil, nil, false
@@ -502,7 +549,7 @@ func (c *Conn) mayJoin(ch string) *protocolError {
 func (c *Conn) rateLimited(data []byte, tooLong bool) {
 	if tooLong {
 		c.srv.metrics.limitHit(limitRateClosed)
-		c.log.Info("closing: rate limited too long", "user", c.usr)
+		c.srv.refusals.Log(slog.LevelInfo, logRateClosed, "closing: rate limited too long", "conn", c.id, "user", logsample.Clip(c.usr))
 		c.requestClose(CloseRateLimited, "rate limited too long", true) // flush: the client sees its answers, then why
 		return
 	}

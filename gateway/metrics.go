@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/heraldgw/herald/gateway/pending"
+	"github.com/heraldgw/herald/gateway/wsframe"
 )
 
 // Reasons a message to one connection was dropped (label of herald_messages_dropped_total).
@@ -514,12 +517,13 @@ type edgeMetrics struct {
 	refreshes     *prometheus.CounterVec
 	tokensExpired prometheus.Counter
 	jwksFetches   *prometheus.CounterVec
+	pongsIgnored  prometheus.Counter
 }
 
 func (e *edgeMetrics) register(reg prometheus.Registerer) {
 	e.limitsHit = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "herald_limits_hit_total",
-		Help: "Times a client hit a limit, by limit: connections, connections_per_ip, handshake_rate (refused before the upgrade), message_rate (error rate_limited), message_rate_closed (closed with 4029), subscriptions, frame_size (closed with 1009).",
+		Help: "Times a client hit a limit, by limit: connections, connections_per_ip, handshake_rate (refused before the upgrade), message_rate (error rate_limited), message_rate_closed (closed with 4029), subscriptions, frame_size (closed with 1009), frame_rate (frames of every kind over the limit: closed with 4029), fragments (a message in too many frames: closed with 1009), pending_connections, pending_connections_per_ip (a new connection closed at accept), idle_connections (an idle keep-alive connection closed).",
 	}, []string{"limit"})
 	e.panics = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "herald_panics_total",
@@ -537,9 +541,15 @@ func (e *edgeMetrics) register(reg prometheus.Registerer) {
 		Name: "herald_jwks_fetches_total",
 		Help: "Fetches of the JSON Web Key Set, by result: ok, failed.",
 	}, []string{"result"})
-	reg.MustRegister(e.limitsHit, e.panics, e.refreshes, e.tokensExpired, e.jwksFetches)
+	e.pongsIgnored = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_pongs_ignored_total",
+		Help: "Pongs from clients that did not move the read deadline: unsolicited, answering no ping or an older one, repeated, or sent while a message was partly received.",
+	})
+	reg.MustRegister(e.limitsHit, e.panics, e.refreshes, e.tokensExpired, e.jwksFetches, e.pongsIgnored)
 	for _, l := range []string{limitConnections, limitConnectionsPerIP, limitHandshakeRate, limitMessageRate,
-		limitRateClosed, limitSubscriptions, limitFrameSize} {
+		limitRateClosed, limitSubscriptions, limitFrameSize,
+		pending.LimitPending, pending.LimitPendingPerAddr, pending.LimitIdle,
+		wsframe.LimitFrameRate, wsframe.LimitFragments} {
 		e.limitsHit.WithLabelValues(l)
 	}
 	for _, r := range []string{"ok", "refused"} {
@@ -553,6 +563,16 @@ func (e *edgeMetrics) register(reg prometheus.Registerer) {
 func (m *Metrics) limitHit(limit string) {
 	if m != nil {
 		m.edge.limitsHit.WithLabelValues(limit).Inc()
+	}
+}
+
+// ListenerRefused counts a connection that a pending.Listener closed for one of its caps
+// (limit is one of pending's Limit constants), in herald_limits_hit_total{limit}.
+func (m *Metrics) ListenerRefused(limit string) { m.limitHit(limit) }
+
+func (m *Metrics) pongIgnored() {
+	if m != nil {
+		m.edge.pongsIgnored.Inc()
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/heraldgw/herald/gateway/wsframe"
 )
 
 // batchConn is the network connection under a WebSocket connection. Every write to the
@@ -35,6 +37,9 @@ type batchConn struct {
 	// br is the buffered reader the WebSocket library reads through (nil if the library
 	// was given another); only the read pump uses it.
 	br *bufio.Reader
+	// in inspects the client's frames as Read passes their bytes on (see Read); the
+	// read pump owns it.
+	in wsframe.Inspector
 	// fd is the socket's descriptor, for tryWrite's non-blocking writes (sendNow); -1
 	// where there is none (TLS, or a platform without them here), and once Close has
 	// begun. fdMu protects it: held across each such write, which never waits, and by
@@ -85,6 +90,21 @@ func (c *batchConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.Conn.Write(p)
+}
+
+// Read reads the client's bytes for the WebSocket library (through br), and passes
+// them through the frame inspector: the bytes of a frame it refuses are not passed on,
+// and the read fails with the *wsframe.Violation instead, once the library has read the
+// frames before it. Called by the read pump only.
+func (c *batchConn) Read(p []byte) (int, error) {
+	if v := c.in.Failed(); v != nil {
+		return 0, v
+	}
+	n, err := c.Conn.Read(p)
+	if m, v := c.in.Scan(p[:n]); v != nil {
+		return m, v
+	}
+	return n, err
 }
 
 // tryWrite writes as much of p as the socket takes now, without waiting for it. n <

@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/heraldgw/herald/gateway/logsample"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -132,6 +133,9 @@ type Config struct {
 	// Registry is where NewServer registers its live-state gauges and what /metrics
 	// serves. Default: a new registry.
 	Registry *prometheus.Registry
+	// PrivateMetrics serves /metrics on AdminHandler only, not on Handler (for a
+	// separate admin listener that need not be public). Default false: on both.
+	PrivateMetrics bool
 }
 
 func (c *Config) setDefaults() {
@@ -199,6 +203,8 @@ type Server struct {
 	writers   *writerPool // nil when WriteWorkers is negative
 	deflater  *deflater   // nil when Compression is off
 	stopWrite sync.Once   // stops the flusher and the writers
+	// admin has AdminHandler's routes.
+	admin *http.ServeMux
 
 	busReady atomic.Bool
 
@@ -207,6 +213,9 @@ type Server struct {
 	origins    *originPolicy
 	slots      connSlots
 	handshakes *addrRates // nil: no handshake rate limit
+	// refusals writes the log lines of refusals and of closes for abuse, sampled by
+	// reason: clients can repeat those at will.
+	refusals *logsample.Sampler
 
 	// connsMu protects draining and all; conns is added to only under it, while not
 	// draining, so that Shutdown's Wait never races an Add.
@@ -236,9 +245,11 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 			// bypass it; only its control frames are written through it).
 			WriteBufferPool: &sync.Pool{},
 		},
-		apiKey: sha256.Sum256([]byte(cfg.APIKey)),
-		mux:    http.NewServeMux(),
-		all:    make(map[*Conn]struct{}),
+		apiKey:   sha256.Sum256([]byte(cfg.APIKey)),
+		mux:      http.NewServeMux(),
+		admin:    http.NewServeMux(),
+		all:      make(map[*Conn]struct{}),
+		refusals: logsample.New(cfg.Logger, logsample.Config{}),
 	}
 	s.upgrader.Error = s.handshakeError
 	if cfg.Compression {
@@ -268,12 +279,16 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.mux.HandleFunc("POST /api/publish", s.servePublish)
 	s.mux.HandleFunc("GET /api/presence", s.servePresence)
 	s.mux.HandleFunc("GET /api/users/{id}", s.serveUser)
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	s.mux.HandleFunc("GET /healthz", serveHealth)
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry}))
+	metricsHandler := promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry})
+	if !cfg.PrivateMetrics {
+		s.mux.Handle("GET /metrics", metricsHandler)
+	}
 	s.mux.Handle("GET /", http.FileServerFS(web))
+	s.admin.HandleFunc("GET /healthz", serveHealth)
+	s.admin.HandleFunc("GET /readyz", s.serveReady)
+	s.admin.Handle("GET /metrics", metricsHandler)
 	// Last, once nothing can fail: their goroutines end with Shutdown.
 	if cfg.FlushInterval > 0 {
 		s.flusher = newFlusher(cfg.FlushInterval)
@@ -284,8 +299,50 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	return s, nil
 }
 
-// Handler returns the server's HTTP handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler returns the server's public HTTP handler: /ws, the backend API, health,
+// metrics (unless PrivateMetrics) and the demo page.
+//
+// A refusal does not wait for a request body it does not read: every request that
+// declares one (a Content-Length or a chunked body) is answered with Connection: close,
+// except by the one route that reads its body, POST /api/publish (which does so on its
+// own refusals). Without it, net/http would read the body to keep the connection,
+// before it writes the answer (a client that sends headers and then nothing would wait
+// for the read timeout, holding its connection, for a 401 or a 404).
+//
+// The http.Server should bound the reading of every request (ReadTimeout, counted from
+// its first byte), and set no WriteTimeout. What a handler does once it has read its
+// request is then not bounded by the server: the upgrade of /ws clears the deadlines
+// (the WebSocket connection keeps its own), and net/http clears the read deadline when
+// the request's body has been read, before its background read (which watches for the
+// client going away, and cancels the request's context if it does). A long-lived
+// streaming response, such as a Server-Sent Events endpoint, so needs nothing for the
+// read timeout; it must not read its request body after the deadline, and where a
+// WriteTimeout is set, it must move its write deadline on with
+// http.ResponseController.SetWriteDeadline as it streams (TestStreamOutlastsReadTimeout).
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !(r.Method == http.MethodPost && r.URL.Path == "/api/publish") {
+			closeUnread(w, r)
+		}
+		s.mux.ServeHTTP(w, r)
+	})
+}
+
+// AdminHandler returns the handler of an admin listener: /metrics, /healthz and
+// /readyz, for operators and load balancers, apart from the public traffic.
+func (s *Server) AdminHandler() http.Handler { return s.admin }
+
+// closeUnread has the answer to r close the connection where r declares a body, for an
+// answer that does not read it.
+func closeUnread(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength != 0 { // declared, or -1: chunked
+		w.Header().Set("Connection", "close")
+	}
+}
+
+func serveHealth(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
 
 // SetBusReady marks whether the bus is consuming, so that messages published from now
 // on reach this gateway's clients; /readyz answers 503 until then.
@@ -321,6 +378,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
 		return
 	}
+	ip, ok := s.handshakeAllowed(w, r)
+	if !ok {
+		return // answered 429 and counted
+	}
 	if _, known := s.hub.newest(); s.log != nil && !known {
 		// The bus is still reading the tail of its log (the hub's SetLogStart): a client
 		// admitted now would get messages published before it came.
@@ -343,7 +404,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		since = &n
 	}
-	id, release, ok := s.admit(w, r, channels)
+	id, release, ok := s.admit(w, r, ip, channels)
 	if !ok {
 		return // admit has answered and counted it
 	}
@@ -491,10 +552,12 @@ type publishRequest struct {
 // is off (no key configured), 401 without the right key. It reports whether it may.
 func (s *Server) apiAllowed(w http.ResponseWriter, r *http.Request) bool {
 	if s.cfg.APIKey == "" {
+		closeUnread(w, r) // its body is not read
 		writeError(w, http.StatusNotFound, "api_disabled", "the backend API is off: start the gateway with an API key")
 		return false
 	}
 	if !s.authorized(r) {
+		closeUnread(w, r)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
 		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key")
 		return false
@@ -659,6 +722,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.refusals.Close()
 		s.stopWrite.Do(func() {
 			if s.flusher != nil {
 				s.flusher.close()

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,8 +93,17 @@ func (p *writerPool) close() {
 	p.wg.Wait()
 }
 
-// pingFrame is an empty ping from the server (RFC 6455 section 5.5.2; never masked).
-var pingFrame = []byte{0x89, 0x00}
+// pingPayloadLen is the length of the payload of the gateway's pings: the ping's
+// sequence number, which the client's pong echoes (RFC 6455 section 5.5.3), so that only
+// a pong that answers the latest ping counts (see Conn.pong).
+const pingPayloadLen = 8
+
+// appendPing appends the ping numbered seq, from the server (RFC 6455 section 5.5.2;
+// never masked), to buf.
+func appendPing(buf []byte, seq uint32) []byte {
+	buf = append(buf, 0x89, pingPayloadLen)
+	return binary.BigEndian.AppendUint64(buf, uint64(seq))
+}
 
 // takeBatch takes what c's writer is to write now: the queued frames, whether a ping is
 // due, and, once the connection is closing, the close frame's code and text (flush: send
@@ -102,8 +112,11 @@ var pingFrame = []byte{0x89, 0x00}
 // writer. c.mu must be held.
 func (c *Conn) takeBatch(again bool) (t writeTask, ok bool) {
 	c.inflight, c.inflightBytes = 0, 0
-	t.code, t.text, t.flush, t.ping = c.closeCode, c.closeText, c.flushFirst, c.pingDue
-	urgent := t.ping || t.code != 0
+	t.code, t.text, t.flush = c.closeCode, c.closeText, c.flushFirst
+	if c.pingDue {
+		t.ping = c.pingSeq
+	}
+	urgent := t.ping != 0 || t.code != 0
 	tick := int64(0)
 	if c.srv.flusher != nil {
 		tick = c.srv.flusher.tick.Load()
@@ -125,7 +138,7 @@ func (c *Conn) takeBatch(again bool) (t writeTask, ok bool) {
 // writeTask is one turn of a connection's writer: see takeBatch.
 type writeTask struct {
 	frames []*frame
-	ping   bool
+	ping   uint32 // the number of the ping to send after the frames; 0: none
 	code   int
 	text   string
 	flush  bool
@@ -201,15 +214,15 @@ func (c *Conn) handOver(t writeTask) {
 	go c.writeLoop(&t)
 }
 
-// appendBatch appends the frames, and a ping when one is due, to buf, and returns it
-// with the bytes of the frames alone.
-func (c *Conn) appendBatch(buf []byte, frames []*frame, ping bool) ([]byte, int) {
+// appendBatch appends the frames, and the ping numbered ping unless it is 0, to buf, and
+// returns it with the bytes of the frames alone.
+func (c *Conn) appendBatch(buf []byte, frames []*frame, ping uint32) ([]byte, int) {
 	for _, f := range frames {
 		buf = append(buf, c.wireOf(f)...)
 	}
 	n := len(buf)
-	if ping {
-		buf = append(buf, pingFrame...)
+	if ping != 0 {
+		buf = appendPing(buf, ping)
 	}
 	return buf, n
 }

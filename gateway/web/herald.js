@@ -139,7 +139,8 @@ export class OffsetFilter {
  * - "token": reconnect only with a new token from getToken (1008).
  * - "fatal": stay closed, the client is at fault (1003, 1007, 1009).
  * - "slow": reconnect after a longer backoff (4029, rate limited).
- * - "reconnect": reconnect with backoff and `since` (1001, 1011, 4008, 1006 network loss,
+ * - "reconnect": reconnect with backoff and `since` (1001, 1011, 4008, and 1006: no close
+ *   frame, a lost connection, which is also what a client behind a full socket sees of 4008,
  *   and any other code).
  * @param {number} code
  * @returns {"stop" | "token" | "fatal" | "slow" | "reconnect"}

@@ -108,7 +108,7 @@ test("OffsetFilter: starts from a given offset, seed and reset", () => {
 
 test("closeAction follows the close-code table", () => {
   const want = {
-    1000: "stop", 1001: "reconnect", 1003: "fatal", 1005: "reconnect", 1006: "reconnect", 1007: "fatal",
+    1000: "stop", 1001: "reconnect", 1002: "reconnect", 1003: "fatal", 1005: "reconnect", 1006: "reconnect", 1007: "fatal",
     1008: "token", 1009: "fatal", 1011: "reconnect", 1012: "reconnect", 4000: "reconnect",
     4008: "reconnect", 4029: "slow",
   };
@@ -278,9 +278,9 @@ test("Herald reconnects after network loss with since, its channels and the toke
   assert.deepEqual(c.states(), ["connecting", "open", "reconnecting", "open"]);
 });
 
-test("Herald reconnects after 1001, 1011 and 4008 with since", async (t) => {
-  for (const code of [1001, 1011, 4008]) {
-    const c = client();
+test("Herald reconnects with since after 1001, 1002, 1006 (no close frame, as a stalled client sees 4008), 1011, 4008 and 4029", async (t) => {
+  for (const code of [1001, 1002, 1006, 1011, 4008, 4029]) {
+    const c = client({ rateLimitedDelay: 1 });
     t.after(() => c.h.close());
     await until("a socket", () => c.fake.all.length === 1);
     c.socket(0).welcome(6);

@@ -93,6 +93,17 @@ type config struct {
 	ReadHeaderTimeout   time.Duration
 	IdleTimeout         time.Duration
 	MaxHeaderBytes      int
+
+	// The listeners (README "Operating it").
+	ReadTimeout     time.Duration
+	MaxPending      int
+	MaxPendingPerIP int
+	AdminAddr       string
+
+	// WebSocket frames (README "Authentication and limits").
+	FrameRate    float64
+	FrameBurst   int
+	MaxFragments int
 }
 
 // parseConfig reads flags from args, with defaults from the environment. It returns
@@ -141,7 +152,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.int(&c.PresenceMaxList, "presence-max-list", "HERALD_PRESENCE_MAX_LIST", 1000, "most users one presence answer lists (clients page with after)")
 	e.bool(&c.NoClientPublish, "no-client-publish", "HERALD_NO_CLIENT_PUBLISH", "refuse publish ops from WebSocket clients")
 	e.bool(&c.InsecureUserParam, "insecure-user-param", "HERALD_INSECURE_USER_PARAM", "INSECURE, demos and tests only: take the user from ?user= with no authentication")
-	e.str(&c.DebugAddr, "debug-addr", "HERALD_DEBUG_ADDR", "", "address of a separate listener with /debug/pprof for profiling, e.g. 127.0.0.1:6060; empty: off")
+	e.str(&c.DebugAddr, "debug-addr", "HERALD_DEBUG_ADDR", "", "deprecated, use --admin-addr: the same listener, but /metrics stays on the public one too")
 	e.str(&c.JWTSecret, "jwt-secret", "HERALD_JWT_SECRET", "", "HS256 shared secret that verifies client tokens (JWT); one of --jwt-secret, --jwt-public-key, --jwks-url turns authentication on")
 	e.str(&c.JWTPublicKey, "jwt-public-key", "HERALD_JWT_PUBLIC_KEY", "", "PEM file of the RSA (RS256) or ECDSA P-256 (ES256) public key that verifies client tokens")
 	e.str(&c.JWKSURL, "jwks-url", "HERALD_JWKS_URL", "", "URL of a JSON Web Key Set whose keys (by kid) verify client tokens")
@@ -162,11 +173,18 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.int(&c.HandshakeBurst, "handshake-burst", "HERALD_HANDSHAKE_BURST", 100, "handshakes one client address may make at once")
 	e.float(&c.MessageRate, "message-rate", "HERALD_MESSAGE_RATE", 50, "frames per second a connection may send (else error rate_limited); 0: no limit")
 	e.int(&c.MessageBurst, "message-burst", "HERALD_MESSAGE_BURST", 100, "frames a connection may send at once")
+	e.float(&c.FrameRate, "frame-rate", "HERALD_FRAME_RATE", 0, "WebSocket frames per second a connection may send, every kind counted (pings, pongs, fragments...); over it the connection is closed with 4029; 0: four times --message-rate; negative: no limit")
+	e.int(&c.FrameBurst, "frame-burst", "HERALD_FRAME_BURST", 0, "frames a connection may send at once; 0: four times --message-burst")
+	e.int(&c.MaxFragments, "max-fragments", "HERALD_MAX_FRAGMENTS", 256, "frames one client message may come in (else close 1009); 0: no limit")
 	e.int(&c.MaxViolations, "max-rate-violations", "HERALD_MAX_RATE_VIOLATIONS", 10, "frames over the rate within 10s before the connection is closed with 4029; 0: never closed")
 	e.int(&c.MaxSubscriptions, "max-subscriptions", "HERALD_MAX_SUBSCRIPTIONS", 256, "channel subscriptions per connection (else error too_large); 0: no limit")
 	e.dur(&c.ReadHeaderTimeout, "read-header-timeout", "HERALD_READ_HEADER_TIMEOUT", 10*time.Second, "time a client has to send its request headers (a handshake that never completes is dropped)")
 	e.dur(&c.IdleTimeout, "idle-timeout", "HERALD_IDLE_TIMEOUT", 2*time.Minute, "how long an idle HTTP keep-alive connection is kept")
 	e.sizeInt(&c.MaxHeaderBytes, "max-header-bytes", "HERALD_MAX_HEADER_BYTES", 16<<10, math.MaxInt64, "largest request header (else 431)")
+	e.dur(&c.ReadTimeout, "read-timeout", "HERALD_READ_TIMEOUT", 10*time.Second, "time a client has to send a whole request, headers and body (a WebSocket, once upgraded, is not bounded by it)")
+	e.int(&c.MaxPending, "max-pending-connections", "HERALD_MAX_PENDING_CONNECTIONS", 10000, "connections accepted and not yet answered or upgraded (and, as many again, idle keep-alive ones); over it a new connection is closed at once; 0: no limit")
+	e.int(&c.MaxPendingPerIP, "max-pending-connections-per-ip", "HERALD_MAX_PENDING_CONNECTIONS_PER_IP", 0, "of those, how many one client address may hold; 0: no limit (clients behind a NAT or proxy share an address)")
+	e.str(&c.AdminAddr, "admin-addr", "HERALD_ADMIN_ADDR", "", "address of a separate listener with /metrics, /healthz, /readyz and /debug/pprof, e.g. 127.0.0.1:9090; then /metrics is served there only; empty: off")
 	fs.BoolVar(&c.CheckOnly, "check-config", false, "check the configuration (flags and environment) and exit: 0 when the gateway would start with it, 2 otherwise")
 	e.str(&c.LogFormat, "log-format", "HERALD_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "log level: debug, info, warn or error")
@@ -235,6 +253,7 @@ func (c *config) validate() error {
 		"presence-ttl": int64(c.PresenceTTL), "presence-max-list": int64(c.PresenceMaxList),
 		"jwks-refresh": int64(c.JWKSRefresh), "read-header-timeout": int64(c.ReadHeaderTimeout),
 		"idle-timeout": int64(c.IdleTimeout), "max-header-bytes": int64(c.MaxHeaderBytes),
+		"read-timeout":    int64(c.ReadTimeout),
 		"handshake-burst": int64(c.HandshakeBurst), "message-burst": int64(c.MessageBurst),
 	}
 	for name, v := range positive {
@@ -247,6 +266,9 @@ func (c *config) validate() error {
 		"handshake-rate": c.HandshakeRate, "message-rate": c.MessageRate,
 		"max-rate-violations": float64(c.MaxViolations), "max-subscriptions": float64(c.MaxSubscriptions),
 		"jwt-leeway": float64(c.JWTLeeway), "prefetch": float64(c.Prefetch),
+		"max-pending-connections":        float64(c.MaxPending),
+		"max-pending-connections-per-ip": float64(c.MaxPendingPerIP),
+		"frame-burst":                    float64(c.FrameBurst), "max-fragments": float64(c.MaxFragments),
 	}
 	for name, v := range nonNegative {
 		if v < 0 {
@@ -268,6 +290,17 @@ func (c *config) validate() error {
 	}
 	if err := gateway.CheckAllowedOrigins(splitList(c.AllowedOrigins)); err != nil {
 		add(invalid("allowed-origins", "%v", err))
+	}
+	if c.ReadHeaderTimeout > c.ReadTimeout {
+		errs = append(errs, errors.New("read-header-timeout must not exceed read-timeout (the headers are part of the request)"))
+	}
+	for name, addr := range map[string]string{"admin-addr": c.AdminAddr, "debug-addr": c.DebugAddr} {
+		if _, _, err := net.SplitHostPort(addr); addr != "" && err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want host:port, e.g. 127.0.0.1:9090: %w", name, addr, err))
+		}
+	}
+	if c.AdminAddr != "" && c.DebugAddr != "" {
+		errs = append(errs, errors.New("admin-addr and debug-addr: give admin-addr only (debug-addr is its deprecated alias)"))
 	}
 	return errors.Join(errs...)
 }

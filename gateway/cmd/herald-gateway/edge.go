@@ -47,6 +47,9 @@ func edgeConfig(ctx context.Context, cfg config, log *slog.Logger, metrics *gate
 			MessageRate:         off(cfg.MessageRate),
 			MessageBurst:        cfg.MessageBurst,
 			MaxViolations:       off(cfg.MaxViolations),
+			FrameRate:           cfg.FrameRate, // 0: derived from the message rate, as the flag says
+			FrameBurst:          cfg.FrameBurst,
+			MaxFragments:        off(cfg.MaxFragments),
 			MaxSubscriptions:    off(cfg.MaxSubscriptions),
 			TrustedProxies:      proxies,
 		},

@@ -125,9 +125,22 @@ func runGateway(t *testing.T, args ...string) (string, *syncBuffer) {
 type syncBuffer struct {
 	mu    sync.Mutex
 	lines []string
+	n     int // bytes in lines, with a newline each
 }
 
-func (b *syncBuffer) add(s string) { b.mu.Lock(); b.lines = append(b.lines, s); b.mu.Unlock() }
+func (b *syncBuffer) add(s string) {
+	b.mu.Lock()
+	b.lines = append(b.lines, s)
+	b.n += len(s) + 1
+	b.mu.Unlock()
+}
+
+// bytes returns how many bytes of log the buffer has taken.
+func (b *syncBuffer) bytes() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n
+}
 func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -52,12 +52,13 @@ func TestMain(m *testing.M) {
 
 // proc is a running herald-gateway.
 type proc struct {
-	t    *testing.T
-	name string
-	cmd  *exec.Cmd
-	addr string // host:port it listens on
-	done chan struct{}
-	err  error // how it exited; set before done closes
+	t     *testing.T
+	name  string
+	cmd   *exec.Cmd
+	addr  string // host:port it listens on
+	admin string // host:port of its admin listener, if it has one
+	done  chan struct{}
+	err   error // how it exited; set before done closes
 }
 
 // startGateway runs herald-gateway on RabbitMQ at url with the given exchange and stream
@@ -71,7 +72,20 @@ func startGateway(t *testing.T, name, url, exchange, stream string, extra ...str
 		// Every test client connects from 127.0.0.1: no per-address limits.
 		"--handshake-rate", "0", "--max-connections-per-ip", "0",
 	}, extra...)
-	cmd := exec.Command(bins.gateway, args...)
+	return startProcess(t, name, args...)
+}
+
+// startProcess runs herald-gateway with args and waits until it is ready. It is killed
+// when the test ends.
+func startProcess(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	return runProcess(t, name, exec.Command(bins.gateway, args...))
+}
+
+// runProcess runs cmd, a herald-gateway, and waits until it is ready. It is killed when
+// the test ends.
+func runProcess(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -80,18 +94,19 @@ func startGateway(t *testing.T, name, url, exchange, stream string, extra ...str
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	addrc := make(chan string, 1)
+	addrc := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
 			var rec struct {
-				Msg  string `json:"msg"`
-				Addr string `json:"addr"`
+				Msg   string `json:"msg"`
+				Addr  string `json:"addr"`
+				Admin string `json:"admin"`
 			}
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "herald gateway listening" {
-				addrc <- rec.Addr
+				addrc <- [2]string{rec.Addr, rec.Admin}
 			}
 			if testing.Verbose() || !strings.Contains(line, `"level":"DEBUG"`) {
 				t.Logf("[%s] %s", name, line)
@@ -104,7 +119,8 @@ func startGateway(t *testing.T, name, url, exchange, stream string, extra ...str
 	}()
 	t.Cleanup(func() { p.kill() })
 	select {
-	case p.addr = <-addrc:
+	case a := <-addrc:
+		p.addr, p.admin = a[0], a[1]
 	case <-p.done:
 		t.Fatalf("gateway %s exited at start: %v", name, p.err)
 	case <-time.After(20 * time.Second):
@@ -216,7 +232,8 @@ type wsClient struct {
 	done chan struct{}
 }
 
-// newClient connects a client and keeps it connected until the test ends.
+// newClient connects a client, waits for its welcome, and keeps it connected until the
+// test ends.
 func newClient(t *testing.T, name, query string, gateways func() []*proc) *wsClient {
 	t.Helper()
 	c := &wsClient{t: t, name: name, query: query, gateways: gateways, last: -2,
@@ -227,6 +244,10 @@ func newClient(t *testing.T, name, query string, gateways func() []*proc) *wsCli
 		t.Fatalf("client %s: %v", name, err)
 	}
 	t.Cleanup(c.close)
+	// Connected once welcomed: the gateway joins a connection to the hub after the
+	// upgrade's answer, so a message published between the two is not the client's
+	// (welcome's offset says so), and a test that publishes next would expect it.
+	c.waitFrame(t, "welcome", 10*time.Second)
 	return c
 }
 

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -25,6 +26,8 @@ import (
 
 	"github.com/heraldgw/herald/consumer"
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/logsample"
+	"github.com/heraldgw/herald/gateway/pending"
 	"github.com/heraldgw/herald/producer"
 	"github.com/heraldgw/herald/producer/redact"
 )
@@ -139,6 +142,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Logger:               log,
 		Metrics:              metrics,
 		Registry:             reg,
+		PrivateMetrics:       cfg.AdminAddr != "", // not with the deprecated --debug-addr: as before, public too
 	}, hub, b.Publisher, b.BusHealth)
 	if err != nil {
 		return err
@@ -148,25 +152,28 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	httpSrv := &http.Server{
-		Handler:           srv.Handler(),
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	var aln net.Listener // nil: no admin listener
+	if addr := cmp.Or(cfg.AdminAddr, cfg.DebugAddr); addr != "" {
+		if aln, err = net.Listen("tcp", addr); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("admin listener: %w", err)
+		}
 	}
+	httpSrv, pl := publicServer(cfg, srv.Handler(), ln, log, metrics)
+	reg.MustRegister(listenerGauges(pl)...)
+	warnDescriptors(cfg, log)
 
 	busCtx, stopBus := context.WithCancel(context.Background())
 	defer stopBus()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	wg.Go(func() {
 		if err := b.run(busCtx); err != nil {
 			errc <- fmt.Errorf("bus: %w", err)
 		}
 	})
 	wg.Go(func() {
-		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := httpSrv.Serve(pl); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("http: %w", err)
 		}
 	})
@@ -204,17 +211,20 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		case <-busCtx.Done():
 		}
 	}()
-	if cfg.DebugAddr != "" {
-		dln, err := net.Listen("tcp", cfg.DebugAddr)
-		if err != nil {
-			return fmt.Errorf("debug listener: %w", err)
-		}
-		debugSrv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
-		defer debugSrv.Close()
-		go func() { _ = debugSrv.Serve(dln) }()
-		log.Info("profiling endpoints on", "addr", dln.Addr().String())
-	}
+	var admin *http.Server // nil: no admin listener
 	listening := []any{"addr", ln.Addr().String(), "node", cfg.NodeID, "bus", busName(cfg)}
+	if aln != nil {
+		admin = adminServer(srv.AdminHandler(), log)
+		wg.Go(func() {
+			if err := admin.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("admin http: %w", err)
+			}
+		})
+		if cfg.DebugAddr != "" {
+			log.Warn("--debug-addr is deprecated: use --admin-addr, which serves /metrics there only")
+		}
+		listening = append(listening, "admin", aln.Addr().String())
+	}
 	if cfg.AMQPURL != "" {
 		listening = append(listening, "amqp_url", redact.URL(cfg.AMQPURL))
 	}
@@ -244,6 +254,12 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		presence.Leave(drainCtx, link) // the others drop this gateway's users now, not after the TTL
 	}
 	stopBus()
+	if admin != nil {
+		// Last: /readyz said draining to the load balancers until now.
+		if err := admin.Shutdown(drainCtx); err != nil {
+			_ = admin.Close()
+		}
+	}
 	wg.Wait()
 	log.Info("gateway stopped")
 	return runErr
@@ -397,15 +413,92 @@ func watchLag(ctx context.Context, b bus, hub *gateway.Hub, metrics *gateway.Met
 	}
 }
 
-// pprofMux serves net/http/pprof's handlers, on the debug listener only.
-func pprofMux() *http.ServeMux {
+// publicServer returns the public listener, which bounds the connections accepted and
+// not yet answered or upgraded (and the idle keep-alive ones) to cfg.MaxPending, and the
+// http.Server that serves h on it. Every request is read within cfg.ReadTimeout, headers
+// within cfg.ReadHeaderTimeout; an upgraded WebSocket keeps deadlines of its own (see
+// gateway.Server.Handler).
+func publicServer(cfg config, h http.Handler, ln net.Listener, log *slog.Logger, metrics *gateway.Metrics) (*http.Server, *pending.Listener) {
+	refusals := logsample.New(log, logsample.Config{})
+	pl := pending.NewListener(ln, pending.Config{
+		Max:        off(cfg.MaxPending),
+		MaxPerAddr: off(cfg.MaxPendingPerIP),
+		OnRefused: func(limit string, remote net.Addr) {
+			metrics.ListenerRefused(limit)
+			refusals.Log(slog.LevelWarn, limit, "connection closed at once: too many not yet answered (or idle)",
+				"remote", remote.String(), "max", cfg.MaxPending, "max_per_ip", cfg.MaxPendingPerIP)
+		},
+	})
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ConnState:         pl.ConnState,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}, pl
+}
+
+// listenerGauges export how many connections the public listener holds that are not
+// WebSockets.
+func listenerGauges(pl *pending.Listener) []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herald_http_pending_connections",
+			Help: "HTTP connections accepted and not yet answered or upgraded to WebSocket (capped by --max-pending-connections).",
+		}, func() float64 { p, _ := pl.Counts(); return float64(p) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herald_http_idle_connections",
+			Help: "Idle HTTP keep-alive connections (capped by --max-pending-connections too).",
+		}, func() float64 { _, i := pl.Counts(); return float64(i) }),
+	}
+}
+
+// adminServer returns the http.Server of the admin listener: admin's endpoints (metrics,
+// health) and net/http/pprof's, with timeouts of its own, so that they answer while the
+// public listener is saturated. It has no write timeout: a CPU profile or a trace
+// writes for as long as it was asked to run.
+func adminServer(admin http.Handler, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
+	mux.Handle("/", admin)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// descriptorReserve is the descriptors a gateway needs besides its clients' sockets:
+// listeners, broker connections, files.
+const descriptorReserve = 100
+
+// warnDescriptors logs a warning when the connections the limits allow (WebSockets,
+// pending and idle HTTP connections) could need more descriptors than the process may
+// open: the limits would then not be what stops a flood, running out of descriptors
+// would (and then nobody can connect).
+func warnDescriptors(cfg config, log *slog.Logger) {
+	limit, ok := descriptorLimit()
+	if !ok {
+		return
+	}
+	if cfg.MaxConnections == 0 || cfg.MaxPending == 0 {
+		log.Warn("--max-connections or --max-pending-connections is 0 (no limit): connections are bounded only by the descriptor limit",
+			"descriptor_limit", limit)
+		return
+	}
+	need := uint64(cfg.MaxConnections) + 2*uint64(cfg.MaxPending) + descriptorReserve
+	if need > limit {
+		log.Warn("the connection limits exceed the descriptors this process may open: lower --max-connections or --max-pending-connections, or raise the limit (ulimit -n, LimitNOFILE)",
+			"max_connections", cfg.MaxConnections, "max_pending", cfg.MaxPending, "needed", need, "descriptor_limit", limit)
+	}
 }
 
 // version is the release this binary is, set at build time with
