@@ -37,10 +37,10 @@ func TestListenerFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--read-timeout", "0s"}, "read-timeout must be positive"},
+		{[]string{"--read-timeout", "0s"}, "--read-timeout (HERALD_READ_TIMEOUT): must be positive"},
 		{[]string{"--read-timeout", "5s", "--read-header-timeout", "6s"}, "must not exceed read-timeout"},
-		{[]string{"--max-pending-connections", "-1"}, "max-pending-connections must not be negative"},
-		{[]string{"--max-pending-connections-per-ip", "-1"}, "max-pending-connections-per-ip must not be negative"},
+		{[]string{"--max-pending-connections", "-1"}, "--max-pending-connections (HERALD_MAX_PENDING_CONNECTIONS): must not be negative"},
+		{[]string{"--max-pending-connections-per-ip", "-1"}, "--max-pending-connections-per-ip (HERALD_MAX_PENDING_CONNECTIONS_PER_IP): must not be negative"},
 		{[]string{"--admin-addr", "nonsense"}, "admin-addr"},
 		{[]string{"--admin-addr", ":9090", "--debug-addr", ":6060"}, "give admin-addr only"},
 	} {

@@ -138,7 +138,9 @@ func TestNoClientGetsWarmUpMessages(t *testing.T) {
 	scfg = streamConfig(cfg, slog.New(slog.DiscardHandler), metrics, hub)
 	scfg.Start = "first" // all 300, at 2ms each: a warm-up of more than half a second
 	s := consumer.NewStream(scfg, slowHub{Hub: hub, pause: 2 * time.Millisecond})
-	srv, err := gateway.NewServer(gateway.Config{Log: s, Metrics: metrics, Registry: reg}, hub, noPublisher{}, s)
+	// The test dials as fast as it is refused: no handshake rate limit.
+	srv, err := gateway.NewServer(gateway.Config{Log: s, Metrics: metrics, Registry: reg,
+		Limits: gateway.Limits{HandshakeRate: -1}}, hub, noPublisher{}, s)
 	if err != nil {
 		t.Fatal(err)
 	}
