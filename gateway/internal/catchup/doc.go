@@ -80,6 +80,6 @@
 // # Concurrency
 //
 // A Pool is safe for concurrent use. A Member is read by one goroutine (the one that calls
-// Next); Close may be called from any goroutine. The hooks are called with the pool's
-// lock held: they must be quick and must not call the pool.
+// Next); Close may be called from any goroutine. The hooks may be called with the pool's
+// lock held (all but ReadFailed are): they must be quick and must not call the pool.
 package catchup

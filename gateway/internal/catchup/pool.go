@@ -85,8 +85,9 @@ type Config[V any] struct {
 	Hooks Hooks
 }
 
-// Hooks are the pool's callbacks for metrics (the pool registers none itself). They are
-// called with the pool's lock held: quick, and never calling back into the pool.
+// Hooks are the pool's callbacks for metrics (the pool registers none itself). All but
+// ReadFailed are called with the pool's lock held: quick, and never calling back into the
+// pool.
 type Hooks struct {
 	// Waited: a member got a reader after waiting d for one (0: it joined a running one).
 	Waited func(d time.Duration)

@@ -40,6 +40,18 @@
 // no reader holds one of its entries: at most blockEntries-1 evicted entries stay reachable
 // beyond the bounds.
 //
+// # Where it lives, and the embedded bus
+//
+// The package is internal to the gateway: the gateway appends the frames it encodes for
+// live delivery, and nothing below the gateway needs them. On the embedded bus the tail is
+// the whole retained log: the bus keeps no history of its own (only the queue between a
+// publish and its dispatch), the gateway, which dispatches every offset from 0, makes its
+// tail complete after -1 at start, and the tail's bounds are the bus's retention. A since
+// below the edge there has nothing to read from and resets, as a since older than the
+// embedded ring does today. So the embedded bus's ring buffer becomes this structure, held
+// once, as the encoded frames every replay and history needs, instead of a second copy of
+// every message as the bus received it.
+//
 // # Hand-over to live delivery (how the gateway uses it)
 //
 // The gateway appends every dispatched message under the hub's lock, in the same critical
