@@ -27,13 +27,14 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// TestMain lets the test binary be floor's reading child process too: floor starts its
-// own executable again with floorReaderCmd.
+// TestMain lets the test binary be floor's reading child process and a scenario's worker
+// process too: they start their own executable again with floorReaderCmd or
+// fleetWorkerCmd. Otherwise it builds herald-gateway for the scenarios' tests.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == floorReaderCmd {
+	if len(os.Args) > 1 && (os.Args[1] == floorReaderCmd || os.Args[1] == fleetWorkerCmd) {
 		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	os.Exit(runTests(m))
 }
 
 // TestFloorReaders measures a small floor with each reader: every write is counted, as

@@ -7,6 +7,8 @@
 //	herald-bench ramp          raise the rate step by step at N connections: max deliveries/s, SVG plot
 //	herald-bench floor         the kernel's floor: CPU of a plain write of a frame to N loopback sockets
 //	herald-bench compare       start Herald and the baseline in turn (A B A B), run the regimes, print medians
+//	herald-bench drain         the drain storm: SIGTERM to a gateway, every client resumes on another
+//	herald-bench rolling       the rolling restart: each gateway in turn restarts, clients move and resume
 //	herald-bench amqp-cleanup  delete the exchange and stream of a RabbitMQ run
 //
 // Every subcommand takes -help. The regimes of issue 8 are presets of run (-preset):
@@ -35,6 +37,16 @@
 //	bin/baseline -addr 127.0.0.102:18090 -api-key k &
 //	bin/herald-bench run -preset C -target 127.0.0.102:18090 -api-key k
 //	bin/herald-bench floor
+//
+// drain and rolling start herald-gateway processes themselves (-gateway-bin) on RabbitMQ,
+// with a fresh exchange and stream that they delete after, so that two builds are measured
+// with the same command; their clients reconnect with since, as herald.js does, and may be
+// spread over worker processes (this program started again) dialling from their own
+// 127.0.0.x addresses (-workers, -source-addrs), since one process here may hold about
+// 20,000 descriptors:
+//
+//	bin/herald-bench drain -gateway-bin bin/herald-gateway -clients 2000
+//	bin/herald-bench rolling -gateway-bin bin/herald-gateway -clients 20000 -workers 4
 //
 // RabbitMQ: start the gateway with -amqp-url and a fresh -exchange and -stream, publish with
 // the producer package (-publisher amqp -amqp-url ... -exchange ...), then delete both with
@@ -78,6 +90,8 @@ Commands:
   ramp     raise the rate step by step at N connections; max deliveries/s with p99 < 1s; SVG plot
   floor    CPU of a plain write of one WebSocket frame to N loopback sockets (the kernel's floor)
   compare  start Herald and the baseline in turn (A B A B), run the regimes, print medians
+  drain    the drain storm: clients on gateway A, SIGTERM to A, every client resumes on B
+  rolling  the rolling restart: each gateway in turn restarts; clients resume on the others
   amqp-cleanup  delete the exchange and stream of a RabbitMQ run
 
 Run "herald-bench <command> -help" for the flags of each.
@@ -104,6 +118,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = floorReader(ctx, args)
 	case "compare":
 		err = compareCmd(ctx, args, stdout, stderr)
+	case "drain":
+		err = drainCmd(ctx, args, stdout, stderr)
+	case "rolling":
+		err = rollingCmd(ctx, args, stdout, stderr)
+	case fleetWorkerCmd:
+		err = fleetWorkerMain(os.Stdin, stdout)
 	case "amqp-cleanup":
 		err = amqpCleanupCmd(args, stderr)
 	case "help", "-h", "-help", "--help":
