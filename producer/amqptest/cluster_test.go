@@ -14,7 +14,6 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -40,7 +39,9 @@ func TestClusterReplicatedStream(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("declare stream %s: %v", stream, err)
 	}
-	waitMembers(t, c, stream, []int{1, 2, 3})
+	if err := c.WaitMembers(stream, []int{1, 2, 3}, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	leader, err := c.Leader(stream)
 	if err != nil || leader < 1 || leader > 3 {
 		t.Fatalf("Leader: got %d, %v, want a node from 1 to 3", leader, err)
@@ -95,22 +96,6 @@ func TestClusterReplicatedStream(t *testing.T) {
 	ch := amqptest.Channel(t, c.URLs[1])
 	if _, err := ch.QueueDeclarePassive(stream, true, false, false, false, nil); !isNotFound(err) {
 		t.Fatalf("stream after delete, seen from node 2: got %v, want 404 NOT_FOUND", err)
-	}
-}
-
-// waitMembers waits (at most 30 s) until stream's online members are want.
-func waitMembers(t *testing.T, c *amqptest.TestCluster, stream string, want []int) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got, err := c.Members(stream)
-		if err == nil && slices.Equal(got, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("online members of %s: got %v (%v), want %v", stream, got, err, want)
-		}
-		time.Sleep(500 * time.Millisecond)
 	}
 }
 
