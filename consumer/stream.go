@@ -418,14 +418,25 @@ func (s *Stream) reconnect(ctx context.Context) (*streamSession, error) {
 
 // resumeArg is the x-stream-offset to attach at after a loss: just after the last
 // delivery handled. Before any delivery there is no offset to resume from, and attaching
-// at "next" again would lose what was published while the consumer was away, so it
-// attaches at the time of the first attach instead. RabbitMQ takes that in whole seconds
-// and starts at the first chunk written at or after it; the guard absorbs clock skew
-// between this host and the broker. Messages published up to about two seconds before the
-// first attach may then be dispatched too: a few older messages rather than a gap.
+// at "next" would lose what was published while the consumer was away:
+//   - started at an offset, or at "first": attach there again, which is exact;
+//   - started at "last" on a stream the warm-up found empty: every message in the stream
+//     now came after the first attach, so "first" is exact too;
+//   - otherwise (a time): attach at the time of the first attach, less a guard for clock
+//     skew. RabbitMQ 3.10 takes a time in whole seconds and, measured here, finds nothing
+//     for a time less than about two seconds before the stream was declared, so this is
+//     the fallback, not the rule.
 func (s *Stream) resumeArg() any {
 	if s.pos != message.NoOffset {
 		return s.pos + 1
+	}
+	switch start := s.cfg.Start.(type) {
+	case int64:
+		return start
+	case string:
+		if start == "first" || start == "last" && s.warm.target == message.NoOffset {
+			return "first"
+		}
 	}
 	return s.attached.Add(-streamAttachSkewGuard)
 }
