@@ -1,7 +1,9 @@
 // herald.js: the browser client of the Herald WebSocket gateway (wire protocol herald.v1).
 //
 // One ES module with no dependencies and no build step: import it from the gateway
-// (`/herald.js`) or from a copy of the file.
+// (`/herald.js`), from a copy of the file, or, in a bundler or TypeScript project, from
+// the npm package `@heraldgw/client` (this folder: package.json, README.md), whose
+// TypeScript declarations (herald.d.ts) are generated from the JSDoc below.
 //
 //   import { Herald } from "/herald.js";
 //   const h = new Herald("/ws", { channels: ["news"] });
@@ -246,14 +248,45 @@ export class HeraldError extends Error {
  */
 
 /**
+ * A delivery: the detail of a `message` event (PROTOCOL.md section 4).
  * @typedef {Object} MessageFrame
  * @property {"message"} op
- * @property {string} id
+ * @property {string} id the message id, the same on every gateway and on replay
  * @property {string} [channel] absent for a broadcast to all
  * @property {number} [offset] absent where the bus keeps no log
  * @property {string} [from] the publishing user; absent for backend publishes
- * @property {string} time RFC 3339
- * @property {unknown} data
+ * @property {string} [time] RFC 3339, as the publisher said; absent where it set none
+ * @property {unknown} data the payload, any JSON value
+ * @property {true} [direct] the message named users (the list is not sent)
+ */
+
+/**
+ * The first frame of every connection: the detail of a `welcome` event.
+ * @typedef {Object} WelcomeFrame
+ * @property {"welcome"} op
+ * @property {string} conn this connection's id, for logs and support
+ * @property {string} node the gateway's name
+ * @property {string} user the connection's user; "" when anonymous
+ * @property {number} [offset] the newest offset in the log at connect (-1 while it is
+ *   empty); absent where the bus keeps no log
+ */
+
+/**
+ * A replay after `since` is complete: the detail of a `resumed` event.
+ * @typedef {Object} ResumedFrame
+ * @property {"resumed"} op
+ * @property {number} since the `since` asked with
+ * @property {number} until the offset the replay reached
+ * @property {string} [channel] present when it answers a `subscribe` with `since`
+ */
+
+/**
+ * The `since` could not be honoured (history was lost): the detail of a `reset` event.
+ * The page must reload its state from its own backend; live delivery follows.
+ * @typedef {Object} ResetFrame
+ * @property {"reset"} op
+ * @property {number} offset the newest offset now
+ * @property {string} [channel] present when it answers a `subscribe` with `since`
  */
 
 /**
@@ -330,6 +363,20 @@ export class HeraldError extends Error {
  */
 
 /**
+ * The events a {@link Herald} dispatches, by type: each is a CustomEvent whose `detail`
+ * is given here.
+ * @typedef {Object} HeraldEventMap
+ * @property {CustomEvent<MessageFrame>} message each message once, in order
+ * @property {CustomEvent<StateDetail>} state the connection's state changed
+ * @property {CustomEvent<WelcomeFrame>} welcome on every connect
+ * @property {CustomEvent<ResumedFrame>} resumed after a replay
+ * @property {CustomEvent<ResetFrame>} reset history was lost: reload your state
+ * @property {CustomEvent<PresenceEvent>} join users came online on a channel
+ * @property {CustomEvent<PresenceEvent>} leave users went offline on a channel
+ * @property {CustomEvent<HeraldError>} error an error that no Promise answers
+ */
+
+/**
  * @typedef {Object} Pending
  * @property {"publish" | "subscribe" | "unsubscribe" | "refresh" | "presence" | "resubscribe"} kind
  *   ("resubscribe": the client's own subscribe that asks for presence events of a channel
@@ -345,7 +392,7 @@ export class HeraldError extends Error {
  * @returns {PresenceAnswer}
  */
 function presenceAnswer(f) {
-  const users = (Array.isArray(f.users) ? f.users : [])
+  const users = /** @type {any[]} */ (Array.isArray(f.users) ? f.users : [])
     .filter((u) => u && typeof u === "object" && typeof u.user === "string")
     .map((u) => ({ user: u.user, connections: typeof u.connections === "number" ? u.connections : 1 }));
   const num = (/** @type {unknown} */ v, /** @type {number} */ dflt) => (typeof v === "number" ? v : dflt);
@@ -368,7 +415,9 @@ function presenceAnswer(f) {
 function presenceEvent(f) {
   return {
     channel: String(f.channel ?? ""),
-    users: (Array.isArray(f.users) ? f.users : []).filter((u) => typeof u === "string"),
+    users: /** @type {unknown[]} */ (Array.isArray(f.users) ? f.users : []).filter(
+      (u) => typeof u === "string",
+    ),
     more: f.more === true,
   };
 }
@@ -386,6 +435,7 @@ function presenceEvent(f) {
  *   `{presence: true}`;
  * - `error`: a {@link HeraldError} that no Promise answers (an `error` frame without a
  *   pending op, a refused token, a fatal close).
+ * For TypeScript, {@link HeraldEventMap} types each event's `detail`.
  *
  * The client connects as soon as it is made (in a microtask, so listeners added right
  * after the constructor see the first `state` event).
@@ -407,7 +457,7 @@ export class Herald extends EventTarget {
   /** @type {ReturnType<typeof setTimeout> | null} */ #retryTimer = null;
   /** @type {ReturnType<typeof setTimeout> | null} */ #refreshTimer = null;
   /** @type {number | null} */ #openedAt = null;
-  /** @type {object | null} */ #welcome = null;
+  /** @type {WelcomeFrame | null} */ #welcome = null;
 
   /**
    * @param {string | URL} url the gateway's /ws endpoint, absolute or relative to the page
@@ -463,9 +513,62 @@ export class Herald extends EventTarget {
     return [...this.#presence];
   }
 
-  /** @returns {object | null} the last welcome frame */
+  /** @returns {WelcomeFrame | null} the last welcome frame */
   get welcome() {
     return this.#welcome;
+  }
+
+  // Typed listeners for TypeScript: `detail` has the type of the event (HeraldEventMap).
+  // Nothing but types: they call EventTarget's own.
+
+  /**
+   * @template {keyof HeraldEventMap} K
+   * @overload
+   * @param {K} type
+   * @param {(this: Herald, ev: HeraldEventMap[K]) => void} listener
+   * @param {boolean | AddEventListenerOptions} [options]
+   * @returns {void}
+   */
+  /**
+   * @overload
+   * @param {string} type
+   * @param {EventListenerOrEventListenerObject | null} listener
+   * @param {boolean | AddEventListenerOptions} [options]
+   * @returns {void}
+   */
+  /**
+   * Adds a listener, as EventTarget's.
+   * @param {string} type
+   * @param {EventListenerOrEventListenerObject | null} listener
+   * @param {boolean | AddEventListenerOptions} [options]
+   */
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+  }
+
+  /**
+   * @template {keyof HeraldEventMap} K
+   * @overload
+   * @param {K} type
+   * @param {(this: Herald, ev: HeraldEventMap[K]) => void} listener
+   * @param {boolean | EventListenerOptions} [options]
+   * @returns {void}
+   */
+  /**
+   * @overload
+   * @param {string} type
+   * @param {EventListenerOrEventListenerObject | null} listener
+   * @param {boolean | EventListenerOptions} [options]
+   * @returns {void}
+   */
+  /**
+   * Removes a listener, as EventTarget's.
+   * @param {string} type
+   * @param {EventListenerOrEventListenerObject | null} listener
+   * @param {boolean | EventListenerOptions} [options]
+   */
+  removeEventListener(type, listener, options) {
+    super.removeEventListener(type, listener, options);
   }
 
   /**
