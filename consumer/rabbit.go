@@ -158,7 +158,7 @@ func NewRabbit(ctx context.Context, cfg RabbitConfig, d Dispatcher) (*Rabbit, er
 	}
 	cfg.Stream = sc
 	r.cfg = cfg
-	r.log = cfg.Logger.With("component", "canary")
+	r.log = cfg.Logger.With("part", "canary")
 	r.stream = NewStream(sc, d)
 	if r.stream.cfgErr != nil {
 		return nil, r.stream.cfgErr
@@ -171,7 +171,7 @@ func NewRabbit(ctx context.Context, cfg RabbitConfig, d Dispatcher) (*Rabbit, er
 		Heartbeat:     sc.Heartbeat,
 		ReconnectMin:  sc.ReconnectMin,
 		ReconnectMax:  sc.ReconnectMax,
-		Logger:        cfg.Logger,
+		Logger:        cfg.Logger.With("part", "publisher"),
 		OnStateChange: cfg.OnPublisherState,
 		OnNode:        sc.OnNode,
 		OnFailover:    sc.OnFailover,

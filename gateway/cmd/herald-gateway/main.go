@@ -303,7 +303,7 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 	r, err := consumer.NewRabbit(ctx, consumer.RabbitConfig{
 		Stream:           streamConfig(cfg, log, metrics, cm, tlsCfg, hub),
 		PublisherName:    "herald-gateway-publisher-" + cfg.NodeID,
-		Logger:           log.With("part", "publisher"),
+		Logger:           log,
 		Node:             cfg.NodeID,
 		CanaryInterval:   canaryInterval(cfg),
 		CanaryTimeout:    cfg.CanaryTimeout,
