@@ -33,6 +33,10 @@ const (
 	canarySlots = 16
 	// maxCanaryBody bounds the body of a canary that is read: a canary is small.
 	maxCanaryBody = 512
+	// boundsEvery is how often the bus looks what the stream retains (OnStreamBounds),
+	// and boundsTimeout bounds each look.
+	boundsEvery   = 15 * time.Second
+	boundsTimeout = 5 * time.Second
 )
 
 // RabbitConfig configures the RabbitMQ bus: a publisher and a stream consumer, on the
@@ -69,6 +73,12 @@ type RabbitConfig struct {
 	// OnStall, when set, is called when no canary has come back within CanaryTimeout
 	// (the bus then declares its topology again), from the canary's goroutine.
 	OnStall func()
+	// OnStreamBounds, when set, is called every boundsEvery from the time the consumer is
+	// ready, with what the stream retains: the offset of its oldest message and when that
+	// was published (zero when it does not say), and the offset of its newest chunk's
+	// first message: how far back a resume can reach. It is not called while the stream
+	// is empty or the broker is away.
+	OnStreamBounds func(oldest, head int64, oldestTime time.Time)
 }
 
 // Rabbit is the bus of a gateway on RabbitMQ, the twin of Embedded: Publish puts a
@@ -277,13 +287,17 @@ func (r *Rabbit) Detail() map[string]any {
 	return d
 }
 
-// Run runs the stream consumer (Stream.Run) and, once it is ready, the canary, until
-// ctx ends. It returns the consumer's error at start, or nil.
+// Run runs the stream consumer (Stream.Run) and, once it is ready, the canary and the
+// look at what the stream retains, until ctx ends. It returns the consumer's error at
+// start, or nil.
 func (r *Rabbit) Run(ctx context.Context) error {
 	canaryCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	if r.cfg.CanaryInterval > 0 {
 		wg.Go(func() { r.runCanary(canaryCtx) })
+	}
+	if r.cfg.OnStreamBounds != nil {
+		wg.Go(func() { r.watchBounds(canaryCtx) })
 	}
 	err := r.stream.Run(ctx)
 	stop()
@@ -347,6 +361,32 @@ func (r *Rabbit) runCanary(ctx context.Context) {
 			r.log.Error("no canary came back through the stream within the timeout though the connections are up: the gateway is unready; declaring the topology again and attaching again",
 				"timeout", r.cfg.CanaryTimeout, "last_back", r.lastBackText(now), "exchange", r.cfg.Stream.Exchange, "stream", r.cfg.Stream.Stream)
 			r.stream.Redeclare()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// watchBounds reports what the stream retains (OnStreamBounds) every boundsEvery, from
+// the time the consumer is ready until ctx ends.
+func (r *Rabbit) watchBounds(ctx context.Context) {
+	select {
+	case <-r.stream.Ready():
+	case <-ctx.Done():
+		return
+	}
+	t := time.NewTicker(boundsEvery)
+	defer t.Stop()
+	for {
+		look, cancel := context.WithTimeout(ctx, boundsTimeout)
+		oldest, at, ok := r.stream.OldestMessage(look)
+		head, hok := r.stream.Head(look)
+		cancel()
+		if ok && hok {
+			r.cfg.OnStreamBounds(oldest, head, at)
 		}
 		select {
 		case <-ctx.Done():

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -147,34 +148,56 @@ func (s *Stream) closeReplays() {
 // (so it may be behind the newest by the rest of that chunk). It reports false when the
 // stream is empty, the broker is away or ctx ends first.
 func (s *Stream) Head(ctx context.Context) (int64, bool) {
-	return s.probe(ctx, "last")
+	off, _, ok := s.probe(ctx, "last")
+	return off, ok
 }
 
 // probe attaches a consumer at offset spec from and returns the offset of its first
-// delivery.
-func (s *Stream) probe(ctx context.Context, from string) (int64, bool) {
+// delivery and the time it was published (the time header, else the timestamp property;
+// zero when it has neither).
+func (s *Stream) probe(ctx context.Context, from string) (int64, time.Time, bool) {
 	if s.cfgErr != nil {
-		return 0, false
+		return 0, time.Time{}, false
 	}
 	ch, deliveries, err := s.replayConsume(ctx, 1, from)
 	if err != nil {
-		return 0, false
+		return 0, time.Time{}, false
 	}
 	defer ch.Close()
 	select {
 	case d, ok := <-deliveries:
 		if !ok {
-			return 0, false
+			return 0, time.Time{}, false
 		}
-		return streamDeliveryOffset(d)
+		off, ok := streamDeliveryOffset(d)
+		return off, deliveryTime(d), ok
 	case <-ctx.Done():
-		return 0, false
+		return 0, time.Time{}, false
 	}
+}
+
+// deliveryTime is when a delivery was published: its time header, else its timestamp
+// property; zero when it has neither.
+func deliveryTime(d amqp.Delivery) time.Time {
+	if v, ok := d.Headers[producer.HeaderTime].(string); ok {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			return t
+		}
+	}
+	return d.Timestamp
+}
+
+// OldestMessage returns the offset of the oldest message the stream retains and when it
+// was published (zero when it says not): how far back a resume can reach. It reports
+// false when the stream is empty, the broker is away or ctx ends first.
+func (s *Stream) OldestMessage(ctx context.Context) (int64, time.Time, bool) {
+	return s.probe(ctx, "first")
 }
 
 // Oldest returns the offset of the oldest message the stream retains: the first delivery
 // of a consumer attached at "first". It reports false when the stream is empty, the
 // broker is away or ctx ends first.
 func (s *Stream) Oldest(ctx context.Context) (int64, bool) {
-	return s.probe(ctx, "first")
+	off, _, ok := s.probe(ctx, "first")
+	return off, ok
 }

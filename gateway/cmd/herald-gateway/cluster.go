@@ -85,6 +85,8 @@ type clusterMetrics struct {
 	roundTrip prometheus.Histogram
 	canaryErr prometheus.Counter
 	stalls    prometheus.Counter
+	// What the stream retains (consumer.RabbitConfig.OnStreamBounds) and its limits.
+	oldest, head, oldestTime, maxAge, maxBytes prometheus.Gauge
 	// lastBack reads the time of the last canary back; set by setBus.
 	lastBack func() (time.Time, bool)
 }
@@ -113,12 +115,32 @@ func newClusterMetrics(reg prometheus.Registerer) *clusterMetrics {
 			Name: "herald_bus_stalls_total",
 			Help: "Times no canary came back within --canary-timeout though the connections were up: the gateway turned unready and declared its topology again.",
 		}),
+		oldest: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_bus_stream_oldest_offset",
+			Help: "Offset of the oldest message the stream retains: a resume with a since below it gets reset.",
+		}),
+		head: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_bus_stream_head_offset",
+			Help: "Offset of the first message of the stream's newest chunk, as the gateway last looked (every 15s).",
+		}),
+		oldestTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_bus_stream_oldest_timestamp_seconds",
+			Help: "Unix time at which the oldest message the stream retains was published (0: it does not say): how far back a resume can reach.",
+		}),
+		maxAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_bus_stream_max_age_seconds",
+			Help: "The stream's retention by age the gateway declares it with (--stream-max-age).",
+		}),
+		maxBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_bus_stream_max_bytes",
+			Help: "The stream's retention by size the gateway declares it with (--stream-max-bytes).",
+		}),
 	}
 	for _, l := range busLinks {
 		m.node.WithLabelValues(l)
 		m.failovers.WithLabelValues(l)
 	}
-	reg.MustRegister(m.node, m.failovers, m.roundTrip, m.canaryErr, m.stalls,
+	reg.MustRegister(m.node, m.failovers, m.roundTrip, m.canaryErr, m.stalls, m.oldest, m.head, m.oldestTime, m.maxAge, m.maxBytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "herald_bus_canary_last_return_timestamp_seconds",
 			Help: "Unix time at which the gateway's last canary came back through its consumer; 0 before the first.",
@@ -149,6 +171,23 @@ func (m *clusterMetrics) failover(link string, _, _ int) {
 		return
 	}
 	m.failovers.WithLabelValues(link).Inc()
+}
+
+// streamBounds records what the stream retains.
+func (m *clusterMetrics) streamBounds(oldest, head int64, at time.Time) {
+	m.oldest.Set(float64(oldest))
+	m.head.Set(float64(head))
+	if at.IsZero() {
+		m.oldestTime.Set(0)
+		return
+	}
+	m.oldestTime.Set(float64(at.UnixNano()) / 1e9)
+}
+
+// streamLimits records the stream's configured retention.
+func (m *clusterMetrics) streamLimits(c config) {
+	m.maxAge.Set(c.StreamMaxAge.Seconds())
+	m.maxBytes.Set(float64(c.StreamMaxBytes))
 }
 
 // setBus lets the metrics read the bus's canary.

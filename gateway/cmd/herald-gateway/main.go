@@ -311,11 +311,13 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 		OnCanary:         func(rtt time.Duration) { cm.roundTrip.Observe(rtt.Seconds()) },
 		OnCanaryFailed:   cm.canaryErr.Inc,
 		OnStall:          cm.stalls.Inc,
+		OnStreamBounds:   cm.streamBounds,
 	}, hub)
 	if err != nil {
 		return bus{}, fmt.Errorf("bus: %w", err)
 	}
 	cm.setBus(r)
+	cm.streamLimits(cfg)
 	headers := newHeaderReport()
 	return bus{
 		Publisher: r,
