@@ -70,9 +70,8 @@ var (
 	_ gateway.Publisher        = (*consumer.Embedded)(nil)
 	_ gateway.Log              = (*consumer.Stream)(nil)
 	_ gateway.Log              = (*consumer.Embedded)(nil)
-	_ gateway.Publisher        = (*consumer.Rabbit)(nil)
-	_ gateway.BusHealth        = (*consumer.Rabbit)(nil)
-	_ gateway.Log              = (*consumer.Rabbit)(nil)
+	_ gateway.Bus              = (*consumer.Rabbit)(nil)
+	_ gateway.Bus              = (*consumer.Embedded)(nil)
 )
 
 // bus is what the gateway runs on: a publisher, its health, and the loop that consumes.
