@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,7 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/heraldgw/herald/producer"
-	"github.com/heraldgw/herald/producer/redact"
+	"github.com/heraldgw/herald/producer/amqplink"
 )
 
 // Defaults of PresenceConfig's zero fields, and limits of the presence link.
@@ -57,8 +58,18 @@ type PresenceHandler interface {
 // PresenceConfig configures a PresenceLink. Every gateway of a cluster must use the same
 // broker (or broker cluster) and Exchange; only URL is required.
 type PresenceConfig struct {
-	// URL is the broker's AMQP URI, e.g. amqp://user:pass@host:5672/vhost. Required.
+	// URL is the broker's AMQP URI, e.g. amqp://user:pass@host:5672/vhost, or the
+	// comma-separated URIs of a cluster's nodes: each of the link's two connections goes
+	// to the first node that answers and, when it loses that node, to the next. Required.
 	URL string
+	// TLS configures amqps:// connections (amqplink.Config.TLS); nil: the system's CAs.
+	TLS *tls.Config
+	// Heartbeat is the AMQP heartbeat of both connections; 5s when zero.
+	Heartbeat time.Duration
+	// OnNode and OnFailover, when set, hear which node each connection is on (links
+	// "presence-consumer" and "presence-publisher"): see amqplink.Config.
+	OnNode     func(link string, node int)
+	OnFailover func(link string, from, to int)
 	// Exchange is the fanout exchange that carries presence updates; "herald.presence"
 	// when empty. It is declared durable, like the message exchange.
 	Exchange string
@@ -74,10 +85,12 @@ type PresenceConfig struct {
 	// Logger receives the link's logs; they are discarded when nil.
 	Logger *slog.Logger
 	// ReconnectMin is the first delay ceiling before reconnecting; 100ms when zero.
-	// Each failed attempt doubles the ceiling up to ReconnectMax, and each delay is drawn
-	// uniformly between zero and the ceiling (exponential backoff with full jitter).
+	// Each failed round of attempts over the node list doubles the ceiling up to
+	// ReconnectMax, and each delay is drawn uniformly between zero and the ceiling
+	// (amqplink.Backoff).
 	ReconnectMin time.Duration
-	// ReconnectMax is the largest delay ceiling between reconnect attempts; 10s when zero.
+	// ReconnectMax is the largest delay ceiling between reconnect attempts; 10s when
+	// zero. It must not be below ReconnectMin.
 	ReconnectMax time.Duration
 	// OnStateChange, when set, is called from Run's goroutine each time the link becomes
 	// connected (Connected is true), and each time it is lost (either connection) or Run
@@ -106,7 +119,6 @@ func (c PresenceConfig) withDefaults() PresenceConfig {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	c.ReconnectMin, c.ReconnectMax = reconnectDefaults(c.ReconnectMin, c.ReconnectMax)
 	if c.SendTimeout == 0 {
 		c.SendTimeout = presenceDefaultSendTimeout
 	}
@@ -115,23 +127,34 @@ func (c PresenceConfig) withDefaults() PresenceConfig {
 
 // validate reports the first field of a defaulted config that Run cannot work with.
 func (c PresenceConfig) validate() error {
-	if c.URL == "" {
-		return errors.New("consumer: presence config: URL is required")
-	}
-	if _, err := amqp.ParseURI(c.URL); err != nil {
-		return fmt.Errorf("consumer: presence config: URL: %w", redact.Error(err, c.URL))
+	if err := c.link("presence-consumer", "").Validate(); err != nil {
+		return fmt.Errorf("consumer: presence config: %w", err)
 	}
 	switch {
 	case c.TTL < 0 || c.TTL > presenceMaxTTL:
 		return fmt.Errorf("consumer: presence config: TTL %v is negative or over %v", c.TTL, presenceMaxTTL)
 	case c.MaxQueued < 0:
 		return fmt.Errorf("consumer: presence config: MaxQueued %d is negative", c.MaxQueued)
-	case c.ReconnectMin < 0:
-		return fmt.Errorf("consumer: presence config: ReconnectMin %v is negative", c.ReconnectMin)
 	case c.SendTimeout < 0:
 		return fmt.Errorf("consumer: presence config: SendTimeout %v is negative", c.SendTimeout)
 	}
 	return nil
+}
+
+// link returns the amqplink configuration of one of the link's two connections.
+func (c PresenceConfig) link(link, name string) amqplink.Config {
+	return amqplink.Config{
+		URLs:         amqplink.SplitURLs(c.URL),
+		Link:         link,
+		Name:         name,
+		TLS:          c.TLS,
+		Heartbeat:    c.Heartbeat,
+		ReconnectMin: c.ReconnectMin,
+		ReconnectMax: c.ReconnectMax,
+		Logger:       c.Logger.With("component", "presence", "exchange", c.Exchange),
+		OnNode:       c.OnNode,
+		OnFailover:   c.OnFailover,
+	}
 }
 
 // queueArgs are the arguments of each gateway's presence queue.
@@ -177,6 +200,9 @@ type PresenceLink struct {
 	// Owned by Run's goroutine: the publisher session that the link was last reported
 	// connected with, nil when it was last reported disconnected (or never connected).
 	reported *presenceSession
+
+	// The links of the two connections, made by Run.
+	consumerLink, publisherLink *amqplink.Link
 }
 
 // NewPresenceLink returns a link that delivers the cluster's presence updates to h once
@@ -226,6 +252,11 @@ func (l *PresenceLink) Run(ctx context.Context) error {
 	if err := l.cfg.validate(); err != nil {
 		return err
 	}
+	// Validated above: NewLink cannot fail.
+	l.consumerLink, _ = amqplink.NewLink(l.cfg.link("presence-consumer", l.cfg.Name+"-consumer"))
+	l.publisherLink, _ = amqplink.NewLink(l.cfg.link("presence-publisher", l.cfg.Name+"-publisher"))
+	defer l.consumerLink.Wait()
+	defer l.publisherLink.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pubDone := make(chan error, 1)
@@ -247,62 +278,64 @@ func (l *PresenceLink) Run(ctx context.Context) error {
 // runConsumer keeps a consumer session up until ctx ends (it returns nil) or the broker
 // refuses the configuration (it returns why). Run's goroutine.
 func (l *PresenceLink) runConsumer(ctx context.Context) error {
-	for delay := false; ; delay = true {
-		var s *presenceSession
-		err := l.retry(ctx, "consumer", delay, func() (err error) {
-			s, err = l.openConsumer(ctx)
-			return err
-		})
+	var next *presenceSession
+	return l.consumerLink.Keep(ctx, nil, func(ctx context.Context) (*amqplink.Session, error) {
+		s, err := l.openConsumer(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+			return nil, err
 		}
+		next = s
+		return s.Session, nil
+	}, func(*amqplink.Session) error {
+		s := next
 		l.active.Store(s)
 		l.consuming.Store(true)
-		l.log.Info("presence consumer connected", "queue", s.queue)
+		l.log.Info("presence consumer connected", "queue", s.queue, "node", s.Node()+1, "addr", s.Addr())
 		l.syncState()
-		err = l.consume(ctx, s)
+		err := l.consume(ctx, s)
 		l.active.Store(nil)
 		l.consuming.Store(false)
 		l.syncState()
-		if ctx.Err() != nil {
-			return nil
+		if err != nil {
+			err = fmt.Errorf("%w (queue %s)", err, s.queue)
 		}
-		l.log.Warn("presence consumer lost its connection or channel; reconnecting", "err", err, "queue", s.queue)
-	}
+		return err
+	})
 }
 
 // runPublisher keeps a publisher session in l.pub until ctx ends (it returns nil) or the
 // broker refuses the configuration (it calls fail, to stop Run, and returns why). The
 // publisher goroutine.
 func (l *PresenceLink) runPublisher(ctx context.Context, fail context.CancelFunc) error {
-	for delay := false; ; delay = true {
-		var s *presenceSession
-		err := l.retry(ctx, "publisher", delay, func() (err error) {
-			s, err = l.openPublisher(ctx)
-			return err
-		})
+	var next *presenceSession
+	err := l.publisherLink.Keep(ctx, nil, func(ctx context.Context) (*amqplink.Session, error) {
+		s, err := l.openPublisher(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			fail()
-			return err
+			return nil, err
 		}
+		next = s
+		return s.Session, nil
+	}, func(*amqplink.Session) error {
+		s := next
 		l.pub.Store(s)
 		l.signalPub()
-		l.log.Info("presence publisher connected")
-		err = s.watch(ctx, l.log)
+		l.log.Info("presence publisher connected", "node", s.Node()+1, "addr", s.Addr())
+		var err error
+		select {
+		case <-ctx.Done():
+		case <-s.conf.Done():
+			err = fmt.Errorf("consumer: presence: %w", s.conf.Err())
+		}
 		l.pub.Store(nil)
 		l.signalPub()
-		s.close()
-		if ctx.Err() != nil {
-			return nil
-		}
-		l.log.Warn("presence publisher lost its connection or channel; reconnecting", "err", err)
+		s.Close()
+		<-s.conf.Done()
+		return err
+	})
+	if err != nil {
+		fail()
 	}
+	return err
 }
 
 // signalPub tells Run's goroutine that pub changed, without blocking.
@@ -336,87 +369,44 @@ func (l *PresenceLink) syncState() {
 	}
 }
 
-// presenceRefusedError marks an error that the broker will give again on every attempt.
-type presenceRefusedError struct{ err error }
-
-func (e *presenceRefusedError) Error() string { return e.err.Error() }
-func (e *presenceRefusedError) Unwrap() error { return e.err }
-
-// presenceClassify marks err as refused for good when the broker closed the channel with
-// ACCESS_REFUSED (no permission on that name) or PRECONDITION_FAILED (an exchange or
-// queue of that name with other properties, or arguments the broker does not take). It
-// is meant for declares and the like, not for the handshake, where a refusal may pass
-// (a connection limit).
+// presenceClassify marks err as refused for good (amqplink.Permanent) when the broker
+// closed the channel with ACCESS_REFUSED or PRECONDITION_FAILED (amqplink.Refused). It is
+// meant for declares and the like, not for the handshake, where a refusal may pass (a
+// connection limit).
 func presenceClassify(err error) error {
-	var aerr *amqp.Error
-	if errors.As(err, &aerr) && aerr.Server &&
-		(aerr.Code == amqp.AccessRefused || aerr.Code == amqp.PreconditionFailed) {
-		return &presenceRefusedError{err: err}
+	if amqplink.Refused(err) {
+		return amqplink.Permanent(err)
 	}
 	return err
 }
 
-// retry calls open until it succeeds (it returns nil), waiting with backoff between
-// attempts, and before the first one when delay is set. It returns the error when the
-// broker refuses for good, and ctx's error when ctx ends first.
-func (l *PresenceLink) retry(ctx context.Context, role string, delay bool, open func() error) error {
-	for attempt := 0; ; attempt++ {
-		n := attempt // the backoff step before this attempt; none when negative
-		if !delay {
-			n--
-		}
-		if n >= 0 {
-			t := time.NewTimer(backoff(n, l.cfg.ReconnectMin, l.cfg.ReconnectMax))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
-			}
-		}
-		err := open()
-		if err == nil {
-			if attempt > 0 {
-				l.log.Info("presence "+role+" reconnected", "attempts", attempt+1)
-			}
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if refused := (*presenceRefusedError)(nil); errors.As(err, &refused) {
-			return refused.err
-		}
-		l.log.Warn("presence "+role+" connect failed; retrying", "err", err, "attempt", attempt+1)
-	}
-}
-
 // presenceSession is one connection and channel of the link: the consumer's (queue and
-// deliveries set) or the publisher's (in confirm mode). It is owned by the goroutine
-// that opened it; Send uses a publisher session's channel, which is safe for that.
+// deliveries set) or the publisher's (conf set: its channel in confirm mode). It is
+// owned by the goroutine that opened it; Send publishes through conf, which is safe for
+// that.
 type presenceSession struct {
-	amqpSession
+	*amqplink.Session
 
 	// Consumer sessions.
 	queue      string
 	deliveries <-chan amqp.Delivery
 
-	// Publisher sessions: blocks is received from by the session's owner, which sets
-	// blocked while the broker blocks publishing (a resource alarm).
-	blocks  chan amqp.Blocking
-	blocked atomic.Bool
+	// Publisher sessions.
+	conf *amqplink.Confirmer
 }
 
-// open connects as "<Name>-<role>", opens a channel, declares the exchange and calls
-// setup. Until it returns, cancelling ctx closes the socket, which ends the handshake or
-// any RPC at once. On error, whatever was opened is closed.
-func (l *PresenceLink) open(ctx context.Context, role string, setup func(*presenceSession) error) (*presenceSession, error) {
-	s := &presenceSession{}
-	err := s.dial(ctx, l.cfg.URL, l.cfg.Name+"-"+role, "consumer: presence "+role, func() error {
-		if err := s.ch.ExchangeDeclare(l.cfg.Exchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
+// open connects one of the link's connections, opens a channel, declares the exchange
+// and calls setup. Until it returns, cancelling ctx (or the link's CallTimeout) closes
+// the socket, which ends the handshake or any RPC at once. On error, whatever was opened
+// is closed.
+func (l *PresenceLink) open(ctx context.Context, link *amqplink.Link, role string, setup func(*presenceSession) error) (*presenceSession, error) {
+	ps := &presenceSession{}
+	s, err := link.Open(ctx, func(s *amqplink.Session) error {
+		ps.Session = s
+		if err := s.Ch.ExchangeDeclare(l.cfg.Exchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
 			return presenceClassify(fmt.Errorf("consumer: presence %s: declare exchange %q: %w", role, l.cfg.Exchange, err))
 		}
-		if err := setup(s); err != nil {
+		if err := setup(ps); err != nil {
 			return presenceClassify(fmt.Errorf("consumer: presence %s: %w", role, err))
 		}
 		return nil
@@ -424,26 +414,27 @@ func (l *PresenceLink) open(ctx context.Context, role string, setup func(*presen
 	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	ps.Session = s
+	return ps, nil
 }
 
 // openConsumer opens a consumer session: a new queue of its own, bound to the exchange
 // and consumed.
 func (l *PresenceLink) openConsumer(ctx context.Context) (*presenceSession, error) {
-	return l.open(ctx, "consumer", func(s *presenceSession) error {
-		q, err := s.ch.QueueDeclare("", false, true, true, false, l.cfg.queueArgs())
+	return l.open(ctx, l.consumerLink, "consumer", func(s *presenceSession) error {
+		q, err := s.Ch.QueueDeclare("", false, true, true, false, l.cfg.queueArgs())
 		if err != nil {
 			return fmt.Errorf("declare queue: %w", err)
 		}
 		s.queue = q.Name
-		s.notifyCancel()
-		if err := s.ch.QueueBind(q.Name, "", l.cfg.Exchange, false, nil); err != nil {
+		s.NotifyCancel()
+		if err := s.Ch.QueueBind(q.Name, "", l.cfg.Exchange, false, nil); err != nil {
 			return fmt.Errorf("bind queue %q to exchange %q: %w", q.Name, l.cfg.Exchange, err)
 		}
-		if err := s.ch.Qos(l.prefetch, 0, false); err != nil {
+		if err := s.Ch.Qos(l.prefetch, 0, false); err != nil {
 			return fmt.Errorf("set prefetch %d: %w", l.prefetch, err)
 		}
-		if s.deliveries, err = s.ch.Consume(q.Name, "", false, true, false, false, nil); err != nil {
+		if s.deliveries, err = s.Ch.Consume(q.Name, "", false, true, false, false, nil); err != nil {
 			return fmt.Errorf("consume queue %q: %w", q.Name, err)
 		}
 		return nil
@@ -452,48 +443,11 @@ func (l *PresenceLink) openConsumer(ctx context.Context) (*presenceSession, erro
 
 // openPublisher opens a publisher session: its channel in confirm mode.
 func (l *PresenceLink) openPublisher(ctx context.Context) (*presenceSession, error) {
-	return l.open(ctx, "publisher", func(s *presenceSession) error {
-		// amqp091 waits for a listener to take each notice: the publisher goroutine
-		// receives them (watch).
-		s.blocks = s.conn.NotifyBlocked(make(chan amqp.Blocking, 4))
-		if err := s.ch.Confirm(false); err != nil {
-			return fmt.Errorf("enable confirms: %w", err)
-		}
-		return nil
+	return l.open(ctx, l.publisherLink, "publisher", func(s *presenceSession) error {
+		var err error
+		s.conf, err = amqplink.NewConfirmer(s.Session, l.log)
+		return err
 	})
-}
-
-// watch waits until the publisher session's channel or connection closes (it returns
-// why) or ctx ends (it returns nil), keeping blocked up to date meanwhile. The publisher
-// goroutine.
-func (s *presenceSession) watch(ctx context.Context, log *slog.Logger) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e := <-s.chClosed:
-			if e != nil {
-				return fmt.Errorf("consumer: presence: %w", e)
-			}
-			return s.closeReason("consumer: presence")
-		case e := <-s.connClosed:
-			if e != nil {
-				return fmt.Errorf("consumer: presence: %w", e)
-			}
-			return s.closeReason("consumer: presence")
-		case b, ok := <-s.blocks:
-			if !ok {
-				s.blocks = nil // the connection is closing: a notify channel says why
-				continue
-			}
-			s.blocked.Store(b.Active)
-			if b.Active {
-				log.Warn("presence publisher blocked by the broker", "reason", b.Reason)
-			} else {
-				log.Info("presence publisher unblocked by the broker")
-			}
-		}
-	}
 }
 
 // consume reads the session's deliveries until the channel closes or ctx ends, then
@@ -504,8 +458,8 @@ func (s *presenceSession) watch(ctx context.Context, log *slog.Logger) error {
 // further delivery is waiting, so the unacked count never reaches the prefetch and a slow
 // handler leaves the rest in the queue.
 func (l *PresenceLink) consume(ctx context.Context, s *presenceSession) error {
-	defer s.close()
-	acks := newBatchAcker(s.ch, l.prefetch, l.log)
+	defer s.Close()
+	acks := newBatchAcker(s.Ch, l.prefetch, l.log)
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -529,7 +483,7 @@ func (l *PresenceLink) consume(ctx context.Context, s *presenceSession) error {
 			}
 		}
 		if !ok {
-			return s.closeReason("consumer: presence")
+			return s.CloseReason("consumer: presence")
 		}
 		l.h.HandlePresence(d.Body)
 		acks.add(d.DeliveryTag)
@@ -550,36 +504,16 @@ func (l *PresenceLink) Send(ctx context.Context, body []byte) error {
 	if s == nil || !l.consuming.Load() {
 		return fmt.Errorf("consumer: presence: send: %w: %w", ErrPresenceUnavailable, producer.ErrUnavailable)
 	}
-	if s.blocked.Load() {
-		return fmt.Errorf("consumer: presence: send: %w: %w: the broker is blocking publishes (resource alarm)",
-			ErrPresenceUnavailable, producer.ErrUnavailable)
-	}
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.SendTimeout)
 	defer cancel()
-	dc, err := s.ch.PublishWithDeferredConfirmWithContext(ctx, l.cfg.Exchange, "", false, false, amqp.Publishing{
+	err := s.conf.Publish(ctx, l.cfg.Exchange, "", false, amqp.Publishing{
 		ContentType:  presenceContentType,
 		DeliveryMode: amqp.Transient,
 		Type:         presenceType,
 		Body:         body,
 	})
-	switch {
-	case err != nil && ctx.Err() != nil:
-		return fmt.Errorf("consumer: presence: send: %w: %w", ErrPresenceUnavailable, ctx.Err())
-	case err != nil:
-		return fmt.Errorf("consumer: presence: send: %w: %w: %w", ErrPresenceUnavailable, producer.ErrUnavailable, err)
-	case dc == nil: // the channel is always in confirm mode
-		return fmt.Errorf("consumer: presence: send: %w: the channel is not in confirm mode", ErrPresenceUnavailable)
-	}
-	acked, err := dc.WaitContext(ctx)
-	switch {
-	case err != nil:
-		return fmt.Errorf("consumer: presence: send: %w: waiting for the broker's confirm: %w", ErrPresenceUnavailable, err)
-	case !acked && s.ch.IsClosed():
-		// amqp091 nacks what is pending when the channel closes.
-		return fmt.Errorf("consumer: presence: send: %w: %w: lost before the broker confirmed it",
-			ErrPresenceUnavailable, producer.ErrUnavailable)
-	case !acked:
-		return fmt.Errorf("consumer: presence: send: %w: %w", ErrPresenceUnavailable, producer.ErrNacked)
+	if err != nil {
+		return fmt.Errorf("consumer: presence: send: %w: %w", ErrPresenceUnavailable, err)
 	}
 	return nil
 }

@@ -250,7 +250,7 @@ func TestPresenceReconnect(t *testing.T) {
 
 	// The consumer's connection is lost, as when the broker drops it.
 	first := l.active.Load()
-	_ = first.conn.Close()
+	_ = first.Conn.Close()
 	rec.waitConnects(t, 2)
 	if got, want := fmt.Sprint(states.waitFor(ctx, t, 3)), "[true false true]"; got != want {
 		t.Fatalf("state changes after the consumer drop: got %s, want %s", got, want)
@@ -262,7 +262,7 @@ func TestPresenceReconnect(t *testing.T) {
 	rec.waitBodies(t, "after consumer drop")
 
 	// The publisher's connection is lost: the link is down until it is back.
-	_ = l.pub.Load().conn.Close()
+	_ = l.pub.Load().Conn.Close()
 	rec.waitConnects(t, 3)
 	if got, want := fmt.Sprint(states.waitFor(ctx, t, 5)), "[true false true false true]"; got != want {
 		t.Fatalf("state changes after the publisher drop: got %s, want %s", got, want)
@@ -415,7 +415,7 @@ func presenceQueued(t *testing.T, l *PresenceLink) int {
 	if s == nil {
 		t.Fatalf("the link has no consumer session")
 	}
-	ch, err := s.conn.Channel()
+	ch, err := s.Conn.Channel()
 	if err != nil {
 		t.Fatalf("channel on the link's connection: %v", err)
 	}
@@ -573,8 +573,7 @@ func TestPresenceRunFailsForGood(t *testing.T) {
 func TestPresenceConfigDefaults(t *testing.T) {
 	c := PresenceConfig{URL: "amqp://x/"}.withDefaults()
 	if c.Exchange != "herald.presence" || c.Name != "herald-presence" || c.TTL != 15*time.Second ||
-		c.MaxQueued != 10000 || c.ReconnectMin != 100*time.Millisecond || c.ReconnectMax != 10*time.Second ||
-		c.SendTimeout != 5*time.Second || c.Logger == nil {
+		c.MaxQueued != 10000 || c.SendTimeout != 5*time.Second || c.Logger == nil {
 		t.Errorf("defaults: got %+v", c)
 	}
 	if err := c.validate(); err != nil {

@@ -11,6 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/heraldgw/herald/producer"
+	"github.com/heraldgw/herald/producer/amqplink"
 )
 
 // probeDeleteTimeout bounds the deletion of a probe's stream, which runs even when the
@@ -50,23 +51,28 @@ type HeaderSupport struct {
 // configured stream's name, ".probe.", random hex), publishes one message to it through
 // the default exchange with the stream's name as routing key, reads it back and deletes
 // the stream. The probe's stream is bound to no exchange, so no consumer of Herald's
-// exchange or stream sees the message. It runs on a connection of its own, which ctx
-// closes when it ends (so the probe never outlives ctx), and it deletes its stream on
-// every path, on another connection bounded by probeDeleteTimeout. It returns an error
+// exchange or stream sees the message. It runs on a connection of its own (the "probe"
+// link), which ctx or the link's CallTimeout closes when it ends (so the probe never
+// outlives either), and it deletes its stream on every path, on another connection
+// bounded by probeDeleteTimeout. It returns an error
 // when it could not find the answer; one that matches ErrProbeStreamLeft comes with the
 // answer.
 func (s *Stream) ProbeHeaders(ctx context.Context) (HeaderSupport, error) {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	hs := HeaderSupport{Stream: s.cfg.Stream + ".probe." + hex.EncodeToString(b[:])}
+	if s.cfgErr != nil {
+		return HeaderSupport{}, s.cfgErr
+	}
 	var got amqp.Table
-	var ps amqpSession
-	err := ps.dial(ctx, s.cfg.URL, s.cfg.Name+"-probe", "consumer: header probe", func() error {
+	ps, err := s.probeLink.Open(ctx, func(ps *amqplink.Session) error {
 		var err error
-		got, err = s.probeStream(ctx, ps.ch, hs.Stream)
+		got, err = s.probeStream(ctx, ps.Ch, hs.Stream)
 		return err
 	})
-	ps.close()
+	if ps != nil {
+		ps.Close()
+	}
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("consumer: header probe: %w: %w", ctx.Err(), err)
 	}
@@ -81,12 +87,14 @@ func (s *Stream) ProbeHeaders(ctx context.Context) (HeaderSupport, error) {
 
 	del, cancel := context.WithTimeout(context.Background(), probeDeleteTimeout)
 	defer cancel()
-	var ds amqpSession
-	derr := ds.dial(del, s.cfg.URL, s.cfg.Name+"-probe-cleanup", "consumer: header probe cleanup", func() error {
-		_, err := ds.ch.QueueDelete(hs.Stream, false, false, false)
+	ds, derr := s.probeLink.Open(del, func(ds *amqplink.Session) error {
+		_, err := ds.Ch.QueueDelete(hs.Stream, false, false, false)
 		return err
 	})
-	ds.close()
+	if ds != nil {
+		ds.Close()
+	}
+	s.probeLink.Wait()
 	switch {
 	case derr == nil:
 	case err == nil:

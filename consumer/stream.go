@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/heraldgw/herald/producer"
+	"github.com/heraldgw/herald/producer/amqplink"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -25,8 +27,10 @@ const (
 	streamDefaultName     = "herald-consumer"
 	streamDefaultStart    = "last"
 	streamDefaultWarmUp   = time.Second
-	streamMaxPrefetch     = 65535       // basic.qos carries the count in 16 bits
-	streamAttachSkewGuard = time.Second // see Stream.resumeArg
+	streamDefaultReplicas = 3
+	streamDefaultLocator  = "balanced"
+	streamMaxPrefetch     = 65535 // basic.qos carries the count in 16 bits
+	streamMaxReplicas     = 255   // more nodes than any RabbitMQ cluster has
 
 	// The warm-up is over once the head found at start is reached and no delivery has
 	// come for warmUpSettle (the rest of the head's chunk is on its way), or at most
@@ -35,12 +39,30 @@ const (
 	warmUpSettleMax = time.Second
 )
 
-// StreamConfig configures a Stream. Every gateway that consumes the same stream must use
-// the same Exchange, Stream, MaxAge, MaxBytes and SegmentBytes: RabbitMQ refuses to declare
-// a queue again with different arguments (PRECONDITION_FAILED), and Run reports that.
+// StreamConfig configures a Stream. Every gateway that consumes the same stream should
+// use the same Exchange, Stream, MaxAge, MaxBytes, SegmentBytes, Replicas and
+// LeaderLocator: the stream is declared with them only when it does not exist yet. A
+// stream that exists with other arguments is used as it is, and Run logs which differ
+// and how to change them (RabbitMQ refuses to declare it again with others).
 type StreamConfig struct {
-	// URL is the broker's AMQP URI, e.g. amqp://user:pass@host:5672/vhost. Required.
+	// URL is the broker's AMQP URI, e.g. amqp://user:pass@host:5672/vhost, or the
+	// comma-separated URIs of a cluster's nodes: every connection of the Stream (the
+	// consumer's, the replays', the probe's) goes to the first node that answers and,
+	// when it loses that node, to the next (amqplink). Required.
 	URL string
+	// TLS configures amqps:// connections (amqplink.Config.TLS); nil: the system's CAs.
+	TLS *tls.Config
+	// Heartbeat is the AMQP heartbeat of every connection; 5s when zero: a node that
+	// hangs without closing the connection is given up after 7.5s.
+	Heartbeat time.Duration
+	// Replicas is how many nodes hold a copy of the stream (x-initial-cluster-size), set
+	// when the stream is declared; RabbitMQ caps it at the cluster's size. 3 when zero:
+	// a 3-node cluster then survives the loss of any one node.
+	Replicas int
+	// LeaderLocator picks the node of a new stream's leader (x-queue-leader-locator):
+	// "balanced" (the node with the fewest leaders) or "client-local" (the node the
+	// declaring gateway is connected to); "balanced" when empty.
+	LeaderLocator string
 	// Exchange is the durable fanout exchange that publishers publish to; "herald" when empty.
 	Exchange string
 	// Stream is the durable stream queue bound to Exchange; "herald.stream" when empty.
@@ -63,11 +85,22 @@ type StreamConfig struct {
 	// Logger receives the consumer's logs; they are discarded when nil.
 	Logger *slog.Logger
 	// ReconnectMin is the first delay ceiling before reconnecting; 100ms when zero.
-	// Each failed attempt doubles the ceiling up to ReconnectMax, and each delay is drawn
-	// uniformly between zero and the ceiling (exponential backoff with full jitter).
+	// Each failed round of attempts over the node list doubles the ceiling up to
+	// ReconnectMax, and each delay is drawn uniformly between zero and the ceiling
+	// (amqplink.Backoff).
 	ReconnectMin time.Duration
-	// ReconnectMax is the largest delay ceiling between reconnect attempts; 10s when zero.
+	// ReconnectMax is the largest delay ceiling between reconnect attempts; 10s when
+	// zero. It must not be below ReconnectMin.
 	ReconnectMax time.Duration
+	// OnNode and OnFailover, when set, hear which node each connection of the Stream is
+	// on (links "consumer" and "replay"): see amqplink.Config.
+	OnNode     func(link string, node int)
+	OnFailover func(link string, from, to int)
+	// OnControl, when set, is called from Run's goroutine with each control message the
+	// stream delivers (a delivery with the producer.HeaderControl header, such as the
+	// gateways' canaries): its kind (the header's value) and its body. Control messages
+	// are never dispatched.
+	OnControl func(kind string, body []byte)
 	// OnStateChange, when set, is called from Run's goroutine each time the consumer is
 	// attached to the stream (true) and each time it is lost or shut down (false).
 	OnStateChange func(connected bool)
@@ -132,15 +165,37 @@ func (c StreamConfig) withDefaults() StreamConfig {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	c.ReconnectMin, c.ReconnectMax = reconnectDefaults(c.ReconnectMin, c.ReconnectMax)
+	if c.Replicas == 0 {
+		c.Replicas = streamDefaultReplicas
+	}
+	if c.LeaderLocator == "" {
+		c.LeaderLocator = streamDefaultLocator
+	}
 	return c
+}
+
+// link returns the amqplink configuration of the Stream's link named link.
+func (c StreamConfig) link(link, name string) amqplink.Config {
+	return amqplink.Config{
+		URLs:         amqplink.SplitURLs(c.URL),
+		Link:         link,
+		Name:         name,
+		TLS:          c.TLS,
+		Heartbeat:    c.Heartbeat,
+		ReconnectMin: c.ReconnectMin,
+		ReconnectMax: c.ReconnectMax,
+		Logger:       c.Logger.With("component", "consumer", "stream", c.Stream),
+		OnNode:       c.OnNode,
+		OnFailover:   c.OnFailover,
+	}
 }
 
 // validate reports the first field of a defaulted config that Run cannot work with.
 func (c StreamConfig) validate() error {
+	if err := c.link("consumer", c.Name).Validate(); err != nil {
+		return fmt.Errorf("consumer: stream config: %w", err)
+	}
 	switch {
-	case c.URL == "":
-		return errors.New("consumer: stream config: URL is required")
 	case c.MaxAge < 0:
 		return fmt.Errorf("consumer: stream config: MaxAge %v is negative", c.MaxAge)
 	case c.MaxBytes < 0:
@@ -149,8 +204,10 @@ func (c StreamConfig) validate() error {
 		return fmt.Errorf("consumer: stream config: SegmentBytes %d is negative", c.SegmentBytes)
 	case c.Prefetch < 1 || c.Prefetch > streamMaxPrefetch:
 		return fmt.Errorf("consumer: stream config: Prefetch %d is outside 1..%d", c.Prefetch, streamMaxPrefetch)
-	case c.ReconnectMin < 0:
-		return fmt.Errorf("consumer: stream config: ReconnectMin %v is negative", c.ReconnectMin)
+	case c.Replicas < 1 || c.Replicas > streamMaxReplicas:
+		return fmt.Errorf("consumer: stream config: Replicas %d is outside 1..%d", c.Replicas, streamMaxReplicas)
+	case c.LeaderLocator != "balanced" && c.LeaderLocator != "client-local":
+		return fmt.Errorf("consumer: stream config: LeaderLocator %q: want \"balanced\" or \"client-local\"", c.LeaderLocator)
 	case c.WarmUpWait < 0:
 		return fmt.Errorf("consumer: stream config: WarmUpWait %v is negative", c.WarmUpWait)
 	}
@@ -173,9 +230,11 @@ func (c StreamConfig) validate() error {
 // queueArgs are the arguments that declare the stream with its retention.
 func (c StreamConfig) queueArgs() amqp.Table {
 	args := amqp.Table{
-		"x-queue-type":       "stream",
-		"x-max-age":          streamMaxAgeArg(c.MaxAge),
-		"x-max-length-bytes": c.MaxBytes,
+		"x-queue-type":           "stream",
+		"x-max-age":              streamMaxAgeArg(c.MaxAge),
+		"x-max-length-bytes":     c.MaxBytes,
+		"x-initial-cluster-size": int64(c.Replicas),
+		"x-queue-leader-locator": c.LeaderLocator,
 	}
 	if c.SegmentBytes > 0 {
 		args["x-stream-max-segment-size-bytes"] = c.SegmentBytes
@@ -192,34 +251,49 @@ func streamMaxAgeArg(d time.Duration) string {
 
 // Stream is one gateway's consumer of the RabbitMQ stream bound to Herald's fanout
 // exchange. It hands every message to its Dispatcher in the stream's order, each with its
-// stream offset, and reconnects on its own: after a connection loss or a broker restart it
-// attaches again just after the last offset it received, so nothing within retention is
-// lost or dispatched twice.
+// stream offset, and reconnects on its own: after a connection loss, a broker restart or
+// the loss of the cluster node it was on, it attaches again, to the next node of its list
+// first, just after the last offset it received (offsets are the same on every node), so
+// nothing within retention is lost or dispatched twice.
 //
 // At start it attaches a little back (StreamConfig.Start: the stream's last chunk) and
 // dispatches what it reads up to the stream's head before it is Ready: a warm-up, after
 // which the newest offset in the stream is known (OnLogStart), so that the first welcome
 // frames can carry it.
 //
+// Control messages (producer.HeaderControl) are handed to OnControl, never dispatched,
+// and skipped by Replay.
+//
 // Run does all the work on the caller's goroutine: it owns the connection, the channel
 // and the position in the stream, and it is the only goroutine that calls Dispatch and
-// the config's callbacks. Connected, LastOffset, Ready, Replay, Head, Oldest and
-// ProbeHeaders are safe to call from any goroutine.
+// the config's callbacks. Connected, LastOffset, Position, Ready, Redeclare, Replay, Head,
+// Oldest and ProbeHeaders are safe to call from any goroutine.
 type Stream struct {
 	cfg   StreamConfig // defaults applied; read-only after NewStream
 	d     Dispatcher
 	log   *slog.Logger
 	ready chan struct{} // closed by Run when the warm-up is over
+	// cfgErr is what validate found wrong with cfg; Run, Replay and the probes return it.
+	cfgErr error
+
+	// The Stream's links: the consumer's (Run's), the replays' and the probes'; nil when
+	// cfgErr is set.
+	consumerLink, replayLink, probeLink *amqplink.Link
 
 	started   atomic.Bool  // set by the first call of Run
 	connected atomic.Bool  // whether a consumer is attached now
 	last      atomic.Int64 // offset of the last message dispatched; message.NoOffset before one
+	position  atomic.Int64 // pos, for other goroutines
+
+	// redeclare has room for one request (Redeclare) to re-declare the topology and
+	// attach again; received by Run's goroutine.
+	redeclare chan struct{}
 
 	// replaySlots has a place for each replay running (see Replay); replayMu protects
 	// replayConn, the connection replays share.
 	replaySlots chan struct{}
 	replayMu    sync.Mutex
-	replayConn  *amqp.Connection
+	replayConn  *amqplink.Conn
 
 	// probeHook, set by tests only, is called by ProbeHeaders once the probe's stream is
 	// declared.
@@ -231,6 +305,12 @@ type Stream struct {
 	warm       warmUp
 	headerLogs logSampler
 	dropLogs   logSampler
+	next       *streamSession // the session open made last, for serve to take
+	// compare is set when the next attach must compare the stream's arguments with the
+	// configured ones (the first attach, and after Redeclare); argsLogged remembers the
+	// differences last logged, so that they are not logged again at each re-declare.
+	compare    bool
+	argsLogged string
 }
 
 // warmUp is the state of a Stream's warm-up: from the first attach until it has read up
@@ -244,19 +324,30 @@ type warmUp struct {
 }
 
 // NewStream returns a Stream that will deliver to d once Run is called. It does not
-// connect; zero fields of cfg take the defaults documented on StreamConfig.
+// connect; zero fields of cfg take the defaults documented on StreamConfig. A config
+// that cannot work is reported by Run.
 func NewStream(cfg StreamConfig, d Dispatcher) *Stream {
 	cfg = cfg.withDefaults()
 	s := &Stream{
-		cfg:   cfg,
-		d:     d,
-		log:   cfg.Logger.With("component", "consumer", "stream", cfg.Stream),
-		ready: make(chan struct{}),
-		pos:   message.NoOffset,
+		cfg:       cfg,
+		d:         d,
+		log:       cfg.Logger.With("component", "consumer", "stream", cfg.Stream),
+		ready:     make(chan struct{}),
+		pos:       message.NoOffset,
+		redeclare: make(chan struct{}, 1),
+		compare:   true,
 
 		replaySlots: make(chan struct{}, maxReplays),
 	}
 	s.last.Store(message.NoOffset)
+	s.position.Store(message.NoOffset)
+	if s.cfgErr = cfg.validate(); s.cfgErr != nil {
+		return s
+	}
+	// Validated above: NewLink cannot fail.
+	s.consumerLink, _ = amqplink.NewLink(cfg.link("consumer", cfg.Name))
+	s.replayLink, _ = amqplink.NewLink(cfg.link("replay", cfg.Name+"-replay"))
+	s.probeLink, _ = amqplink.NewLink(cfg.link("probe", cfg.Name+"-probe"))
 	return s
 }
 
@@ -278,20 +369,52 @@ func (s *Stream) LastOffset() (int64, bool) {
 	return off, off != message.NoOffset
 }
 
+// Position returns the stream offset of the last delivery the consumer handled, whether
+// it dispatched it or not (a control message, one it could not decode), and false before
+// the first. The consumer resumes just after it.
+func (s *Stream) Position() (int64, bool) {
+	off := s.position.Load()
+	return off, off != message.NoOffset
+}
+
+// Node returns the index, in the list of StreamConfig.URL, of the node the consumer is
+// attached through, and false while it is not attached.
+func (s *Stream) Node() (int, bool) {
+	if s.consumerLink == nil || !s.connected.Load() {
+		return 0, false
+	}
+	return s.consumerLink.Current()
+}
+
+// Redeclare asks Run to declare the exchange and the stream again, bind them, compare
+// the stream's arguments, and attach again just after the last offset handled: what a
+// gateway does when messages stopped coming though every connection is up (a binding
+// deleted, a consumer the broker stopped serving). It does not wait.
+func (s *Stream) Redeclare() {
+	select {
+	case s.redeclare <- struct{}{}:
+	default:
+	}
+}
+
+// errRedeclare ends a session on Redeclare's request.
+var errRedeclare = errors.New("consumer: re-declaring the topology and attaching again, as asked")
+
 // Run connects, declares the exchange and the stream, binds them, and dispatches the
 // stream from StreamConfig.Start (the warm-up, until Ready) and every message published
 // from then on, until ctx is cancelled. It returns an error only when the configuration
-// is invalid or the first connect or declare fails, so that a gateway fails fast at start
-// with a clear message; after that it reconnects with backoff for as long as ctx lives, and
-// returns nil once ctx is cancelled and the channel and connection are closed. Run may be
-// called once.
+// is invalid or the first connect or declare fails (on every node of the list), so that
+// a gateway fails fast at start with a clear message; after that it reconnects with
+// backoff for as long as ctx lives, and returns nil once ctx is cancelled and the
+// connections are closed. Run may be called once.
 func (s *Stream) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("consumer: stream: Run called twice")
 	}
-	if err := s.cfg.validate(); err != nil {
-		return err
+	if s.cfgErr != nil {
+		return s.cfgErr
 	}
+	defer s.consumerLink.Wait()
 	defer s.closeReplays()
 	ss, err := s.open(ctx, s.cfg.Start)
 	if err != nil {
@@ -303,30 +426,39 @@ func (s *Stream) Run(ctx context.Context) error {
 	s.attached = time.Now()
 	s.setConnected(true)
 	s.log.Info("consumer attached to stream; reading up to its head before it is ready",
-		"offset", s.cfg.Start, "exchange", s.cfg.Exchange)
+		"offset", s.cfg.Start, "exchange", s.cfg.Exchange, "node", ss.Node()+1, "addr", ss.Addr())
 	s.beginWarmUp(ctx)
 
-	resumed := false
-	for {
-		s.setConnected(true) // already true after the first attach
-		if resumed && s.cfg.OnReconnect != nil {
-			s.cfg.OnReconnect()
+	first := true
+	_ = s.consumerLink.Keep(ctx, ss.Session, func(ctx context.Context) (*amqplink.Session, error) {
+		from := s.resumeArg()
+		ss, err := s.open(ctx, from)
+		if err != nil {
+			return nil, err
 		}
-		if resumed && !s.warm.done {
-			s.warm.seen = time.Now() // give the new consumer its time to deliver
+		s.log.Info("consumer attached to stream again", "offset", from, "node", ss.Node()+1, "addr", ss.Addr())
+		return ss.Session, nil
+	}, func(*amqplink.Session) error {
+		ss := s.next
+		if !first {
+			s.setConnected(true)
+			if s.cfg.OnReconnect != nil {
+				s.cfg.OnReconnect()
+			}
+			if !s.warm.done {
+				s.warm.seen = time.Now() // give the new consumer its time to deliver
+			}
 		}
+		first = false
 		err := s.consume(ctx, ss)
 		s.setConnected(false)
-		if ctx.Err() != nil {
-			s.log.Info("consumer stopped")
-			return nil
+		if err != nil {
+			err = fmt.Errorf("%w (last offset %d)", err, s.pos)
 		}
-		s.log.Warn("consumer lost the stream; reconnecting", "err", err, "last_offset", s.pos)
-		if ss, err = s.reconnect(ctx); err != nil {
-			return nil // ctx is done
-		}
-		resumed = true
-	}
+		return err
+	})
+	s.log.Info("consumer stopped")
+	return nil
 }
 
 // beginWarmUp finds the head of the stream after the first attach: the offset at which
@@ -392,85 +524,53 @@ func (s *Stream) setConnected(v bool) {
 	}
 }
 
-// reconnect opens sessions with backoff until one is attached, resuming after the last
-// delivery handled. It returns an error only when ctx is done.
-func (s *Stream) reconnect(ctx context.Context) (*streamSession, error) {
-	for attempt := 0; ; attempt++ {
-		t := time.NewTimer(backoff(attempt, s.cfg.ReconnectMin, s.cfg.ReconnectMax))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
-		}
-		from := s.resumeArg()
-		ss, err := s.open(ctx, from)
-		if err == nil {
-			s.log.Info("consumer attached to stream again", "offset", from, "attempt", attempt+1)
-			return ss, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		s.log.Warn("consumer reconnect failed", "err", err, "attempt", attempt+1)
-	}
-}
-
 // resumeArg is the x-stream-offset to attach at after a loss: just after the last
 // delivery handled. Before any delivery there is no offset to resume from, and attaching
-// at "next" would lose what was published while the consumer was away:
-//   - started at an offset, or at "first": attach there again, which is exact;
-//   - started at "last" on a stream the warm-up found empty: every message in the stream
-//     now came after the first attach, so "first" is exact too;
-//   - otherwise (a time): attach at the time of the first attach, less a guard for clock
-//     skew. RabbitMQ 3.10 takes a time in whole seconds and, measured here, finds nothing
-//     for a time less than about two seconds before the stream was declared, so this is
-//     the fallback, not the rule.
+// at "last" again would lose what was published while the consumer was away: it attaches
+// where the first attach did when Start was a place of its own (an offset, "first", a
+// time); after "last", at the head found then (the warm-up's target), or at "first" when
+// the stream was empty then, since all it holds came after. (RabbitMQ 3.10 attaches a
+// time within the stream's last segment at its end, so a time is no place to resume at.)
 func (s *Stream) resumeArg() any {
-	if s.pos != message.NoOffset {
+	switch {
+	case s.pos != message.NoOffset:
 		return s.pos + 1
+	case s.cfg.Start != "last":
+		return s.cfg.Start
+	case s.warm.target != message.NoOffset:
+		return s.warm.target
+	default:
+		return "first"
 	}
-	switch start := s.cfg.Start.(type) {
-	case int64:
-		return start
-	case string:
-		if start == "first" || start == "last" && s.warm.target == message.NoOffset {
-			return "first"
-		}
-	}
-	return s.attached.Add(-streamAttachSkewGuard)
 }
 
-// streamSession is one connection, channel and consumer of the stream. It is owned by
-// Run's goroutine.
+// streamSession is one session of the consumer: its connection, channel and consumer of
+// the stream. It is owned by Run's goroutine.
 type streamSession struct {
-	amqpSession
+	*amqplink.Session
 	deliveries <-chan amqp.Delivery
 	from       any // the x-stream-offset this session attached at
 }
 
-// open connects and attaches a consumer at offset from ("next", an int64 offset or a
-// time.Time). Until the consumer is attached, cancelling ctx closes the socket, which
-// ends any handshake or RPC at once.
+// open connects to the first node that answers and attaches a consumer at offset from
+// ("first", "last", an int64 offset or a time.Time), after declaring the topology
+// (declare). The whole setup is bounded by the link's CallTimeout, and cancelling ctx
+// ends it at once. Run's goroutine: it sets s.next.
 func (s *Stream) open(ctx context.Context, from any) (*streamSession, error) {
-	ss := &streamSession{from: from}
 	c := s.cfg
-	err := ss.dial(ctx, c.URL, c.Name, "consumer", func() (err error) {
-		ss.notifyCancel()
-		if err = ss.ch.ExchangeDeclare(c.Exchange, "fanout", true, false, false, false, nil); err != nil {
-			return fmt.Errorf("consumer: declare exchange %q: %w", c.Exchange, err)
-		}
-		if _, err = ss.ch.QueueDeclare(c.Stream, true, false, false, false, c.queueArgs()); err != nil {
-			return fmt.Errorf("consumer: declare stream %q: %w", c.Stream, err)
-		}
-		if err = ss.ch.QueueBind(c.Stream, "", c.Exchange, false, nil); err != nil {
-			return fmt.Errorf("consumer: bind stream %q to exchange %q: %w", c.Stream, c.Exchange, err)
+	ss := &streamSession{from: from}
+	compare := s.compare
+	session, err := s.consumerLink.Open(ctx, func(as *amqplink.Session) (err error) {
+		ss.Session = as
+		as.NotifyCancel()
+		if err := s.declare(as, compare); err != nil {
+			return err
 		}
 		// A stream consumer must have a prefetch limit, set before it consumes.
-		if err = ss.ch.Qos(c.Prefetch, 0, false); err != nil {
+		if err = as.Ch.Qos(c.Prefetch, 0, false); err != nil {
 			return fmt.Errorf("consumer: set prefetch %d: %w", c.Prefetch, err)
 		}
-		ss.deliveries, err = ss.ch.Consume(c.Stream, "", false, false, false, false,
+		ss.deliveries, err = as.Ch.Consume(c.Stream, "", false, false, false, false,
 			amqp.Table{producer.HeaderStreamOffset: from})
 		if err != nil {
 			return fmt.Errorf("consumer: consume stream %q at %v: %w", c.Stream, from, err)
@@ -480,6 +580,9 @@ func (s *Stream) open(ctx context.Context, from any) (*streamSession, error) {
 	if err != nil {
 		return nil, err
 	}
+	ss.Session = session
+	s.compare = false
+	s.next = ss
 	return ss, nil
 }
 
@@ -490,8 +593,8 @@ func (s *Stream) open(ctx context.Context, from any) (*streamSession, error) {
 // with multiple=true every Prefetch/2 deliveries, or as soon as no further delivery is
 // waiting, and the unacked count never reaches Prefetch.
 func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
-	defer ss.close()
-	acks := newBatchAcker(ss.ch, s.cfg.Prefetch, s.log)
+	defer ss.Close()
+	acks := newBatchAcker(ss.Ch, s.cfg.Prefetch, s.log)
 	expect := message.NoOffset // the first offset this session should deliver, when resuming at one
 	if off, ok := ss.from.(int64); ok {
 		expect = off
@@ -522,6 +625,9 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 			case d, ok = <-ss.deliveries:
 			case <-tick:
 				continue
+			case <-s.redeclare:
+				s.compare = true
+				return errRedeclare
 			case <-ctx.Done():
 				return nil
 			}
@@ -530,7 +636,7 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 			}
 		}
 		if !ok {
-			return ss.closeReason("consumer")
+			return ss.CloseReason("consumer")
 		}
 		if expect != message.NoOffset {
 			// Offsets skip a number at each segment's start, so a later offset is not in
@@ -556,7 +662,8 @@ func (s *Stream) consume(ctx context.Context, ss *streamSession) error {
 
 // handle decodes one delivery and dispatches it, unless it is at or before the position
 // already handled (a stream can deliver again from the start of a chunk when a consumer
-// attaches inside it) or cannot be decoded. It does not ack.
+// attaches inside it), a control message (handed to OnControl) or cannot be decoded. It
+// does not ack.
 func (s *Stream) handle(d amqp.Delivery) {
 	off, hasOff := streamDeliveryOffset(d)
 	if hasOff {
@@ -565,6 +672,14 @@ func (s *Stream) handle(d amqp.Delivery) {
 			return
 		}
 		s.pos = off
+		s.position.Store(off)
+	}
+	if kind, ok := d.Headers[producer.HeaderControl]; ok {
+		if s.cfg.OnControl != nil {
+			k, _ := kind.(string)
+			s.cfg.OnControl(k, d.Body)
+		}
+		return
 	}
 	m, skipped, err := producer.Decode(d)
 	for _, he := range skipped {

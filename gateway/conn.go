@@ -727,7 +727,7 @@ func (c *Conn) publish(r request) {
 		c.replyError(CodeForbidden, "clients may not publish on this gateway", r.Ref)
 		return
 	}
-	m := message.Message{From: c.usr, Data: r.Data, Source: sourceWS}
+	m := message.Message{ID: r.ID, From: c.usr, Data: r.Data, Source: sourceWS}
 	if r.Channel != nil {
 		m.Channel = *r.Channel
 	}

@@ -131,6 +131,7 @@ type request struct {
 	Channel *string         `json:"channel"`
 	Since   *int64          `json:"since"`
 	Data    json.RawMessage `json:"data"`
+	ID      string          `json:"id"`    // publish: the message's id; empty: one is given
 	Token   string          `json:"token"` // refresh
 	// Presence, on subscribe, asks for the channel's join and leave events; Limit and
 	// After page a presence answer. They are read (into the fields below) only for the

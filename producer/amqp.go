@@ -28,6 +28,10 @@ const (
 	HeaderSource = "source"
 	// HeaderStreamOffset is set by RabbitMQ on every delivery from a stream queue.
 	HeaderStreamOffset = "x-stream-offset"
+	// HeaderControl marks a control message of the gateways, not a Herald message: every
+	// reader skips a delivery that has it, whatever its value, which names the kind
+	// ("canary": a gateway's probe of its own message path). PROTOCOL.md section 15.
+	HeaderControl = "x-herald-control"
 )
 
 // ContentType is the content type of every message body Herald publishes.

@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/producer/amqplink"
 	"github.com/heraldgw/herald/producer/redact"
 )
 
@@ -104,6 +104,16 @@ type config struct {
 	FrameRate    float64
 	FrameBurst   int
 	MaxFragments int
+
+	// The broker cluster (README "Running on a RabbitMQ cluster").
+	AMQPCAFile          string
+	AMQPCertFile        string
+	AMQPKeyFile         string
+	AMQPHeartbeat       time.Duration
+	StreamReplicas      int
+	StreamLeaderLocator string
+	CanaryInterval      time.Duration
+	CanaryTimeout       time.Duration
 }
 
 // parseConfig reads flags from args, with defaults from the environment. It returns
@@ -120,7 +130,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.str(&c.Addr, "addr", "HERALD_ADDR", ":8080", "address to listen on")
 	e.str(&c.NodeID, "node-id", "HERALD_NODE_ID", host, "this gateway's name in welcome frames and logs")
 	e.str(&c.APIKey, "api-key", "HERALD_API_KEY", "", "bearer key of POST /api/publish; empty turns the API off")
-	e.str(&c.AMQPURL, "amqp-url", "HERALD_AMQP_URL", "", "RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/; empty runs the embedded bus (one gateway)")
+	e.str(&c.AMQPURL, "amqp-url", "HERALD_AMQP_URL", "", "RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/, or the comma-separated URLs of a cluster's nodes (each connection goes to the first that answers, then the next); empty runs the embedded bus (one gateway)")
 	e.str(&c.Exchange, "exchange", "HERALD_EXCHANGE", "herald", "RabbitMQ fanout exchange that publishers publish to")
 	e.str(&c.Stream, "stream", "HERALD_STREAM", "herald.stream", "RabbitMQ stream queue bound to the exchange; it gives messages their offsets")
 	e.dur(&c.StreamMaxAge, "stream-max-age", "HERALD_STREAM_MAX_AGE", 24*time.Hour, "how long the stream retains messages")
@@ -186,6 +196,14 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.int(&c.MaxPendingPerIP, "max-pending-connections-per-ip", "HERALD_MAX_PENDING_CONNECTIONS_PER_IP", 0, "of those, how many one client address may hold; 0: no limit (clients behind a NAT or proxy share an address)")
 	e.str(&c.AdminAddr, "admin-addr", "HERALD_ADMIN_ADDR", "", "address of a separate listener with /metrics, /healthz, /readyz and /debug/pprof, e.g. 127.0.0.1:9090; then /metrics is served there only; empty: off")
 	fs.BoolVar(&c.CheckOnly, "check-config", false, "check the configuration (flags and environment) and exit: 0 when the gateway would start with it, 2 otherwise")
+	e.str(&c.AMQPCAFile, "amqp-ca-file", "HERALD_AMQP_CA_FILE", "", "PEM file of the CAs that sign the brokers' certificates, for amqps:// URLs; empty: the system's CAs")
+	e.str(&c.AMQPCertFile, "amqp-cert-file", "HERALD_AMQP_CERT_FILE", "", "PEM file of the client certificate presented to the brokers over amqps:// (with --amqp-key-file)")
+	e.str(&c.AMQPKeyFile, "amqp-key-file", "HERALD_AMQP_KEY_FILE", "", "PEM file of the client certificate's private key")
+	e.dur(&c.AMQPHeartbeat, "amqp-heartbeat", "HERALD_AMQP_HEARTBEAT", 5*time.Second, "AMQP heartbeat of every broker connection: a node silent for 1.5 times it is given up, and the connection moves to the next node; whole seconds")
+	e.int(&c.StreamReplicas, "stream-replicas", "HERALD_STREAM_REPLICAS", 3, "nodes that hold a copy of the stream when it is declared (x-initial-cluster-size; capped at the cluster's size)")
+	e.str(&c.StreamLeaderLocator, "stream-leader-locator", "HERALD_STREAM_LEADER_LOCATOR", "balanced", "where a new stream's leader goes (x-queue-leader-locator): balanced or client-local")
+	e.dur(&c.CanaryInterval, "canary-interval", "HERALD_CANARY_INTERVAL", 5*time.Second, "how often the gateway sends a canary through the exchange and times its return through its own consumer; 0: no canary")
+	e.dur(&c.CanaryTimeout, "canary-timeout", "HERALD_CANARY_TIMEOUT", 20*time.Second, "no canary back within this: /readyz answers 503 with the reason, and the gateway declares its topology again and attaches again")
 	e.str(&c.LogFormat, "log-format", "HERALD_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 
@@ -237,6 +255,7 @@ func (c *config) validate() error {
 	if c.AMQPURL != "" {
 		add(checkAMQPURLs("amqp-url", c.AMQPURL))
 	}
+	errs = append(errs, c.validateCluster()...)
 	for name, v := range map[string]string{"exchange": c.Exchange, "stream": c.Stream, "presence-exchange": c.PresenceExchange} {
 		if v == "" || len(v) > 255 {
 			add(invalid(name, "%.64q: want a name of 1 to 255 bytes", v))
@@ -431,30 +450,14 @@ func validHost(host string) bool {
 	return true
 }
 
-// maxAMQPURLs is how many URLs --amqp-url may list: one until the gateway dials a list
-// of nodes.
-const maxAMQPURLs = 1
-
-// amqpListSplit finds the commas that start another URL of a list: a comma inside one
-// URL (a password may hold one) is not followed by a scheme.
-var amqpListSplit = regexp.MustCompile(`,\s*[A-Za-z][A-Za-z0-9+.-]*://`)
-
-// splitURLs splits a comma-separated list of URLs.
-func splitURLs(s string) []string {
-	var out []string
-	start := 0
-	for _, loc := range amqpListSplit.FindAllStringIndex(s, -1) {
-		out = append(out, strings.TrimSpace(s[start:loc[0]]))
-		start = loc[0] + 1
-	}
-	return append(out, strings.TrimSpace(s[start:]))
-}
+// maxAMQPURLs is how many URLs --amqp-url may list: the nodes of a cluster.
+const maxAMQPURLs = 32
 
 // checkAMQPURLs checks an AMQP URL, or a comma-separated list of them, element by
 // element, as the AMQP client will read them: amqp:// or amqps://, a host, a port in
 // range, a well-escaped password, known parameters. Errors show the URLs redacted.
 func checkAMQPURLs(name, list string) error {
-	urls := splitURLs(list)
+	urls := amqplink.SplitURLs(list)
 	var errs []error
 	for i, raw := range urls {
 		where := redact.URL(raw)
@@ -496,7 +499,14 @@ func checkAMQPURLs(name, list string) error {
 		}
 	}
 	if len(urls) > maxAMQPURLs {
-		errs = append(errs, invalid(name, "%d URLs: this gateway takes one", len(urls)))
+		errs = append(errs, invalid(name, "%d URLs: at most %d", len(urls), maxAMQPURLs))
+	}
+	seen := map[string]bool{}
+	for _, raw := range urls {
+		if seen[raw] {
+			errs = append(errs, invalid(name, "%s is listed twice", redact.URL(raw)))
+		}
+		seen[raw] = true
 	}
 	return errors.Join(errs...)
 }

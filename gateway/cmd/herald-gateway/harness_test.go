@@ -482,6 +482,12 @@ type steadyPublisher struct {
 }
 
 func startPublisher(t *testing.T, every time.Duration, gateways func() []*proc) *steadyPublisher {
+	return startNamedPublisher(t, "steady", every, gateways)
+}
+
+// startNamedPublisher is startPublisher with ids that start with name: publishers of
+// the same test must have names of their own.
+func startNamedPublisher(t *testing.T, name string, every time.Duration, gateways func() []*proc) *steadyPublisher {
 	ctx, cancel := context.WithCancel(context.Background())
 	sp := &steadyPublisher{stop: cancel, done: make(chan struct{})}
 	go func() {
@@ -489,7 +495,7 @@ func startPublisher(t *testing.T, every time.Duration, gateways func() []*proc) 
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for n := 0; ; n++ {
-			id := fmt.Sprintf("steady-%d", n)
+			id := fmt.Sprintf("%s-%d", name, n)
 			body := fmt.Sprintf(`{"id":%q,"data":{"n":%d}}`, id, n)
 			for {
 				if ctx.Err() != nil {

@@ -5,6 +5,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -69,6 +70,8 @@ var (
 	_ gateway.Publisher        = (*consumer.Embedded)(nil)
 	_ gateway.Log              = (*consumer.Stream)(nil)
 	_ gateway.Log              = (*consumer.Embedded)(nil)
+	_ gateway.Bus              = (*consumer.Rabbit)(nil)
+	_ gateway.Bus              = (*consumer.Embedded)(nil)
 )
 
 // bus is what the gateway runs on: a publisher, its health, and the loop that consumes.
@@ -100,10 +103,14 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	var b bus
 	var err error
+	var cm *clusterMetrics // nil on the embedded bus
 	if cfg.AMQPURL == "" {
 		b = embeddedBus(cfg, log, metrics, hub)
-	} else if b, err = rabbitBus(ctx, cfg, log, metrics, hub); err != nil {
-		return err
+	} else {
+		cm = newClusterMetrics(reg)
+		if b, err = rabbitBus(ctx, cfg, log, metrics, cm, hub); err != nil {
+			return err
+		}
 	}
 	defer b.close()
 
@@ -183,7 +190,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	var link gateway.PresenceSender // nil: presence is local (the embedded bus) or off
 	if presence != nil && cfg.AMQPURL != "" {
-		l := presenceLink(cfg, log, metrics, presence)
+		l := presenceLink(cfg, log, metrics, cm, presence)
 		link = l
 		wg.Go(func() {
 			if err := l.Run(busCtx); err != nil {
@@ -287,57 +294,70 @@ func embeddedBus(cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *ga
 	return bus{Publisher: e, BusHealth: e, Log: e, run: e.Run, head: head, ready: ready, close: func() {}}
 }
 
-// rabbitHealth is connected when both the publisher and the stream consumer are.
-type rabbitHealth struct {
-	p *producer.Publisher
-	s *consumer.Stream
-}
-
-func (h rabbitHealth) Connected() bool { return h.p.Connected() && h.s.Connected() }
-
-func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *gateway.Hub) (bus, error) {
-	pub, err := producer.New(ctx, producer.Config{
-		URL:           cfg.AMQPURL,
-		Exchange:      cfg.Exchange,
-		Name:          "herald-gateway-publisher-" + cfg.NodeID,
-		Logger:        log.With("part", "publisher"),
-		OnStateChange: func(up bool) { metrics.BusState("publisher", up) },
-	})
+func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gateway.Metrics, cm *clusterMetrics, hub *gateway.Hub) (bus, error) {
+	tlsCfg, err := amqpTLS(cfg)
 	if err != nil {
-		return bus{}, fmt.Errorf("publisher: %w", err)
+		return bus{}, fmt.Errorf("amqp TLS: %w", err)
 	}
-	stream := consumer.NewStream(streamConfig(cfg, log, metrics, hub), hub)
+	r, err := consumer.NewRabbit(ctx, consumer.RabbitConfig{
+		Stream:           streamConfig(cfg, log, metrics, cm, tlsCfg, hub),
+		PublisherName:    "herald-gateway-publisher-" + cfg.NodeID,
+		Logger:           log,
+		Node:             cfg.NodeID,
+		CanaryInterval:   canaryInterval(cfg),
+		CanaryTimeout:    cfg.CanaryTimeout,
+		OnPublisherState: func(up bool) { metrics.BusState("publisher", up) },
+		OnCanary:         func(rtt time.Duration) { cm.roundTrip.Observe(rtt.Seconds()) },
+		OnCanaryFailed:   cm.canaryErr.Inc,
+		OnStall:          cm.stalls.Inc,
+		OnStreamBounds:   cm.streamBounds,
+	}, hub)
+	if err != nil {
+		return bus{}, fmt.Errorf("bus: %w", err)
+	}
+	cm.setBus(r)
+	cm.streamLimits(cfg)
 	headers := newHeaderReport()
 	return bus{
-		Publisher: pub,
-		BusHealth: rabbitHealth{p: pub, s: stream},
-		Log:       stream,
-		run:       stream.Run,
-		head:      stream.Head,
-		ready:     stream.Ready(),
-		close:     func() { _ = pub.Close() },
+		Publisher: r,
+		BusHealth: r,
+		Log:       r,
+		run:       r.Run,
+		head:      r.Head,
+		ready:     r.Ready(),
+		close:     func() { _ = r.Close() },
 		probe: func(ctx context.Context) {
-			probeHeaders(ctx, stream.ProbeHeaders, log.With("part", "header-probe"), metrics, headers)
+			probeHeaders(ctx, r.ProbeHeaders, log.With("part", "header-probe"), metrics, headers)
 		},
-		detail: headers.detail,
+		detail: func() any {
+			d := headers.detail().(map[string]any)
+			d["health"] = r.Detail()
+			return d
+		},
 	}, nil
 }
 
 // streamConfig is the stream consumer's configuration: it reports to metrics and, once
 // it has read the stream up to its head at start, tells hub where the log stands (until
 // then the server admits no client).
-func streamConfig(cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *gateway.Hub) consumer.StreamConfig {
+func streamConfig(cfg config, log *slog.Logger, metrics *gateway.Metrics, cm *clusterMetrics, tlsCfg *tls.Config, hub *gateway.Hub) consumer.StreamConfig {
 	return consumer.StreamConfig{
 		URL:           cfg.AMQPURL,
+		TLS:           tlsCfg,
+		Heartbeat:     cfg.AMQPHeartbeat,
 		Exchange:      cfg.Exchange,
 		Stream:        cfg.Stream,
 		MaxAge:        cfg.StreamMaxAge,
 		MaxBytes:      cfg.StreamMaxBytes,
 		SegmentBytes:  cfg.StreamSegment,
+		Replicas:      cfg.StreamReplicas,
+		LeaderLocator: cfg.StreamLeaderLocator,
 		Prefetch:      cfg.Prefetch,
 		Name:          "herald-gateway-consumer-" + cfg.NodeID,
 		Logger:        log.With("part", "consumer"),
 		OnStateChange: func(up bool) { metrics.BusState("consumer", up) },
+		OnNode:        cm.linkNode,
+		OnFailover:    cm.failover,
 		OnLogStart:    hub.SetLogStart,
 		OnDecodeError: func(err error) {
 			if errors.Is(err, producer.ErrUnroutable) {
@@ -375,9 +395,14 @@ func newPresence(cfg config, log *slog.Logger, metrics *gateway.Metrics) *gatewa
 }
 
 // presenceLink returns the RabbitMQ link that carries presence between the gateways.
-func presenceLink(cfg config, log *slog.Logger, metrics *gateway.Metrics, p *gateway.Presence) *consumer.PresenceLink {
+func presenceLink(cfg config, log *slog.Logger, metrics *gateway.Metrics, cm *clusterMetrics, p *gateway.Presence) *consumer.PresenceLink {
+	tlsCfg, _ := amqpTLS(cfg) // loaded by rabbitBus already, which stops the start on an error
 	return consumer.NewPresenceLink(consumer.PresenceConfig{
 		URL:           cfg.AMQPURL,
+		TLS:           tlsCfg,
+		Heartbeat:     cfg.AMQPHeartbeat,
+		OnNode:        cm.linkNode,
+		OnFailover:    cm.failover,
 		Exchange:      cfg.PresenceExchange,
 		Name:          "herald-gateway-presence-" + cfg.NodeID,
 		TTL:           cfg.PresenceTTL,

@@ -120,7 +120,7 @@ func TestNoClientGetsWarmUpMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The stream as the gateway declares it, bound, so that it keeps what is published now.
-	scfg := streamConfig(cfg, slog.New(slog.DiscardHandler), nil, gateway.NewHub(gateway.HubConfig{}))
+	scfg := streamConfig(cfg, slog.New(slog.DiscardHandler), nil, nil, nil, gateway.NewHub(gateway.HubConfig{}))
 	setup := consumer.NewStream(scfg, gateway.NewHub(gateway.HubConfig{}))
 	setupCtx, stopSetup := context.WithCancel(context.Background())
 	setupDone := make(chan error, 1)
@@ -135,7 +135,7 @@ func TestNoClientGetsWarmUpMessages(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	metrics := gateway.NewMetrics(reg)
 	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics})
-	scfg = streamConfig(cfg, slog.New(slog.DiscardHandler), metrics, hub)
+	scfg = streamConfig(cfg, slog.New(slog.DiscardHandler), metrics, nil, nil, hub)
 	scfg.Start = "first" // all 300, at 2ms each: a warm-up of more than half a second
 	s := consumer.NewStream(scfg, slowHub{Hub: hub, pause: 2 * time.Millisecond})
 	// The test dials as fast as it is refused: no handshake rate limit.

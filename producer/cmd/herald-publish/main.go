@@ -12,6 +12,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/heraldgw/herald/producer"
+	"github.com/heraldgw/herald/producer/amqplink"
 )
 
 func main() {
@@ -45,6 +47,7 @@ const (
 // options are the command line, after flags and their environment twins.
 type options struct {
 	url, exchange, channel, users, id string
+	caFile, certFile, keyFile         string
 	count                             int
 	timeout                           time.Duration
 }
@@ -61,7 +64,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fs.StringVar(p, name, def, usage+" (env "+env+")")
 		envs[name] = env
 	}
-	str(&o.url, "url", "HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", "AMQP URI of the broker")
+	str(&o.url, "url", "HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", "AMQP URI of the broker, or the comma-separated URIs of a cluster's nodes (the first that answers is used)")
+	str(&o.caFile, "ca-file", "HERALD_AMQP_CA_FILE", "", "PEM file of the CAs that sign the brokers' certificates, for amqps:// URIs; empty: the system's")
+	str(&o.certFile, "cert-file", "HERALD_AMQP_CERT_FILE", "", "PEM file of a client certificate for amqps:// (with -key-file)")
+	str(&o.keyFile, "key-file", "HERALD_AMQP_KEY_FILE", "", "PEM file of the client certificate's key")
 	str(&o.exchange, "exchange", "HERALD_EXCHANGE", producer.DefaultExchange, "fanout exchange to publish to")
 	str(&o.channel, "channel", "HERALD_PUBLISH_CHANNEL", "", "channel to publish to; empty means every connection")
 	str(&o.users, "users", "HERALD_PUBLISH_USERS", "", "comma-separated users to deliver to; empty means no user targeting")
@@ -104,6 +110,10 @@ Flags (a flag overrides its environment variable):
 	if o.timeout <= 0 {
 		return usageError(stderr, "-timeout: got %v, want a positive duration", o.timeout)
 	}
+	tlsCfg, err := amqplink.LoadTLS(o.caFile, o.certFile, o.keyFile)
+	if err != nil {
+		return usageError(stderr, "TLS: %v", err)
+	}
 
 	var data []byte
 	switch arg := fs.Arg(0); {
@@ -133,16 +143,17 @@ Flags (a flag overrides its environment variable):
 	if err := m.Validate(); err != nil {
 		return usageError(stderr, "%v", err)
 	}
-	return publish(ctx, o, m, stdout, stderr)
+	return publish(ctx, o, tlsCfg, m, stdout, stderr)
 }
 
 // publish connects and publishes o.count copies of m, printing each confirmed id.
-func publish(ctx context.Context, o options, m producer.Message, stdout, stderr io.Writer) int {
+func publish(ctx context.Context, o options, tlsCfg *tls.Config, m producer.Message, stdout, stderr io.Writer) int {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	dialCtx, cancel := context.WithTimeout(ctx, o.timeout)
 	p, err := producer.New(dialCtx, producer.Config{
 		URL:      o.url,
 		Exchange: o.exchange,
+		TLS:      tlsCfg,
 		Name:     "herald-publish",
 		Logger:   logger,
 	})

@@ -94,36 +94,3 @@ func (s *testStates) waitFor(ctx context.Context, t *testing.T, n int) []bool {
 		}
 	}
 }
-
-func TestBackoff(t *testing.T) {
-	const lo, hi = 100 * time.Millisecond, time.Second
-	for n, ceil := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
-		ceil *= time.Millisecond
-		for range 100 {
-			if d := backoff(n, lo, hi); d < 0 || d > ceil {
-				t.Fatalf("backoff(%d): got %v, want within [0, %v]", n, d, ceil)
-			}
-		}
-	}
-	if d := backoff(200, lo, hi); d < 0 || d > hi {
-		t.Errorf("backoff(200): got %v, want within [0, %v]", d, hi)
-	}
-	if d := backoff(3, 0, 0); d != 0 {
-		t.Errorf("backoff(3) with no delays: got %v, want 0", d)
-	}
-}
-
-func TestReconnectDefaults(t *testing.T) {
-	for _, tt := range []struct {
-		lo, hi, wantLo, wantHi time.Duration
-	}{
-		{0, 0, 100 * time.Millisecond, 10 * time.Second},
-		{time.Second, 0, time.Second, 10 * time.Second},
-		{0, time.Minute, 100 * time.Millisecond, time.Minute},
-		{time.Minute, time.Second, time.Minute, time.Minute}, // the maximum raised to the minimum
-	} {
-		if lo, hi := reconnectDefaults(tt.lo, tt.hi); lo != tt.wantLo || hi != tt.wantHi {
-			t.Errorf("reconnectDefaults(%v, %v): got %v, %v; want %v, %v", tt.lo, tt.hi, lo, hi, tt.wantLo, tt.wantHi)
-		}
-	}
-}
