@@ -16,7 +16,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/heraldgw/herald/gateway/logsample"
+	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/producer/message"
 )
 

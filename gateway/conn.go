@@ -15,8 +15,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/heraldgw/herald/gateway/logsample"
-	"github.com/heraldgw/herald/gateway/wsframe"
+	"github.com/heraldgw/herald/gateway/internal/logsample"
+	"github.com/heraldgw/herald/gateway/internal/wsframe"
 	"github.com/heraldgw/herald/producer/message"
 )
 

@@ -17,7 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
 
-	"github.com/heraldgw/herald/gateway/logsample"
+	"github.com/heraldgw/herald/gateway/internal/logsample"
 )
 
 // Limits bounds what clients may take of a gateway. Each zero field has the default its

@@ -7,8 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/heraldgw/herald/gateway/pending"
-	"github.com/heraldgw/herald/gateway/wsframe"
+	"github.com/heraldgw/herald/gateway/internal/pending"
+	"github.com/heraldgw/herald/gateway/internal/wsframe"
 )
 
 // Reasons a message to one connection was dropped (label of herald_messages_dropped_total).

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/heraldgw/herald/gateway/wsframe"
+	"github.com/heraldgw/herald/gateway/internal/wsframe"
 )
 
 // batchConn is the network connection under a WebSocket connection. Every write to the

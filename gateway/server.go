@@ -31,7 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/heraldgw/herald/gateway/logsample"
+	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/producer/message"
 )
 

@@ -26,8 +26,8 @@ import (
 
 	"github.com/heraldgw/herald/consumer"
 	"github.com/heraldgw/herald/gateway"
-	"github.com/heraldgw/herald/gateway/logsample"
-	"github.com/heraldgw/herald/gateway/pending"
+	"github.com/heraldgw/herald/gateway/internal/logsample"
+	"github.com/heraldgw/herald/gateway/internal/pending"
 	"github.com/heraldgw/herald/producer"
 	"github.com/heraldgw/herald/producer/redact"
 )
