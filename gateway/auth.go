@@ -475,7 +475,7 @@ func (c *Conn) refresh(r request) {
 	a := c.srv.auth
 	if !a.enabled || c.edge == nil {
 		// Tokens are not used on this gateway (as at connect, the token is ignored).
-		c.srv.metrics.tokenRefreshed(true)
+		c.srv.metrics.TokenRefreshed(true)
 		c.enqueue(replyTo(refreshedFrame{Op: "refreshed", Ref: r.Ref}))
 		return
 	}
@@ -484,7 +484,7 @@ func (c *Conn) refresh(r request) {
 		terr = &tokenError{refusedTokenInvalid, fmt.Errorf("the token is for user %q, the connection for %q", id.user, c.usr)}
 	}
 	if terr != nil {
-		c.srv.metrics.tokenRefreshed(false)
+		c.srv.metrics.TokenRefreshed(false)
 		c.srv.refusals.Log(slog.LevelInfo, logRefresh, "refresh refused", "conn", c.id, "user", logsample.Clip(c.usr),
 			"why", terr.reason, "err", logsample.ClipErr(terr.err))
 		c.replyError(CodeForbidden, "token refused: "+terr.err.Error(), r.Ref)
@@ -499,6 +499,6 @@ func (c *Conn) refresh(r request) {
 			})
 		}
 	}
-	c.srv.metrics.tokenRefreshed(true)
+	c.srv.metrics.TokenRefreshed(true)
 	c.enqueue(replyTo(refreshedFrame{Op: "refreshed", Ref: r.Ref, Exp: id.expires.Unix()}))
 }

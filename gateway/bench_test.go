@@ -21,6 +21,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -29,7 +30,7 @@ var benchData = json.RawMessage(`{"ts":1763900000000000000,"seq":123456,"pad":"x
 
 func benchMessage(off int64) message.Message {
 	return message.Message{ID: "0123456789abcdef0123456789abcdef", Channel: "bench", Offset: off,
-		Time: time.Unix(1763900000, 123456789), Data: benchData, Source: sourceHTTP}
+		Time: time.Unix(1763900000, 123456789), Data: benchData, Source: metrics.SourceHTTP}
 }
 
 // nopMember is a hub member that drops what it is given: Dispatch's own cost.

@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/heraldgw/herald/gateway/internal/logsample"
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/gateway/internal/wsframe"
 	"github.com/heraldgw/herald/producer/message"
 )
@@ -139,7 +140,7 @@ func (c *Conn) enqueue(f *frame) {
 	}
 	if c.closeCode != 0 {
 		c.mu.Unlock()
-		c.srv.metrics.dropped(dropClosed, 1)
+		c.srv.metrics.Dropped(metrics.DropClosed, 1)
 		return
 	}
 	if c.queued+f.size() > c.srv.cfg.WriteQueueBytes {
@@ -148,8 +149,8 @@ func (c *Conn) enqueue(f *frame) {
 		c.clearQueue()
 		c.startWriter()
 		c.mu.Unlock()
-		c.srv.metrics.dropped(dropSlowConsumer, dropped)
-		c.srv.metrics.slowConsumer()
+		c.srv.metrics.Dropped(metrics.DropSlowConsumer, dropped)
+		c.srv.metrics.SlowConsumer()
 		c.log.Info("slow consumer closed", "user", logsample.Clip(c.usr), "dropped", dropped)
 		return
 	}
@@ -246,7 +247,7 @@ func (c *Conn) requestClose(code int, text string, flush bool) {
 	c.startWriter()
 	c.mu.Unlock()
 	if dropped > 0 {
-		c.srv.metrics.dropped(dropClosed, dropped)
+		c.srv.metrics.Dropped(metrics.DropClosed, dropped)
 	}
 }
 
@@ -405,7 +406,7 @@ func (c *Conn) readPump() {
 		case c.closing():
 			// read until the peer's close frame or the grace deadline
 		case err != nil:
-			c.srv.metrics.limitHit(limitFrameSize)
+			c.srv.metrics.LimitHit(metrics.LimitFrameSize)
 			c.requestClose(websocket.CloseMessageTooBig, "message too big once decompressed", false)
 		case mt == websocket.BinaryMessage:
 			c.requestClose(websocket.CloseUnsupportedData, "binary frames are not supported", false)
@@ -464,7 +465,7 @@ func (c *Conn) recoverAndFinish() {
 
 // panicked logs and counts a recovered panic and asks for a close with 1011.
 func (c *Conn) panicked(v any) {
-	c.srv.metrics.panicked()
+	c.srv.metrics.Panicked()
 	c.log.Error("panic while serving a connection; closing it", "panic", v, "stack", string(debug.Stack()))
 	c.mu.Lock()
 	if c.closeCode == 0 {
@@ -521,7 +522,7 @@ func (c *Conn) pong(p []byte) {
 			return
 		}
 	}
-	c.srv.metrics.pongIgnored()
+	c.srv.metrics.PongIgnored()
 }
 
 // Frame header bits of RFC 6455 section 5.2, for awaitFrame.
@@ -603,12 +604,12 @@ func (c *Conn) readEnded(err error) {
 		c.clearQueue()
 	}
 	c.mu.Unlock()
-	c.srv.metrics.dropped(dropClosed, dropped)
+	c.srv.metrics.Dropped(metrics.DropClosed, dropped)
 	c.log.Debug("read ended", "code", code, "err", err)
 	c.edge.stop() // the token's timer, and the connection's slots
 	// Over the size limit (not a peer's close frame with 1009): the library has sent 1009.
 	if errors.Is(err, websocket.ErrReadLimit) {
-		c.srv.metrics.limitHit(limitFrameSize)
+		c.srv.metrics.LimitHit(metrics.LimitFrameSize)
 		c.closeAfterRead()
 	}
 	if v != nil {
@@ -623,7 +624,7 @@ func (c *Conn) readEnded(err error) {
 // frame). Called by the read pump.
 func (c *Conn) failRead(v *wsframe.Violation) {
 	if v.Limit != "" {
-		c.srv.metrics.limitHit(v.Limit)
+		c.srv.metrics.LimitHit(v.Limit)
 	}
 	c.srv.refusals.Log(slog.LevelInfo, logFrameViolation, "closing: frame refused", "conn", c.id, "code", v.Code, "why", v.Reason)
 	err := c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(v.Code, v.Reason),
@@ -662,13 +663,13 @@ func (c *Conn) end() {
 	c.finished = true
 	c.mu.Unlock()
 	if dropped > 0 {
-		c.srv.metrics.dropped(dropClosed, dropped)
+		c.srv.metrics.Dropped(metrics.DropClosed, dropped)
 	}
 	close(c.done)
 	c.ping.Stop()
 	_ = c.nc.Close() // a writer in the middle of a write fails now
 	c.writers.Wait() // and ends
-	c.srv.metrics.closed(code)
+	c.srv.metrics.Closed(code)
 	c.log.Debug("connection finished", "code", code)
 	c.srv.untrack(c) // last: Shutdown may return once every connection is untracked
 }
@@ -727,7 +728,7 @@ func (c *Conn) publish(r request) {
 		c.replyError(CodeForbidden, "clients may not publish on this gateway", r.Ref)
 		return
 	}
-	m := message.Message{From: c.usr, Data: r.Data, Source: sourceWS}
+	m := message.Message{From: c.usr, Data: r.Data, Source: metrics.SourceWS}
 	if r.Channel != nil {
 		m.Channel = *r.Channel
 	}
@@ -743,17 +744,17 @@ func (c *Conn) publish(r request) {
 			c.replyError(CodeBadRequest, err.Error(), r.Ref)
 			return
 		}
-		c.srv.metrics.publishFailed(sourceWS)
+		c.srv.metrics.PublishFailed(metrics.SourceWS)
 		c.log.Warn("client publish failed", "err", err)
 		c.replyError(CodeUnavailable, "the bus cannot take messages now; retry", r.Ref)
 		return
 	}
-	c.srv.metrics.published(sourceWS)
+	c.srv.metrics.Published(metrics.SourceWS)
 	c.enqueue(replyTo(replyFrame{Op: "ack", Ref: r.Ref, ID: id}))
 }
 
 func (c *Conn) replyError(code, msg, ref string) {
-	c.srv.metrics.clientError(code)
+	c.srv.metrics.ClientError(code)
 	c.enqueue(replyTo(errorFrame{Op: "error", Code: code, Message: msg, Ref: ref}))
 }
 

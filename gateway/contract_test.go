@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -41,13 +41,13 @@ func TestMessageFrameWithoutTime(t *testing.T) {
 				t.Errorf("frame clock: got %v, want %v", f.published, tc.wantPub)
 			}
 			reg := prometheus.NewRegistry()
-			m := NewMetrics(reg)
-			m.wrote([]*frame{f}, len(f.wire), received.Add(time.Millisecond))
-			if n := testutil.ToFloat64(m.delivered); n != 1 {
+			c := &Conn{srv: &Server{metrics: NewMetrics(reg)}}
+			c.wroteFrames([]*frame{f}, len(f.wire))
+			if n := gwtest.Counter(t, reg, "herald_messages_delivered_total"); n != 1 {
 				t.Errorf("herald_messages_delivered_total: got %v, want 1", n)
 			}
-			if n := testutil.CollectAndCount(m.latency); n != 1 {
-				t.Errorf("herald_delivery_latency_seconds: got %d series, want 1", n)
+			if n := gwtest.Samples(t, reg, "herald_delivery_latency_seconds"); n != 1 {
+				t.Errorf("herald_delivery_latency_seconds: got %d samples, want 1", n)
 			}
 		})
 	}

@@ -113,9 +113,9 @@ func (d *deflater) compress(f *frame) []byte {
 	d.writers.Put(w)
 	z := bytes.TrimSuffix(buf.Bytes(), deflateTail)
 	if len(z) >= len(payload) {
-		d.metrics.compressed(len(payload), len(payload))
+		d.metrics.Compressed(len(payload), len(payload))
 		return f.wire
 	}
-	d.metrics.compressed(len(payload), len(z))
+	d.metrics.Compressed(len(payload), len(z))
 	return append(appendHeader(make([]byte, 0, 10+len(z)), frameFin|frameRSV1|opText, len(z)), z...)
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -145,7 +146,7 @@ func (h *Hub) Dispatch(m message.Message) {
 		clock = start
 	}
 	if h.dedup != nil && m.ID != "" && !message.IsOffsetID(m.ID) && h.dedup.seen(m.ID, clock) {
-		h.metrics.dropped(dropDuplicate, 1)
+		h.metrics.Dropped(metrics.DropDuplicate, 1)
 		if m.Offset >= 0 {
 			h.dupMu.Lock()
 			h.dups.add(m.Offset)
@@ -184,7 +185,7 @@ func (h *Hub) Dispatch(m message.Message) {
 	}
 	h.mu.RUnlock()
 
-	h.metrics.received(m.Source, time.Since(start))
+	h.metrics.Received(m.Source, time.Since(start))
 }
 
 func containsBefore(list []string, i int, s string) bool {

@@ -164,7 +164,7 @@ func (j *JWKS) Fetch(ctx context.Context) error {
 	j.fetchMu.Lock()
 	defer j.fetchMu.Unlock()
 	keys, err := j.fetch(ctx)
-	j.cfg.Metrics.jwksFetched(err == nil)
+	j.cfg.Metrics.JWKSFetched(err == nil)
 	if err != nil {
 		return fmt.Errorf("jwks: fetch %s: %w", j.safeURL, redact.Error(err, j.cfg.URL))
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/heraldgw/herald/gateway/internal/logsample"
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 )
 
 // Limits bounds what clients may take of a gateway. Each zero field has the default its
@@ -100,17 +101,6 @@ func (l *Limits) setDefaults() {
 	def(&l.MaxFragments, 256)
 }
 
-// Limits hit (labels of herald_limits_hit_total).
-const (
-	limitConnections      = "connections"
-	limitConnectionsPerIP = "connections_per_ip"
-	limitHandshakeRate    = "handshake_rate"
-	limitMessageRate      = "message_rate"
-	limitRateClosed       = "message_rate_closed" // closed with 4029
-	limitSubscriptions    = "subscriptions"
-	limitFrameSize        = "frame_size" // closed with 1009
-)
-
 // clientIP is the address a request comes from: its peer, or where the peer is a
 // trusted proxy, the rightmost address in X-Forwarded-For that is not one.
 func clientIP(r *http.Request, trusted []netip.Prefix) netip.Addr {
@@ -168,10 +158,10 @@ func (s *connSlots) acquire(ip netip.Addr, maxTotal, maxPerIP int) (release func
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if maxTotal > 0 && s.total >= maxTotal {
-		return nil, limitConnections
+		return nil, metrics.LimitConnections
 	}
 	if maxPerIP > 0 && s.byIP[ip] >= maxPerIP {
-		return nil, limitConnectionsPerIP
+		return nil, metrics.LimitConnectionsPerIP
 	}
 	if s.byIP == nil {
 		s.byIP = make(map[netip.Addr]int)
@@ -358,7 +348,7 @@ func (e *connEdge) armExpiry() {
 	c := e.c
 	at := e.id.expires.Add(c.srv.auth.leeway)
 	e.expiry = time.AfterFunc(time.Until(at), func() {
-		c.srv.metrics.tokenExpired()
+		c.srv.metrics.TokenExpired()
 		c.log.Info("token expired: closing", "user", logsample.Clip(c.usr))
 		c.requestClose(websocket.ClosePolicyViolation, "token expired", false)
 	})
@@ -469,7 +459,7 @@ const (
 func (s *Server) handshakeAllowed(w http.ResponseWriter, r *http.Request) (netip.Addr, bool) {
 	ip := addrKey(clientIP(r, s.cfg.Limits.TrustedProxies))
 	if s.handshakes != nil && !s.handshakes.allow(ip) {
-		s.metrics.limitHit(limitHandshakeRate)
+		s.metrics.LimitHit(metrics.LimitHandshakeRate)
 		s.refusals.Log(slog.LevelDebug, logHandshakeRate, "handshake refused: rate", "ip", ip)
 		w.Header().Set("Retry-After", "1")
 		s.refuse(w, http.StatusTooManyRequests, "rate_limited", "too many connection attempts; retry later")
@@ -500,7 +490,7 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, ip netip.Addr, ch
 		return nil, nil, false
 	}
 	if max := s.cfg.Limits.MaxSubscriptions; max > 0 && len(channels) > max {
-		s.metrics.limitHit(limitSubscriptions)
+		s.metrics.LimitHit(metrics.LimitSubscriptions)
 		s.refuse(w, http.StatusBadRequest, "bad_query", fmt.Sprintf("channels names %d channels; at most %d per connection", len(channels), max))
 		return nil, nil, false
 	}
@@ -514,13 +504,13 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, ip netip.Addr, ch
 	}
 	release, limit := s.slots.acquire(ip, s.cfg.Limits.MaxConnections, s.cfg.Limits.MaxConnectionsPerIP)
 	switch limit {
-	case limitConnections:
-		s.metrics.limitHit(limit)
+	case metrics.LimitConnections:
+		s.metrics.LimitHit(limit)
 		s.refusals.Log(slog.LevelWarn, logConnections, "handshake refused: the gateway is at its connection limit", "max", s.cfg.Limits.MaxConnections)
 		s.refuse(w, http.StatusServiceUnavailable, "too_many_connections", "this gateway is full; connect to another")
 		return nil, nil, false
-	case limitConnectionsPerIP:
-		s.metrics.limitHit(limit)
+	case metrics.LimitConnectionsPerIP:
+		s.metrics.LimitHit(limit)
 		s.refusals.Log(slog.LevelDebug, logConnectionsIP, "handshake refused: connections per address", "ip", ip)
 		w.Header().Set("Retry-After", "5")
 		s.refuse(w, http.StatusTooManyRequests, "too_many_connections_per_ip", "too many connections from this address")
@@ -537,7 +527,7 @@ func (c *Conn) mayJoin(ch string) *protocolError {
 	}
 	if max := c.srv.cfg.Limits.MaxSubscriptions; max > 0 {
 		if n, has := c.srv.hub.subscriptionCount(c, ch); !has && n >= max {
-			c.srv.metrics.limitHit(limitSubscriptions)
+			c.srv.metrics.LimitHit(metrics.LimitSubscriptions)
 			return &protocolError{code: CodeTooLarge, msg: fmt.Sprintf("too many subscriptions: at most %d per connection; unsubscribe from one first", max)}
 		}
 	}
@@ -548,12 +538,12 @@ func (c *Conn) mayJoin(ch string) *protocolError {
 // that has gone on too long, close 4029.
 func (c *Conn) rateLimited(data []byte, tooLong bool) {
 	if tooLong {
-		c.srv.metrics.limitHit(limitRateClosed)
+		c.srv.metrics.LimitHit(metrics.LimitRateClosed)
 		c.srv.refusals.Log(slog.LevelInfo, logRateClosed, "closing: rate limited too long", "conn", c.id, "user", logsample.Clip(c.usr))
 		c.requestClose(CloseRateLimited, "rate limited too long", true) // flush: the client sees its answers, then why
 		return
 	}
-	c.srv.metrics.limitHit(limitMessageRate)
+	c.srv.metrics.LimitHit(metrics.LimitMessageRate)
 	var ref struct {
 		Ref string `json:"ref"`
 	}
@@ -568,7 +558,7 @@ func (c *Conn) recoverPanic() {
 	if v == nil {
 		return
 	}
-	c.srv.metrics.panicked()
+	c.srv.metrics.Panicked()
 	c.log.Error("panic while serving a connection; closing it", "panic", v, "stack", string(debug.Stack()))
 	c.requestClose(websocket.CloseInternalServerErr, "internal error", false)
 }

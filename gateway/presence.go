@@ -569,14 +569,14 @@ func (p *Presence) HandlePresence(body []byte) {
 		err = u.check()
 	}
 	if err != nil {
-		p.metrics.presenceUpdate("invalid", "received")
+		p.metrics.PresenceUpdate("invalid", "received")
 		p.log.Warn("presence: update dropped", "err", err, "bytes", len(body))
 		return
 	}
 	if u.Inst == p.inst {
 		return
 	}
-	p.metrics.presenceUpdate(u.Type, "received")
+	p.metrics.PresenceUpdate(u.Type, "received")
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	nv := p.nodes[u.Inst]
@@ -687,7 +687,7 @@ func (p *Presence) flush(ctx context.Context, link PresenceSender, now time.Time
 	for inst, nv := range p.nodes {
 		if now.After(nv.expires) {
 			p.dropNode(inst, nv, "no update within the TTL")
-			p.metrics.presenceExpired()
+			p.metrics.PresenceExpired()
 		}
 	}
 	var updates []presenceUpdate
@@ -745,7 +745,7 @@ func (p *Presence) send(ctx context.Context, link PresenceSender, u presenceUpda
 	err = link.Send(sctx, body)
 	cancel()
 	if err != nil {
-		p.metrics.presenceUpdate(u.Type, "failed")
+		p.metrics.PresenceUpdate(u.Type, "failed")
 		p.log.Warn("presence: update not sent", "type", u.Type, "err", err)
 		p.mu.Lock()
 		p.snapDue = p.snapDue || u.Type != updateBye
@@ -753,7 +753,7 @@ func (p *Presence) send(ctx context.Context, link PresenceSender, u presenceUpda
 		p.mu.Unlock()
 		return
 	}
-	p.metrics.presenceUpdate(u.Type, "sent")
+	p.metrics.PresenceUpdate(u.Type, "sent")
 	if u.Type == updateSnapshot {
 		p.mu.Lock()
 		p.snapSize = int64(len(body))
@@ -820,7 +820,7 @@ func (p *Presence) sendEvents() {
 			if len(ev.users) == 0 {
 				continue
 			}
-			p.metrics.presenceEvents(ev.op, len(ev.users))
+			p.metrics.PresenceEvents(ev.op, len(ev.users))
 			slices.Sort(ev.users)
 			f := presenceEventFrame{Op: ev.op, Channel: ch, Users: ev.users}
 			if len(f.Users) > p.cfg.MaxEventUsers {

@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 )
 
 // watcher is a hub member that keeps the JSON of the frames queued to it.
@@ -294,7 +295,7 @@ func TestPresenceMergesGateways(t *testing.T) {
 	if got := events(w.take()); !reflect.DeepEqual(got, []string{"leave room alice carol"}) {
 		t.Errorf("b's watcher: got %v", got)
 	}
-	if got := testutil.ToFloat64(metrics.presence.expired); got != 1 {
+	if got := gwtest.Counter(t, reg, "herald_presence_expired_total"); got != 1 {
 		t.Errorf("expired: got %v, want 1", got)
 	}
 
@@ -336,7 +337,7 @@ func TestPresenceDropsInvalidUpdates(t *testing.T) {
 	} {
 		p.HandlePresence([]byte(body))
 	}
-	if got := testutil.ToFloat64(metrics.presence.updates.WithLabelValues("invalid", "received")); got != 9 {
+	if got := gwtest.CounterWith(t, reg, "herald_presence_updates_total", "type", "invalid"); got != 9 {
 		t.Errorf("invalid updates counted: got %v, want 9", got)
 	}
 	if len(p.nodes) != 0 || len(p.chans) != 0 {

@@ -58,7 +58,7 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 
 	reset := func(why string) {
 		c.log.Debug("resume: reset", "since", since, "why", why)
-		s.metrics.resumed(false, 0)
+		s.metrics.Resumed(false, 0)
 		handover(0, true)
 	}
 	if s.log == nil {
@@ -83,7 +83,7 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 	seen := make(map[string]struct{}) // ids replayed, for messages live delivery has not deduplicated yet
 	for ctx.Err() == nil {
 		if handover(cursor, false) {
-			s.metrics.resumed(true, replayed)
+			s.metrics.Resumed(true, replayed)
 			return
 		}
 		truncated, handed, progressed, closed := false, false, false, false
@@ -123,7 +123,7 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 		case closed || c.closing():
 			return
 		case handed:
-			s.metrics.resumed(true, replayed)
+			s.metrics.Resumed(true, replayed)
 			return
 		case truncated:
 			reset("since is older than the retained log")

@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/heraldgw/herald/gateway/internal/logsample"
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -422,10 +423,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	c := newConn(s, ws, rec.conn, user)
 	if rec.conn.deflate && s.deflater != nil {
 		c.deflate = s.deflater
-		s.metrics.negotiatedCompression()
+		s.metrics.NegotiatedCompression()
 	}
 	c.edge = newConnEdge(c, id, release)
-	s.metrics.acceptedConn()
+	s.metrics.Accepted()
 	if !s.track(c) {
 		// Draining began during the upgrade: tell the client to go elsewhere.
 		_ = ws.WriteControl(websocket.CloseMessage,
@@ -434,7 +435,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close()
 		c.ping.Stop()
 		c.edge.stop()
-		s.metrics.closed(websocket.CloseGoingAway)
+		s.metrics.Closed(websocket.CloseGoingAway)
 		return
 	}
 	welcome := func(newest int64, known bool) {
@@ -522,7 +523,7 @@ func (s *Server) handshakeError(w http.ResponseWriter, _ *http.Request, status i
 
 // refuse answers a request that is not upgraded, and counts it.
 func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
-	s.metrics.refusedHandshake(reason)
+	s.metrics.RefusedHandshake(reason)
 	writeError(w, status, reason, msg)
 }
 
@@ -632,7 +633,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, "body must be a JSON object: "+err.Error())
 		return
 	}
-	m := message.Message{ID: req.ID, Channel: req.Channel, Users: req.Users, Data: req.Data, Source: sourceHTTP}
+	m := message.Message{ID: req.ID, Channel: req.Channel, Users: req.Users, Data: req.Data, Source: metrics.SourceHTTP}
 	if err := m.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 		return
@@ -645,12 +646,12 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 			return
 		}
-		s.metrics.publishFailed(sourceHTTP)
+		s.metrics.PublishFailed(metrics.SourceHTTP)
 		s.logger.Warn("HTTP publish failed", "err", err)
 		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the bus cannot take messages now; retry")
 		return
 	}
-	s.metrics.published(sourceHTTP)
+	s.metrics.Published(metrics.SourceHTTP)
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": id})
 }
 
@@ -659,7 +660,7 @@ func (s *Server) publish(ctx context.Context, m message.Message) (string, error)
 	start := time.Now()
 	id, err := s.pub.Publish(ctx, m)
 	if err == nil {
-		s.metrics.publishDuration(time.Since(start))
+		s.metrics.PublishDuration(time.Since(start))
 	}
 	return id, err
 }

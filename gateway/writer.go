@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 )
 
 // writerPool is a fixed set of writer workers (by default one per core but one) that write the
@@ -240,11 +242,25 @@ func (c *Conn) framesAfter(frames []*frame, n int) int {
 	return 0
 }
 
-// wroteFrames counts frames written whole to the socket, n bytes of them.
+// wroteFrames counts frames written whole to the socket, n bytes of them: the messages
+// among them as delivered, with their delivery latency (a replayed message's age is not
+// one).
 func (c *Conn) wroteFrames(frames []*frame, n int) {
-	if len(frames) > 0 || n > 0 {
-		c.srv.metrics.wrote(frames, n, time.Now())
+	m := c.srv.metrics
+	if m == nil || len(frames) == 0 && n == 0 {
+		return
 	}
+	now := time.Now()
+	delivered := 0
+	for _, f := range frames {
+		if !f.published.IsZero() {
+			delivered++
+			if !f.replayed {
+				m.DeliveryLatency(now.Sub(f.published))
+			}
+		}
+	}
+	m.Wrote(n, delivered)
 }
 
 // finishTurn ends a writer's turn: it keeps the batch's slice for the next queue, wakes a
@@ -275,7 +291,7 @@ func (c *Conn) finishTurn(t writeTask, err error, unsent int, last bool) {
 	c.mu.Unlock()
 	if err != nil {
 		c.log.Debug("write failed", "err", err)
-		c.srv.metrics.dropped(dropWriteFailed, unsent)
+		c.srv.metrics.Dropped(metrics.DropWriteFailed, unsent)
 		_ = c.nc.Close()
 	}
 }

@@ -9,7 +9,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 )
 
 // TestPanicInAWriterWorker: a panic during a worker's turn at one connection (here, its
@@ -64,7 +65,7 @@ func TestPanicInAWriterWorker(t *testing.T) {
 	if _, _, err := victim.ReadMessage(); err == nil {
 		t.Error("the connection whose write panicked got a message, want it closed")
 	}
-	if got := testutil.ToFloat64(metrics.edge.panics); got != 1 {
+	if got := gwtest.Counter(t, reg, "herald_panics_total"); got != 1 {
 		t.Errorf("panics: got %v, want 1", got)
 	}
 }

@@ -1,37 +1,70 @@
-package gateway
+// Package metrics is the gateway's Prometheus instrumentation: every counter and
+// histogram, registered once with the registry it is given, and a method for each thing
+// counted. It imports nothing of the gateway: the packages that count import it. Gauges
+// that read live state (connections, write queues, presence) are collectors of the
+// packages that own that state.
+package metrics
 
 import (
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/heraldgw/herald/gateway/internal/pending"
-	"github.com/heraldgw/herald/gateway/internal/wsframe"
 )
 
 // Reasons a message to one connection was dropped (label of herald_messages_dropped_total).
 const (
-	dropSlowConsumer = "slow_consumer" // the connection's write queue overflowed: closed with 4008
-	dropClosed       = "closed"        // the connection was closing or closed
-	dropWriteFailed  = "write_failed"  // the socket write failed or timed out
-	dropDuplicate    = "duplicate"     // a message id seen within the deduplication window
-	dropUndecodable  = "undecodable"   // a bus message that is not a Herald message
-	dropLagged       = "lagged"        // the embedded bus's log moved past undispatched messages
-	dropUnroutable   = "unroutable"    // a bus message whose channel or users header cannot be read
+	DropSlowConsumer = "slow_consumer" // the connection's write queue overflowed: closed with 4008
+	DropClosed       = "closed"        // the connection was closing or closed
+	DropWriteFailed  = "write_failed"  // the socket write failed or timed out
+	DropDuplicate    = "duplicate"     // a message id seen within the deduplication window
+	DropUndecodable  = "undecodable"   // a bus message that is not a Herald message
+	DropLagged       = "lagged"        // the embedded bus's log moved past undispatched messages
+	DropUnroutable   = "unroutable"    // a bus message whose channel or users header cannot be read
 )
 
 // Sources of published messages (label of herald_messages_published_total).
 const (
-	sourceWS   = "ws"
-	sourceHTTP = "http"
-	sourceAMQP = "amqp" // any publisher other than a gateway
+	SourceWS   = "ws"
+	SourceHTTP = "http"
+	SourceAMQP = "amqp" // any publisher other than a gateway
 )
 
+// Limits hit (labels of herald_limits_hit_total) that the edge and the connections count;
+// Series.Limits names the others.
+const (
+	LimitConnections      = "connections"
+	LimitConnectionsPerIP = "connections_per_ip"
+	LimitHandshakeRate    = "handshake_rate"
+	LimitMessageRate      = "message_rate"
+	LimitRateClosed       = "message_rate_closed" // closed with 4029
+	LimitSubscriptions    = "subscriptions"
+	LimitFrameSize        = "frame_size" // closed with 1009
+)
+
+// Series names the label values that other packages define, whose series exist from the
+// start, at 0, so that rate() sees their first event.
+type Series struct {
+	// CloseCodes are the close codes counted under their own label in
+	// herald_connections_closed_total; any other code is counted as "other".
+	CloseCodes []int
+	// Refusals are the reasons of herald_handshakes_refused_total.
+	Refusals []string
+	// ClientErrors are the codes of herald_client_errors_total.
+	ClientErrors []string
+	// Limits are the limits of herald_limits_hit_total besides this package's own.
+	Limits []string
+	// PresenceUpdates are the types of herald_presence_updates_total.
+	PresenceUpdates []string
+}
+
 // Metrics is the gateway's Prometheus instrumentation. Its methods may be called on a nil
-// *Metrics, which counts nothing (for tests of parts in isolation).
+// *Metrics, which counts nothing (for tests of parts in isolation). Safe for concurrent
+// use.
 type Metrics struct {
+	closeCodes         []int // counted under their own label (Series.CloseCodes)
 	accepted           prometheus.Counter
 	refused            *prometheus.CounterVec
 	closedConns        *prometheus.CounterVec
@@ -91,8 +124,8 @@ func (c *compressionMetrics) register(reg prometheus.Registerer) {
 	reg.MustRegister(c.frames, c.bytesIn, c.bytesOut, c.negotiated)
 }
 
-// compressed counts one frame compressed, from in to out payload bytes.
-func (m *Metrics) compressed(in, out int) {
+// Compressed counts one frame compressed, from in to out payload bytes.
+func (m *Metrics) Compressed(in, out int) {
 	if m != nil {
 		m.compression.frames.Inc()
 		m.compression.bytesIn.Add(float64(in))
@@ -100,7 +133,8 @@ func (m *Metrics) compressed(in, out int) {
 	}
 }
 
-func (m *Metrics) negotiatedCompression() {
+// NegotiatedCompression counts a connection accepted with permessage-deflate.
+func (m *Metrics) NegotiatedCompression() {
 	if m != nil {
 		m.compression.negotiated.Inc()
 	}
@@ -113,7 +147,7 @@ type presenceMetrics struct {
 	expired prometheus.Counter
 }
 
-func (p *presenceMetrics) register(reg prometheus.Registerer) {
+func (p *presenceMetrics) register(reg prometheus.Registerer, types []string) {
 	p.updates = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "herald_presence_updates_total",
 		Help: "Presence updates between gateways, by type (delta, snapshot, sync, bye; invalid: received and dropped) and direction: sent, received, failed (not sent).",
@@ -127,7 +161,7 @@ func (p *presenceMetrics) register(reg prometheus.Registerer) {
 		Help: "Gateways dropped from the presence view because no update came from them within the TTL.",
 	})
 	reg.MustRegister(p.updates, p.events, p.expired)
-	for _, t := range []string{updateDelta, updateSnapshot, updateSync, updateBye} {
+	for _, t := range types {
 		for _, d := range []string{"sent", "received", "failed"} {
 			p.updates.WithLabelValues(t, d)
 		}
@@ -137,29 +171,34 @@ func (p *presenceMetrics) register(reg prometheus.Registerer) {
 	p.events.WithLabelValues("leave")
 }
 
-func (m *Metrics) presenceUpdate(typ, direction string) {
+// PresenceUpdate counts a presence update between gateways, by type and direction (sent,
+// received, failed).
+func (m *Metrics) PresenceUpdate(typ, direction string) {
 	if m != nil {
 		m.presence.updates.WithLabelValues(typ, direction).Inc()
 	}
 }
 
-func (m *Metrics) presenceEvents(event string, users int) {
+// PresenceEvents counts the users a join or leave event reports.
+func (m *Metrics) PresenceEvents(event string, users int) {
 	if m != nil {
 		m.presence.events.WithLabelValues(event).Add(float64(users))
 	}
 }
 
-func (m *Metrics) presenceExpired() {
+// PresenceExpired counts a gateway dropped from the presence view for its silence.
+func (m *Metrics) PresenceExpired() {
 	if m != nil {
 		m.presence.expired.Inc()
 	}
 }
 
-// NewMetrics creates the gateway's counters and registers them with reg. The gauges that
-// read live state (connections, write queues, subscriptions, bus) are registered by
-// NewServer, which knows that state.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// New creates the gateway's counters and registers them with reg, with the series of
+// series's label values. The gauges that read live state (connections, write queues,
+// subscriptions, bus, presence) are registered by the packages that know that state.
+func New(reg prometheus.Registerer, series Series) *Metrics {
 	m := &Metrics{
+		closeCodes: slices.Clone(series.CloseCodes),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_connections_accepted_total",
 			Help: "WebSocket connections accepted (upgraded).",
@@ -255,53 +294,54 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.resumes.WithLabelValues("resumed")
 	m.resumes.WithLabelValues("reset")
 	// Series that exist from the start, at 0, so that rate() sees their first event.
-	for _, code := range []int{1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1011, CloseSlowConsumer, CloseRateLimited, 0} {
-		m.closedConns.WithLabelValues(closeCodeLabel(code))
+	for _, code := range append(slices.Clone(m.closeCodes), 0) {
+		m.closedConns.WithLabelValues(m.closeCodeLabel(code))
 	}
-	for _, r := range []string{"draining", "starting", "bad_query", "bad_handshake", "origin", "rate_limited",
-		"too_many_connections", "too_many_connections_per_ip", CodeForbidden} {
+	for _, r := range series.Refusals {
 		m.refused.WithLabelValues(r)
 	}
-	for _, code := range []string{CodeBadRequest, CodeUnknownOp, CodeForbidden, CodeRateLimited, CodeTooLarge, CodeUnavailable} {
+	for _, code := range series.ClientErrors {
 		m.clientErrors.WithLabelValues(code)
 	}
-	for _, r := range []string{dropSlowConsumer, dropClosed, dropWriteFailed, dropDuplicate, dropUndecodable, dropLagged, dropUnroutable} {
+	for _, r := range []string{DropSlowConsumer, DropClosed, DropWriteFailed, DropDuplicate, DropUndecodable, DropLagged, DropUnroutable} {
 		m.droppedTotal.WithLabelValues(r)
 	}
-	for _, s := range []string{sourceWS, sourceHTTP} {
+	for _, s := range []string{SourceWS, SourceHTTP} {
 		m.publishedTotal.WithLabelValues(s)
 		m.publishFailedTotal.WithLabelValues(s)
 		m.receivedTotal.WithLabelValues(s)
 	}
-	m.receivedTotal.WithLabelValues(sourceAMQP)
-	m.edge.register(reg)
-	m.presence.register(reg)
+	m.receivedTotal.WithLabelValues(SourceAMQP)
+	m.edge.register(reg, series.Limits)
+	m.presence.register(reg, series.PresenceUpdates)
 	m.compression.register(reg)
 	m.contract.register(reg)
 	return m
 }
 
-func (m *Metrics) dropped(reason string, n int) {
+// Dropped counts n messages not delivered to a recipient, for reason (a Drop constant).
+func (m *Metrics) Dropped(reason string, n int) {
 	if m != nil && n > 0 {
 		m.droppedTotal.WithLabelValues(reason).Add(float64(n))
 	}
 }
 
-// received counts a message from the bus, by source, and the time its fan-out took.
-func (m *Metrics) received(source string, fanout time.Duration) {
+// Received counts a message from the bus, by source, and the time its fan-out took.
+func (m *Metrics) Received(source string, fanout time.Duration) {
 	if m == nil {
 		return
 	}
 	switch source {
-	case sourceWS, sourceHTTP:
+	case SourceWS, SourceHTTP:
 	default:
-		source = sourceAMQP
+		source = SourceAMQP
 	}
 	m.receivedTotal.WithLabelValues(source).Inc()
 	m.fanout.Observe(fanout.Seconds())
 }
 
-func (m *Metrics) publishDuration(d time.Duration) {
+// PublishDuration observes how long the bus took to accept a publish from this gateway.
+func (m *Metrics) PublishDuration(d time.Duration) {
 	if m != nil {
 		m.publishLatency.Observe(d.Seconds())
 	}
@@ -315,80 +355,86 @@ func (m *Metrics) SetConsumerLag(n int64) {
 	}
 }
 
-func (m *Metrics) slowConsumer() {
+// SlowConsumer counts a connection closed with 4008: its write queue overflowed.
+func (m *Metrics) SlowConsumer() {
 	if m != nil {
 		m.slowConsumers.Inc()
 	}
 }
 
-func (m *Metrics) acceptedConn() {
+// Accepted counts a WebSocket connection accepted (upgraded).
+func (m *Metrics) Accepted() {
 	if m != nil {
 		m.accepted.Inc()
 	}
 }
 
-func (m *Metrics) refusedHandshake(reason string) {
+// RefusedHandshake counts a handshake refused before the upgrade, by reason.
+func (m *Metrics) RefusedHandshake(reason string) {
 	if m != nil {
 		m.refused.WithLabelValues(reason).Inc()
 	}
 }
 
 // closeCodeLabel is the label a close code is counted under: a client may send any code
-// from 3000 to 4999, so codes the protocol does not name are counted as "other", to keep
-// the label set small.
-func closeCodeLabel(code int) string {
-	switch code {
-	case 1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1011, CloseSlowConsumer, CloseRateLimited:
+// from 3000 to 4999, so codes the protocol does not name (Series.CloseCodes) are counted as
+// "other", to keep the label set small.
+func (m *Metrics) closeCodeLabel(code int) string {
+	if slices.Contains(m.closeCodes, code) {
 		return strconv.Itoa(code)
 	}
 	return "other"
 }
 
-func (m *Metrics) closed(code int) {
+// Closed counts a connection closed, by the close code it ended with.
+func (m *Metrics) Closed(code int) {
 	if m != nil {
-		m.closedConns.WithLabelValues(closeCodeLabel(code)).Inc()
+		m.closedConns.WithLabelValues(m.closeCodeLabel(code)).Inc()
 	}
 }
 
-func (m *Metrics) published(source string) {
+// Published counts a message this gateway published and the bus accepted, by source.
+func (m *Metrics) Published(source string) {
 	if m != nil {
 		m.publishedTotal.WithLabelValues(source).Inc()
 	}
 }
 
-func (m *Metrics) publishFailed(source string) {
+// PublishFailed counts a publish the bus did not accept, by source.
+func (m *Metrics) PublishFailed(source string) {
 	if m != nil {
 		m.publishFailedTotal.WithLabelValues(source).Inc()
 	}
 }
 
-func (m *Metrics) clientError(code string) {
+// ClientError counts an error frame sent to a client, by code.
+func (m *Metrics) ClientError(code string) {
 	if m != nil {
 		m.clientErrors.WithLabelValues(code).Inc()
 	}
 }
 
-// wrote counts frames written to one socket in one write of n bytes at now.
-func (m *Metrics) wrote(frames []*frame, n int, now time.Time) {
+// Wrote counts one write of n bytes to a client socket, which carried delivered message
+// frames (replies are written, but not delivered).
+func (m *Metrics) Wrote(n, delivered int) {
 	if m == nil {
 		return
 	}
 	m.bytesWritten.Add(float64(n))
 	m.socketWrites.Inc()
-	delivered := 0
-	for _, f := range frames {
-		if !f.published.IsZero() {
-			delivered++
-			if !f.replayed { // a replayed message's age is not a delivery latency
-				m.latency.Observe(now.Sub(f.published).Seconds())
-			}
-		}
-	}
 	m.delivered.Add(float64(delivered))
 }
 
-// resumed counts a resume request and the messages it replayed.
-func (m *Metrics) resumed(ok bool, replayed int) {
+// DeliveryLatency observes the time from a message's publish to its write to a client
+// socket.
+func (m *Metrics) DeliveryLatency(d time.Duration) {
+	if m != nil {
+		m.latency.Observe(d.Seconds())
+	}
+}
+
+// Resumed counts a resume request and the messages it replayed.
+func (m *Metrics) Resumed(ok bool, replayed int) {
 	if m == nil {
 		return
 	}
@@ -401,10 +447,10 @@ func (m *Metrics) resumed(ok bool, replayed int) {
 }
 
 // BusDecodeError counts a message from the bus that could not be decoded and was dropped.
-func (m *Metrics) BusDecodeError() { m.dropped(dropUndecodable, 1) }
+func (m *Metrics) BusDecodeError() { m.Dropped(DropUndecodable, 1) }
 
 // BusLagged counts n messages the embedded bus dropped before they were dispatched.
-func (m *Metrics) BusLagged(n int64) { m.dropped(dropLagged, int(n)) }
+func (m *Metrics) BusLagged(n int64) { m.Dropped(DropLagged, int(n)) }
 
 // BusState records that a part of the bus connection (e.g. "publisher", "consumer") was
 // lost (connected false) or is back (true): it counts losses and re-establishments and
@@ -428,87 +474,6 @@ func (m *Metrics) BusState(part string, connected bool) {
 	}
 }
 
-// stateCollector reads gauges from live state at scrape time: connections, the write
-// queues (total and largest, in frames and bytes), subscriptions and the bus.
-type stateCollector struct {
-	srv *Server
-	hub *Hub
-	bus BusHealth
-
-	conns, subs, chans, busUp     *prometheus.Desc
-	qFrames, qBytes, qMaxF, qMaxB *prometheus.Desc
-	qDepth                        *prometheus.Desc
-	qCap                          *prometheus.Desc
-}
-
-// queueDepthBuckets are the upper bounds, in bytes, of herald_write_queue_depth_bytes.
-var queueDepthBuckets = []float64{0, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 512 << 10, 1 << 20, 4 << 20}
-
-func newStateCollector(srv *Server, hub *Hub, bus BusHealth) *stateCollector {
-	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
-	return &stateCollector{
-		srv:     srv,
-		hub:     hub,
-		bus:     bus,
-		conns:   d("herald_connections", "WebSocket connections open now (resuming ones included)."),
-		subs:    d("herald_subscriptions", "Channel subscriptions across all connections."),
-		chans:   d("herald_channels", "Channels with at least one subscriber."),
-		busUp:   d("herald_bus_connected", "1 when the gateway can publish to and consume from the bus, else 0."),
-		qFrames: d("herald_write_queue_messages", "Frames waiting in all connections' write queues."),
-		qBytes:  d("herald_write_queue_bytes", "Bytes waiting in all connections' write queues."),
-		qMaxF:   d("herald_write_queue_max_messages", "Frames waiting in the fullest connection's write queue."),
-		qMaxB:   d("herald_write_queue_max_bytes", "Bytes waiting in the fullest connection's write queue."),
-		qDepth:  d("herald_write_queue_depth_bytes", "Bytes waiting in each connection's write queue, sampled at scrape."),
-		qCap:    d("herald_write_queue_cap_bytes", "The configured cap of each connection's write queue (--write-queue-bytes); a connection over it is closed with 4008."),
-	}
-}
-
-func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.conns, s.subs, s.chans, s.busUp, s.qFrames, s.qBytes, s.qMaxF, s.qMaxB, s.qDepth, s.qCap} {
-		ch <- d
-	}
-}
-
-func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	var n, frames, bytes, maxF, maxB int
-	counts := make([]uint64, len(queueDepthBuckets))
-	s.srv.forEachConn(func(c *Conn) {
-		n++
-		{
-			f, b := c.depth()
-			frames, bytes = frames+f, bytes+b
-			maxF, maxB = max(maxF, f), max(maxB, b)
-			for i, le := range queueDepthBuckets {
-				if float64(b) <= le {
-					counts[i]++
-				}
-			}
-		}
-	})
-	buckets := make(map[float64]uint64, len(queueDepthBuckets))
-	for i, le := range queueDepthBuckets {
-		buckets[le] = counts[i]
-	}
-	ch <- prometheus.MustNewConstHistogram(s.qDepth, uint64(n), float64(bytes), buckets)
-	chans, subs := s.hub.Channels()
-	up := 0.0
-	if s.bus.Connected() {
-		up = 1
-	}
-	g := func(d *prometheus.Desc, v int) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
-	}
-	g(s.conns, n)
-	g(s.subs, subs)
-	g(s.chans, chans)
-	g(s.qFrames, frames)
-	g(s.qBytes, bytes)
-	g(s.qMaxF, maxF)
-	g(s.qMaxB, maxB)
-	g(s.qCap, s.srv.cfg.WriteQueueBytes)
-	ch <- prometheus.MustNewConstMetric(s.busUp, prometheus.GaugeValue, up)
-}
-
 // edgeMetrics counts what the edge refuses and recovers from: limits hit, panics,
 // token refreshes and expiries, JWKS fetches.
 type edgeMetrics struct {
@@ -520,7 +485,7 @@ type edgeMetrics struct {
 	pongsIgnored  prometheus.Counter
 }
 
-func (e *edgeMetrics) register(reg prometheus.Registerer) {
+func (e *edgeMetrics) register(reg prometheus.Registerer, limits []string) {
 	e.limitsHit = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "herald_limits_hit_total",
 		Help: "Times a client hit a limit, by limit: connections, connections_per_ip, handshake_rate (refused before the upgrade), message_rate (error rate_limited), message_rate_closed (closed with 4029), subscriptions, frame_size (closed with 1009), frame_rate (frames of every kind over the limit: closed with 4029), fragments (a message in too many frames: closed with 1009), pending_connections, pending_connections_per_ip (a new connection closed at accept), idle_connections (an idle keep-alive connection closed).",
@@ -546,10 +511,8 @@ func (e *edgeMetrics) register(reg prometheus.Registerer) {
 		Help: "Pongs from clients that did not move the read deadline: unsolicited, answering no ping or an older one, repeated, or sent while a message was partly received.",
 	})
 	reg.MustRegister(e.limitsHit, e.panics, e.refreshes, e.tokensExpired, e.jwksFetches, e.pongsIgnored)
-	for _, l := range []string{limitConnections, limitConnectionsPerIP, limitHandshakeRate, limitMessageRate,
-		limitRateClosed, limitSubscriptions, limitFrameSize,
-		pending.LimitPending, pending.LimitPendingPerAddr, pending.LimitIdle,
-		wsframe.LimitFrameRate, wsframe.LimitFragments} {
+	for _, l := range append([]string{LimitConnections, LimitConnectionsPerIP, LimitHandshakeRate, LimitMessageRate,
+		LimitRateClosed, LimitSubscriptions, LimitFrameSize}, limits...) {
 		e.limitsHit.WithLabelValues(l)
 	}
 	for _, r := range []string{"ok", "refused"} {
@@ -560,7 +523,8 @@ func (e *edgeMetrics) register(reg prometheus.Registerer) {
 	}
 }
 
-func (m *Metrics) limitHit(limit string) {
+// LimitHit counts a client that hit limit (a Limit constant, or one of Series.Limits).
+func (m *Metrics) LimitHit(limit string) {
 	if m != nil {
 		m.edge.limitsHit.WithLabelValues(limit).Inc()
 	}
@@ -568,33 +532,38 @@ func (m *Metrics) limitHit(limit string) {
 
 // ListenerRefused counts a connection that a pending.Listener closed for one of its caps
 // (limit is one of pending's Limit constants), in herald_limits_hit_total{limit}.
-func (m *Metrics) ListenerRefused(limit string) { m.limitHit(limit) }
+func (m *Metrics) ListenerRefused(limit string) { m.LimitHit(limit) }
 
-func (m *Metrics) pongIgnored() {
+// PongIgnored counts a client's pong that did not move its read deadline.
+func (m *Metrics) PongIgnored() {
 	if m != nil {
 		m.edge.pongsIgnored.Inc()
 	}
 }
 
-func (m *Metrics) panicked() {
+// Panicked counts a panic recovered while serving one connection.
+func (m *Metrics) Panicked() {
 	if m != nil {
 		m.edge.panics.Inc()
 	}
 }
 
-func (m *Metrics) tokenRefreshed(ok bool) {
+// TokenRefreshed counts a client's refresh op, accepted (ok) or refused.
+func (m *Metrics) TokenRefreshed(ok bool) {
 	if m != nil {
 		m.edge.refreshes.WithLabelValues(okLabel(ok, "ok", "refused")).Inc()
 	}
 }
 
-func (m *Metrics) tokenExpired() {
+// TokenExpired counts a connection closed with 1008 because its token expired.
+func (m *Metrics) TokenExpired() {
 	if m != nil {
 		m.edge.tokensExpired.Inc()
 	}
 }
 
-func (m *Metrics) jwksFetched(ok bool) {
+// JWKSFetched counts a fetch of the JSON Web Key Set, ok or failed.
+func (m *Metrics) JWKSFetched(ok bool) {
 	if m != nil {
 		m.edge.jwksFetches.WithLabelValues(okLabel(ok, "ok", "failed")).Inc()
 	}
@@ -683,4 +652,4 @@ func (m *Metrics) BusBadHeader(header string) {
 
 // BusUnroutable counts a bus message dropped because its channel or users header cannot
 // be read: delivering it without would widen its audience.
-func (m *Metrics) BusUnroutable() { m.dropped(dropUnroutable, 1) }
+func (m *Metrics) BusUnroutable() { m.Dropped(DropUnroutable, 1) }
