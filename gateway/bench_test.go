@@ -7,7 +7,6 @@ package gateway
 // latency, RSS per connection) come from gateway/cmd/herald-bench.
 
 import (
-	"compress/flate"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -36,18 +36,18 @@ func benchMessage(off int64) message.Message {
 // nopMember is a hub member that drops what it is given: Dispatch's own cost.
 type nopMember struct{ n int }
 
-func (*nopMember) enqueue(*frame)    {}
-func (*nopMember) user() string      { return "" }
-func (*nopMember) skipThrough(int64) {}
+func (*nopMember) enqueue(*wire.Frame) {}
+func (*nopMember) user() string        { return "" }
+func (*nopMember) skipThrough(int64)   {}
 
 func BenchmarkNewMessageFrame(b *testing.B) {
 	m := benchMessage(42)
 	b.ReportAllocs()
-	var f *frame
+	var f *wire.Frame
 	for b.Loop() {
 		f = newMessageFrame(m, time.Time{})
 	}
-	b.ReportMetric(float64(f.size()), "frame-bytes")
+	b.ReportMetric(float64(f.Size()), "frame-bytes")
 }
 
 // BenchmarkDispatch routes one message to n subscribers of its channel (or to every
@@ -162,7 +162,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 		b.Run("frames="+strconv.Itoa(size), func(b *testing.B) {
 			c, stop := realConn(b)
 			defer stop()
-			batch := make([]*frame, size)
+			batch := make([]*wire.Frame, size)
 			for i := range batch {
 				batch[i] = newMessageFrame(benchMessage(int64(i)), time.Time{})
 			}
@@ -190,31 +190,12 @@ func BenchmarkWriteTurn(b *testing.B) {
 	for b.Loop() {
 		c.mu.Lock()
 		c.queue = append(c.queue, f)
-		c.queued += f.size()
+		c.queued += f.Size()
 		c.writing = true // as startWriter does before it submits c to a worker
 		c.writers.Add(1)
 		c.mu.Unlock()
 		buf = c.writeTurn(buf[:0])
 	}
-}
-
-// BenchmarkCompress is permessage-deflate's cost for one message of about 1 KB of text
-// (at level 1): paid once per broadcast, whatever the number of recipients that
-// negotiated it. out/in is how far it shrinks.
-func BenchmarkCompress(b *testing.B) {
-	var text strings.Builder
-	words := strings.Fields("the order was shipped to your address and will arrive on tuesday payment received invoice for account team alpha new comment on your pull request build passed deploy finished")
-	for i := 0; text.Len() < 1000; i++ {
-		text.WriteString(words[(i*7)%len(words)] + " ")
-	}
-	payload, _ := json.Marshal(map[string]string{"op": "message", "data": text.String()})
-	d := newDeflater(256, flate.BestSpeed, nil)
-	b.ReportAllocs()
-	var out []byte
-	for b.Loop() {
-		out = d.wireOf(newFrame(payload, 0, time.Time{}))
-	}
-	b.ReportMetric(float64(len(out))/float64(len(payload)), "out/in")
 }
 
 // realConn serves a real gateway connection over loopback and returns the server's side of

@@ -17,6 +17,7 @@ import (
 
 	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/gateway/internal/wsframe"
 	"github.com/heraldgw/herald/producer/message"
 )
@@ -52,13 +53,13 @@ type Conn struct {
 	edge *connEdge
 	// deflate compresses the frames written to a connection that negotiated
 	// permessage-deflate; nil: frames go plain. Set before the connection starts.
-	deflate *deflater
+	deflate *wire.Deflater
 
 	// mu protects skip, queue, queued, the close fields, pingDue, pingSeq, writing and
 	// spare.
 	mu     sync.Mutex
 	skip   int64 // frames of messages at or below this offset were replayed: drop them
-	queue  []*frame
+	queue  []*wire.Frame
 	queued int // bytes in queue
 	// inflight and inflightBytes are the frames and bytes the writer has taken from the
 	// queue and is writing now: still waiting, for the queue depth gauges.
@@ -83,8 +84,8 @@ type Conn struct {
 	// the tick of c's last write (see flusher).
 	scheduled   bool
 	flushedTick int64
-	roomWanted  bool     // a replay waits for the writer to make room
-	spare       []*frame // the last batch's slice, reused for the next queue
+	roomWanted  bool          // a replay waits for the writer to make room
+	spare       []*wire.Frame // the last batch's slice, reused for the next queue
 }
 
 func newConn(s *Server, ws *websocket.Conn, nc *batchConn, user string) *Conn {
@@ -132,9 +133,9 @@ func (c *Conn) skipThrough(offset int64) {
 // enqueue adds f to the write queue without blocking. If that would take the queue over
 // its byte cap, the connection is closed as a slow consumer (4008) instead, and what it
 // had queued is dropped: the client resumes from its last offset when it reconnects.
-func (c *Conn) enqueue(f *frame) {
+func (c *Conn) enqueue(f *wire.Frame) {
 	c.mu.Lock()
-	if f.offset >= 0 && f.offset <= c.skip {
+	if f.Offset >= 0 && f.Offset <= c.skip {
 		c.mu.Unlock() // a replay has given it already
 		return
 	}
@@ -143,7 +144,7 @@ func (c *Conn) enqueue(f *frame) {
 		c.srv.metrics.Dropped(metrics.DropClosed, 1)
 		return
 	}
-	if c.queued+f.size() > c.srv.cfg.WriteQueueBytes {
+	if c.queued+f.Size() > c.srv.cfg.WriteQueueBytes {
 		dropped := len(c.queue) + 1
 		c.closeCode, c.closeText, c.flushFirst = CloseSlowConsumer, "slow consumer: write queue full", false
 		c.clearQueue()
@@ -155,7 +156,7 @@ func (c *Conn) enqueue(f *frame) {
 		return
 	}
 	c.queue = append(c.queue, f)
-	c.queued += f.size()
+	c.queued += f.Size()
 	c.startWriter()
 	c.mu.Unlock()
 }
@@ -163,16 +164,16 @@ func (c *Conn) enqueue(f *frame) {
 // enqueueReplay queues a replayed frame, waiting while the queue is over half its cap so
 // that a long replay goes at the client's pace, within the cap. It reports false when the
 // connection closed first. Called by the goroutine that replays, never by fan-out.
-func (c *Conn) enqueueReplay(f *frame) bool {
+func (c *Conn) enqueueReplay(f *wire.Frame) bool {
 	for {
 		c.mu.Lock()
 		if c.closeCode != 0 {
 			c.mu.Unlock()
 			return false
 		}
-		if c.queued == 0 || c.queued+f.size() <= c.srv.cfg.WriteQueueBytes/2 {
+		if c.queued == 0 || c.queued+f.Size() <= c.srv.cfg.WriteQueueBytes/2 {
 			c.queue = append(c.queue, f)
-			c.queued += f.size()
+			c.queued += f.Size()
 			c.startWriter()
 			c.mu.Unlock()
 			return true
@@ -330,7 +331,7 @@ func (c *Conn) writeLoop(first *writeTask) {
 // writeBatch writes frames, and after them the ping numbered ping unless it is 0, to the
 // socket: their bytes go into one pooled buffer, written in one call, or in calls of
 // about batchFlushBytes for a long queue. It returns how many frames were written.
-func (c *Conn) writeBatch(batch []*frame, ping uint32) (int, error) {
+func (c *Conn) writeBatch(batch []*wire.Frame, ping uint32) (int, error) {
 	bp := batchBufs.Get().(*[]byte)
 	defer func() {
 		if cap(*bp) <= maxPooledBatch {
@@ -351,7 +352,7 @@ func (c *Conn) writeBatch(batch []*frame, ping uint32) (int, error) {
 	}
 	data := len(buf)
 	if ping != 0 {
-		buf = appendPing(buf, ping)
+		buf = wire.AppendPing(buf, ping)
 	}
 	if len(buf) > 0 {
 		if _, err := c.nc.Write(buf); err != nil {
@@ -365,11 +366,8 @@ func (c *Conn) writeBatch(batch []*frame, ping uint32) (int, error) {
 
 // wireOf returns the bytes of f as they go to this connection: compressed where it
 // negotiated permessage-deflate (and f is worth compressing), else as f was made.
-func (c *Conn) wireOf(f *frame) []byte {
-	if c.deflate == nil {
-		return f.wire
-	}
-	return c.deflate.wireOf(f)
+func (c *Conn) wireOf(f *wire.Frame) []byte {
+	return wire.Encoding{Deflate: c.deflate}.Bytes(f)
 }
 
 // sendClose sends a close frame and half-closes the socket; the read pump then ends on
@@ -491,7 +489,7 @@ func (c *Conn) startReading() {
 // the read pump (the WebSocket library's ping handler).
 func (c *Conn) answerPing(payload string) error {
 	if br := c.nc.br; br != nil && br.Buffered() >= 2 {
-		if next, _ := br.Peek(2); next[0] == frameFinal|framePing && next[1]&frameMasked != 0 {
+		if next, _ := br.Peek(2); next[0] == wire.Fin|wire.OpPing && next[1]&wire.Masked != 0 {
 			return nil
 		}
 	}
@@ -511,7 +509,7 @@ func (c *Conn) answerPing(payload string) error {
 // ended) is counted and ignored, so that a client cannot keep a connection, or a message
 // it never finishes, open by sending pongs. Called by the read pump.
 func (c *Conn) pong(p []byte) {
-	if len(p) == pingPayloadLen && !c.nc.in.InMessage() {
+	if len(p) == wire.PingPayloadLen && !c.nc.in.InMessage() {
 		seq := binary.BigEndian.Uint64(p)
 		c.mu.Lock()
 		latest := c.pingSeq
@@ -524,16 +522,6 @@ func (c *Conn) pong(p []byte) {
 	}
 	c.srv.metrics.PongIgnored()
 }
-
-// Frame header bits of RFC 6455 section 5.2, for awaitFrame.
-const (
-	frameFinal   = 0x80
-	framePing    = 0x9
-	framePong    = 0xa
-	frameMasked  = 0x80
-	frameLenMask = 0x7f
-	maskKeyLen   = 4
-)
 
 // awaitFrame waits until a frame has begun to arrive. A pong, which it sees whole in the
 // buffer, it consumes itself (and hands to pong, as the library's pong handler would):
@@ -550,22 +538,22 @@ func (c *Conn) awaitFrame() error {
 		if err != nil {
 			return err
 		}
-		size := maskKeyLen + int(head[1]&frameLenMask)
-		if head[0] != frameFinal|framePong || head[1]&frameMasked == 0 || size-maskKeyLen > 125 {
+		size := wire.MaskKeyLen + int(head[1]&wire.LenMask)
+		if head[0] != wire.Fin|wire.OpPong || head[1]&wire.Masked == 0 || size-wire.MaskKeyLen > wire.MaxControlPayload {
 			return nil // not a well-formed client pong (final, no RSV bits, masked): the library reads it
 		}
 		frame, err := br.Peek(2 + size)
 		if err != nil {
 			return err
 		}
-		var payload [pingPayloadLen]byte
+		var payload [wire.PingPayloadLen]byte
 		n := 0
-		if size-maskKeyLen == pingPayloadLen { // only such a pong can answer a ping
-			key := frame[2 : 2+maskKeyLen]
-			for i, b := range frame[2+maskKeyLen:] {
-				payload[i] = b ^ key[i%maskKeyLen]
+		if size-wire.MaskKeyLen == wire.PingPayloadLen { // only such a pong can answer a ping
+			key := frame[2 : 2+wire.MaskKeyLen]
+			for i, b := range frame[2+wire.MaskKeyLen:] {
+				payload[i] = b ^ key[i%wire.MaskKeyLen]
 			}
-			n = pingPayloadLen
+			n = wire.PingPayloadLen
 		}
 		_, _ = br.Discard(2 + size)
 		c.pong(payload[:n])
@@ -697,7 +685,7 @@ func (c *Conn) handle(data []byte) {
 		}
 		watch := r.Presence && c.srv.presence.enabled(ch)
 		answer := func() {
-			c.enqueue(replyTo(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref, Presence: watch}))
+			c.enqueue(wire.Reply(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref, Presence: watch}))
 		}
 		if r.Since == nil {
 			c.srv.hub.subscribe(c, ch, watch, answer)
@@ -710,7 +698,7 @@ func (c *Conn) handle(data []byte) {
 	case "unsubscribe":
 		ch := *r.Channel
 		c.srv.hub.unsubscribe(c, ch, func() {
-			c.enqueue(replyTo(replyFrame{Op: "unsubscribed", Channel: ch, Ref: r.Ref}))
+			c.enqueue(wire.Reply(replyFrame{Op: "unsubscribed", Channel: ch, Ref: r.Ref}))
 		})
 	case "presence":
 		c.answerPresence(r)
@@ -750,12 +738,12 @@ func (c *Conn) publish(r request) {
 		return
 	}
 	c.srv.metrics.Published(metrics.SourceWS)
-	c.enqueue(replyTo(replyFrame{Op: "ack", Ref: r.Ref, ID: id}))
+	c.enqueue(wire.Reply(replyFrame{Op: "ack", Ref: r.Ref, ID: id}))
 }
 
 func (c *Conn) replyError(code, msg, ref string) {
 	c.srv.metrics.ClientError(code)
-	c.enqueue(replyTo(errorFrame{Op: "error", Code: code, Message: msg, Ref: ref}))
+	c.enqueue(wire.Reply(errorFrame{Op: "error", Code: code, Message: msg, Ref: ref}))
 }
 
 // isInvalid reports whether a publish failed because the message itself is invalid.

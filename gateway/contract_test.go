@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldgw/herald/gateway/internal/gwtest"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -31,18 +32,18 @@ func TestMessageFrameWithoutTime(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newMessageFrame(tc.m, received)
 			var got map[string]any
-			if err := json.Unmarshal(f.payload(), &got); err != nil {
+			if err := json.Unmarshal(f.Payload(), &got); err != nil {
 				t.Fatal(err)
 			}
 			if tm, ok := got["time"]; tm != tc.wantTime || ok != (tc.wantTime != nil) {
 				t.Errorf("time field: got %v (present %v), want %v", tm, ok, tc.wantTime)
 			}
-			if !f.published.Equal(tc.wantPub) {
-				t.Errorf("frame clock: got %v, want %v", f.published, tc.wantPub)
+			if !f.Published.Equal(tc.wantPub) {
+				t.Errorf("frame clock: got %v, want %v", f.Published, tc.wantPub)
 			}
 			reg := prometheus.NewRegistry()
 			c := &Conn{srv: &Server{metrics: NewMetrics(reg)}}
-			c.wroteFrames([]*frame{f}, len(f.wire))
+			c.wroteFrames([]*wire.Frame{f}, len(f.Wire))
 			if n := gwtest.Counter(t, reg, "herald_messages_delivered_total"); n != 1 {
 				t.Errorf("herald_messages_delivered_total: got %v, want 1", n)
 			}
@@ -52,7 +53,7 @@ func TestMessageFrameWithoutTime(t *testing.T) {
 		})
 	}
 	// A replayed message without a time is counted too (its clock is when it was read).
-	if f := newMessageFrame(message.Message{ID: "c", Offset: 5, Data: json.RawMessage(`1`)}, time.Time{}); f.published.IsZero() {
+	if f := newMessageFrame(message.Message{ID: "c", Offset: 5, Data: json.RawMessage(`1`)}, time.Time{}); f.Published.IsZero() {
 		t.Error("replayed frame without a time: got no clock, want now")
 	}
 }

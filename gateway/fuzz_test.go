@@ -7,6 +7,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -41,7 +42,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			if perr.code != CodeBadRequest && perr.code != CodeUnknownOp || perr.msg == "" {
 				t.Fatalf("error %q %q: want bad_request or unknown_op with a message", perr.code, perr.msg)
 			}
-			f := mustEncode(errorFrame{Op: "error", Code: perr.code, Message: perr.msg, Ref: r.Ref})
+			f := wire.Marshal(errorFrame{Op: "error", Code: perr.code, Message: perr.msg, Ref: r.Ref})
 			if !json.Valid(f) {
 				t.Fatalf("error frame %q is not JSON", f)
 			}
@@ -69,7 +70,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		default:
 			t.Fatalf("accepted op %q", r.Op)
 		}
-		if !json.Valid(mustEncode(replyFrame{Op: "subscribed", Ref: r.Ref})) {
+		if !json.Valid(wire.Marshal(replyFrame{Op: "subscribed", Ref: r.Ref})) {
 			t.Fatal("reply frame is not JSON")
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -17,7 +18,7 @@ type member interface {
 	// enqueue queues f for writing without blocking. A connection that cannot take f
 	// (it is closing, or f would overflow its queue and it is closed with 4008) counts
 	// the drop itself.
-	enqueue(f *frame)
+	enqueue(f *wire.Frame)
 	// user is the connection's user; empty when anonymous.
 	user() string
 	// skipThrough makes the connection drop frames of messages at or below offset: the

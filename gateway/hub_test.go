@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -23,13 +24,13 @@ type recorder struct {
 
 func newRecorder(name, user string) *recorder { return &recorder{name: name, usr: user, skip: noSkip} }
 
-func (r *recorder) enqueue(f *frame) {
+func (r *recorder) enqueue(f *wire.Frame) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if f.offset >= 0 && f.offset <= r.skip {
+	if f.Offset >= 0 && f.Offset <= r.skip {
 		return
 	}
-	r.got = append(r.got, f.offset)
+	r.got = append(r.got, f.Offset)
 }
 func (r *recorder) user() string { return r.usr }
 func (r *recorder) skipThrough(off int64) {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/gateway/internal/wsframe"
 )
 
@@ -83,7 +84,7 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	if !c.handshook {
 		c.handshook = true
 		c.deflate = bytes.Contains(p, deflateAccepted) // the handshake response, written whole
-	} else if len(p) > 0 && p[0] == closeFrameByte {
+	} else if len(p) > 0 && p[0] == wire.CloseFrameByte {
 		c.closeSent = true // the library writes each control frame in one Write
 	}
 	if err := c.renewDeadline(); err != nil {
@@ -173,9 +174,6 @@ func (c *batchConn) renewDeadline() error {
 	}
 	return nil
 }
-
-// closeFrameByte is the first byte of a final close frame (RFC 6455 section 5.2).
-const closeFrameByte = 0x88
 
 // errCloseSent is a write after the close frame.
 var errCloseSent = errors.New("gateway: write after the close frame")

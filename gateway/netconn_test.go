@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/heraldgw/herald/gateway/internal/wire"
 )
 
 // socketPair returns the server's side of a loopback TCP connection as a batchConn with
@@ -48,10 +50,10 @@ func socketPair(t *testing.T) (*batchConn, net.Conn) {
 // is not taken for a close frame.
 func TestPartialWriteKeepsFramesWhole(t *testing.T) {
 	bc, client := socketPair(t)
-	data := newFrame(bytes.Repeat([]byte{0x88}, 1<<20), -1, time.Time{})
-	n, err := bc.tryWrite(data.wire)
-	if err != nil || n == 0 || n >= len(data.wire) {
-		t.Fatalf("tryWrite of %d bytes to a socket that reads nothing: wrote %d, %v; want a part", len(data.wire), n, err)
+	data := wire.NewFrame(bytes.Repeat([]byte{0x88}, 1<<20), -1, time.Time{})
+	n, err := bc.tryWrite(data.Wire)
+	if err != nil || n == 0 || n >= len(data.Wire) {
+		t.Fatalf("tryWrite of %d bytes to a socket that reads nothing: wrote %d, %v; want a part", len(data.Wire), n, err)
 	}
 	got := make(chan []byte)
 	go func() { b, _ := io.ReadAll(client); got <- b }()
@@ -62,12 +64,12 @@ func TestPartialWriteKeepsFramesWhole(t *testing.T) {
 	if err := bc.flush(); err != nil { // what writeLoop does after a partial turn
 		t.Fatal(err)
 	}
-	next := newFrame([]byte(`{"op":"message"}`), -1, time.Time{})
-	if n, err := bc.tryWrite(next.wire); err != nil || n != len(next.wire) {
-		t.Fatalf("the next frame: wrote %d of %d, %v", n, len(next.wire), err)
+	next := wire.NewFrame([]byte(`{"op":"message"}`), -1, time.Time{})
+	if n, err := bc.tryWrite(next.Wire); err != nil || n != len(next.Wire) {
+		t.Fatalf("the next frame: wrote %d of %d, %v", n, len(next.Wire), err)
 	}
 	_ = bc.Conn.(*net.TCPConn).CloseWrite()
-	want := append(append(append([]byte(nil), data.wire...), pong...), next.wire...)
+	want := append(append(append([]byte(nil), data.Wire...), pong...), next.Wire...)
 	if b := <-got; !bytes.Equal(b, want) {
 		i := 0
 		for i < min(len(b), len(want)) && b[i] == want[i] {
@@ -81,12 +83,12 @@ func TestPartialWriteKeepsFramesWhole(t *testing.T) {
 // writes nothing new (it keeps it, after the rest).
 func TestTryWriteWaitsForWhatIsPending(t *testing.T) {
 	bc, client := socketPair(t)
-	big := newFrame(bytes.Repeat([]byte{'a'}, 1<<20), -1, time.Time{})
-	if n, _ := bc.tryWrite(big.wire); n >= len(big.wire) {
+	big := wire.NewFrame(bytes.Repeat([]byte{'a'}, 1<<20), -1, time.Time{})
+	if n, _ := bc.tryWrite(big.Wire); n >= len(big.Wire) {
 		t.Fatal("the socket took 1 MiB at once")
 	}
-	small := newFrame([]byte("b"), -1, time.Time{})
-	if n, err := bc.tryWrite(small.wire); n != 0 || err != nil {
+	small := wire.NewFrame([]byte("b"), -1, time.Time{})
+	if n, err := bc.tryWrite(small.Wire); n != 0 || err != nil {
 		t.Fatalf("tryWrite with a rest pending: wrote %d, %v; want 0, kept", n, err)
 	}
 	got := make(chan []byte)
@@ -95,8 +97,8 @@ func TestTryWriteWaitsForWhatIsPending(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = bc.Conn.(*net.TCPConn).CloseWrite()
-	if b := <-got; !bytes.Equal(b, append(append([]byte(nil), big.wire...), small.wire...)) {
-		t.Errorf("the client read %d bytes, want the big frame then the small one (%d)", len(b), len(big.wire)+len(small.wire))
+	if b := <-got; !bytes.Equal(b, append(append([]byte(nil), big.Wire...), small.Wire...)) {
+		t.Errorf("the client read %d bytes, want the big frame then the small one (%d)", len(b), len(big.Wire)+len(small.Wire))
 	}
 }
 
@@ -114,8 +116,8 @@ func TestTryWriteAfterCloseWritesNowhere(t *testing.T) {
 	if err := syscall.Dup2(other.fd, fd); err != nil {
 		t.Fatal(err)
 	}
-	frame := newFrame([]byte(`{"op":"message","data":"for the closed connection"}`), -1, time.Time{})
-	n, err := bc.tryWrite(frame.wire)
+	frame := wire.NewFrame([]byte(`{"op":"message","data":"for the closed connection"}`), -1, time.Time{})
+	n, err := bc.tryWrite(frame.Wire)
 	if err == nil || n != 0 {
 		t.Fatalf("tryWrite after Close: wrote %d, %v; want an error", n, err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -826,7 +827,7 @@ func (p *Presence) sendEvents() {
 			if len(f.Users) > p.cfg.MaxEventUsers {
 				f.Users, f.More = f.Users[:p.cfg.MaxEventUsers], true
 			}
-			frame := replyTo(f)
+			frame := wire.Reply(f)
 			for c := range to {
 				c.enqueue(frame)
 			}
@@ -861,7 +862,7 @@ func (c *Conn) answerPresence(r request) {
 	if r.Limit != nil {
 		limit = *r.Limit
 	}
-	c.enqueue(replyTo(presenceFrame{Op: "presence", Ref: r.Ref, ChannelPresence: p.Channel(ch, r.After, limit)}))
+	c.enqueue(wire.Reply(presenceFrame{Op: "presence", Ref: r.Ref, ChannelPresence: p.Channel(ch, r.After, limit)}))
 }
 
 // --- metrics -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldgw/herald/gateway/internal/gwtest"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 )
 
 // watcher is a hub member that keeps the JSON of the frames queued to it.
@@ -22,11 +23,11 @@ type watcher struct {
 	frames []map[string]any
 }
 
-func (w *watcher) enqueue(f *frame) {
+func (w *watcher) enqueue(f *wire.Frame) {
 	var v map[string]any
-	payload := f.wire[2:] // replies here are short: a 2-byte header
-	if f.wire[1] == 126 {
-		payload = f.wire[4:]
+	payload := f.Wire[2:] // replies here are short: a 2-byte header
+	if f.Wire[1] == 126 {
+		payload = f.Wire[4:]
 	}
 	if err := json.Unmarshal(payload, &v); err != nil {
 		panic(err)

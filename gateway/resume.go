@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -106,7 +107,7 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 			}
 			if m.Data != nil && wants(&m) && !s.hub.duplicate(m.Offset) && !seenID(seen, m.ID) {
 				f := newMessageFrame(m, time.Time{})
-				f.replayed = true
+				f.Replayed = true
 				if !c.enqueueReplay(f) {
 					closed = true // the connection is closing: stop
 					return false
@@ -188,12 +189,12 @@ func (s *Server) resumeConnect(c *Conn, since int64, channels []string) {
 	s.resume(c, since, wants, func(at int64, reset bool) bool {
 		if reset {
 			s.hub.join(c, channels, func(newest int64, _ bool) {
-				c.enqueue(replyTo(resetFrame{Op: "reset", Offset: newest}))
+				c.enqueue(wire.Reply(resetFrame{Op: "reset", Offset: newest}))
 			})
 			return true
 		}
 		return s.hub.joinAt(c, channels, at, func() {
-			c.enqueue(replyTo(resumedFrame{Op: "resumed", Since: since, Until: at}))
+			c.enqueue(wire.Reply(resumedFrame{Op: "resumed", Since: since, Until: at}))
 		})
 	})
 }
@@ -206,11 +207,11 @@ func (s *Server) resumeChannel(c *Conn, ch string, since int64, watch bool) {
 		if reset {
 			return s.hub.subscribe(c, ch, watch, func() {
 				newest, _ := s.hub.newest()
-				c.enqueue(replyTo(resetFrame{Op: "reset", Offset: newest, Channel: ch}))
+				c.enqueue(wire.Reply(resetFrame{Op: "reset", Offset: newest, Channel: ch}))
 			})
 		}
 		return s.hub.subscribeAt(c, ch, at, watch, func() {
-			c.enqueue(replyTo(resumedFrame{Op: "resumed", Since: since, Until: at, Channel: ch}))
+			c.enqueue(wire.Reply(resumedFrame{Op: "resumed", Since: since, Until: at, Channel: ch}))
 		})
 	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldgw/herald/consumer"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -324,9 +325,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 type recMember struct{ got []int64 }
 
-func (m *recMember) enqueue(f *frame)  { m.got = append(m.got, f.offset) }
-func (m *recMember) user() string      { return "" }
-func (m *recMember) skipThrough(int64) {}
+func (m *recMember) enqueue(f *wire.Frame) { m.got = append(m.got, f.Offset) }
+func (m *recMember) user() string          { return "" }
+func (m *recMember) skipThrough(int64)     {}
 
 // TestReviewResubscribeDropsReplaySkip: subscribeAt stores the replay's skip offset in the
 // channel index; a later plain subscribe to the same channel (the client repeats its

@@ -33,6 +33,7 @@ import (
 
 	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -200,10 +201,10 @@ type Server struct {
 	upgrader  websocket.Upgrader
 	apiKey    [sha256.Size]byte
 	mux       *http.ServeMux
-	flusher   *flusher    // nil when FlushInterval is negative
-	writers   *writerPool // nil when WriteWorkers is negative
-	deflater  *deflater   // nil when Compression is off
-	stopWrite sync.Once   // stops the flusher and the writers
+	flusher   *flusher       // nil when FlushInterval is negative
+	writers   *writerPool    // nil when WriteWorkers is negative
+	deflater  *wire.Deflater // nil when Compression is off
+	stopWrite sync.Once      // stops the flusher and the writers
 	// admin has AdminHandler's routes.
 	admin *http.ServeMux
 
@@ -258,7 +259,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 			return nil, fmt.Errorf("gateway: compression level %d: want 1 to 9", cfg.CompressionLevel)
 		}
 		s.upgrader.EnableCompression = true
-		s.deflater = newDeflater(cfg.CompressionMinBytes, cfg.CompressionLevel, cfg.Metrics)
+		s.deflater = wire.NewDeflater(cfg.CompressionMinBytes, cfg.CompressionLevel, cfg.Metrics.Compressed)
 	}
 	if err := s.setupEdge(); err != nil {
 		return nil, err
@@ -443,7 +444,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		if known {
 			wf.Offset = &newest
 		}
-		c.enqueue(replyTo(wf))
+		c.enqueue(wire.Reply(wf))
 	}
 	if since == nil {
 		s.hub.join(c, channels, welcome)

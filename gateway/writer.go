@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,6 +8,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 )
 
 // writerPool is a fixed set of writer workers (by default one per core but one) that write the
@@ -95,18 +95,6 @@ func (p *writerPool) close() {
 	p.wg.Wait()
 }
 
-// pingPayloadLen is the length of the payload of the gateway's pings: the ping's
-// sequence number, which the client's pong echoes (RFC 6455 section 5.5.3), so that only
-// a pong that answers the latest ping counts (see Conn.pong).
-const pingPayloadLen = 8
-
-// appendPing appends the ping numbered seq, from the server (RFC 6455 section 5.5.2;
-// never masked), to buf.
-func appendPing(buf []byte, seq uint32) []byte {
-	buf = append(buf, 0x89, pingPayloadLen)
-	return binary.BigEndian.AppendUint64(buf, uint64(seq))
-}
-
 // takeBatch takes what c's writer is to write now: the queued frames, whether a ping is
 // due, and, once the connection is closing, the close frame's code and text (flush: send
 // the frames first). It reports false when there is nothing to write now, or this tick's
@@ -139,7 +127,7 @@ func (c *Conn) takeBatch(again bool) (t writeTask, ok bool) {
 
 // writeTask is one turn of a connection's writer: see takeBatch.
 type writeTask struct {
-	frames []*frame
+	frames []*wire.Frame
 	ping   uint32 // the number of the ping to send after the frames; 0: none
 	code   int
 	text   string
@@ -218,20 +206,20 @@ func (c *Conn) handOver(t writeTask) {
 
 // appendBatch appends the frames, and the ping numbered ping unless it is 0, to buf, and
 // returns it with the bytes of the frames alone.
-func (c *Conn) appendBatch(buf []byte, frames []*frame, ping uint32) ([]byte, int) {
+func (c *Conn) appendBatch(buf []byte, frames []*wire.Frame, ping uint32) ([]byte, int) {
 	for _, f := range frames {
 		buf = append(buf, c.wireOf(f)...)
 	}
 	n := len(buf)
 	if ping != 0 {
-		buf = appendPing(buf, ping)
+		buf = wire.AppendPing(buf, ping)
 	}
 	return buf, n
 }
 
 // framesAfter returns how many of frames, at their end, are not whole within the first
 // n bytes written of them (n may run on into a ping after them).
-func (c *Conn) framesAfter(frames []*frame, n int) int {
+func (c *Conn) framesAfter(frames []*wire.Frame, n int) int {
 	for i, f := range frames {
 		w := len(c.wireOf(f))
 		if n < w {
@@ -245,7 +233,7 @@ func (c *Conn) framesAfter(frames []*frame, n int) int {
 // wroteFrames counts frames written whole to the socket, n bytes of them: the messages
 // among them as delivered, with their delivery latency (a replayed message's age is not
 // one).
-func (c *Conn) wroteFrames(frames []*frame, n int) {
+func (c *Conn) wroteFrames(frames []*wire.Frame, n int) {
 	m := c.srv.metrics
 	if m == nil || len(frames) == 0 && n == 0 {
 		return
@@ -253,10 +241,10 @@ func (c *Conn) wroteFrames(frames []*frame, n int) {
 	now := time.Now()
 	delivered := 0
 	for _, f := range frames {
-		if !f.published.IsZero() {
+		if !f.Published.IsZero() {
 			delivered++
-			if !f.replayed {
-				m.DeliveryLatency(now.Sub(f.published))
+			if !f.Replayed {
+				m.DeliveryLatency(now.Sub(f.Published))
 			}
 		}
 	}

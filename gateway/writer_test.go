@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldgw/herald/gateway/internal/gwtest"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 )
 
 // TestPanicInAWriterWorker: a panic during a worker's turn at one connection (here, its
@@ -47,7 +48,7 @@ func TestPanicInAWriterWorker(t *testing.T) {
 	s.connsMu.Lock()
 	for c := range s.all {
 		c.mu.Lock()
-		c.deflate = &deflater{level: 42} // flate refuses the level: compressing panics
+		c.deflate = wire.NewDeflater(0, 42, nil) // flate refuses the level: compressing panics
 		c.mu.Unlock()
 	}
 	s.connsMu.Unlock()

@@ -12,6 +12,8 @@ import (
 	"fmt"
 
 	"golang.org/x/time/rate"
+
+	"github.com/heraldgw/herald/gateway/internal/wire"
 )
 
 // Close codes of the violations (RFC 6455 section 7.4.1, and Herald's 4029).
@@ -37,24 +39,6 @@ type Violation struct {
 }
 
 func (v *Violation) Error() string { return fmt.Sprintf("websocket: %s (close %d)", v.Reason, v.Code) }
-
-// Opcodes (RFC 6455 section 5.2).
-const (
-	opContinuation = 0x0
-	opText         = 0x1
-	opBinary       = 0x2
-	opClose        = 0x8
-	opPing         = 0x9
-	opPong         = 0xa
-)
-
-// Header bits.
-const (
-	bitFinal = 0x80
-	bitRSV1  = 0x40
-	bitsRSV  = 0x70
-	bitMask  = 0x80
-)
 
 // Inspector follows the frames of one connection's client-to-server byte stream. Its
 // zero value inspects nothing until Init; the goroutine that reads the connection owns
@@ -157,41 +141,41 @@ func (in *Inspector) Scan(p []byte) (int, *Violation) {
 // header's length, or leaves it at 2 when the length fits in them.
 func (in *Inspector) first() *Violation {
 	b0, b1 := in.hdr[0], in.hdr[1]
-	op := b0 & 0x0f
-	final := b0&bitFinal != 0
-	length := b1 & 0x7f
+	op := b0 & wire.OpMask
+	final := b0&wire.Fin != 0
+	length := b1 & wire.LenMask
 	switch {
-	case b1&bitMask == 0:
+	case b1&wire.Masked == 0:
 		return protocol("client frame not masked")
-	case b0&(bitsRSV&^bitRSV1) != 0:
+	case b0&(wire.RSVBits&^wire.RSV1) != 0:
 		return protocol("RSV2 or RSV3 set")
-	case b0&bitRSV1 != 0 && !in.deflate:
+	case b0&wire.RSV1 != 0 && !in.deflate:
 		return protocol("RSV1 set without a negotiated extension")
 	}
 	switch op {
-	case opText, opBinary:
+	case wire.OpText, wire.OpBinary:
 		if in.inMsg {
 			return protocol("new data frame inside a fragmented message")
 		}
 		in.inMsg, in.frags = !final, 1
-	case opContinuation:
+	case wire.OpContinuation:
 		if !in.inMsg {
 			return protocol("continuation frame outside a fragmented message")
 		}
-		if b0&bitRSV1 != 0 {
+		if b0&wire.RSV1 != 0 {
 			return protocol("RSV1 set on a continuation frame")
 		}
 		in.frags++
 		in.inMsg = !final
-	case opClose, opPing, opPong:
+	case wire.OpClose, wire.OpPing, wire.OpPong:
 		switch {
 		case !final:
 			return protocol("fragmented control frame")
-		case b0&bitRSV1 != 0:
+		case b0&wire.RSV1 != 0:
 			return protocol("RSV1 set on a control frame")
-		case length > 125:
+		case length > wire.MaxControlPayload:
 			return protocol("control frame longer than 125 bytes")
-		case op == opClose && length == 1:
+		case op == wire.OpClose && length == 1:
 			return protocol("close frame with a 1-byte body")
 		}
 	default:
@@ -200,7 +184,7 @@ func (in *Inspector) first() *Violation {
 	if in.limiter != nil && !in.limiter.Allow() {
 		return &Violation{Code: CloseRateLimited, Reason: "too many frames", Limit: LimitFrameRate}
 	}
-	if in.maxFrag > 0 && in.frags > in.maxFrag && (op == opContinuation) {
+	if in.maxFrag > 0 && in.frags > in.maxFrag && (op == wire.OpContinuation) {
 		return &Violation{Code: CloseTooBig, Reason: fmt.Sprintf("message in more than %d fragments", in.maxFrag), Limit: LimitFragments}
 	}
 	switch length {
@@ -218,7 +202,7 @@ func (in *Inspector) length() *Violation {
 	var n uint64
 	switch in.need {
 	case 2:
-		n = uint64(in.hdr[1] & 0x7f)
+		n = uint64(in.hdr[1] & wire.LenMask)
 	case 4:
 		n = uint64(binary.BigEndian.Uint16(in.hdr[2:4]))
 	case 10:
@@ -227,7 +211,7 @@ func (in *Inspector) length() *Violation {
 			return protocol("64-bit payload length with its most significant bit set")
 		}
 	}
-	in.remain = 4 + n // the mask key (every client frame is masked), then the payload
+	in.remain = wire.MaskKeyLen + n // the mask key (every client frame is masked), then the payload
 	in.hn, in.need = 0, 2
 	return nil
 }

@@ -29,9 +29,17 @@ func frame(b0 byte, n int64, payload []byte) []byte {
 
 func cat(frames ...[]byte) []byte { return bytes.Join(frames, nil) }
 
+// The header bits, written out here as RFC 6455 section 5.2 gives them.
 const (
 	fin  = 0x80
 	rsv1 = 0x40
+
+	opContinuation = 0x0
+	opText         = 0x1
+	opBinary       = 0x2
+	opClose        = 0x8
+	opPing         = 0x9
+	opPong         = 0xa
 )
 
 // TestInspector feeds each stream whole and in chunks: each way gives the same outcome,
