@@ -477,7 +477,7 @@ func (c *Conn) refresh(r request) {
 	if !a.enabled || c.edge == nil {
 		// Tokens are not used on this gateway (as at connect, the token is ignored).
 		c.srv.metrics.TokenRefreshed(true)
-		c.enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref}))
+		c.Enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref}))
 		return
 	}
 	id, terr := a.verify(r.Token)
@@ -496,10 +496,10 @@ func (c *Conn) refresh(r request) {
 	for _, ch := range c.srv.hub.subscriptionsOf(c) {
 		if !id.subscribe.allows(ch) {
 			c.srv.hub.unsubscribe(c, ch, func() {
-				c.enqueue(wire.Reply(replyFrame{Op: "unsubscribed", Channel: ch}))
+				c.Enqueue(wire.Reply(replyFrame{Op: "unsubscribed", Channel: ch}))
 			})
 		}
 	}
 	c.srv.metrics.TokenRefreshed(true)
-	c.enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref, Exp: id.expires.Unix()}))
+	c.Enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref, Exp: id.expires.Unix()}))
 }

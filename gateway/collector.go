@@ -73,7 +73,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	s.srv.forEachConn(func(c *Conn) {
 		n++
 		{
-			f, b := c.depth()
+			f, b := c.Depth()
 			frames, bytes = frames+f, bytes+b
 			maxF, maxB = max(maxF, f), max(maxB, b)
 			for i, le := range queueDepthBuckets {

@@ -18,6 +18,7 @@ import (
 	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/gateway/internal/wire"
+	"github.com/heraldgw/herald/gateway/internal/writer"
 	"github.com/heraldgw/herald/gateway/internal/wsframe"
 	"github.com/heraldgw/herald/producer/message"
 )
@@ -26,81 +27,49 @@ import (
 // own, before it drops the TCP connection.
 const closeGrace = time.Second
 
-// batchFlushBytes is where the write pump sends a batch and starts the next one, so a
-// long queue goes out in writes of bounded size.
-const batchFlushBytes = 64 << 10
-
 // Conn is one client's WebSocket connection. The read pump (a goroutine of its own)
 // reads and answers the client's frames. Everyone else, the hub's fan-out included, hands
-// frames to the write queue with enqueue, which never blocks; when there is something to
-// write, a writer worker takes the queue and writes it without waiting on the socket (see
-// writerPool), and a socket that is slow to take it gets a writer goroutine of its own
-// until its queue is empty. An idle connection so has one parked goroutine and no buffers
-// of its own beyond the small read buffer.
+// frames to its write queue (the embedded writer.Queue: Enqueue never blocks), whose
+// writer writes them (package writer). An idle connection so has one parked goroutine
+// and no buffers of its own beyond the small read buffer.
 type Conn struct {
+	// Queue is the connection's write queue and its writer's state. First, so that the
+	// hub's Enqueue, a method promoted from it, is reached with no offset to add.
+	writer.Queue
+
 	id   string
 	usr  string
 	srv  *Server
 	ws   *websocket.Conn
-	nc   *batchConn
+	nc   *netConn
 	log  *slog.Logger
-	room chan struct{} // room for one signal from the writer: it wrote a batch
-	done chan struct{} // closed when the connection is finished (see finish)
-	once sync.Once     // finish runs once
-	ping *time.Timer   // fires every PingInterval to have the writer ping the client
+	once sync.Once   // finish runs once
+	ping *time.Timer // fires every PingInterval to have the writer ping the client
 	// edge is the connection's identity, permissions and frame rate (limits.go); set
 	// before the read pump starts, then owned by it.
 	edge *connEdge
-	// deflate compresses the frames written to a connection that negotiated
-	// permessage-deflate; nil: frames go plain. Set before the connection starts.
+	// deflate says that the connection negotiated permessage-deflate: its frames go
+	// compressed (writer.Queue) and its messages come compressed. Set by newConn.
 	deflate *wire.Deflater
-
-	// mu protects skip, queue, queued, the close fields, pingDue, pingSeq, writing and
-	// spare.
-	mu     sync.Mutex
-	skip   int64 // frames of messages at or below this offset were replayed: drop them
-	queue  []*wire.Frame
-	queued int // bytes in queue
-	// inflight and inflightBytes are the frames and bytes the writer has taken from the
-	// queue and is writing now: still waiting, for the queue depth gauges.
-	inflight, inflightBytes int
-	closeCode               int    // 0 while open; the close code once a close is asked for
-	closeText               string // the close frame's reason
-	flushFirst              bool   // send what is queued before the close frame
-	pingDue                 bool   // the writer should send a ping
-	pingSeq                 uint32 // the number of the latest ping asked for (1 and up)
-	// writing is true while c has a writer (a worker's turn, queued or under way, or a
-	// writeLoop goroutine), and for good once the writing side is closed (close frame
-	// sent, or a write failed): at most one writer is ever at work. finished is set by
-	// finish: no writer starts after it. writers counts the writer, for finish to wait
-	// for; it is added to only under mu, before finished.
-	writing  bool
-	finished bool
 	// pongSeq is the number of the latest ping a pong has answered; the read pump owns
 	// it.
 	pongSeq uint32
-	writers sync.WaitGroup
-	// scheduled is true while c waits in the flusher for the next tick; flushedTick is
-	// the tick of c's last write (see flusher).
-	scheduled   bool
-	flushedTick int64
-	roomWanted  bool          // a replay waits for the writer to make room
-	spare       []*wire.Frame // the last batch's slice, reused for the next queue
 }
 
-func newConn(s *Server, ws *websocket.Conn, nc *batchConn, user string) *Conn {
+// newConn returns the connection of user over ws and nc; deflate, when not nil,
+// compresses its frames.
+func newConn(s *Server, ws *websocket.Conn, nc *netConn, user string, deflate *wire.Deflater) *Conn {
 	id := message.NewID()[:16]
 	c := &Conn{
-		id:   id,
-		usr:  user,
-		srv:  s,
-		ws:   ws,
-		nc:   nc,
-		log:  s.logger.With("conn", id),
-		room: make(chan struct{}, 1),
-		done: make(chan struct{}),
-		skip: noSkip,
+		id:      id,
+		usr:     user,
+		srv:     s,
+		ws:      ws,
+		nc:      nc,
+		log:     s.logger.With("conn", id),
+		deflate: deflate,
 	}
+	c.Queue.Init(s.writer, &nc.Socket, wire.Encoding{Deflate: deflate}, c)
 	c.ping = time.AfterFunc(s.cfg.PingInterval, c.pingTick)
 	return c
 }
@@ -108,277 +77,41 @@ func newConn(s *Server, ws *websocket.Conn, nc *batchConn, user string) *Conn {
 // pingTick runs on the ping timer: it asks the writer for a ping, and sets the timer again.
 func (c *Conn) pingTick() {
 	select {
-	case <-c.done:
+	case <-c.Done():
 		return
 	default:
 	}
-	c.mu.Lock()
-	c.pingDue = true
-	if c.pingSeq++; c.pingSeq == 0 { // 0 means no ping (writeTask)
-		c.pingSeq = 1
-	}
-	c.startWriter()
-	c.mu.Unlock()
+	c.Ping()
 	c.ping.Reset(c.srv.cfg.PingInterval)
 }
 
-func (c *Conn) user() string { return c.usr }
+// User is the connection's user; empty when anonymous.
+func (c *Conn) User() string { return c.usr }
 
-func (c *Conn) skipThrough(offset int64) {
-	c.mu.Lock()
-	c.skip = offset
-	c.mu.Unlock()
+// Overflowed logs a slow consumer's close (writer.Owner).
+func (c *Conn) Overflowed(dropped int) {
+	c.log.Info("slow consumer closed", "user", logsample.Clip(c.usr), "dropped", dropped)
 }
 
-// enqueue adds f to the write queue without blocking. If that would take the queue over
-// its byte cap, the connection is closed as a slow consumer (4008) instead, and what it
-// had queued is dropped: the client resumes from its last offset when it reconnects.
-func (c *Conn) enqueue(f *wire.Frame) {
-	c.mu.Lock()
-	if f.Offset >= 0 && f.Offset <= c.skip {
-		c.mu.Unlock() // a replay has given it already
-		return
-	}
-	if c.closeCode != 0 {
-		c.mu.Unlock()
-		c.srv.metrics.Dropped(metrics.DropClosed, 1)
-		return
-	}
-	if c.queued+f.Size() > c.srv.cfg.WriteQueueBytes {
-		dropped := len(c.queue) + 1
-		c.closeCode, c.closeText, c.flushFirst = CloseSlowConsumer, "slow consumer: write queue full", false
-		c.clearQueue()
-		c.startWriter()
-		c.mu.Unlock()
-		c.srv.metrics.Dropped(metrics.DropSlowConsumer, dropped)
-		c.srv.metrics.SlowConsumer()
-		c.log.Info("slow consumer closed", "user", logsample.Clip(c.usr), "dropped", dropped)
-		return
-	}
-	c.queue = append(c.queue, f)
-	c.queued += f.Size()
-	c.startWriter()
-	c.mu.Unlock()
-}
+// WriteFailed logs a failed write (writer.Owner).
+func (c *Conn) WriteFailed(err error) { c.log.Debug("write failed", "err", err) }
 
-// enqueueReplay queues a replayed frame, waiting while the queue is over half its cap so
-// that a long replay goes at the client's pace, within the cap. It reports false when the
-// connection closed first. Called by the goroutine that replays, never by fan-out.
+// enqueueReplay queues a replayed frame at the client's pace (writer.Queue.EnqueueReplay);
+// while it waits for room, the read deadline keeps moving: the read pump may be the one
+// replaying.
 func (c *Conn) enqueueReplay(f *wire.Frame) bool {
-	for {
-		c.mu.Lock()
-		if c.closeCode != 0 {
-			c.mu.Unlock()
-			return false
-		}
-		if c.queued == 0 || c.queued+f.Size() <= c.srv.cfg.WriteQueueBytes/2 {
-			c.queue = append(c.queue, f)
-			c.queued += f.Size()
-			c.startWriter()
-			c.mu.Unlock()
-			return true
-		}
-		c.roomWanted = true
-		c.mu.Unlock()
-		select {
-		case <-c.room:
-		case <-c.done:
-			return false
-		case <-time.After(c.srv.cfg.PingInterval):
-			// The read pump may be the one replaying: keep its deadline moving while
-			// the client reads.
-			c.extendRead()
-		}
-	}
+	return c.EnqueueReplay(f, c.srv.cfg.PingInterval, c.extendRead)
 }
 
-// startWriter makes a writer for c if none is at work and there is something to write: a
-// turn at a writer worker, or a writeLoop goroutine for a close (or where the server has
-// no workers). For frames of a connection that has written in the current tick, it has
-// the flusher do so at the next tick instead. c.mu must be held.
-func (c *Conn) startWriter() {
-	urgent := c.pingDue || c.closeCode != 0
-	if c.writing || c.finished || (c.scheduled && !urgent) || (len(c.queue) == 0 && !urgent) {
-		return
-	}
-	if f := c.srv.flusher; !urgent && f != nil && c.flushedTick == f.tick.Load() {
-		c.scheduled = true
-		f.schedule(c)
-		return
-	}
-	c.writing = true
-	c.writers.Add(1)
-	if w := c.srv.writers; w != nil && c.closeCode == 0 && c.nc.direct {
-		w.submit(c)
-		return
-	}
-	go c.writeLoop(nil)
-}
-
-// clearQueue empties the queue. c.mu must be held.
-func (c *Conn) clearQueue() {
-	clear(c.queue)
-	c.queue = c.queue[:0]
-	c.queued = 0
-}
-
-// depth returns the number of frames and bytes waiting to be written: in the write queue,
-// and in the batch being written.
-func (c *Conn) depth() (frames, bytes int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.queue) + c.inflight, c.queued + c.inflightBytes
-}
-
-// requestClose asks the writer to close the connection with code; the first request
-// wins. With flush, what is queued is sent before the close frame; without, it is dropped.
-// Safe to call from any goroutine.
-func (c *Conn) requestClose(code int, text string, flush bool) {
-	c.mu.Lock()
-	if c.closeCode != 0 {
-		c.mu.Unlock()
-		return
-	}
-	c.closeCode, c.closeText, c.flushFirst = code, text, flush
-	dropped := 0
-	if !flush {
-		dropped = len(c.queue)
-		c.clearQueue()
-	}
-	c.startWriter()
-	c.mu.Unlock()
-	if dropped > 0 {
-		c.srv.metrics.Dropped(metrics.DropClosed, dropped)
-	}
-}
-
-func (c *Conn) closing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closeCode != 0
-}
-
-// maxSpare bounds the slice a connection keeps between batches, so that an idle
-// connection does not hold a large one after a burst.
-const maxSpare = 64
-
-// writeLoop is the connection's writer on a goroutine of its own, for what a worker
-// (writeTurn) does not do: it completes first, a turn a worker began (the rest of a write
-// the socket did not take at once), then writes what is queued, everything queued in one
-// write within the deadline, and the pings and the close frame, until there is nothing
-// left to write; then it ends. It is the connection's only writer: startWriter makes at
-// most one writer at a time (a worker's turn or this goroutine). The only other writes
-// are the WebSocket library's pongs and close replies from the read pump, which
-// batchConn serialises with the writer's, whole frames between whole frames.
-func (c *Conn) writeLoop(first *writeTask) {
-	defer c.writers.Done()
-	defer func() {
-		if v := recover(); v != nil {
-			c.panicked(v)
-			_ = c.nc.Close() // the read pump ends and finishes the connection
-		}
-	}()
-	again := false // this goroutine has written in the current tick
-	if first != nil {
-		var err error
-		unsent := 0
-		if first.partial {
-			rest := first.frames[len(first.frames)-first.restFrames:]
-			if err = c.nc.flush(); err == nil {
-				c.wroteFrames(rest, first.restData)
-			} else {
-				unsent = len(rest)
-			}
-		} else {
-			sent := 0
-			sent, err = c.writeBatch(first.frames, first.ping)
-			unsent = len(first.frames) - sent
-		}
-		c.finishTurn(*first, err, unsent, false)
-		if err != nil {
-			return // writing stays true: no writer starts again
-		}
-		again = true
-	}
-	for {
-		c.mu.Lock()
-		t, ok := c.takeBatch(again)
-		c.mu.Unlock()
-		if !ok {
-			return
-		}
-		again = true
-		var err error
-		sent := 0
-		if t.code == 0 || t.flush {
-			ping := t.ping
-			if t.code != 0 {
-				ping = 0
-			}
-			sent, err = c.writeBatch(t.frames, ping)
-		}
-		c.finishTurn(t, err, len(t.frames)-sent, false)
-		if err != nil {
-			return // writing stays true: no writer starts again
-		}
-		if t.code != 0 {
-			c.sendClose(t.code, t.text)
-			return
-		}
-	}
-}
-
-// writeBatch writes frames, and after them the ping numbered ping unless it is 0, to the
-// socket: their bytes go into one pooled buffer, written in one call, or in calls of
-// about batchFlushBytes for a long queue. It returns how many frames were written.
-func (c *Conn) writeBatch(batch []*wire.Frame, ping uint32) (int, error) {
-	bp := batchBufs.Get().(*[]byte)
-	defer func() {
-		if cap(*bp) <= maxPooledBatch {
-			*bp = (*bp)[:0]
-			batchBufs.Put(bp)
-		}
-	}()
-	buf, start := (*bp)[:0], 0
-	for i, f := range batch {
-		buf = append(buf, c.wireOf(f)...)
-		if len(buf) >= batchFlushBytes && i < len(batch)-1 {
-			if _, err := c.nc.Write(buf); err != nil {
-				return start, err
-			}
-			c.wroteFrames(batch[start:i+1], len(buf))
-			buf, start = buf[:0], i+1
-		}
-	}
-	data := len(buf)
-	if ping != 0 {
-		buf = wire.AppendPing(buf, ping)
-	}
-	if len(buf) > 0 {
-		if _, err := c.nc.Write(buf); err != nil {
-			return start, err
-		}
-		c.wroteFrames(batch[start:], data)
-	}
-	*bp = buf
-	return len(batch), nil
-}
-
-// wireOf returns the bytes of f as they go to this connection: compressed where it
-// negotiated permessage-deflate (and f is worth compressing), else as f was made.
-func (c *Conn) wireOf(f *wire.Frame) []byte {
-	return wire.Encoding{Deflate: c.deflate}.Bytes(f)
-}
-
-// sendClose sends a close frame and half-closes the socket; the read pump then ends on
-// the peer's close frame, or after closeGrace.
-func (c *Conn) sendClose(code int, text string) {
+// SendClose sends a close frame and half-closes the socket; the read pump then ends on
+// the peer's close frame, or after closeGrace (writer.Owner).
+func (c *Conn) SendClose(code int, text string) {
 	err := c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text),
 		time.Now().Add(c.srv.cfg.WriteTimeout))
 	if err != nil {
 		c.log.Debug("close frame not sent", "code", code, "err", err)
 	}
-	c.nc.closeWrite()
+	c.nc.CloseWrite()
 	_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
 }
 
@@ -401,15 +134,15 @@ func (c *Conn) readPump() {
 			return
 		}
 		switch {
-		case c.closing():
+		case c.Closing():
 			// read until the peer's close frame or the grace deadline
 		case err != nil:
 			c.srv.metrics.LimitHit(metrics.LimitFrameSize)
-			c.requestClose(websocket.CloseMessageTooBig, "message too big once decompressed", false)
+			c.RequestClose(websocket.CloseMessageTooBig, "message too big once decompressed", false)
 		case mt == websocket.BinaryMessage:
-			c.requestClose(websocket.CloseUnsupportedData, "binary frames are not supported", false)
+			c.RequestClose(websocket.CloseUnsupportedData, "binary frames are not supported", false)
 		case !utf8.Valid(data):
-			c.requestClose(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8", false)
+			c.RequestClose(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8", false)
 		default:
 			c.extendRead()
 			c.handle(data)
@@ -456,20 +189,17 @@ func (c *Conn) readMessage() (int, []byte, error) {
 // turns a panic there into a log line, a count and the end of this connection only.
 func (c *Conn) recoverAndFinish() {
 	if v := recover(); v != nil {
-		c.panicked(v)
+		c.Panicked(v)
+		c.Abort(wire.CloseInternalError, "internal error")
 		c.finish()
 	}
 }
 
-// panicked logs and counts a recovered panic and asks for a close with 1011.
-func (c *Conn) panicked(v any) {
+// Panicked logs and counts a panic recovered while serving the connection; the caller
+// ends what the panic interrupted (writer.Owner).
+func (c *Conn) Panicked(v any) {
 	c.srv.metrics.Panicked()
 	c.log.Error("panic while serving a connection; closing it", "panic", v, "stack", string(debug.Stack()))
-	c.mu.Lock()
-	if c.closeCode == 0 {
-		c.closeCode, c.closeText = websocket.CloseInternalServerErr, "internal error"
-	}
-	c.mu.Unlock()
 }
 
 // startReading sets the read limits and handlers, then starts the read pump.
@@ -494,7 +224,7 @@ func (c *Conn) answerPing(payload string) error {
 		}
 	}
 	err := c.ws.WriteControl(websocket.PongMessage, []byte(payload), time.Now().Add(c.srv.cfg.WriteTimeout))
-	if err != nil && !errors.Is(err, websocket.ErrCloseSent) && !errors.Is(err, errCloseSent) {
+	if err != nil && !errors.Is(err, websocket.ErrCloseSent) && !errors.Is(err, writer.ErrCloseSent) {
 		var ne net.Error
 		if !errors.As(err, &ne) {
 			return err
@@ -511,9 +241,7 @@ func (c *Conn) answerPing(payload string) error {
 func (c *Conn) pong(p []byte) {
 	if len(p) == wire.PingPayloadLen && !c.nc.in.InMessage() {
 		seq := binary.BigEndian.Uint64(p)
-		c.mu.Lock()
-		latest := c.pingSeq
-		c.mu.Unlock()
+		latest := c.LatestPing()
 		if seq == uint64(latest) && latest != c.pongSeq {
 			c.pongSeq = latest
 			c.extendRead()
@@ -563,7 +291,7 @@ func (c *Conn) awaitFrame() error {
 // extendRead moves the read deadline on while the connection is open: the client has
 // PongTimeout to answer each ping.
 func (c *Conn) extendRead() {
-	if !c.closing() {
+	if !c.Closing() {
 		_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.PingInterval + c.srv.cfg.PongTimeout))
 	}
 }
@@ -584,15 +312,7 @@ func (c *Conn) readEnded(err error) {
 	case errors.As(err, &v):
 		code = v.Code
 	}
-	c.mu.Lock()
-	dropped := 0
-	if c.closeCode == 0 {
-		c.closeCode = code
-		dropped = len(c.queue)
-		c.clearQueue()
-	}
-	c.mu.Unlock()
-	c.srv.metrics.Dropped(metrics.DropClosed, dropped)
+	c.Abort(code, "")
 	c.log.Debug("read ended", "code", code, "err", err)
 	c.edge.stop() // the token's timer, and the connection's slots
 	// Over the size limit (not a peer's close frame with 1009): the library has sent 1009.
@@ -632,31 +352,21 @@ const maxDrain = 64 << 10
 // discards what the client still sends, for closeGrace at most, so that the socket is
 // not reset (which could lose the close frame) before the client has read it.
 func (c *Conn) closeAfterRead() {
-	c.nc.closeWrite()
+	c.nc.CloseWrite()
 	_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
-	_, _ = io.CopyN(io.Discard, c.nc.Conn, maxDrain)
+	_, _ = io.CopyN(io.Discard, c.nc.Socket.Conn, maxDrain)
 }
 
 // finish ends the connection, once; see end.
 func (c *Conn) finish() { c.once.Do(c.end) }
 
-// end ends the connection: it leaves the hub, drops whatever is still queued, stops the
-// pings, closes the socket (which ends a writer in the middle of a write) and lets
+// end ends the connection: it leaves the hub, finishes the write queue (what is still
+// queued is dropped, the socket closed, the writer ended), stops the pings and lets
 // Shutdown know. Called once, by the read pump.
 func (c *Conn) end() {
 	c.srv.hub.leave(c)
-	c.mu.Lock()
-	code, dropped := c.closeCode, len(c.queue)
-	c.clearQueue()
-	c.finished = true
-	c.mu.Unlock()
-	if dropped > 0 {
-		c.srv.metrics.Dropped(metrics.DropClosed, dropped)
-	}
-	close(c.done)
+	code := c.Finish()
 	c.ping.Stop()
-	_ = c.nc.Close() // a writer in the middle of a write fails now
-	c.writers.Wait() // and ends
 	c.srv.metrics.Closed(code)
 	c.log.Debug("connection finished", "code", code)
 	c.srv.untrack(c) // last: Shutdown may return once every connection is untracked
@@ -685,7 +395,7 @@ func (c *Conn) handle(data []byte) {
 		}
 		watch := r.Presence && c.srv.presence.enabled(ch)
 		answer := func() {
-			c.enqueue(wire.Reply(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref, Presence: watch}))
+			c.Enqueue(wire.Reply(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref, Presence: watch}))
 		}
 		if r.Since == nil {
 			c.srv.hub.subscribe(c, ch, watch, answer)
@@ -698,7 +408,7 @@ func (c *Conn) handle(data []byte) {
 	case "unsubscribe":
 		ch := *r.Channel
 		c.srv.hub.unsubscribe(c, ch, func() {
-			c.enqueue(wire.Reply(replyFrame{Op: "unsubscribed", Channel: ch, Ref: r.Ref}))
+			c.Enqueue(wire.Reply(replyFrame{Op: "unsubscribed", Channel: ch, Ref: r.Ref}))
 		})
 	case "presence":
 		c.answerPresence(r)
@@ -738,12 +448,12 @@ func (c *Conn) publish(r request) {
 		return
 	}
 	c.srv.metrics.Published(metrics.SourceWS)
-	c.enqueue(wire.Reply(replyFrame{Op: "ack", Ref: r.Ref, ID: id}))
+	c.Enqueue(wire.Reply(replyFrame{Op: "ack", Ref: r.Ref, ID: id}))
 }
 
 func (c *Conn) replyError(code, msg, ref string) {
 	c.srv.metrics.ClientError(code)
-	c.enqueue(wire.Reply(errorFrame{Op: "error", Code: code, Message: msg, Ref: ref}))
+	c.Enqueue(wire.Reply(errorFrame{Op: "error", Code: code, Message: msg, Ref: ref}))
 }
 
 // isInvalid reports whether a publish failed because the message itself is invalid.

@@ -15,15 +15,15 @@ import (
 // member is what the hub knows of a connection: something it can queue frames to and
 // close. The hub never sees the WebSocket library.
 type member interface {
-	// enqueue queues f for writing without blocking. A connection that cannot take f
+	// Enqueue queues f for writing without blocking. A connection that cannot take f
 	// (it is closing, or f would overflow its queue and it is closed with 4008) counts
 	// the drop itself.
-	enqueue(f *wire.Frame)
-	// user is the connection's user; empty when anonymous.
-	user() string
-	// skipThrough makes the connection drop frames of messages at or below offset: the
+	Enqueue(f *wire.Frame)
+	// User is the connection's user; empty when anonymous.
+	User() string
+	// SkipThrough makes the connection drop frames of messages at or below offset: the
 	// ones a replay has already given it. Called by the hub before the connection joins.
-	skipThrough(offset int64)
+	SkipThrough(offset int64)
 }
 
 // noSkip is the skip offset of a subscription that skips nothing.
@@ -167,18 +167,18 @@ func (h *Hub) Dispatch(m message.Message) {
 				continue // a user listed twice still gets the message once
 			}
 			for c := range h.users[u] {
-				c.enqueue(f)
+				c.Enqueue(f)
 			}
 		}
 	case m.Channel != "":
 		for c, skip := range h.channels[m.Channel] {
 			if m.Offset > skip {
-				c.enqueue(f)
+				c.Enqueue(f)
 			}
 		}
 	default:
 		for c := range h.members {
-			c.enqueue(f)
+			c.Enqueue(f)
 		}
 	}
 	if m.Offset >= 0 {
@@ -213,7 +213,7 @@ func (h *Hub) join(c member, channels []string, first func(newest int64, known b
 func (h *Hub) add(c member, channels []string) {
 	ms := &membership{subs: make(map[string]struct{}, len(channels))}
 	h.members[c] = ms
-	if u := c.user(); u != "" {
+	if u := c.User(); u != "" {
 		addTo(h.users, u, c, struct{}{})
 	}
 	h.presence.connected(c)
@@ -236,7 +236,7 @@ func (h *Hub) joinAt(c member, channels []string, at int64, then func()) bool {
 	if h.last.Load() > at {
 		return false
 	}
-	c.skipThrough(at)
+	c.SkipThrough(at)
 	h.add(c, channels)
 	then()
 	return true
@@ -254,7 +254,7 @@ func (h *Hub) leave(c member) {
 		removeFrom(h.channels, ch, c)
 		h.presence.left(ch, c)
 	}
-	if u := c.user(); u != "" {
+	if u := c.User(); u != "" {
 		removeFrom(h.users, u, c)
 	}
 	h.presence.disconnected(c)

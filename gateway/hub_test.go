@@ -24,7 +24,7 @@ type recorder struct {
 
 func newRecorder(name, user string) *recorder { return &recorder{name: name, usr: user, skip: noSkip} }
 
-func (r *recorder) enqueue(f *wire.Frame) {
+func (r *recorder) Enqueue(f *wire.Frame) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if f.Offset >= 0 && f.Offset <= r.skip {
@@ -32,8 +32,8 @@ func (r *recorder) enqueue(f *wire.Frame) {
 	}
 	r.got = append(r.got, f.Offset)
 }
-func (r *recorder) user() string { return r.usr }
-func (r *recorder) skipThrough(off int64) {
+func (r *recorder) User() string { return r.usr }
+func (r *recorder) SkipThrough(off int64) {
 	r.mu.Lock()
 	r.skip = off
 	r.mu.Unlock()

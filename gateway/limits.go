@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -350,7 +349,7 @@ func (e *connEdge) armExpiry() {
 	e.expiry = time.AfterFunc(time.Until(at), func() {
 		c.srv.metrics.TokenExpired()
 		c.log.Info("token expired: closing", "user", logsample.Clip(c.usr))
-		c.requestClose(websocket.ClosePolicyViolation, "token expired", false)
+		c.RequestClose(websocket.ClosePolicyViolation, "token expired", false)
 	})
 }
 
@@ -540,7 +539,7 @@ func (c *Conn) rateLimited(data []byte, tooLong bool) {
 	if tooLong {
 		c.srv.metrics.LimitHit(metrics.LimitRateClosed)
 		c.srv.refusals.Log(slog.LevelInfo, logRateClosed, "closing: rate limited too long", "conn", c.id, "user", logsample.Clip(c.usr))
-		c.requestClose(CloseRateLimited, "rate limited too long", true) // flush: the client sees its answers, then why
+		c.RequestClose(CloseRateLimited, "rate limited too long", true) // flush: the client sees its answers, then why
 		return
 	}
 	c.srv.metrics.LimitHit(metrics.LimitMessageRate)
@@ -558,7 +557,6 @@ func (c *Conn) recoverPanic() {
 	if v == nil {
 		return
 	}
-	c.srv.metrics.Panicked()
-	c.log.Error("panic while serving a connection; closing it", "panic", v, "stack", string(debug.Stack()))
-	c.requestClose(websocket.CloseInternalServerErr, "internal error", false)
+	c.Panicked(v)
+	c.RequestClose(websocket.CloseInternalServerErr, "internal error", false)
 }

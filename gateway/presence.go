@@ -200,7 +200,7 @@ func (p *Presence) joined(ch string, c member, watch bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.setWatch(ch, c, watch) // first: a watcher hears of its own join too, as everyone does
-	p.addSelf(ch, c.user(), 1)
+	p.addSelf(ch, c.User(), 1)
 }
 
 // left uncounts c on ch, and stops its events of ch.
@@ -210,7 +210,7 @@ func (p *Presence) left(ch string, c member) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.addSelf(ch, c.user(), -1)
+	p.addSelf(ch, c.User(), -1)
 	p.setWatch(ch, c, false)
 }
 
@@ -225,8 +225,8 @@ func (p *Presence) watch(ch string, c member, watch bool) {
 }
 
 // connected and disconnected count c's user in the per-user view.
-func (p *Presence) connected(c member)    { p.countUser(c.user(), 1) }
-func (p *Presence) disconnected(c member) { p.countUser(c.user(), -1) }
+func (p *Presence) connected(c member)    { p.countUser(c.User(), 1) }
+func (p *Presence) disconnected(c member) { p.countUser(c.User(), -1) }
 
 func (p *Presence) countUser(user string, d int) {
 	if p == nil || p.cfg.NoUsers || user == "" {
@@ -797,7 +797,7 @@ type presenceEventFrame struct {
 // queues them to the channel's watchers. p.mu must be held: the hub's subscribe and
 // unsubscribe take it to change the watchers before they queue their answers, so no
 // event follows an unsubscribed, or comes before the subscribed that asked for it.
-// (enqueue never blocks.)
+// (Enqueue never blocks.)
 func (p *Presence) sendEvents() {
 	for ch, changed := range p.changes {
 		to := p.watchers[ch]
@@ -829,7 +829,7 @@ func (p *Presence) sendEvents() {
 			}
 			frame := wire.Reply(f)
 			for c := range to {
-				c.enqueue(frame)
+				c.Enqueue(frame)
 			}
 		}
 	}
@@ -862,7 +862,7 @@ func (c *Conn) answerPresence(r request) {
 	if r.Limit != nil {
 		limit = *r.Limit
 	}
-	c.enqueue(wire.Reply(presenceFrame{Op: "presence", Ref: r.Ref, ChannelPresence: p.Channel(ch, r.After, limit)}))
+	c.Enqueue(wire.Reply(presenceFrame{Op: "presence", Ref: r.Ref, ChannelPresence: p.Channel(ch, r.After, limit)}))
 }
 
 // --- metrics -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ type watcher struct {
 	frames []map[string]any
 }
 
-func (w *watcher) enqueue(f *wire.Frame) {
+func (w *watcher) Enqueue(f *wire.Frame) {
 	var v map[string]any
 	payload := f.Wire[2:] // replies here are short: a 2-byte header
 	if f.Wire[1] == 126 {
@@ -36,8 +36,8 @@ func (w *watcher) enqueue(f *wire.Frame) {
 	w.frames = append(w.frames, v)
 	w.mu.Unlock()
 }
-func (w *watcher) user() string      { return w.usr }
-func (w *watcher) skipThrough(int64) {}
+func (w *watcher) User() string      { return w.usr }
+func (w *watcher) SkipThrough(int64) {}
 
 // take returns the frames queued since the last take.
 func (w *watcher) take() []map[string]any {

@@ -51,7 +51,7 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 	defer cancel()
 	go func() {
 		select {
-		case <-c.done:
+		case <-c.Done():
 			cancel()
 		case <-ctx.Done():
 		}
@@ -121,7 +121,7 @@ func (s *Server) resume(c *Conn, since int64, wants func(*message.Message) bool,
 			return true
 		})
 		switch {
-		case closed || c.closing():
+		case closed || c.Closing():
 			return
 		case handed:
 			s.metrics.Resumed(true, replayed)
@@ -189,12 +189,12 @@ func (s *Server) resumeConnect(c *Conn, since int64, channels []string) {
 	s.resume(c, since, wants, func(at int64, reset bool) bool {
 		if reset {
 			s.hub.join(c, channels, func(newest int64, _ bool) {
-				c.enqueue(wire.Reply(resetFrame{Op: "reset", Offset: newest}))
+				c.Enqueue(wire.Reply(resetFrame{Op: "reset", Offset: newest}))
 			})
 			return true
 		}
 		return s.hub.joinAt(c, channels, at, func() {
-			c.enqueue(wire.Reply(resumedFrame{Op: "resumed", Since: since, Until: at}))
+			c.Enqueue(wire.Reply(resumedFrame{Op: "resumed", Since: since, Until: at}))
 		})
 	})
 }
@@ -207,11 +207,11 @@ func (s *Server) resumeChannel(c *Conn, ch string, since int64, watch bool) {
 		if reset {
 			return s.hub.subscribe(c, ch, watch, func() {
 				newest, _ := s.hub.newest()
-				c.enqueue(wire.Reply(resetFrame{Op: "reset", Offset: newest, Channel: ch}))
+				c.Enqueue(wire.Reply(resetFrame{Op: "reset", Offset: newest, Channel: ch}))
 			})
 		}
 		return s.hub.subscribeAt(c, ch, at, watch, func() {
-			c.enqueue(wire.Reply(resumedFrame{Op: "resumed", Since: since, Until: at, Channel: ch}))
+			c.Enqueue(wire.Reply(resumedFrame{Op: "resumed", Since: since, Until: at, Channel: ch}))
 		})
 	})
 }

@@ -91,9 +91,7 @@ func TestReviewResumeWriteFailureLeaksConn(t *testing.T) {
 	}
 	n := s.tracked()
 	s.forEachConn(func(c *Conn) {
-		c.mu.Lock()
-		t.Logf("stuck conn: writing=%v closeCode=%d queued=%d roomWanted=%v", c.writing, c.closeCode, c.queued, c.roomWanted)
-		c.mu.Unlock()
+		t.Logf("stuck conn: %s", c.State())
 	})
 	if n != 0 {
 		buf := make([]byte, 1<<20)
@@ -211,10 +209,7 @@ func TestReviewReplayGapWhenLogEvictsMidReplay(t *testing.T) {
 		var f map[string]any
 		if err := ws.ReadJSON(&f); err != nil {
 			s.forEachConn(func(c *Conn) {
-				c.mu.Lock()
-				t.Logf("conn: writing=%v scheduled=%v closeCode=%d queued=%d len=%d roomWanted=%v room=%d flushedTick=%d tick=%d",
-					c.writing, c.scheduled, c.closeCode, c.queued, len(c.queue), c.roomWanted, len(c.room), c.flushedTick, s.flusher.tick.Load())
-				c.mu.Unlock()
+				t.Logf("conn: %s", c.State())
 			})
 			buf := make([]byte, 1<<20)
 			buf = buf[:runtime.Stack(buf, true)]
@@ -325,9 +320,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 type recMember struct{ got []int64 }
 
-func (m *recMember) enqueue(f *wire.Frame) { m.got = append(m.got, f.Offset) }
-func (m *recMember) user() string          { return "" }
-func (m *recMember) skipThrough(int64)     {}
+func (m *recMember) Enqueue(f *wire.Frame) { m.got = append(m.got, f.Offset) }
+func (m *recMember) User() string          { return "" }
+func (m *recMember) SkipThrough(int64)     {}
 
 // TestReviewResubscribeDropsReplaySkip: subscribeAt stores the replay's skip offset in the
 // channel index; a later plain subscribe to the same channel (the client repeats its

@@ -34,6 +34,7 @@ import (
 	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/gateway/internal/wire"
+	"github.com/heraldgw/herald/gateway/internal/writer"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -190,21 +191,19 @@ var webFiles embed.FS
 // Server is the gateway's HTTP side: it upgrades /ws requests to connections that join
 // the Hub, takes publishes over HTTP, and serves health, metrics and the demo page.
 type Server struct {
-	cfg       Config
-	logger    *slog.Logger
-	metrics   *Metrics
-	hub       *Hub
-	log       Log
-	presence  *Presence // nil: off
-	pub       Publisher
-	bus       BusHealth
-	upgrader  websocket.Upgrader
-	apiKey    [sha256.Size]byte
-	mux       *http.ServeMux
-	flusher   *flusher       // nil when FlushInterval is negative
-	writers   *writerPool    // nil when WriteWorkers is negative
-	deflater  *wire.Deflater // nil when Compression is off
-	stopWrite sync.Once      // stops the flusher and the writers
+	cfg      Config
+	logger   *slog.Logger
+	metrics  *Metrics
+	hub      *Hub
+	log      Log
+	presence *Presence // nil: off
+	pub      Publisher
+	bus      BusHealth
+	upgrader websocket.Upgrader
+	apiKey   [sha256.Size]byte
+	mux      *http.ServeMux
+	writer   *writer.Writer // the connections' writer workers and flusher
+	deflater *wire.Deflater // nil when Compression is off
 	// admin has AdminHandler's routes.
 	admin *http.ServeMux
 
@@ -291,13 +290,9 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.admin.HandleFunc("GET /healthz", serveHealth)
 	s.admin.HandleFunc("GET /readyz", s.serveReady)
 	s.admin.Handle("GET /metrics", metricsHandler)
-	// Last, once nothing can fail: their goroutines end with Shutdown.
-	if cfg.FlushInterval > 0 {
-		s.flusher = newFlusher(cfg.FlushInterval)
-	}
-	if cfg.WriteWorkers > 0 {
-		s.writers = newWriterPool(cfg.WriteWorkers)
-	}
+	// Last, once nothing can fail: its goroutines end with Shutdown.
+	s.writer = writer.New(writer.Config{QueueBytes: cfg.WriteQueueBytes, FlushInterval: cfg.FlushInterval,
+		Workers: cfg.WriteWorkers, Metrics: cfg.Metrics})
 	return s, nil
 }
 
@@ -421,11 +416,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		release()
 		return // the upgrader has answered and counted it
 	}
-	c := newConn(s, ws, rec.conn, user)
+	var deflate *wire.Deflater
 	if rec.conn.deflate && s.deflater != nil {
-		c.deflate = s.deflater
+		deflate = s.deflater
 		s.metrics.NegotiatedCompression()
 	}
+	c := newConn(s, ws, rec.conn, user, deflate)
 	c.edge = newConnEdge(c, id, release)
 	s.metrics.Accepted()
 	if !s.track(c) {
@@ -444,7 +440,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		if known {
 			wf.Offset = &newest
 		}
-		c.enqueue(wire.Reply(wf))
+		c.Enqueue(wire.Reply(wf))
 	}
 	if since == nil {
 		s.hub.join(c, channels, welcome)
@@ -707,7 +703,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.logger.Info("draining", "connections", len(all))
 	for i := 0; i < len(all); i += s.cfg.DrainBatch {
 		for _, c := range all[i:min(i+s.cfg.DrainBatch, len(all))] {
-			c.requestClose(websocket.CloseGoingAway, "gateway shutting down", true)
+			c.RequestClose(websocket.CloseGoingAway, "gateway shutting down", true)
 		}
 		if i+s.cfg.DrainBatch < len(all) {
 			select {
@@ -725,14 +721,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		s.refusals.Close()
-		s.stopWrite.Do(func() {
-			if s.flusher != nil {
-				s.flusher.close()
-			}
-			if s.writers != nil {
-				s.writers.close()
-			}
-		})
+		s.writer.Close()
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("gateway: shutdown: %w", ctx.Err())

@@ -18,9 +18,9 @@ import (
 
 // Close codes of the violations (RFC 6455 section 7.4.1, and Herald's 4029).
 const (
-	CloseProtocolError = 1002
-	CloseTooBig        = 1009
-	CloseRateLimited   = 4029
+	CloseProtocolError = wire.CloseProtocolError
+	CloseTooBig        = wire.CloseTooBig
+	CloseRateLimited   = wire.CloseRateLimited
 )
 
 // Limits named by violations (labels of herald_limits_hit_total); a framing error names

@@ -1,4 +1,4 @@
-package gateway
+package writer
 
 import (
 	"sync"
@@ -18,7 +18,7 @@ type flusher struct {
 
 	// mu protects pending: the connections waiting for the next tick.
 	mu      sync.Mutex
-	pending []*Conn
+	pending []*Queue
 
 	stop chan struct{}
 	done chan struct{}
@@ -31,10 +31,10 @@ func newFlusher(interval time.Duration) *flusher {
 	return f
 }
 
-// schedule makes c's writer start at the next tick. The caller holds c.mu.
-func (f *flusher) schedule(c *Conn) {
+// schedule makes q's writer start at the next tick. The caller holds q.mu.
+func (f *flusher) schedule(q *Queue) {
 	f.mu.Lock()
-	f.pending = append(f.pending, c)
+	f.pending = append(f.pending, q)
 	f.mu.Unlock()
 }
 
@@ -42,7 +42,7 @@ func (f *flusher) run() {
 	defer close(f.done)
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
-	var batch []*Conn
+	var batch []*Queue
 	for {
 		select {
 		case <-f.stop:
@@ -53,18 +53,18 @@ func (f *flusher) run() {
 		f.mu.Lock()
 		batch, f.pending = f.pending, batch[:0]
 		f.mu.Unlock()
-		for i, c := range batch {
-			c.mu.Lock()
-			c.scheduled = false
-			c.startWriter()
-			c.mu.Unlock()
+		for i, q := range batch {
+			q.mu.Lock()
+			q.scheduled = false
+			q.startWriter()
+			q.mu.Unlock()
 			batch[i] = nil
 		}
 	}
 }
 
-// close stops the ticks. Connections still waiting are not written to (Shutdown calls it
-// once every connection is finished).
+// close stops the ticks. Connections still waiting are not written to (Writer.Close is
+// called once every connection is finished).
 func (f *flusher) close() {
 	close(f.stop)
 	<-f.done

@@ -1,4 +1,4 @@
-package gateway
+package writer
 
 import (
 	"bytes"
@@ -12,10 +12,10 @@ import (
 	"github.com/heraldgw/herald/gateway/internal/wire"
 )
 
-// socketPair returns the server's side of a loopback TCP connection as a batchConn with
+// socketPair returns the server's side of a loopback TCP connection as a Socket with
 // raw access and a small send buffer, and the client's side, which reads nothing until
 // the test reads it.
-func socketPair(t *testing.T) (*batchConn, net.Conn) {
+func socketPair(t testing.TB) (*Socket, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -35,11 +35,11 @@ func socketPair(t *testing.T) (*batchConn, net.Conn) {
 	sc := (<-accepted).(*net.TCPConn)
 	t.Cleanup(func() { sc.Close() })
 	_ = sc.SetWriteBuffer(4096)
-	bc := &batchConn{Conn: sc, timeout: 10 * time.Second, handshook: true, fd: socketFD(sc)}
-	if bc.fd < 0 {
+	bc := &Socket{}
+	bc.Init(sc, 10*time.Second)
+	if !bc.Direct() {
 		t.Skip("no non-blocking writes on this platform")
 	}
-	bc.direct = true
 	return bc, client
 }
 
@@ -51,7 +51,7 @@ func socketPair(t *testing.T) (*batchConn, net.Conn) {
 func TestPartialWriteKeepsFramesWhole(t *testing.T) {
 	bc, client := socketPair(t)
 	data := wire.NewFrame(bytes.Repeat([]byte{0x88}, 1<<20), -1, time.Time{})
-	n, err := bc.tryWrite(data.Wire)
+	n, err := bc.TryWrite(data.Wire)
 	if err != nil || n == 0 || n >= len(data.Wire) {
 		t.Fatalf("tryWrite of %d bytes to a socket that reads nothing: wrote %d, %v; want a part", len(data.Wire), n, err)
 	}
@@ -61,11 +61,11 @@ func TestPartialWriteKeepsFramesWhole(t *testing.T) {
 	if _, err := bc.Write(pong); err != nil { // the read pump answering a ping
 		t.Fatal(err)
 	}
-	if err := bc.flush(); err != nil { // what writeLoop does after a partial turn
+	if err := bc.Flush(); err != nil { // what writeLoop does after a partial turn
 		t.Fatal(err)
 	}
 	next := wire.NewFrame([]byte(`{"op":"message"}`), -1, time.Time{})
-	if n, err := bc.tryWrite(next.Wire); err != nil || n != len(next.Wire) {
+	if n, err := bc.TryWrite(next.Wire); err != nil || n != len(next.Wire) {
 		t.Fatalf("the next frame: wrote %d of %d, %v", n, len(next.Wire), err)
 	}
 	_ = bc.Conn.(*net.TCPConn).CloseWrite()
@@ -84,16 +84,16 @@ func TestPartialWriteKeepsFramesWhole(t *testing.T) {
 func TestTryWriteWaitsForWhatIsPending(t *testing.T) {
 	bc, client := socketPair(t)
 	big := wire.NewFrame(bytes.Repeat([]byte{'a'}, 1<<20), -1, time.Time{})
-	if n, _ := bc.tryWrite(big.Wire); n >= len(big.Wire) {
+	if n, _ := bc.TryWrite(big.Wire); n >= len(big.Wire) {
 		t.Fatal("the socket took 1 MiB at once")
 	}
 	small := wire.NewFrame([]byte("b"), -1, time.Time{})
-	if n, err := bc.tryWrite(small.Wire); n != 0 || err != nil {
+	if n, err := bc.TryWrite(small.Wire); n != 0 || err != nil {
 		t.Fatalf("tryWrite with a rest pending: wrote %d, %v; want 0, kept", n, err)
 	}
 	got := make(chan []byte)
 	go func() { b, _ := io.ReadAll(client); got <- b }()
-	if err := bc.flush(); err != nil {
+	if err := bc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	_ = bc.Conn.(*net.TCPConn).CloseWrite()
@@ -117,7 +117,7 @@ func TestTryWriteAfterCloseWritesNowhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	frame := wire.NewFrame([]byte(`{"op":"message","data":"for the closed connection"}`), -1, time.Time{})
-	n, err := bc.tryWrite(frame.Wire)
+	n, err := bc.TryWrite(frame.Wire)
 	if err == nil || n != 0 {
 		t.Fatalf("tryWrite after Close: wrote %d, %v; want an error", n, err)
 	}

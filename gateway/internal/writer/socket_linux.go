@@ -1,6 +1,6 @@
 //go:build linux
 
-package gateway
+package writer
 
 import (
 	"net"
@@ -32,7 +32,7 @@ func socketFD(nc net.Conn) int {
 // later goes through the net package). That saves the runtime's bookkeeping around each
 // write, and its monitor thread's waking every 20 µs to look at processors in system
 // calls, which cost more than a tenth of the CPU of a fan-out to 10,000 sockets. The
-// caller must hold fdMu and have checked that fd is still open (batchConn.Close).
+// caller must hold fdMu and have checked that fd is still open (Socket.Close).
 func sendNow(fd int, p []byte) (int, error) {
 	n := 0
 	for n < len(p) {
