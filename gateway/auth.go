@@ -9,15 +9,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/heraldgw/herald/gateway/internal/logsample"
-	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -467,39 +464,4 @@ func notPermitted(what, channel string) string {
 		return "your token does not permit you to " + what + " every connection"
 	}
 	return fmt.Sprintf("your token does not permit you to %s %q", what, channel)
-}
-
-// refresh answers a refresh op: a fresh token for the connection's user replaces the
-// one it connected with (its expiry and its permissions). Subscriptions the new token
-// no longer permits are dropped, each with an unsubscribed frame without ref.
-func (c *Conn) refresh(r request) {
-	a := c.srv.auth
-	if !a.enabled || c.edge == nil {
-		// Tokens are not used on this gateway (as at connect, the token is ignored).
-		c.srv.metrics.TokenRefreshed(true)
-		c.Enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref}))
-		return
-	}
-	id, terr := a.verify(r.Token)
-	if terr == nil && id.user != c.usr {
-		terr = &tokenError{refusedTokenInvalid, fmt.Errorf("the token is for user %q, the connection for %q", id.user, c.usr)}
-	}
-	if terr != nil {
-		c.srv.metrics.TokenRefreshed(false)
-		c.srv.refusals.Log(slog.LevelInfo, logRefresh, "refresh refused", "conn", c.id, "user", logsample.Clip(c.usr),
-			"why", terr.reason, "err", logsample.ClipErr(terr.err))
-		c.replyError(CodeForbidden, "token refused: "+terr.err.Error(), r.Ref)
-		return
-	}
-	c.edge.id = id
-	c.edge.armExpiry()
-	for _, ch := range c.srv.hub.subscriptionsOf(c) {
-		if !id.subscribe.allows(ch) {
-			c.srv.hub.unsubscribe(c, ch, func() {
-				c.Enqueue(wire.Reply(replyFrame{Op: "unsubscribed", Channel: ch}))
-			})
-		}
-	}
-	c.srv.metrics.TokenRefreshed(true)
-	c.Enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref, Exp: id.expires.Unix()}))
 }

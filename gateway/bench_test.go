@@ -91,10 +91,10 @@ type benchBus struct{}
 func (benchBus) Publish(_ context.Context, m message.Message) (string, error) { return m.ID, nil }
 func (benchBus) Connected() bool                                              { return true }
 
-// idleConn returns a minimal connection of s for enqueue alone: its queue has no writer,
+// idleConn returns a minimal session of s for enqueue alone: its queue has no writer,
 // and the benchmark empties it itself.
-func idleConn(s *Server) *Conn {
-	c := &Conn{id: "bench", srv: s, log: s.logger}
+func idleConn(s *Server) *session {
+	c := &session{id: "bench", deps: &s.sessionDeps, log: s.logger}
 	c.Queue.InitUnwritten(s.writer, c)
 	return c
 }
@@ -105,7 +105,7 @@ func BenchmarkDispatchToConns(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
 			s := newBenchServer(b)
-			conns := make([]*Conn, n)
+			conns := make([]*session, n)
 			for i := range conns {
 				conns[i] = idleConn(s)
 				s.hub.join(conns[i], []string{"bench"}, func(int64, bool) {})

@@ -70,7 +70,7 @@ func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	var n, frames, bytes, maxF, maxB int
 	counts := make([]uint64, len(queueDepthBuckets))
-	s.srv.forEachConn(func(c *Conn) {
+	s.srv.conns.forEach(func(c *session) {
 		n++
 		{
 			f, b := c.Depth()

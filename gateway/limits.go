@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"container/list"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
 
 	"github.com/heraldgw/herald/gateway/internal/logsample"
@@ -313,7 +311,7 @@ func (p *originPolicy) allows(r *http.Request) bool {
 // its token's expiry. The read pump owns it (the expiry timer's function only asks for
 // a close, which is safe from any goroutine).
 type connEdge struct {
-	c        *Conn
+	c        *session
 	id       *identity
 	expiry   *time.Timer
 	limiter  *rate.Limiter // nil: no rate limit
@@ -324,9 +322,9 @@ type connEdge struct {
 
 // newConnEdge makes c's edge state for the identity it authenticated with; release is
 // called when the connection ends.
-func newConnEdge(c *Conn, id *identity, release func()) *connEdge {
+func newConnEdge(c *session, id *identity, release func()) *connEdge {
 	e := &connEdge{c: c, id: id, release: release}
-	l := &c.srv.cfg.Limits
+	l := c.deps.limits
 	if l.MessageRate > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(l.MessageRate), max(l.MessageBurst, 1))
 	}
@@ -344,13 +342,8 @@ func (e *connEdge) armExpiry() {
 	if e.id.expires.IsZero() {
 		return
 	}
-	c := e.c
-	at := e.id.expires.Add(c.srv.auth.leeway)
-	e.expiry = time.AfterFunc(time.Until(at), func() {
-		c.srv.metrics.TokenExpired()
-		c.log.Info("token expired: closing", "user", logsample.Clip(c.usr))
-		c.RequestClose(websocket.ClosePolicyViolation, "token expired", false)
-	})
+	at := e.id.expires.Add(e.c.deps.auth.leeway)
+	e.expiry = time.AfterFunc(time.Until(at), e.c.tokenExpired)
 }
 
 // stop ends the edge state when the connection ends: the timer, and the slots.
@@ -372,7 +365,7 @@ func (e *connEdge) allowFrame() (ok, tooLong bool) {
 	if e == nil || e.limiter == nil || e.limiter.Allow() {
 		return true, false
 	}
-	l := &e.c.srv.cfg.Limits
+	l := e.c.deps.limits
 	now := time.Now()
 	if now.Sub(e.strikeAt) > l.ViolationWindow {
 		e.strikes, e.strikeAt = 0, now
@@ -428,7 +421,6 @@ func (s *Server) setupEdge() error {
 	if s.origins, err = newOriginPolicy(s.cfg.AllowedOrigins); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	s.upgrader.CheckOrigin = s.origins.allows
 	l := &s.cfg.Limits
 	if l.HandshakeRate > 0 {
 		s.handshakes = newAddrRates(l.HandshakeRate, max(l.HandshakeBurst, 1), max(l.TrackedAddresses, 1))
@@ -439,16 +431,14 @@ func (s *Server) setupEdge() error {
 // Reasons of sampled refusal log lines (logsample.Sampler): a client may repeat any of
 // them at will, so each is written a few times, then at most once a second.
 const (
-	logOrigin         = "origin"
-	logToken          = "token"
-	logChannel        = "channel"
-	logConnections    = "connections"
-	logConnectionsIP  = "connections_per_ip"
-	logHandshakeRate  = "handshake_rate"
-	logRateClosed     = "message_rate_closed"
-	logRefresh        = "refresh"
-	logFrameViolation = "frame_violation"
-	logPendingRefused = "pending_connections"
+	logOrigin        = "origin"
+	logToken         = "token"
+	logChannel       = "channel"
+	logConnections   = "connections"
+	logConnectionsIP = "connections_per_ip"
+	logHandshakeRate = "handshake_rate"
+	logRateClosed    = "message_rate_closed"
+	logRefresh       = "refresh"
 )
 
 // handshakeAllowed takes a token from the handshake rate of the request's client
@@ -516,47 +506,4 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, ip netip.Addr, ch
 		return nil, nil, false
 	}
 	return id, release, true
-}
-
-// mayJoin checks a subscribe to ch against the connection's permissions and its
-// subscription limit.
-func (c *Conn) mayJoin(ch string) *protocolError {
-	if !c.edge.maySubscribe(ch) {
-		return &protocolError{code: CodeForbidden, msg: notPermitted("subscribe to", ch)}
-	}
-	if max := c.srv.cfg.Limits.MaxSubscriptions; max > 0 {
-		if n, has := c.srv.hub.subscriptionCount(c, ch); !has && n >= max {
-			c.srv.metrics.LimitHit(metrics.LimitSubscriptions)
-			return &protocolError{code: CodeTooLarge, msg: fmt.Sprintf("too many subscriptions: at most %d per connection; unsubscribe from one first", max)}
-		}
-	}
-	return nil
-}
-
-// rateLimited answers a frame over the connection's rate: error rate_limited, or when
-// that has gone on too long, close 4029.
-func (c *Conn) rateLimited(data []byte, tooLong bool) {
-	if tooLong {
-		c.srv.metrics.LimitHit(metrics.LimitRateClosed)
-		c.srv.refusals.Log(slog.LevelInfo, logRateClosed, "closing: rate limited too long", "conn", c.id, "user", logsample.Clip(c.usr))
-		c.RequestClose(CloseRateLimited, "rate limited too long", true) // flush: the client sees its answers, then why
-		return
-	}
-	c.srv.metrics.LimitHit(metrics.LimitMessageRate)
-	var ref struct {
-		Ref string `json:"ref"`
-	}
-	_ = json.Unmarshal(data, &ref) // best effort, to echo it
-	c.replyError(CodeRateLimited, fmt.Sprintf("more than %g frames a second; slow down", c.srv.cfg.Limits.MessageRate), ref.Ref)
-}
-
-// recoverPanic, deferred, turns a panic while serving the connection into a log line, a
-// count, and a close with 1011 of this connection only.
-func (c *Conn) recoverPanic() {
-	v := recover()
-	if v == nil {
-		return
-	}
-	c.Panicked(v)
-	c.RequestClose(websocket.CloseInternalServerErr, "internal error", false)
 }

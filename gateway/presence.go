@@ -836,35 +836,6 @@ func (p *Presence) sendEvents() {
 	clear(p.changes)
 }
 
-// --- the client's presence op ----------------------------------------------------------
-
-// presenceFrame answers a presence op.
-type presenceFrame struct {
-	Op  string `json:"op"`
-	Ref string `json:"ref,omitempty"`
-	ChannelPresence
-}
-
-// answerPresence answers a client's presence op with a page of the channel's users, or
-// error forbidden where the channel has no presence or the client may not subscribe to it.
-func (c *Conn) answerPresence(r request) {
-	ch := *r.Channel
-	p := c.srv.presence
-	switch {
-	case !p.enabled(ch):
-		c.replyError(CodeForbidden, fmt.Sprintf("presence is off for %q on this gateway", ch), r.Ref)
-		return
-	case !c.edge.maySubscribe(ch):
-		c.replyError(CodeForbidden, notPermitted("see who is on", ch), r.Ref)
-		return
-	}
-	limit := 0
-	if r.Limit != nil {
-		limit = *r.Limit
-	}
-	c.Enqueue(wire.Reply(presenceFrame{Op: "presence", Ref: r.Ref, ChannelPresence: p.Channel(ch, r.After, limit)}))
-}
-
 // --- metrics -------------------------------------------------------------------------
 
 // presenceCollector reads presence's gauges from its state at scrape time.

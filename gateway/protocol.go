@@ -21,10 +21,10 @@ const (
 	CodeUnavailable = "unavailable"
 )
 
-// Close codes the gateway sends besides the standard ones gorilla names.
+// Close codes the gateway sends besides the standard ones (docs/PROTOCOL.md section 7).
 const (
-	CloseSlowConsumer = 4008 // the write queue overflowed
-	CloseRateLimited  = 4029 // rate limited too long
+	CloseSlowConsumer = wire.CloseSlowConsumer // the write queue overflowed
+	CloseRateLimited  = wire.CloseRateLimited  // rate limited too long
 )
 
 // Subprotocol is the WebSocket subprotocol the gateway speaks.
@@ -75,6 +75,12 @@ type (
 		Code    string `json:"code"`
 		Message string `json:"message"`
 		Ref     string `json:"ref,omitempty"`
+	}
+	// presenceFrame answers a presence op.
+	presenceFrame struct {
+		Op  string `json:"op"`
+		Ref string `json:"ref,omitempty"`
+		ChannelPresence
 	}
 	// refreshedFrame answers a refresh op; Exp is the new token's expiry (Unix seconds),
 	// absent where the gateway does not authenticate.

@@ -58,9 +58,9 @@ func reviewServer(t *testing.T, cfg Config) *Server {
 }
 
 func (s *Server) tracked() int {
-	s.connsMu.Lock()
-	defer s.connsMu.Unlock()
-	return len(s.all)
+	s.conns.mu.Lock()
+	defer s.conns.mu.Unlock()
+	return len(s.conns.all)
 }
 
 // TestReviewResumeWriteFailureLeaksConn: a client resumes at connect (since=-1) from a
@@ -90,7 +90,7 @@ func TestReviewResumeWriteFailureLeaksConn(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	n := s.tracked()
-	s.forEachConn(func(c *Conn) {
+	s.conns.forEach(func(c *session) {
 		t.Logf("stuck conn: %s", c.State())
 	})
 	if n != 0 {
@@ -208,7 +208,7 @@ func TestReviewReplayGapWhenLogEvictsMidReplay(t *testing.T) {
 	for {
 		var f map[string]any
 		if err := ws.ReadJSON(&f); err != nil {
-			s.forEachConn(func(c *Conn) {
+			s.conns.forEach(func(c *session) {
 				t.Logf("conn: %s", c.State())
 			})
 			buf := make([]byte, 1<<20)

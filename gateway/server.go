@@ -27,7 +27,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -35,6 +34,7 @@ import (
 	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/gateway/internal/writer"
+	"github.com/heraldgw/herald/gateway/internal/wstransport"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -188,42 +188,45 @@ func (c *Config) setDefaults() {
 //go:embed web/index.html web/*.js web/*.css
 var webFiles embed.FS
 
-// Server is the gateway's HTTP side: it upgrades /ws requests to connections that join
-// the Hub, takes publishes over HTTP, and serves health, metrics and the demo page.
+// Server is the gateway's HTTP side: it admits clients at /ws, creates their sessions
+// and tracks them until they end (Shutdown drains them), takes publishes over HTTP, and
+// serves health, metrics and the demo page.
 type Server struct {
+	// sessionDeps is what the sessions share (the hub, presence, metrics, the writer,
+	// resume, the authenticator...); the Server uses it too.
+	sessionDeps
+
 	cfg      Config
-	logger   *slog.Logger
-	metrics  *Metrics
-	hub      *Hub
-	log      Log
-	presence *Presence // nil: off
-	pub      Publisher
 	bus      BusHealth
-	upgrader websocket.Upgrader
+	upgrader *wstransport.Upgrader
 	apiKey   [sha256.Size]byte
 	mux      *http.ServeMux
-	writer   *writer.Writer // the connections' writer workers and flusher
 	deflater *wire.Deflater // nil when Compression is off
 	// admin has AdminHandler's routes.
 	admin *http.ServeMux
 
 	busReady atomic.Bool
 
-	// The edge: who may connect, from where, how often (auth.go, limits.go).
-	auth       *authenticator
+	// The edge: who may connect, from where, how often (limits.go).
 	origins    *originPolicy
 	slots      connSlots
 	handshakes *addrRates // nil: no handshake rate limit
-	// refusals writes the log lines of refusals and of closes for abuse, sampled by
-	// reason: clients can repeat those at will.
-	refusals *logsample.Sampler
+}
 
-	// connsMu protects draining and all; conns is added to only under it, while not
-	// draining, so that Shutdown's Wait never races an Add.
-	connsMu  sync.Mutex
-	draining atomic.Bool // written under connsMu; read anywhere
-	all      map[*Conn]struct{}
-	conns    sync.WaitGroup // one per connection in all
+// connSet is the sessions a Server has open, for Shutdown to drain.
+type connSet struct {
+	// mu protects draining and all; wg is added to only under it, while not draining, so
+	// that Shutdown's Wait never races an Add.
+	mu       sync.Mutex
+	draining atomic.Bool // written under mu; read anywhere
+	all      map[*session]struct{}
+	wg       sync.WaitGroup // one per session in all
+}
+
+// publisher puts messages on the bus and times how long the bus takes to accept them.
+type publisher struct {
+	pub     Publisher
+	metrics *Metrics
 }
 
 // NewServer returns a server for hub that publishes with pub and reports bus health from
@@ -231,38 +234,54 @@ type Server struct {
 func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, error) {
 	cfg.setDefaults()
 	s := &Server{
-		cfg:      cfg,
-		logger:   cfg.Logger,
-		log:      cfg.Log,
-		metrics:  cfg.Metrics,
-		hub:      hub,
-		presence: cfg.Presence,
-		pub:      pub,
-		bus:      bus,
-		upgrader: websocket.Upgrader{
-			HandshakeTimeout: 10 * time.Second,
-			Subprotocols:     []string{Subprotocol},
-			// With a pool, the library keeps no write buffer per connection (data frames
-			// bypass it; only its control frames are written through it).
-			WriteBufferPool: &sync.Pool{},
+		sessionDeps: sessionDeps{
+			nodeID:         cfg.NodeID,
+			disablePublish: cfg.DisableClientPublish,
+			publishTimeout: cfg.PublishTimeout,
+			pingInterval:   cfg.PingInterval,
+			logger:         cfg.Logger,
+			metrics:        cfg.Metrics,
+			hub:            hub,
+			presence:       cfg.Presence,
+			resume: &resumer{history: cfg.Log, hub: hub, metrics: cfg.Metrics,
+				extendEvery: (cfg.PingInterval + cfg.PongTimeout) / 4},
+			pub:      publisher{pub: pub, metrics: cfg.Metrics},
+			refusals: logsample.New(cfg.Logger, logsample.Config{}),
+			conns:    connSet{all: make(map[*session]struct{})},
 		},
-		apiKey:   sha256.Sum256([]byte(cfg.APIKey)),
-		mux:      http.NewServeMux(),
-		admin:    http.NewServeMux(),
-		all:      make(map[*Conn]struct{}),
-		refusals: logsample.New(cfg.Logger, logsample.Config{}),
+		cfg:    cfg,
+		bus:    bus,
+		apiKey: sha256.Sum256([]byte(cfg.APIKey)),
+		mux:    http.NewServeMux(),
+		admin:  http.NewServeMux(),
 	}
-	s.upgrader.Error = s.handshakeError
+	s.limits = &s.cfg.Limits
 	if cfg.Compression {
 		if cfg.CompressionLevel < flate.BestSpeed || cfg.CompressionLevel > flate.BestCompression {
 			return nil, fmt.Errorf("gateway: compression level %d: want 1 to 9", cfg.CompressionLevel)
 		}
-		s.upgrader.EnableCompression = true
 		s.deflater = wire.NewDeflater(cfg.CompressionMinBytes, cfg.CompressionLevel, cfg.Metrics.Compressed)
 	}
 	if err := s.setupEdge(); err != nil {
 		return nil, err
 	}
+	l := &s.cfg.Limits
+	s.upgrader = wstransport.NewUpgrader(wstransport.Config{
+		Subprotocol:      Subprotocol,
+		Compression:      cfg.Compression,
+		CheckOrigin:      s.origins.allows,
+		Refuse:           s.handshakeError,
+		PingInterval:     cfg.PingInterval,
+		PongTimeout:      cfg.PongTimeout,
+		WriteTimeout:     cfg.WriteTimeout,
+		SocketSendBuffer: cfg.SocketSendBuffer,
+		MaxMessageBytes:  cfg.MaxMessageBytes,
+		FrameRate:        l.FrameRate,
+		FrameBurst:       l.FrameBurst,
+		MaxFragments:     l.MaxFragments,
+		Metrics:          cfg.Metrics,
+		Refusals:         s.refusals,
+	})
 	if err := cfg.Registry.Register(newStateCollector(s, hub, bus)); err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
@@ -348,13 +367,13 @@ func (s *Server) SetBusReady(ready bool) { s.busReady.Store(ready) }
 // Ready reports whether the gateway should get traffic: the bus is connected and
 // consuming, and the gateway is not draining.
 func (s *Server) Ready() bool {
-	return s.busReady.Load() && s.bus.Connected() && !s.draining.Load()
+	return s.busReady.Load() && s.bus.Connected() && !s.conns.draining.Load()
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	status, code := "ready", http.StatusOK
 	switch {
-	case s.draining.Load():
+	case s.conns.draining.Load():
 		status, code = "draining", http.StatusServiceUnavailable
 	case !s.busReady.Load() && s.bus.Connected():
 		status, code = "starting", http.StatusServiceUnavailable
@@ -368,10 +387,10 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, code, body)
 }
 
-// serveWS checks the query, upgrades the request, joins the connection to the hub (or
-// starts its resume) and starts its read pump.
+// serveWS checks the query, admits the client, upgrades the request, creates the
+// session, joins it to the hub (or starts its resume) and starts its transport.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
+	if s.conns.draining.Load() {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
 		return
 	}
@@ -379,7 +398,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return // answered 429 and counted
 	}
-	if _, known := s.hub.newest(); s.log != nil && !known {
+	if _, known := s.hub.newest(); s.resume.history != nil && !known {
 		// The bus is still reading the tail of its log (the hub's SetLogStart): a client
 		// admitted now would get messages published before it came.
 		w.Header().Set("Retry-After", "1")
@@ -410,53 +429,46 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		user = q.Get("user")
 	}
 
-	rec := &hijackRecorder{ResponseWriter: w, timeout: s.cfg.WriteTimeout, sndbuf: s.cfg.SocketSendBuffer}
-	ws, err := s.upgrader.Upgrade(rec, r, nil)
+	t, err := s.upgrader.Upgrade(w, r)
 	if err != nil {
 		release()
 		return // the upgrader has answered and counted it
 	}
-	var deflate *wire.Deflater
-	if rec.conn.deflate && s.deflater != nil {
-		deflate = s.deflater
+	var enc wire.Encoding
+	if t.Compressed() && s.deflater != nil {
+		enc.Deflate = s.deflater
 		s.metrics.NegotiatedCompression()
 	}
-	c := newConn(s, ws, rec.conn, user, deflate)
+	c := newSession(&s.sessionDeps, user, t, t.Socket(), enc)
+	t.Init(c, &c.Queue)
 	c.edge = newConnEdge(c, id, release)
 	s.metrics.Accepted()
-	if !s.track(c) {
+	if !s.conns.track(c) {
 		// Draining began during the upgrade: tell the client to go elsewhere.
-		_ = ws.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(websocket.CloseGoingAway, "gateway shutting down"),
-			time.Now().Add(time.Second))
-		_ = ws.Close()
-		c.ping.Stop()
+		t.Refuse(wire.CloseGoingAway, "gateway shutting down")
 		c.edge.stop()
-		s.metrics.Closed(websocket.CloseGoingAway)
+		s.metrics.Closed(wire.CloseGoingAway)
 		return
 	}
-	welcome := func(newest int64, known bool) {
-		wf := welcomeFrame{Op: "welcome", Conn: c.id, Node: s.cfg.NodeID, User: user}
-		if known {
-			wf.Offset = &newest
-		}
-		c.Enqueue(wire.Reply(wf))
-	}
 	if since == nil {
-		s.hub.join(c, channels, welcome)
+		s.hub.join(c, channels, c.welcome)
 	} else {
-		welcome(s.hub.newest()) // c joins the hub when its replay is done
+		c.welcome(s.hub.newest()) // c joins the hub when its replay is done
 	}
-	// The handler returns, and with it the request and its buffers; the connection lives
-	// on in its read pump (finish untracks it).
+	// The handler returns, and with it the request and its buffers; the session lives
+	// on in its transport's read pump (End untracks it).
 	if since == nil {
-		c.startReading()
+		t.Start()
 		return
 	}
 	go func() {
-		defer c.recoverAndFinish()
-		s.resumeConnect(c, *since, channels)
-		c.startReading()
+		defer func() {
+			if v := recover(); v != nil {
+				c.Recovered(v)
+			}
+		}()
+		s.resume.connect(c, *since, channels)
+		t.Start()
 	}()
 }
 
@@ -486,32 +498,46 @@ func (s *Server) serveInfo(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, info)
 }
 
-// track adds c to the connections that Shutdown drains; false once draining.
-func (s *Server) track(c *Conn) bool {
-	s.connsMu.Lock()
-	defer s.connsMu.Unlock()
-	if s.draining.Load() {
+// track adds c to the sessions that Shutdown drains; false once draining.
+func (cs *connSet) track(c *session) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.draining.Load() {
 		return false
 	}
-	s.all[c] = struct{}{}
-	s.conns.Add(1)
+	cs.all[c] = struct{}{}
+	cs.wg.Add(1)
 	return true
 }
 
-// forEachConn calls fn for every connection the server tracks, holding its lock.
-func (s *Server) forEachConn(fn func(*Conn)) {
-	s.connsMu.Lock()
-	defer s.connsMu.Unlock()
-	for c := range s.all {
+// forEach calls fn for every session tracked, holding the set's lock.
+func (cs *connSet) forEach(fn func(*session)) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for c := range cs.all {
 		fn(c)
 	}
 }
 
-func (s *Server) untrack(c *Conn) {
-	s.connsMu.Lock()
-	delete(s.all, c)
-	s.connsMu.Unlock()
-	s.conns.Done()
+// untrack removes c, which has ended.
+func (cs *connSet) untrack(c *session) {
+	cs.mu.Lock()
+	delete(cs.all, c)
+	cs.mu.Unlock()
+	cs.wg.Done()
+}
+
+// drain marks the set draining (track refuses from now on) and returns the sessions it
+// holds.
+func (cs *connSet) drain() []*session {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.draining.Store(true)
+	all := make([]*session, 0, len(cs.all))
+	for c := range cs.all {
+		all = append(all, c)
+	}
+	return all
 }
 
 func (s *Server) handshakeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
@@ -637,7 +663,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
 	defer cancel()
-	id, err := s.publish(ctx, m)
+	id, err := s.pub.publish(ctx, m)
 	if err != nil {
 		if isInvalid(err) {
 			writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
@@ -653,11 +679,11 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 }
 
 // publish puts m on the bus and times how long the bus takes to accept it.
-func (s *Server) publish(ctx context.Context, m message.Message) (string, error) {
+func (p publisher) publish(ctx context.Context, m message.Message) (string, error) {
 	start := time.Now()
-	id, err := s.pub.Publish(ctx, m)
+	id, err := p.pub.Publish(ctx, m)
 	if err == nil {
-		s.metrics.PublishDuration(time.Since(start))
+		p.metrics.PublishDuration(time.Since(start))
 	}
 	return id, err
 }
@@ -693,17 +719,11 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // it reconnects elsewhere and resumes), DrainBatch at a time. It returns when every
 // connection is finished, or ctx.Err() when ctx ends first.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.connsMu.Lock()
-	s.draining.Store(true)
-	all := make([]*Conn, 0, len(s.all))
-	for c := range s.all {
-		all = append(all, c)
-	}
-	s.connsMu.Unlock()
+	all := s.conns.drain()
 	s.logger.Info("draining", "connections", len(all))
 	for i := 0; i < len(all); i += s.cfg.DrainBatch {
 		for _, c := range all[i:min(i+s.cfg.DrainBatch, len(all))] {
-			c.RequestClose(websocket.CloseGoingAway, "gateway shutting down", true)
+			c.RequestClose(wire.CloseGoingAway, "gateway shutting down", true)
 		}
 		if i+s.cfg.DrainBatch < len(all) {
 			select {
@@ -715,7 +735,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() {
-		s.conns.Wait()
+		s.conns.wg.Wait()
 		close(done)
 	}()
 	select {

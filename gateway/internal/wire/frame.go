@@ -46,12 +46,14 @@ const (
 // Close codes the gateway sends (RFC 6455 section 7.4.1, and Herald's own in the 4000s:
 // docs/PROTOCOL.md).
 const (
-	CloseProtocolError = 1002 // a frame that breaks RFC 6455 or RFC 7692
-	CloseAbnormal      = 1006 // no close frame: the connection dropped, or a write failed
-	CloseTooBig        = 1009 // a message over the size limit
-	CloseInternalError = 1011 // a panic while serving the connection
-	CloseSlowConsumer  = 4008 // the write queue overflowed
-	CloseRateLimited   = 4029 // rate limited too long
+	CloseGoingAway       = 1001 // the gateway is draining
+	CloseProtocolError   = 1002 // a frame that breaks RFC 6455 or RFC 7692
+	CloseAbnormal        = 1006 // no close frame: the connection dropped, or a write failed
+	ClosePolicyViolation = 1008 // the token expired
+	CloseTooBig          = 1009 // a message over the size limit
+	CloseInternalError   = 1011 // a panic while serving the connection
+	CloseSlowConsumer    = 4008 // the write queue overflowed
+	CloseRateLimited     = 4029 // rate limited too long
 )
 
 // PingPayloadLen is the length of the payload of the gateway's pings: the ping's

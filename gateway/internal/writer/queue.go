@@ -39,23 +39,23 @@ type Queue struct {
 	inflight, inflightBytes int
 	closeCode               int    // 0 while open; the close code once a close is asked for
 	closeText               string // the close frame's reason
-	flushFirst              bool   // send what is queued before the close frame
-	pingDue                 bool   // the writer should send a ping
-	pingSeq                 uint32 // the number of the latest ping asked for (1 and up)
+	// writers counts the writer, for Finish to wait for; it is added to only under mu,
+	// before finished.
+	writers     sync.WaitGroup
+	flushedTick int64         // the tick of q's last write (see flusher)
+	spare       []*wire.Frame // the last batch's slice, reused for the next queue
+	pingSeq     uint32        // the number of the latest ping asked for (1 and up)
+	flushFirst  bool          // send what is queued before the close frame
+	pingDue     bool          // the writer should send a ping
 	// writing is true while q has a writer (a worker's turn, queued or under way, or a
 	// writeLoop goroutine), and for good once the writing side is closed (close frame
 	// sent, or a write failed): at most one writer is ever at work. finished is set by
-	// Finish: no writer starts after it. writers counts the writer, for Finish to wait
-	// for; it is added to only under mu, before finished.
+	// Finish: no writer starts after it.
 	writing  bool
 	finished bool
-	writers  sync.WaitGroup
-	// scheduled is true while q waits in the flusher for the next tick; flushedTick is
-	// the tick of q's last write (see flusher).
-	scheduled   bool
-	flushedTick int64
-	roomWanted  bool          // a replay waits for the writer to make room
-	spare       []*wire.Frame // the last batch's slice, reused for the next queue
+	// scheduled is true while q waits in the flusher for the next tick.
+	scheduled  bool
+	roomWanted bool // a replay waits for the writer to make room
 }
 
 // Init readies q to write to sock, in the encoding enc, for owner: call it once, before

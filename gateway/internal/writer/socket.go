@@ -28,11 +28,10 @@ type Socket struct {
 	net.Conn
 	timeout time.Duration
 
-	// mu serialises writes and protects deadline, closeSent and pending.
-	mu        sync.Mutex
-	deadline  time.Time
-	closeSent bool   // a close frame went out: nothing may follow it (RFC 6455 section 5.5.1)
-	pending   []byte // what the last TryWrite left unwritten: written before anything else
+	// mu serialises writes and protects deadline, pending and closeSent.
+	mu       sync.Mutex
+	deadline time.Time
+	pending  []byte // what the last TryWrite left unwritten: written before anything else
 
 	// fd is the socket's descriptor, for TryWrite's non-blocking writes (sendNow); -1
 	// where there is none (TLS, or a platform without them here), and once Close has
@@ -41,6 +40,8 @@ type Socket struct {
 	// another client's socket.
 	fdMu sync.Mutex
 	fd   int
+
+	closeSent bool // a close frame went out: nothing may follow it (RFC 6455 section 5.5.1)
 	// direct tells whether the socket had a descriptor for TryWrite when it was made; set
 	// once.
 	direct bool

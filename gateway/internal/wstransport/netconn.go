@@ -1,4 +1,4 @@
-package gateway
+package wstransport
 
 import (
 	"bufio"
@@ -28,6 +28,9 @@ type netConn struct {
 	// written by the handler that upgrades, before any other goroutine uses the
 	// connection, and only read after.
 	handshook, deflate bool
+	// pongSeq is the number of the latest ping a pong has answered; the read pump owns
+	// it (here, in what would be padding).
+	pongSeq uint32
 }
 
 // deflateAccepted is how the WebSocket library's handshake response accepts
@@ -62,12 +65,12 @@ func (c *netConn) Read(p []byte) (int, error) {
 }
 
 // hijackRecorder wraps a ResponseWriter so that the connection the WebSocket library
-// hijacks is a netConn with the given write timeout, which the caller then finds in conn.
+// hijacks is the netConn of conn, with the given write timeout.
 type hijackRecorder struct {
 	http.ResponseWriter
 	timeout time.Duration
-	sndbuf  int // SO_SNDBUF to set; 0 leaves the kernel's
-	conn    *netConn
+	sndbuf  int   // SO_SNDBUF to set; 0 leaves the kernel's
+	conn    *Conn // its nc is the hijacked connection
 }
 
 // readBufferSize is the read buffer of a connection: clients send few, small frames, and
@@ -83,14 +86,14 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if tc, ok := nc.(*net.TCPConn); ok && h.sndbuf > 0 {
 		_ = tc.SetWriteBuffer(h.sndbuf)
 	}
-	h.conn = &netConn{}
-	h.conn.Socket.Init(nc, h.timeout)
+	c := &h.conn.nc
+	c.Socket.Init(nc, h.timeout)
 	if brw.Reader.Buffered() == 0 {
 		// Swap the server's 4 KiB read buffer for a small one; the WebSocket library
 		// reuses the reader it is given. (With bytes buffered, the library refuses the
 		// handshake anyway.)
-		h.conn.br = bufio.NewReaderSize(h.conn, readBufferSize)
-		brw = bufio.NewReadWriter(h.conn.br, brw.Writer)
+		c.br = bufio.NewReaderSize(c, readBufferSize)
+		brw = bufio.NewReadWriter(c.br, brw.Writer)
 	}
-	return h.conn, brw, nil
+	return c, brw, nil
 }
