@@ -83,7 +83,7 @@ func TestProtocolReferenceIsComplete(t *testing.T) {
 	inHeading("client op", clientOps)
 	check("error code", all(`Code[A-Za-z]+\s+= "([a-z_]+)"`, code), tick)
 	check("handshake refusal", all(`refuse\(w, http\.Status[A-Za-z]+, "([a-z_]+)"`, code), tick)
-	check("token refusal", all(`refusedToken[A-Za-z]+\s+= "([a-z_]+)"`, code), tick)
+	check("token refusal", all(`[rR]efusedToken[A-Za-z]+\s+= "([a-z_]+)"`, code), tick)
 	check("API error", all(`writeError\(w, http\.Status[A-Za-z]+, "([a-z_]+)"`, code), tick)
 	check("close code", []string{"1000", "1001", "1002", "1003", "1006", "1007", "1008", "1009", "1011"}, func(n string) string { return "| " + n + " |" })
 	check("close code", all(`Close[A-Za-z]+\s+= (40\d\d)`, code), func(n string) string { return "| " + n + " |" })

@@ -327,6 +327,34 @@ func (h *Hub) Channels() (channels, subscriptions int) {
 	return len(h.channels), subscriptions
 }
 
+// subscriptionsOf returns the channels c is subscribed to.
+func (h *Hub) subscriptionsOf(c member) []string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	ms, ok := h.members[c]
+	if !ok {
+		return nil
+	}
+	out := make([]string, 0, len(ms.subs))
+	for ch := range ms.subs {
+		out = append(out, ch)
+	}
+	return out
+}
+
+// subscriptionCount returns how many channels c is subscribed to, and whether ch is
+// one of them.
+func (h *Hub) subscriptionCount(c member, ch string) (n int, has bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	ms, ok := h.members[c]
+	if !ok {
+		return 0, false
+	}
+	_, has = ms.subs[ch]
+	return len(ms.subs), has
+}
+
 func addTo[V any](index map[string]map[member]V, key string, c member, v V) {
 	set := index[key]
 	if set == nil {

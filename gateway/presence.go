@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/heraldgw/herald/gateway/internal/pattern"
 	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
@@ -108,7 +109,7 @@ func (c *PresenceConfig) setDefaults() {
 // A nil *Presence is presence off: every method does nothing.
 type Presence struct {
 	cfg      PresenceConfig
-	on, off  perms // Channels and Exclude
+	on, off  pattern.Set // Channels and Exclude
 	log      *slog.Logger
 	metrics  *Metrics
 	inst     string // this process's instance of Node
@@ -165,8 +166,8 @@ func NewPresence(cfg PresenceConfig) *Presence {
 	_, _ = rand.Read(b[:])
 	p := &Presence{
 		cfg:      cfg,
-		on:       compilePerms(cfg.Channels, ""),
-		off:      compilePerms(cfg.Exclude, ""),
+		on:       pattern.Compile(cfg.Channels, ""),
+		off:      pattern.Compile(cfg.Exclude, ""),
 		log:      cfg.Logger,
 		metrics:  cfg.Metrics,
 		inst:     hex.EncodeToString(b[:]),
@@ -187,7 +188,7 @@ func NewPresence(cfg PresenceConfig) *Presence {
 
 // enabled reports whether channel ch has presence.
 func (p *Presence) enabled(ch string) bool {
-	return p != nil && p.on.allows(ch) && !p.off.allows(ch)
+	return p != nil && p.on.Allows(ch) && !p.off.Allows(ch)
 }
 
 // --- this gateway's connections (called by the hub, under its lock) -----------------

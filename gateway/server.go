@@ -20,6 +20,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"strings"
@@ -30,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/heraldgw/herald/gateway/internal/edge"
 	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/gateway/internal/wire"
@@ -182,7 +184,7 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
-	c.Limits.setDefaults()
+	c.Limits.SetDefaults()
 }
 
 //go:embed web/index.html web/*.js web/*.css
@@ -207,10 +209,10 @@ type Server struct {
 
 	busReady atomic.Bool
 
-	// The edge: who may connect, from where, how often (limits.go).
-	origins    *originPolicy
-	slots      connSlots
-	handshakes *addrRates // nil: no handshake rate limit
+	// The edge: who may connect, from where, how often (package internal/edge).
+	origins    *edge.Origins
+	slots      edge.Slots
+	handshakes *edge.AddrRates // nil: no handshake rate limit
 }
 
 // connSet is the sessions a Server has open, for Shutdown to drain.
@@ -269,7 +271,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.upgrader = wstransport.NewUpgrader(wstransport.Config{
 		Subprotocol:      Subprotocol,
 		Compression:      cfg.Compression,
-		CheckOrigin:      s.origins.allows,
+		CheckOrigin:      s.origins.Allows,
 		Refuse:           s.handshakeError,
 		PingInterval:     cfg.PingInterval,
 		PongTimeout:      cfg.PongTimeout,
@@ -424,7 +426,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return // admit has answered and counted it
 	}
-	user := id.user
+	user := id.User
 	if s.cfg.InsecureUserParam {
 		user = q.Get("user")
 	}
@@ -441,12 +443,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	c := newSession(&s.sessionDeps, user, t, t.Socket(), enc)
 	t.Init(c, &c.Queue)
-	c.edge = newConnEdge(c, id, release)
+	c.edge = edge.NewConn(id, s.limits, release)
+	c.edge.ArmExpiry(s.auth.Leeway(), c.tokenExpired)
 	s.metrics.Accepted()
 	if !s.conns.track(c) {
 		// Draining began during the upgrade: tell the client to go elsewhere.
 		t.Refuse(wire.CloseGoingAway, "gateway shutting down")
-		c.edge.stop()
+		c.edge.Stop()
 		s.metrics.Closed(wire.CloseGoingAway)
 		return
 	}
@@ -490,9 +493,9 @@ type clientInfo struct {
 func (s *Server) serveInfo(w http.ResponseWriter, _ *http.Request) {
 	info := clientInfo{Auth: "off", UserParam: s.cfg.InsecureUserParam, API: s.cfg.APIKey != ""}
 	switch {
-	case s.auth.enabled && s.auth.anonymous:
+	case s.auth.Enabled() && s.auth.Anonymous():
 		info.Auth = "optional"
-	case s.auth.enabled:
+	case s.auth.Enabled():
 		info.Auth = "required"
 	}
 	writeJSON(w, http.StatusOK, info)
@@ -538,6 +541,107 @@ func (cs *connSet) drain() []*session {
 		all = append(all, c)
 	}
 	return all
+}
+
+// setupEdge builds the server's authenticator, origin policy and handshake limiter
+// from its config.
+func (s *Server) setupEdge() error {
+	auth, err := edge.NewAuthenticator(s.cfg.Auth)
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if auth.Enabled() && s.cfg.InsecureUserParam {
+		return errors.New("gateway: InsecureUserParam cannot be used with authentication: it would let any client claim any user")
+	}
+	s.auth = auth
+	if s.origins, err = edge.NewOrigins(s.cfg.AllowedOrigins); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	l := &s.cfg.Limits
+	if l.HandshakeRate > 0 {
+		s.handshakes = edge.NewAddrRates(l.HandshakeRate, max(l.HandshakeBurst, 1), max(l.TrackedAddresses, 1))
+	}
+	return nil
+}
+
+// Reasons of sampled refusal log lines (logsample.Sampler): a client may repeat any of
+// them at will, so each is written a few times, then at most once a second.
+const (
+	logOrigin        = "origin"
+	logToken         = "token"
+	logChannel       = "channel"
+	logConnections   = "connections"
+	logConnectionsIP = "connections_per_ip"
+	logHandshakeRate = "handshake_rate"
+	logRateClosed    = "message_rate_closed"
+	logRefresh       = "refresh"
+)
+
+// handshakeAllowed takes a token from the handshake rate of the request's client
+// address, first of all checks (so that a flood of handshakes costs the gateway no
+// origin or token check, and no log line, past the burst): over it, 429. It returns the
+// address, which the connection's limits count it under.
+func (s *Server) handshakeAllowed(w http.ResponseWriter, r *http.Request) (netip.Addr, bool) {
+	ip := edge.AddrKey(edge.ClientIP(r, s.cfg.Limits.TrustedProxies))
+	if s.handshakes != nil && !s.handshakes.Allow(ip) {
+		s.metrics.LimitHit(metrics.LimitHandshakeRate)
+		s.refusals.Log(slog.LevelDebug, logHandshakeRate, "handshake refused: rate", "ip", ip)
+		w.Header().Set("Retry-After", "1")
+		s.refuse(w, http.StatusTooManyRequests, "rate_limited", "too many connection attempts; retry later")
+		return ip, false
+	}
+	return ip, true
+}
+
+// admit decides, before the upgrade, whether a client whose handshake rate allowed it
+// (handshakeAllowed) may connect: its origin (else 403), its token (401), its permission
+// to subscribe to the channels it names (403; too many: 400), and room for one more
+// connection (503 for the gateway, 429 for its address). It answers and counts a refusal
+// itself, and logs it sampled, with at most a bounded prefix of what the client sent.
+// When it admits, release gives the connection's slots back and must be called once.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, ip netip.Addr, channels []string) (id *edge.Identity, release func(), ok bool) {
+	if !s.origins.Allows(r) {
+		s.refusals.Log(slog.LevelInfo, logOrigin, "handshake refused: origin not allowed",
+			"origin", logsample.Clip(r.Header.Get("Origin")), "ip", ip)
+		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
+		return nil, nil, false
+	}
+	id, terr := s.auth.Authenticate(r)
+	if terr != nil {
+		s.refusals.Log(slog.LevelInfo, logToken, "handshake refused: token", "why", terr.Reason,
+			"err", logsample.ClipErr(terr.Err), "ip", ip)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="herald", error="invalid_token"`)
+		s.refuse(w, http.StatusUnauthorized, terr.Reason, "token refused: "+terr.Err.Error())
+		return nil, nil, false
+	}
+	if max := s.cfg.Limits.MaxSubscriptions; max > 0 && len(channels) > max {
+		s.metrics.LimitHit(metrics.LimitSubscriptions)
+		s.refuse(w, http.StatusBadRequest, "bad_query", fmt.Sprintf("channels names %d channels; at most %d per connection", len(channels), max))
+		return nil, nil, false
+	}
+	for _, ch := range channels {
+		if !id.Subscribe.Allows(ch) {
+			s.refusals.Log(slog.LevelInfo, logChannel, "handshake refused: channel not permitted",
+				"user", logsample.Clip(id.User), "channel", ch, "ip", ip)
+			s.refuse(w, http.StatusForbidden, CodeForbidden, fmt.Sprintf("not permitted to subscribe to %q", ch))
+			return nil, nil, false
+		}
+	}
+	release, limit := s.slots.Acquire(ip, s.cfg.Limits.MaxConnections, s.cfg.Limits.MaxConnectionsPerIP)
+	switch limit {
+	case metrics.LimitConnections:
+		s.metrics.LimitHit(limit)
+		s.refusals.Log(slog.LevelWarn, logConnections, "handshake refused: the gateway is at its connection limit", "max", s.cfg.Limits.MaxConnections)
+		s.refuse(w, http.StatusServiceUnavailable, "too_many_connections", "this gateway is full; connect to another")
+		return nil, nil, false
+	case metrics.LimitConnectionsPerIP:
+		s.metrics.LimitHit(limit)
+		s.refusals.Log(slog.LevelDebug, logConnectionsIP, "handshake refused: connections per address", "ip", ip)
+		w.Header().Set("Retry-After", "5")
+		s.refuse(w, http.StatusTooManyRequests, "too_many_connections_per_ip", "too many connections from this address")
+		return nil, nil, false
+	}
+	return id, release, true
 }
 
 func (s *Server) handshakeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldgw/herald/gateway/internal/edge"
 	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/gateway/internal/wire"
@@ -63,7 +64,7 @@ type sessionDeps struct {
 	writer   *writer.Writer
 	resume   *resumer
 	pub      publisher
-	auth     *authenticator
+	auth     *edge.Authenticator
 	// refusals writes the log lines of refusals and of closes for abuse, sampled by
 	// reason: clients can repeat those at will.
 	refusals *logsample.Sampler
@@ -85,9 +86,9 @@ type session struct {
 	log  *slog.Logger
 	deps *sessionDeps
 	t    transport
-	// edge is the session's identity, permissions and frame rate (limits.go); set before
-	// its transport starts, then owned by the read pump.
-	edge  *connEdge
+	// edge is the session's identity, permissions and frame rate; set before its
+	// transport starts, then owned by the read pump.
+	edge  *edge.Conn
 	ended atomic.Bool // End has run
 }
 
@@ -124,7 +125,7 @@ func (c *session) welcome(newest int64, known bool) {
 // and closes only this connection, with 1011.
 func (c *session) Handle(data []byte) {
 	defer c.recoverPanic()
-	if ok, tooLong := c.edge.allowFrame(); !ok {
+	if ok, tooLong := c.edge.AllowFrame(); !ok {
 		c.rateLimited(data, tooLong)
 		return
 	}
@@ -173,7 +174,7 @@ func (c *session) subscribe(r request) {
 // mayJoin checks a subscribe to ch against the connection's permissions and its
 // subscription limit.
 func (c *session) mayJoin(ch string) *protocolError {
-	if !c.edge.maySubscribe(ch) {
+	if !c.edge.MaySubscribe(ch) {
 		return &protocolError{code: CodeForbidden, msg: notPermitted("subscribe to", ch)}
 	}
 	if max := c.deps.limits.MaxSubscriptions; max > 0 {
@@ -205,7 +206,7 @@ func (c *session) publish(r request) {
 	if r.Channel != nil {
 		m.Channel = *r.Channel
 	}
-	if !c.edge.mayPublish(m.Channel) {
+	if !c.edge.MayPublish(m.Channel) {
 		c.replyError(CodeForbidden, notPermitted("publish to", m.Channel), r.Ref)
 		return
 	}
@@ -237,38 +238,38 @@ func isInvalid(err error) bool {
 // no longer permits are dropped, each with an unsubscribed frame without ref.
 func (c *session) refresh(r request) {
 	a := c.deps.auth
-	if !a.enabled || c.edge == nil {
+	if !a.Enabled() || c.edge == nil {
 		// Tokens are not used on this gateway (as at connect, the token is ignored).
 		c.deps.metrics.TokenRefreshed(true)
 		c.Enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref}))
 		return
 	}
-	id, terr := a.verify(r.Token)
-	if terr == nil && id.user != c.user {
-		terr = &tokenError{refusedTokenInvalid, fmt.Errorf("the token is for user %q, the connection for %q", id.user, c.user)}
+	id, terr := a.Verify(r.Token)
+	if terr == nil && id.User != c.user {
+		terr = &edge.TokenError{Reason: edge.RefusedTokenInvalid, Err: fmt.Errorf("the token is for user %q, the connection for %q", id.User, c.user)}
 	}
 	if terr != nil {
 		c.deps.metrics.TokenRefreshed(false)
 		c.deps.refusals.Log(slog.LevelInfo, logRefresh, "refresh refused", "conn", c.id, "user", logsample.Clip(c.user),
-			"why", terr.reason, "err", logsample.ClipErr(terr.err))
-		c.replyError(CodeForbidden, "token refused: "+terr.err.Error(), r.Ref)
+			"why", terr.Reason, "err", logsample.ClipErr(terr.Err))
+		c.replyError(CodeForbidden, "token refused: "+terr.Err.Error(), r.Ref)
 		return
 	}
-	c.edge.id = id
-	c.edge.armExpiry()
+	c.edge.SetIdentity(id)
+	c.edge.ArmExpiry(a.Leeway(), c.tokenExpired)
 	for _, ch := range c.deps.hub.subscriptionsOf(c) {
-		if !id.subscribe.allows(ch) {
+		if !id.Subscribe.Allows(ch) {
 			c.deps.hub.unsubscribe(c, ch, func() {
 				c.Enqueue(wire.Reply(replyFrame{Op: "unsubscribed", Channel: ch}))
 			})
 		}
 	}
 	c.deps.metrics.TokenRefreshed(true)
-	c.Enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref, Exp: id.expires.Unix()}))
+	c.Enqueue(wire.Reply(refreshedFrame{Op: "refreshed", Ref: r.Ref, Exp: id.Expires.Unix()}))
 }
 
 // tokenExpired closes the session with 1008 when its token expires: the token's timer
-// calls it (connEdge.armExpiry), from the timer's goroutine.
+// calls it (edge.Conn.ArmExpiry), from the timer's goroutine.
 func (c *session) tokenExpired() {
 	c.deps.metrics.TokenExpired()
 	c.log.Info("token expired: closing", "user", logsample.Clip(c.user))
@@ -284,7 +285,7 @@ func (c *session) presence(r request) {
 	case !p.enabled(ch):
 		c.replyError(CodeForbidden, fmt.Sprintf("presence is off for %q on this gateway", ch), r.Ref)
 		return
-	case !c.edge.maySubscribe(ch):
+	case !c.edge.MaySubscribe(ch):
 		c.replyError(CodeForbidden, notPermitted("see who is on", ch), r.Ref)
 		return
 	}
@@ -293,6 +294,14 @@ func (c *session) presence(r request) {
 		limit = *r.Limit
 	}
 	c.Enqueue(wire.Reply(presenceFrame{Op: "presence", Ref: r.Ref, ChannelPresence: p.Channel(ch, r.After, limit)}))
+}
+
+// notPermitted is the message of a forbidden error for an op on channel ("" for all).
+func notPermitted(what, channel string) string {
+	if channel == "" {
+		return "your token does not permit you to " + what + " every connection"
+	}
+	return fmt.Sprintf("your token does not permit you to %s %q", what, channel)
 }
 
 // replyError answers an op with an error frame, and counts it.
@@ -366,7 +375,7 @@ func (c *session) Recovered(v any) {
 
 // ReadEnded lets go of what the session holds for a live client, its token's timer and
 // its connection slots, as soon as reading ends (wstransport.Session).
-func (c *session) ReadEnded() { c.edge.stop() }
+func (c *session) ReadEnded() { c.edge.Stop() }
 
 // End ends the session, once: it leaves the hub, finishes the write queue (what is still
 // queued is dropped, the socket closed, the writer ended), stops the transport's timers

@@ -1,4 +1,4 @@
-package gateway
+package edge
 
 import (
 	"crypto"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/heraldgw/herald/gateway/internal/pattern"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -56,7 +57,7 @@ const (
 //   - a pattern with "{sub}" gives an anonymous client (no sub) nothing.
 //
 // A pattern that breaks these rules refuses its token; in DefaultChannels or
-// DefaultPublish it makes NewServer fail.
+// DefaultPublish it makes NewServer fail (package pattern).
 type AuthConfig struct {
 	// Secret is the HS256 shared secret.
 	Secret []byte
@@ -149,9 +150,9 @@ func keyAlgorithm(key any) (string, error) {
 	return "", fmt.Errorf("key of type %T: want RSA or ECDSA P-256", key)
 }
 
-// authenticator verifies the tokens of WebSocket clients. It is immutable after
-// newAuthenticator, so safe for concurrent use.
-type authenticator struct {
+// Authenticator verifies the tokens of WebSocket clients. It is immutable after
+// NewAuthenticator, so safe for concurrent use.
+type Authenticator struct {
 	enabled   bool
 	anonymous bool // clients without a token are admitted
 	alg       string
@@ -162,8 +163,10 @@ type authenticator struct {
 	defPub    []string
 }
 
-func newAuthenticator(cfg AuthConfig) (*authenticator, error) {
-	a := &authenticator{enabled: cfg.Enabled(), leeway: cfg.Leeway}
+// NewAuthenticator returns the Authenticator that cfg describes, or an error that says
+// what cfg gets wrong.
+func NewAuthenticator(cfg AuthConfig) (*Authenticator, error) {
+	a := &Authenticator{enabled: cfg.Enabled(), leeway: cfg.Leeway}
 	if !a.enabled {
 		a.anonymous = true
 		return a, nil
@@ -186,7 +189,7 @@ func newAuthenticator(cfg AuthConfig) (*authenticator, error) {
 	}
 	a.defSub, a.defPub = cfg.DefaultChannels, cfg.DefaultPublish
 	for _, list := range [][]string{a.defSub, a.defPub} {
-		if err := CheckPatterns(list); err != nil {
+		if err := pattern.Check(list); err != nil {
 			return nil, fmt.Errorf("auth: default permissions: %w", err)
 		}
 	}
@@ -251,81 +254,92 @@ type claims struct {
 	Publish  *[]string `json:"publish"`
 }
 
-// identity is who a connection is and what it may do.
-type identity struct {
-	user      string
-	expires   time.Time // zero: never (no authentication)
-	subscribe perms
-	publish   perms
+// Enabled reports whether clients must authenticate (a key is configured).
+func (a *Authenticator) Enabled() bool { return a.enabled }
+
+// Anonymous reports whether clients without a token are admitted.
+func (a *Authenticator) Anonymous() bool { return a.anonymous }
+
+// Leeway is the clock skew allowed on a token's exp and nbf: a connection is closed that
+// long after its token expires.
+func (a *Authenticator) Leeway() time.Duration { return a.leeway }
+
+// Identity is who a connection is and what it may do. It is immutable once made.
+type Identity struct {
+	User      string
+	Expires   time.Time // zero: never (no authentication)
+	Subscribe pattern.Set
+	Publish   pattern.Set
 }
 
 // anonymousIdentity is the identity of a client without a token.
-func (a *authenticator) anonymousIdentity() *identity {
+func (a *Authenticator) anonymousIdentity() *Identity {
 	if !a.enabled {
-		return &identity{subscribe: allPerms, publish: allPerms}
+		return &Identity{Subscribe: pattern.All(), Publish: pattern.All()}
 	}
-	return &identity{subscribe: compilePerms(a.defSub, ""), publish: compilePerms(a.defPub, "")}
+	return &Identity{Subscribe: pattern.Compile(a.defSub, ""), Publish: pattern.Compile(a.defPub, "")}
 }
 
-// tokenError is a refused token: reason is a short label for metrics, err says why.
-type tokenError struct {
-	reason string
-	err    error
+// TokenError is a refused token: Reason is a short label for metrics (a refusedToken
+// constant), Err says why.
+type TokenError struct {
+	Reason string
+	Err    error
 }
 
-func (e *tokenError) Error() string { return e.err.Error() }
-func (e *tokenError) Unwrap() error { return e.err }
+func (e *TokenError) Error() string { return e.Err.Error() }
+func (e *TokenError) Unwrap() error { return e.Err }
 
 // Reasons a token is refused (labels of herald_handshakes_refused_total).
 const (
-	refusedTokenMissing = "token_missing"
-	refusedTokenExpired = "token_expired"
-	refusedTokenEarly   = "token_not_yet_valid"
-	refusedTokenInvalid = "token_invalid"
+	RefusedTokenMissing = "token_missing"
+	RefusedTokenExpired = "token_expired"
+	RefusedTokenEarly   = "token_not_yet_valid"
+	RefusedTokenInvalid = "token_invalid"
 )
 
-// verify checks a token and returns the identity it gives.
-func (a *authenticator) verify(token string) (*identity, *tokenError) {
+// Verify checks a token and returns the identity it gives.
+func (a *Authenticator) Verify(token string) (*Identity, *TokenError) {
 	var c claims
 	_, err := a.parser.ParseWithClaims(token, &c, a.keyfunc)
 	switch {
 	case errors.Is(err, jwt.ErrTokenExpired):
-		return nil, &tokenError{refusedTokenExpired, err}
+		return nil, &TokenError{RefusedTokenExpired, err}
 	case errors.Is(err, jwt.ErrTokenNotValidYet):
-		return nil, &tokenError{refusedTokenEarly, err}
+		return nil, &TokenError{RefusedTokenEarly, err}
 	case err != nil:
-		return nil, &tokenError{refusedTokenInvalid, err}
+		return nil, &TokenError{RefusedTokenInvalid, err}
 	case c.Subject == "":
-		return nil, &tokenError{refusedTokenInvalid, errors.New("token has no sub")}
+		return nil, &TokenError{RefusedTokenInvalid, errors.New("token has no sub")}
 	case len(c.Subject) > 256:
-		return nil, &tokenError{refusedTokenInvalid, errors.New("token sub is longer than 256 bytes")}
+		return nil, &TokenError{RefusedTokenInvalid, errors.New("token sub is longer than 256 bytes")}
 	}
-	id := &identity{user: c.Subject, expires: c.ExpiresAt.Time}
+	id := &Identity{User: c.Subject, Expires: c.ExpiresAt.Time}
 	sub, pub := a.defSub, a.defPub
 	if c.Channels != nil {
 		sub = *c.Channels
-		if err := CheckPatterns(sub); err != nil {
-			return nil, &tokenError{refusedTokenInvalid, fmt.Errorf("channels claim: %w", err)}
+		if err := pattern.Check(sub); err != nil {
+			return nil, &TokenError{RefusedTokenInvalid, fmt.Errorf("channels claim: %w", err)}
 		}
 	}
 	if c.Publish != nil {
 		pub = *c.Publish
-		if err := CheckPatterns(pub); err != nil {
-			return nil, &tokenError{refusedTokenInvalid, fmt.Errorf("publish claim: %w", err)}
+		if err := pattern.Check(pub); err != nil {
+			return nil, &TokenError{RefusedTokenInvalid, fmt.Errorf("publish claim: %w", err)}
 		}
 	}
-	if (usesSub(sub) || usesSub(pub)) && !safeSub(c.Subject) {
-		return nil, &tokenError{refusedTokenInvalid, fmt.Errorf(
+	if (pattern.UsesSub(sub) || pattern.UsesSub(pub)) && !pattern.SafeSub(c.Subject) {
+		return nil, &TokenError{RefusedTokenInvalid, fmt.Errorf(
 			"token sub %q cannot stand for {sub} in a channel pattern: it must be 1 to %d characters of A-Z a-z 0-9 _ - (no separator or pattern character)",
 			c.Subject, message.MaxChannelLen)}
 	}
-	id.subscribe, id.publish = compilePerms(sub, c.Subject), compilePerms(pub, c.Subject)
+	id.Subscribe, id.Publish = pattern.Compile(sub, c.Subject), pattern.Compile(pub, c.Subject)
 	return id, nil
 }
 
-// authenticate finds the identity of a connecting client: its token from the token query
+// Authenticate finds the identity of a connecting client: its token from the token query
 // parameter or the Authorization header, else anonymous where that is allowed.
-func (a *authenticator) authenticate(r *http.Request) (*identity, *tokenError) {
+func (a *Authenticator) Authenticate(r *http.Request) (*Identity, *TokenError) {
 	if !a.enabled {
 		return a.anonymousIdentity(), nil
 	}
@@ -339,129 +353,12 @@ func (a *authenticator) authenticate(r *http.Request) (*identity, *tokenError) {
 		if a.anonymous {
 			return a.anonymousIdentity(), nil
 		}
-		return nil, &tokenError{refusedTokenMissing, errors.New("no token: pass one in the token query parameter or an Authorization: Bearer header")}
+		return nil, &TokenError{RefusedTokenMissing, errors.New("no token: pass one in the token query parameter or an Authorization: Bearer header")}
 	}
-	return a.verify(token)
+	return a.Verify(token)
 }
-
-// pattern is one compiled channel pattern: prefix matched exactly, or as a prefix when
-// wildcard.
-type pattern struct {
-	prefix   string
-	wildcard bool
-}
-
-// perms is what a connection may subscribe or publish to.
-type perms struct {
-	all      bool // every channel, and publishing to everyone
-	patterns []pattern
-}
-
-var allPerms = perms{all: true}
-
-// subPlaceholder stands for the token's sub in a pattern.
-const subPlaceholder = "{sub}"
-
-// usesSub reports whether a pattern of list has "{sub}".
-func usesSub(list []string) bool {
-	for _, s := range list {
-		if strings.Contains(s, subPlaceholder) {
-			return true
-		}
-	}
-	return false
-}
-
-// safeSub reports whether sub may stand for "{sub}": 1 to 128 characters of
-// A-Z a-z 0-9 _ -, so that it can neither end a channel segment (':' '/' '.') nor match
-// anything but itself.
-func safeSub(sub string) bool {
-	if sub == "" || len(sub) > message.MaxChannelLen {
-		return false
-	}
-	for i := 0; i < len(sub); i++ {
-		switch c := sub[i]; {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// isSeparator reports whether c separates the segments of a channel name.
-func isSeparator(c byte) bool { return c == ':' || c == '/' || c == '.' }
 
 // CheckPatterns checks a list of permission patterns (AuthConfig): braces only as
 // "{sub}", and in a pattern ending in "*", every "{sub}" followed by a separator, so that
 // one user's prefix never covers another's ("user:{sub}*" would give alice user:alice2).
-func CheckPatterns(list []string) error {
-	for _, s := range list {
-		s = strings.TrimSpace(s)
-		if strings.Count(s, "{") != strings.Count(s, subPlaceholder) || strings.Count(s, "}") != strings.Count(s, subPlaceholder) {
-			return fmt.Errorf("pattern %.140q: braces are only for {sub}", s)
-		}
-		if !strings.HasSuffix(s, "*") {
-			continue
-		}
-		for rest := s; ; {
-			i := strings.Index(rest, subPlaceholder)
-			if i < 0 {
-				break
-			}
-			rest = rest[i+len(subPlaceholder):]
-			if rest == "" || !isSeparator(rest[0]) {
-				return fmt.Errorf("pattern %.140q: {sub} must be followed by ':', '/' or '.' in a pattern ending in *", s)
-			}
-		}
-	}
-	return nil
-}
-
-// compilePerms compiles patterns, putting sub in place of "{sub}" (CheckPatterns and
-// safeSub have passed). Whether a pattern is a wildcard is decided before the
-// substitution, so a sub cannot make one. A pattern with "{sub}" gives nothing where
-// sub is empty (an anonymous client).
-func compilePerms(list []string, sub string) perms {
-	var p perms
-	for _, s := range list {
-		s = strings.TrimSpace(s)
-		if s == "" || sub == "" && strings.Contains(s, subPlaceholder) {
-			continue
-		}
-		pt := pattern{prefix: s}
-		if strings.HasSuffix(s, "*") {
-			pt = pattern{prefix: strings.TrimSuffix(s, "*"), wildcard: true}
-		}
-		pt.prefix = strings.ReplaceAll(pt.prefix, subPlaceholder, sub)
-		if pt.wildcard && pt.prefix == "" {
-			return allPerms
-		}
-		p.patterns = append(p.patterns, pt)
-	}
-	return p
-}
-
-// allows reports whether channel is permitted; "" (everyone) only with "*".
-func (p perms) allows(channel string) bool {
-	if p.all {
-		return true
-	}
-	if channel == "" {
-		return false
-	}
-	for _, pt := range p.patterns {
-		if pt.wildcard && strings.HasPrefix(channel, pt.prefix) || !pt.wildcard && channel == pt.prefix {
-			return true
-		}
-	}
-	return false
-}
-
-// notPermitted is the message of a forbidden error for an op on channel ("" for all).
-func notPermitted(what, channel string) string {
-	if channel == "" {
-		return "your token does not permit you to " + what + " every connection"
-	}
-	return fmt.Sprintf("your token does not permit you to %s %q", what, channel)
-}
+func CheckPatterns(list []string) error { return pattern.Check(list) }

@@ -1,4 +1,4 @@
-package gateway
+package edge
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/producer/redact"
 )
 
@@ -43,7 +44,7 @@ type JWKSConfig struct {
 	// Logger receives fetch failures. Default: discard.
 	Logger *slog.Logger
 	// Metrics counts fetches. Default: counted nowhere.
-	Metrics *Metrics
+	Metrics *metrics.Metrics
 }
 
 // JWKS is a cached JSON Web Key Set: the RSA and ECDSA P-256 public keys that verify
