@@ -1,30 +1,6 @@
 package gateway
 
-import (
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/heraldgw/herald/gateway/internal/metrics"
-	"github.com/heraldgw/herald/gateway/internal/pending"
-	"github.com/heraldgw/herald/gateway/internal/wsframe"
-)
-
-// Metrics is the gateway's Prometheus instrumentation (counters and histograms). Its
-// methods may be called on a nil *Metrics, which counts nothing.
-type Metrics = metrics.Metrics
-
-// NewMetrics creates the gateway's counters and registers them with reg. The gauges that
-// read live state (connections, write queues, subscriptions, bus, presence) are
-// registered by NewServer, which knows that state.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	return metrics.New(reg, metrics.Series{
-		CloseCodes: []int{1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1011, CloseSlowConsumer, CloseRateLimited},
-		Refusals: []string{"draining", "starting", "bad_query", "bad_handshake", "origin", "rate_limited",
-			"too_many_connections", "too_many_connections_per_ip", CodeForbidden},
-		ClientErrors:    []string{CodeBadRequest, CodeUnknownOp, CodeForbidden, CodeRateLimited, CodeTooLarge, CodeUnavailable},
-		Limits:          []string{pending.LimitPending, pending.LimitPendingPerAddr, pending.LimitIdle, wsframe.LimitFrameRate, wsframe.LimitFragments},
-		PresenceUpdates: []string{updateDelta, updateSnapshot, updateSync, updateBye},
-	})
-}
+import "github.com/prometheus/client_golang/prometheus"
 
 // stateCollector reads gauges from live state at scrape time: connections, the write
 // queues (total and largest, in frames and bytes), subscriptions and the bus.

@@ -216,12 +216,12 @@ func (h *Hub) add(c member, channels []string) {
 	if u := c.User(); u != "" {
 		addTo(h.users, u, c, struct{}{})
 	}
-	h.presence.connected(c)
+	h.presence.Connected(c)
 	for _, ch := range channels {
 		if _, dup := ms.subs[ch]; !dup {
 			ms.subs[ch] = struct{}{}
 			addTo(h.channels, ch, c, noSkip)
-			h.presence.joined(ch, c, false)
+			h.presence.Joined(ch, c, false)
 		}
 	}
 }
@@ -252,12 +252,12 @@ func (h *Hub) leave(c member) {
 	}
 	for ch := range ms.subs {
 		removeFrom(h.channels, ch, c)
-		h.presence.left(ch, c)
+		h.presence.Left(ch, c)
 	}
 	if u := c.User(); u != "" {
 		removeFrom(h.users, u, c)
 	}
-	h.presence.disconnected(c)
+	h.presence.Disconnected(c)
 	delete(h.members, c)
 }
 
@@ -287,9 +287,9 @@ func (h *Hub) subscribeAt(c member, ch string, at int64, watch bool, then func()
 	addTo(h.channels, ch, c, at)
 	then() // the answer first: the channel's presence events, if asked for, follow it
 	if subscribed {
-		h.presence.watch(ch, c, watch)
+		h.presence.Watch(ch, c, watch)
 	} else {
-		h.presence.joined(ch, c, watch)
+		h.presence.Joined(ch, c, watch)
 	}
 	return true
 }
@@ -303,7 +303,7 @@ func (h *Hub) unsubscribe(c member, ch string, then func()) {
 		if _, was := ms.subs[ch]; was {
 			delete(ms.subs, ch)
 			removeFrom(h.channels, ch, c)
-			h.presence.left(ch, c)
+			h.presence.Left(ch, c)
 		}
 	}
 	then()

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"os/exec"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -241,5 +242,40 @@ func TestGatewayDoesNotLinkAMQP(t *testing.T) {
 		if strings.Contains(dep, "amqp") {
 			t.Errorf("package gateway depends on %s", dep)
 		}
+	}
+}
+
+// TestHubTellsPresence: the hub tells presence of every connection and subscription that
+// comes and goes, once each (internal/presence tests what presence makes of it).
+func TestHubTellsPresence(t *testing.T) {
+	p := NewPresence(PresenceConfig{Node: "a", Channels: []string{"room"}})
+	h := NewHub(HubConfig{Presence: p})
+	noop := func(int64, bool) {}
+	alice, bob, anon := newRecorder("alice", "alice"), newRecorder("bob", "bob"), newRecorder("anon", "")
+	h.join(alice, []string{"room", "room"}, noop)
+	h.join(bob, nil, noop)
+	h.subscribe(bob, "room", true, func() {})
+	h.subscribe(bob, "room", false, func() {}) // subscribed again: not counted twice
+	h.join(anon, []string{"room"}, noop)
+	want := ChannelPresence{Channel: "room", Users: []PresenceUser{{User: "alice", Connections: 1}, {User: "bob", Connections: 1}}, Total: 2, Connections: 3, Anonymous: 1}
+	if got := p.Channel("room", "", 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("room: got %+v, want %+v", got, want)
+	}
+	h.unsubscribe(alice, "room", func() {})
+	h.leave(bob)
+	want = ChannelPresence{Channel: "room", Users: []PresenceUser{}, Connections: 1, Anonymous: 1}
+	if got := p.Channel("room", "", 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("room after alice unsubscribed and bob left: got %+v, want %+v", got, want)
+	}
+	if got := p.User("alice"); !got.Online || got.Connections != 1 {
+		t.Errorf("alice, still connected: got %+v", got)
+	}
+	if got := p.User("bob"); got.Online {
+		t.Errorf("bob left: got %+v", got)
+	}
+	h.leave(alice)
+	h.leave(anon)
+	if got := p.Channel("room", "", 0); got.Connections != 0 || p.User("alice").Online {
+		t.Errorf("everyone left: room %+v, alice %+v", got, p.User("alice"))
 	}
 }

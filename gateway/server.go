@@ -288,7 +288,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
 	if cfg.Presence != nil {
-		if err := cfg.Registry.Register(newPresenceCollector(cfg.Presence)); err != nil {
+		if err := cfg.Registry.Register(cfg.Presence.Collector()); err != nil {
 			return nil, fmt.Errorf("gateway: register presence metrics: %w", err)
 		}
 	}
@@ -714,7 +714,7 @@ func (s *Server) servePresence(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	if !s.presence.enabled(ch) {
+	if !s.presence.Enabled(ch) {
 		writeError(w, http.StatusNotFound, "presence_off", fmt.Sprintf("presence is off for %q on this gateway (see --presence-channels)", ch))
 		return
 	}
@@ -732,7 +732,7 @@ func (s *Server) serveUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("a user id is 1 to %d bytes", message.MaxUserLen))
 		return
 	}
-	if s.presence == nil || s.presence.cfg.NoUsers {
+	if !s.presence.TracksUsers() {
 		writeError(w, http.StatusNotFound, "presence_off", "user presence is off on this gateway")
 		return
 	}

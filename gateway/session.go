@@ -157,7 +157,7 @@ func (c *session) subscribe(r request) {
 		c.replyError(perr.code, perr.msg, r.Ref)
 		return
 	}
-	watch := r.Presence && c.deps.presence.enabled(ch)
+	watch := r.Presence && c.deps.presence.Enabled(ch)
 	answer := func() {
 		c.Enqueue(wire.Reply(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref, Presence: watch}))
 	}
@@ -282,7 +282,7 @@ func (c *session) presence(r request) {
 	ch := *r.Channel
 	p := c.deps.presence
 	switch {
-	case !p.enabled(ch):
+	case !p.Enabled(ch):
 		c.replyError(CodeForbidden, fmt.Sprintf("presence is off for %q on this gateway", ch), r.Ref)
 		return
 	case !c.edge.MaySubscribe(ch):

@@ -1,4 +1,4 @@
-package gateway
+package presence
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldgw/herald/gateway/internal/gwtest"
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/gateway/internal/wire"
 )
 
@@ -36,8 +37,7 @@ func (w *watcher) Enqueue(f *wire.Frame) {
 	w.frames = append(w.frames, v)
 	w.mu.Unlock()
 }
-func (w *watcher) User() string      { return w.usr }
-func (w *watcher) SkipThrough(int64) {}
+func (w *watcher) User() string { return w.usr }
 
 // take returns the frames queued since the last take.
 func (w *watcher) take() []map[string]any {
@@ -65,24 +65,66 @@ func events(frames []map[string]any) []string {
 	return out
 }
 
-func newTestPresence(t *testing.T, node string, cfg PresenceConfig) (*Presence, *Hub) {
+// testHub makes the calls into presence that the gateway's Hub makes (under its lock)
+// as connections join and leave, subscribe and unsubscribe.
+type testHub struct {
+	p    *Presence
+	subs map[Member]map[string]bool
+}
+
+func (h *testHub) join(m Member, channels []string) {
+	h.p.Connected(m)
+	subs := map[string]bool{}
+	h.subs[m] = subs
+	for _, ch := range channels {
+		if !subs[ch] {
+			subs[ch] = true
+			h.p.Joined(ch, m, false)
+		}
+	}
+}
+
+func (h *testHub) leave(m Member) {
+	for ch := range h.subs[m] {
+		h.p.Left(ch, m)
+	}
+	h.p.Disconnected(m)
+	delete(h.subs, m)
+}
+
+func (h *testHub) subscribe(m Member, ch string, watch bool) {
+	if h.subs[m][ch] {
+		h.p.Watch(ch, m, watch)
+		return
+	}
+	h.subs[m][ch] = true
+	h.p.Joined(ch, m, watch)
+}
+
+func (h *testHub) unsubscribe(m Member, ch string) {
+	if h.subs[m][ch] {
+		delete(h.subs[m], ch)
+		h.p.Left(ch, m)
+	}
+}
+
+func newTestPresence(t *testing.T, node string, cfg Config) (*Presence, *testHub) {
 	t.Helper()
 	cfg.Node = node
 	if cfg.Channels == nil {
 		cfg.Channels = []string{"room", "chat:*"}
 	}
-	p := NewPresence(cfg)
-	return p, NewHub(HubConfig{Presence: p})
+	p := New(cfg)
+	return p, &testHub{p: p, subs: map[Member]map[string]bool{}}
 }
 
 func TestPresenceCountsThisGateway(t *testing.T) {
-	p, h := newTestPresence(t, "a", PresenceConfig{Exclude: []string{"chat:secret"}})
-	noop := func(int64, bool) {}
+	p, h := newTestPresence(t, "a", Config{Exclude: []string{"chat:secret"}})
 	alice1, alice2, bob, anon := &watcher{usr: "alice"}, &watcher{usr: "alice"}, &watcher{usr: "bob"}, &watcher{}
-	h.join(alice1, []string{"room", "other"}, noop)
-	h.join(alice2, []string{"room"}, noop)
-	h.join(bob, []string{"room", "chat:x", "chat:secret"}, noop)
-	h.join(anon, []string{"room"}, noop)
+	h.join(alice1, []string{"room", "other"})
+	h.join(alice2, []string{"room"})
+	h.join(bob, []string{"room", "chat:x", "chat:secret"})
+	h.join(anon, []string{"room"})
 
 	got := p.Channel("room", "", 0)
 	want := ChannelPresence{Channel: "room", Users: []PresenceUser{{"alice", 2}, {"bob", 1}}, Total: 2, Connections: 4, Anonymous: 1}
@@ -110,7 +152,7 @@ func TestPresenceCountsThisGateway(t *testing.T) {
 		t.Errorf("alice: got %+v", got)
 	}
 
-	h.unsubscribe(alice1, "room", func() {})
+	h.unsubscribe(alice1, "room")
 	h.leave(bob)
 	h.leave(anon)
 	got = p.Channel("room", "", 0)
@@ -129,11 +171,10 @@ func TestPresenceCountsThisGateway(t *testing.T) {
 }
 
 func TestPresenceEventsCoalesce(t *testing.T) {
-	p, h := newTestPresence(t, "a", PresenceConfig{MaxEventUsers: 2})
-	noop := func(int64, bool) {}
+	p, h := newTestPresence(t, "a", Config{MaxEventUsers: 2})
 	w := &watcher{usr: "w"}
-	h.join(w, nil, noop)
-	h.subscribe(w, "room", true, func() {})
+	h.join(w, nil)
+	h.subscribe(w, "room", true)
 	flush := func() { p.flush(context.Background(), nil, time.Now()) }
 	flush()
 	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room w"}) {
@@ -142,30 +183,30 @@ func TestPresenceEventsCoalesce(t *testing.T) {
 
 	// alice comes and goes within one window: nothing. bob comes: join.
 	alice, bob := &watcher{usr: "alice"}, &watcher{usr: "bob"}
-	h.join(alice, []string{"room"}, noop)
+	h.join(alice, []string{"room"})
 	h.leave(alice)
-	h.join(bob, []string{"room"}, noop)
+	h.join(bob, []string{"room"})
 	flush()
 	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room bob"}) {
 		t.Errorf("got %v, want bob's join alone", got)
 	}
 	// bob's second connection is no news; his last leaving is.
 	bob2 := &watcher{usr: "bob"}
-	h.join(bob2, []string{"room"}, noop)
+	h.join(bob2, []string{"room"})
 	flush()
 	if got := w.take(); len(got) != 0 {
 		t.Errorf("a second connection of bob: got %v, want no event", events(got))
 	}
 	h.leave(bob)
 	h.leave(bob2)
-	h.join(alice, []string{"room"}, noop)
+	h.join(alice, []string{"room"})
 	flush()
 	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room alice", "leave room bob"}) {
 		t.Errorf("got %v", got)
 	}
 	// More changes than an event lists: the first ones, and "more".
 	for _, u := range []string{"c", "d", "e"} {
-		h.join(&watcher{usr: u}, []string{"room"}, noop)
+		h.join(&watcher{usr: u}, []string{"room"})
 	}
 	flush()
 	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room c d +more"}) {
@@ -173,8 +214,8 @@ func TestPresenceEventsCoalesce(t *testing.T) {
 	}
 	// A connection that stops watching gets nothing more; nor does an unwatched channel
 	// keep changes.
-	h.subscribe(w, "room", false, func() {})
-	h.join(&watcher{usr: "f"}, []string{"room"}, noop)
+	h.subscribe(w, "room", false)
+	h.join(&watcher{usr: "f"}, []string{"room"})
 	flush()
 	if got := w.take(); len(got) != 0 {
 		t.Errorf("after unwatching: got %v", events(got))
@@ -222,8 +263,8 @@ func (fc *fakeCluster) types() []string {
 
 func TestPresenceMergesGateways(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	metrics := NewMetrics(reg)
-	cfg := PresenceConfig{TTL: time.Minute, SnapshotInterval: time.Hour, Metrics: metrics}
+	m := metrics.New(reg, metrics.Series{PresenceUpdates: UpdateTypes()})
+	cfg := Config{TTL: time.Minute, SnapshotInterval: time.Hour, Metrics: m}
 	pa, ha := newTestPresence(t, "a", cfg)
 	pb, hb := newTestPresence(t, "b", cfg)
 	fc := &fakeCluster{members: []*Presence{pa, pb}}
@@ -236,20 +277,19 @@ func TestPresenceMergesGateways(t *testing.T) {
 			p.flush(context.Background(), fc, now)
 		}
 	}
-	noop := func(int64, bool) {}
 	flush(pa, pb) // start: each asks for the others' snapshots and sends its own
 	if got := fc.types(); !slices.Contains(got, "a:sync") || !slices.Contains(got, "b:snapshot") {
 		t.Errorf("first updates: got %v, want syncs and snapshots", got)
 	}
 
 	alice, bob, bob2, anon := &watcher{usr: "alice"}, &watcher{usr: "bob"}, &watcher{usr: "bob"}, &watcher{}
-	ha.join(alice, []string{"room"}, noop)
-	ha.join(bob, []string{"room"}, noop)
-	hb.join(bob2, []string{"room"}, noop)
-	hb.join(anon, []string{"room"}, noop)
+	ha.join(alice, []string{"room"})
+	ha.join(bob, []string{"room"})
+	hb.join(bob2, []string{"room"})
+	hb.join(anon, []string{"room"})
 	w := &watcher{usr: "w"}
-	hb.join(w, nil, noop)
-	hb.subscribe(w, "room", true, func() {})
+	hb.join(w, nil)
+	hb.subscribe(w, "room", true)
 	flush(pa, pb, pb) // a's delta reaches b; b's events go out at its next flush
 	want := ChannelPresence{Channel: "room", Users: []PresenceUser{{"alice", 1}, {"bob", 2}, {"w", 1}}, Total: 3, Connections: 5, Anonymous: 1}
 	for name, p := range map[string]*Presence{"a": pa, "b": pb} {
@@ -270,7 +310,7 @@ func TestPresenceMergesGateways(t *testing.T) {
 	fc.down = true
 	fc.mu.Unlock()
 	carol := &watcher{usr: "carol"}
-	ha.join(carol, []string{"room"}, noop)
+	ha.join(carol, []string{"room"})
 	flush(pa) // lost; a will send a snapshot next
 	fc.mu.Lock()
 	fc.down = false
@@ -306,7 +346,7 @@ func TestPresenceMergesGateways(t *testing.T) {
 	fc.mu.Lock()
 	fc.members = append(fc.members, pa2)
 	fc.mu.Unlock()
-	ha2.join(&watcher{usr: "dave"}, []string{"room"}, noop)
+	ha2.join(&watcher{usr: "dave"}, []string{"room"})
 	flush(pa2, pb, pa2) // pa2 asks for a sync and sends its snapshot; b answers
 	if got := pb.Channel("room", "", 0).Total; got != 3 {
 		t.Errorf("b after a's restart: %d users, want 3 (bob, w, dave)", got)
@@ -323,8 +363,8 @@ func TestPresenceMergesGateways(t *testing.T) {
 
 func TestPresenceDropsInvalidUpdates(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	metrics := NewMetrics(reg)
-	p, _ := newTestPresence(t, "a", PresenceConfig{Metrics: metrics})
+	m := metrics.New(reg, metrics.Series{PresenceUpdates: UpdateTypes()})
+	p, _ := newTestPresence(t, "a", Config{Metrics: m})
 	for _, body := range []string{
 		`not json`,
 		`{"v":2,"type":"snapshot","inst":"x"}`,

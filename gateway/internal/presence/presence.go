@@ -1,4 +1,9 @@
-package gateway
+// Package presence knows who is online on the channels that have presence, across every
+// gateway of a cluster: this gateway's own connections exactly, told by the hub, and the
+// other gateways' from the updates they send each other. It also sends the join and
+// leave events that connections ask for. It imports nothing of the gateway: connections
+// are Members to it, something with a user that frames can be queued to.
+package presence
 
 import (
 	"context"
@@ -15,21 +20,29 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/heraldgw/herald/gateway/internal/metrics"
 	"github.com/heraldgw/herald/gateway/internal/pattern"
 	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
-// PresenceSender carries this gateway's presence updates to every gateway of the cluster
-// (itself included: it ignores its own). The consumer package's PresenceLink is one, on
-// RabbitMQ; the gateway, which does not import it, receives its updates through
+// Sender carries this gateway's presence updates to every gateway of the cluster (itself
+// included: it ignores its own). The consumer package's PresenceLink is one, on RabbitMQ;
+// the gateway, which does not import it, receives its updates through
 // Presence.HandlePresence.
-type PresenceSender interface {
+type Sender interface {
 	Send(ctx context.Context, body []byte) error
 }
 
-// PresenceConfig configures presence. Each zero field has the default its comment gives.
-type PresenceConfig struct {
+// Member is a connection as presence sees it: its user, and a queue of frames (its join
+// and leave events) that never blocks.
+type Member interface {
+	User() string
+	Enqueue(f *wire.Frame)
+}
+
+// Config configures presence. Each zero field has the default its comment gives.
+type Config struct {
 	// Node names this gateway in its updates (its Config.NodeID). Default "herald".
 	Node string
 	// Channels are the channels with presence: names, or prefixes ending in "*" ("*"
@@ -63,10 +76,10 @@ type PresenceConfig struct {
 	// Logger receives presence's logs. Default: discard.
 	Logger *slog.Logger
 	// Metrics counts presence's updates, events and expiries. Default: counted nowhere.
-	Metrics *Metrics
+	Metrics *metrics.Metrics
 }
 
-func (c *PresenceConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	if c.Node == "" {
 		c.Node = "herald"
 	}
@@ -108,10 +121,10 @@ func (c *PresenceConfig) setDefaults() {
 //
 // A nil *Presence is presence off: every method does nothing.
 type Presence struct {
-	cfg      PresenceConfig
+	cfg      Config
 	on, off  pattern.Set // Channels and Exclude
 	log      *slog.Logger
-	metrics  *Metrics
+	metrics  *metrics.Metrics
 	inst     string // this process's instance of Node
 	kick     chan struct{}
 	clock    func() time.Time // time.Now, but in tests
@@ -127,7 +140,7 @@ type Presence struct {
 	users    map[string]int // user -> connections, over every gateway
 	dirty    nodeView       // what changed in self since the last update (counts are self's now)
 	changes  map[string]map[string]bool
-	watchers map[string]map[member]struct{}
+	watchers map[string]map[Member]struct{}
 	seq      uint64 // of the last update sent
 	snapDue  bool   // send a snapshot at the next flush (asked for, or an update was lost)
 	syncDue  bool   // ask the others for snapshots at the next flush
@@ -159,8 +172,8 @@ func newNodeView(node string) *nodeView {
 	return &nodeView{node: node, chans: map[string]map[string]int{}, anon: map[string]int{}, users: map[string]int{}}
 }
 
-// NewPresence returns presence with the given configuration; it sends nothing until Run.
-func NewPresence(cfg PresenceConfig) *Presence {
+// New returns presence with the given configuration; it sends nothing until Run.
+func New(cfg Config) *Presence {
 	cfg.setDefaults()
 	var b [8]byte
 	_, _ = rand.Read(b[:])
@@ -177,7 +190,7 @@ func NewPresence(cfg PresenceConfig) *Presence {
 		chans:    map[string]*channelView{},
 		users:    map[string]int{},
 		changes:  map[string]map[string]bool{},
-		watchers: map[string]map[member]struct{}{},
+		watchers: map[string]map[Member]struct{}{},
 		snapDue:  true,
 		syncDue:  true,
 	}
@@ -186,16 +199,16 @@ func NewPresence(cfg PresenceConfig) *Presence {
 	return p
 }
 
-// enabled reports whether channel ch has presence.
-func (p *Presence) enabled(ch string) bool {
+// Enabled reports whether channel ch has presence.
+func (p *Presence) Enabled(ch string) bool {
 	return p != nil && p.on.Allows(ch) && !p.off.Allows(ch)
 }
 
 // --- this gateway's connections (called by the hub, under its lock) -----------------
 
-// joined counts c on ch; with watch, c gets ch's join and leave events.
-func (p *Presence) joined(ch string, c member, watch bool) {
-	if !p.enabled(ch) {
+// Joined counts c on ch; with watch, c gets ch's join and leave events.
+func (p *Presence) Joined(ch string, c Member, watch bool) {
+	if !p.Enabled(ch) {
 		return
 	}
 	p.mu.Lock()
@@ -204,9 +217,9 @@ func (p *Presence) joined(ch string, c member, watch bool) {
 	p.addSelf(ch, c.User(), 1)
 }
 
-// left uncounts c on ch, and stops its events of ch.
-func (p *Presence) left(ch string, c member) {
-	if !p.enabled(ch) {
+// Left uncounts c on ch, and stops its events of ch.
+func (p *Presence) Left(ch string, c Member) {
+	if !p.Enabled(ch) {
 		return
 	}
 	p.mu.Lock()
@@ -215,9 +228,9 @@ func (p *Presence) left(ch string, c member) {
 	p.setWatch(ch, c, false)
 }
 
-// watch starts or stops c's events of ch, a channel it is subscribed to already.
-func (p *Presence) watch(ch string, c member, watch bool) {
-	if !p.enabled(ch) {
+// Watch starts or stops c's events of ch, a channel it is subscribed to already.
+func (p *Presence) Watch(ch string, c Member, watch bool) {
+	if !p.Enabled(ch) {
 		return
 	}
 	p.mu.Lock()
@@ -225,9 +238,14 @@ func (p *Presence) watch(ch string, c member, watch bool) {
 	p.setWatch(ch, c, watch)
 }
 
-// connected and disconnected count c's user in the per-user view.
-func (p *Presence) connected(c member)    { p.countUser(c.User(), 1) }
-func (p *Presence) disconnected(c member) { p.countUser(c.User(), -1) }
+// Connected counts c's user in the per-user view.
+func (p *Presence) Connected(c Member) { p.countUser(c.User(), 1) }
+
+// Disconnected uncounts c's user in the per-user view.
+func (p *Presence) Disconnected(c Member) { p.countUser(c.User(), -1) }
+
+// TracksUsers reports whether the per-user view is on (Config.NoUsers is not set).
+func (p *Presence) TracksUsers() bool { return p != nil && !p.cfg.NoUsers }
 
 func (p *Presence) countUser(user string, d int) {
 	if p == nil || p.cfg.NoUsers || user == "" {
@@ -260,14 +278,20 @@ func (p *Presence) addSelf(ch, user string, d int) {
 }
 
 // setWatch adds or removes c as a watcher of ch. p.mu must be held.
-func (p *Presence) setWatch(ch string, c member, watch bool) {
+func (p *Presence) setWatch(ch string, c Member, watch bool) {
 	if watch {
-		addTo(p.watchers, ch, c, struct{}{})
+		set := p.watchers[ch]
+		if set == nil {
+			set = make(map[Member]struct{})
+			p.watchers[ch] = set
+		}
+		set[c] = struct{}{}
 		return
 	}
 	if _, ok := p.watchers[ch][c]; ok {
-		removeFrom(p.watchers, ch, c)
+		delete(p.watchers[ch], c)
 		if len(p.watchers[ch]) == 0 {
+			delete(p.watchers, ch)
 			delete(p.changes, ch) // nobody here wants its events now
 		}
 	}
@@ -498,6 +522,10 @@ const (
 	updateBye      = "bye"
 )
 
+// UpdateTypes are the types of presence updates (the type label of
+// herald_presence_updates_total).
+func UpdateTypes() []string { return []string{updateDelta, updateSnapshot, updateSync, updateBye} }
+
 // presenceUpdate is the body of one update between gateways (JSON). A delta carries the
 // new counts of what changed (0: gone); a snapshot, the sender's whole state.
 type presenceUpdate struct {
@@ -518,7 +546,7 @@ const presenceVersion = 1
 // maxPresenceCount bounds a count in an update from another gateway.
 const maxPresenceCount = 1 << 24
 
-var errBadUpdate = errors.New("gateway: presence update")
+var errBadUpdate = errors.New("presence: update")
 
 // check validates an update from another gateway: it is of a known type, names its
 // sender, and holds valid channel names, non-empty user ids and counts within bounds.
@@ -666,7 +694,7 @@ const minSnapshotGap = 100 * time.Millisecond
 // Run sends this gateway's updates with link (nil: presence is local, and only events
 // are sent), expires gateways that went silent, and sends the coalesced join and leave
 // events, every Interval, until ctx ends.
-func (p *Presence) Run(ctx context.Context, link PresenceSender) {
+func (p *Presence) Run(ctx context.Context, link Sender) {
 	if p == nil {
 		return
 	}
@@ -684,7 +712,7 @@ func (p *Presence) Run(ctx context.Context, link PresenceSender) {
 }
 
 // flush does one round of Run's work.
-func (p *Presence) flush(ctx context.Context, link PresenceSender, now time.Time) {
+func (p *Presence) flush(ctx context.Context, link Sender, now time.Time) {
 	p.mu.Lock()
 	for inst, nv := range p.nodes {
 		if now.After(nv.expires) {
@@ -738,10 +766,10 @@ func (p *Presence) update(typ string) presenceUpdate {
 
 // send sends u; a delta or snapshot that is not sent makes the next flush send a
 // snapshot, which carries everything.
-func (p *Presence) send(ctx context.Context, link PresenceSender, u presenceUpdate) {
+func (p *Presence) send(ctx context.Context, link Sender, u presenceUpdate) {
 	body, err := json.Marshal(u)
 	if err != nil {
-		panic(fmt.Sprintf("gateway: encode presence update: %v", err)) // maps of strings and ints
+		panic(fmt.Sprintf("presence: encode update: %v", err)) // maps of strings and ints
 	}
 	sctx, cancel := context.WithTimeout(ctx, p.cfg.Interval+time.Second)
 	err = link.Send(sctx, body)
@@ -765,7 +793,7 @@ func (p *Presence) send(ctx context.Context, link PresenceSender, u presenceUpda
 
 // Leave tells the other gateways that this one is leaving, so that its connections leave
 // their views at once, not after the TTL. Called once, when the gateway drains.
-func (p *Presence) Leave(ctx context.Context, link PresenceSender) {
+func (p *Presence) Leave(ctx context.Context, link Sender) {
 	if p == nil || link == nil {
 		return
 	}
@@ -839,14 +867,16 @@ func (p *Presence) sendEvents() {
 
 // --- metrics -------------------------------------------------------------------------
 
-// presenceCollector reads presence's gauges from its state at scrape time.
-type presenceCollector struct {
+// collector reads presence's gauges from its state at scrape time.
+type collector struct {
 	p                       *Presence
 	entries, gateways, snap *prometheus.Desc
 }
 
-func newPresenceCollector(p *Presence) *presenceCollector {
-	return &presenceCollector{
+// Collector returns the collector of presence's gauges (entries, gateways, the last
+// snapshot's size), read from its state at scrape time.
+func (p *Presence) Collector() prometheus.Collector {
+	return &collector{
 		p: p,
 		entries: prometheus.NewDesc("herald_presence_entries",
 			"Entries in the merged presence view, by kind: channel (a user on a channel) and user (a user online at all).", []string{"kind"}, nil),
@@ -857,13 +887,13 @@ func newPresenceCollector(p *Presence) *presenceCollector {
 	}
 }
 
-func (pc *presenceCollector) Describe(ch chan<- *prometheus.Desc) {
+func (pc *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- pc.entries
 	ch <- pc.gateways
 	ch <- pc.snap
 }
 
-func (pc *presenceCollector) Collect(ch chan<- prometheus.Metric) {
+func (pc *collector) Collect(ch chan<- prometheus.Metric) {
 	p := pc.p
 	p.mu.Lock()
 	entries := 0
