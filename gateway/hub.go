@@ -3,6 +3,7 @@ package gateway
 import (
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,12 +64,12 @@ type Hub struct {
 	channels map[string]map[member]int64 // subscriber -> offset through which it skips (replayed)
 	users    map[string]map[member]struct{}
 
-	// last is the offset of the newest message dispatched, message.NoOffset before
+	// newest is the offset of the newest message dispatched, message.NoOffset before
 	// the first; known reports whether the bus told us where its log stands
 	// (SetLogStart): until then welcome frames carry no offset, and a server with a log
 	// refuses connections.
-	last  atomic.Int64
-	known atomic.Bool
+	newest atomic.Int64
+	known  atomic.Bool
 
 	// dedup is owned by the dispatching goroutine.
 	dedup *dedup
@@ -105,7 +106,7 @@ func NewHub(cfg HubConfig) *Hub {
 	if cfg.DedupWindow > 0 {
 		h.dedup = newDedup(cfg.DedupWindow, cfg.DedupMax)
 	}
-	h.last.Store(message.NoOffset)
+	h.newest.Store(message.NoOffset)
 	return h
 }
 
@@ -119,19 +120,43 @@ func (h *Hub) SetLogStart(newest int64) {
 	// Under the lock, so that a join sees the position and known together.
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if newest > h.last.Load() {
-		h.last.Store(newest)
+	if newest > h.newest.Load() {
+		h.newest.Store(newest)
 	}
 	h.known.Store(true)
 }
 
-// LastOffset returns the offset of the newest message dispatched, and whether it is known.
-func (h *Hub) LastOffset() (int64, bool) { return h.newest() }
-
-// newest returns the offset of the newest dispatched message and whether it is known.
-func (h *Hub) newest() (int64, bool) {
-	return h.last.Load(), h.known.Load()
+// Newest returns the offset of the newest message dispatched, and whether it is known
+// (SetLogStart has been called).
+func (h *Hub) Newest() (int64, bool) {
+	return h.newest.Load(), h.known.Load()
 }
+
+// LastOffset is Newest.
+//
+// Deprecated: use Newest, the one name of the newest offset.
+func (h *Hub) LastOffset() (int64, bool) { return h.Newest() }
+
+// Delivered once. A connection gets each message it is addressed once, in the bus's order,
+// across reconnects, retries and resumes (docs/PROTOCOL.md sections 8 and 9). Five guards
+// see to it, each against one way a message could come twice:
+//
+//  1. The consumer's position (consumer.Stream): after losing the broker, it attaches again
+//     just after the last offset it dispatched, so a reconnect re-reads nothing.
+//  2. The id window (Hub.dedup, DedupWindow): a publisher that retries sends the same id
+//     again, which the log keeps under a new offset; Dispatch drops an id seen within the
+//     window. Ids the log derived from an offset are not checked: no retry repeats them.
+//  3. The duplicate offsets (Hub.dups): the offsets of the messages the id window dropped,
+//     so that a replay, which reads the log with the retry in it, drops them too.
+//  4. The skip offset (writer.Queue.SkipThrough, and a channel's skip in Hub.channels): a
+//     replay may read past what Dispatch has reached (the embedded bus's log is ahead of
+//     its dispatch); the connection joins live delivery at the replay's end, skipping the
+//     offsets the replay gave it. The hand-over itself is under the hub's lock (joinAt,
+//     subscribeAt), so no message falls between the replay and live delivery.
+//  5. The replay's seen ids (resumer.replay): a retry that the replay meets before Dispatch
+//     has dropped it (so guard 3 does not know it yet) is dropped by its id.
+//
+// The browser client (herald.js) also drops a message whose offset it has seen.
 
 // Dispatch queues m to every connection it addresses. It encodes the frame once and
 // never blocks on a connection. Called by the bus from one goroutine.
@@ -152,7 +177,7 @@ func (h *Hub) Dispatch(m message.Message) {
 			h.dupMu.Lock()
 			h.dups.add(m.Offset)
 			h.dupMu.Unlock()
-			h.last.Store(m.Offset)
+			h.newest.Store(m.Offset)
 		}
 		h.log.Debug("duplicate message dropped", "id", m.ID, "offset", m.Offset)
 		return
@@ -160,8 +185,8 @@ func (h *Hub) Dispatch(m message.Message) {
 	f := newMessageFrame(m, start)
 
 	h.mu.RLock()
-	switch {
-	case len(m.Users) > 0:
+	switch routeOf(&m) {
+	case toUsers:
 		for i, u := range m.Users {
 			if containsBefore(m.Users, i, u) {
 				continue // a user listed twice still gets the message once
@@ -170,23 +195,64 @@ func (h *Hub) Dispatch(m message.Message) {
 				c.Enqueue(f)
 			}
 		}
-	case m.Channel != "":
+	case toChannel:
 		for c, skip := range h.channels[m.Channel] {
 			if m.Offset > skip {
 				c.Enqueue(f)
 			}
 		}
-	default:
+	case toEveryone:
 		for c := range h.members {
 			c.Enqueue(f)
 		}
 	}
 	if m.Offset >= 0 {
-		h.last.Store(m.Offset)
+		h.newest.Store(m.Offset)
 	}
 	h.mu.RUnlock()
 
 	h.metrics.Received(m.Source, time.Since(start))
+}
+
+// A route is whom a message reaches (docs/PROTOCOL.md section 8): the connections of the
+// users it names; else, where it names a channel, that channel's subscribers; else every
+// connection. Live delivery (Dispatch) and replay (resumer) both decide by routeOf, so
+// that the two cannot drift.
+type route uint8
+
+const (
+	toUsers route = iota
+	toChannel
+	toEveryone
+)
+
+// routeOf is m's route.
+func routeOf(m *message.Message) route {
+	switch {
+	case len(m.Users) > 0:
+		return toUsers
+	case m.Channel != "":
+		return toChannel
+	}
+	return toEveryone
+}
+
+// reaches reports whether live delivery gives m to a connection of user (empty:
+// anonymous) subscribed to channels: what a replay for that connection gives it.
+func reaches(m *message.Message, user string, channels []string) bool {
+	switch routeOf(m) {
+	case toUsers:
+		return user != "" && slices.Contains(m.Users, user)
+	case toChannel:
+		return slices.Contains(channels, m.Channel)
+	}
+	return true
+}
+
+// routedTo reports whether m goes to the subscribers of channel ch as such: what a
+// replay of ch gives a subscriber (a message to everyone, or to users, is not ch's).
+func routedTo(m *message.Message, ch string) bool {
+	return routeOf(m) == toChannel && m.Channel == ch
 }
 
 func containsBefore(list []string, i int, s string) bool {
@@ -205,7 +271,7 @@ func containsBefore(list []string, i int, s string) bool {
 func (h *Hub) join(c member, channels []string, first func(newest int64, known bool)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	first(h.newest())
+	first(h.Newest())
 	h.add(c, channels)
 }
 
@@ -233,7 +299,7 @@ func (h *Hub) add(c member, channels []string) {
 func (h *Hub) joinAt(c member, channels []string, at int64, then func()) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.last.Load() > at {
+	if h.newest.Load() > at {
 		return false
 	}
 	c.SkipThrough(at)
@@ -276,7 +342,7 @@ func (h *Hub) subscribeAt(c member, ch string, at int64, watch bool, then func()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ms, ok := h.members[c]
-	if !ok || (at != noSkip && h.last.Load() > at) {
+	if !ok || (at != noSkip && h.newest.Load() > at) {
 		return false
 	}
 	skip, subscribed := h.channels[ch][c]

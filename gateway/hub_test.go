@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"reflect"
 	"slices"
@@ -277,5 +278,40 @@ func TestHubTellsPresence(t *testing.T) {
 	h.leave(anon)
 	if got := p.Channel("room", "", 0); got.Connections != 0 || p.User("alice").Online {
 		t.Errorf("everyone left: room %+v, alice %+v", got, p.User("alice"))
+	}
+}
+
+// TestReplayRoutesAsLiveDelivery: the message a replay gives a connection (reaches, and
+// routedTo for a channel's replay) is exactly the one live delivery gives it.
+func TestReplayRoutesAsLiveDelivery(t *testing.T) {
+	type conn struct {
+		user     string
+		channels []string
+	}
+	conns := []conn{{"alice", nil}, {"alice", []string{"news"}}, {"bob", []string{"news", "sport"}}, {"", []string{"sport"}}, {"", nil}}
+	msgs := []message.Message{msg(0, ""), msg(1, "news"), msg(2, "sport"), msg(3, "", "alice"), msg(4, "news", "bob"),
+		msg(5, "weather"), msg(6, "", "carol", "alice")}
+	h := NewHub(HubConfig{DedupWindow: -1})
+	recs := make([]*recorder, len(conns))
+	for i, c := range conns {
+		recs[i] = newRecorder(fmt.Sprint(i), c.user)
+		h.join(recs[i], c.channels, func(int64, bool) {})
+	}
+	for _, m := range msgs {
+		h.Dispatch(m)
+	}
+	for i, c := range conns {
+		got := recs[i].offsets()
+		for _, m := range msgs {
+			if live, replay := slices.Contains(got, m.Offset), reaches(&m, c.user, c.channels); live != replay {
+				t.Errorf("connection of %q on %v, message %d: live delivery %v, replay %v", c.user, c.channels, m.Offset, live, replay)
+			}
+			for _, ch := range []string{"news", "sport", "weather"} {
+				live := slices.Contains(got, m.Offset) && slices.Contains(c.channels, ch) && m.Channel == ch && len(m.Users) == 0
+				if routedTo(&m, ch) && slices.Contains(c.channels, ch) != live {
+					t.Errorf("channel %s, message %d: a replay of it gives it, live delivery to its subscriber %q does not", ch, m.Offset, c.user)
+				}
+			}
+		}
 	}
 }

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"slices"
 	"time"
 
 	"github.com/heraldgw/herald/gateway/internal/wire"
@@ -86,7 +85,7 @@ func (r *resumer) replay(c *session, since int64, wants func(*message.Message) b
 			reset("since is beyond the log")
 			return
 		}
-	} else if newest, _ := r.hub.newest(); since > newest && !r.waitFor(ctx, since) {
+	} else if newest, _ := r.hub.Newest(); since > newest && !r.waitFor(ctx, since) {
 		// Only live delivery tells where this log stands: give it a moment to reach since
 		// (the client comes from a gateway that was ahead), else since is not in the log.
 		reset("since is beyond what this gateway has received")
@@ -127,7 +126,7 @@ func (r *resumer) replay(c *session, since int64, wants func(*message.Message) b
 				}
 				replayed++
 			}
-			if newest, _ := r.hub.newest(); cursor >= newest && handover(cursor, false) {
+			if newest, _ := r.hub.Newest(); cursor >= newest && handover(cursor, false) {
 				handed = true
 				return false
 			}
@@ -179,7 +178,7 @@ func seenID(seen map[string]struct{}, id string) bool {
 func (r *resumer) waitFor(ctx context.Context, offset int64) bool {
 	deadline := time.Now().Add(resumeWait)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if newest, _ := r.hub.newest(); newest >= offset {
+		if newest, _ := r.hub.Newest(); newest >= offset {
 			return true
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -190,15 +189,7 @@ func (r *resumer) waitFor(ctx context.Context, offset int64) bool {
 // connect resumes a new session from since, for its user and channels, and then joins it
 // to the hub.
 func (r *resumer) connect(c *session, since int64, channels []string) {
-	wants := func(m *message.Message) bool {
-		switch {
-		case len(m.Users) > 0:
-			return c.user != "" && slices.Contains(m.Users, c.user)
-		case m.Channel != "":
-			return slices.Contains(channels, m.Channel)
-		}
-		return true
-	}
+	wants := func(m *message.Message) bool { return reaches(m, c.user, channels) }
 	r.replay(c, since, wants, func(at int64, reset bool) bool {
 		if reset {
 			r.hub.join(c, channels, func(newest int64, _ bool) {
@@ -215,11 +206,11 @@ func (r *resumer) connect(c *session, since int64, channels []string) {
 // channel subscribes c to ch from since: it replays ch's messages after since, then
 // subscribes c live (with watch, to its presence events too).
 func (r *resumer) channel(c *session, ch string, since int64, watch bool) {
-	wants := func(m *message.Message) bool { return len(m.Users) == 0 && m.Channel == ch }
+	wants := func(m *message.Message) bool { return routedTo(m, ch) }
 	r.replay(c, since, wants, func(at int64, reset bool) bool {
 		if reset {
 			return r.hub.subscribe(c, ch, watch, func() {
-				newest, _ := r.hub.newest()
+				newest, _ := r.hub.Newest()
 				c.Enqueue(wire.Reply(resetFrame{Op: "reset", Offset: newest, Channel: ch}))
 			})
 		}

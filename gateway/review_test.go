@@ -192,7 +192,7 @@ func TestReviewReplayGapWhenLogEvictsMidReplay(t *testing.T) {
 		}
 	}
 	publish(100)
-	for off, _ := hub.newest(); off < 99; off, _ = hub.newest() {
+	for off, _ := hub.Newest(); off < 99; off, _ = hub.Newest() {
 		time.Sleep(5 * time.Millisecond)
 	}
 	d := websocket.Dialer{ReadBufferSize: 1024}

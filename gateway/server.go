@@ -400,7 +400,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return // answered 429 and counted
 	}
-	if _, known := s.hub.newest(); s.resume.history != nil && !known {
+	if _, known := s.hub.Newest(); s.resume.history != nil && !known {
 		// The bus is still reading the tail of its log (the hub's SetLogStart): a client
 		// admitted now would get messages published before it came.
 		w.Header().Set("Retry-After", "1")
@@ -456,7 +456,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if since == nil {
 		s.hub.join(c, channels, c.welcome)
 	} else {
-		c.welcome(s.hub.newest()) // c joins the hub when its replay is done
+		c.welcome(s.hub.Newest()) // c joins the hub when its replay is done
 	}
 	// The handler returns, and with it the request and its buffers; the session lives
 	// on in its transport's read pump (End untracks it).

@@ -405,7 +405,7 @@ func watchLag(ctx context.Context, b bus, hub *gateway.Hub, metrics *gateway.Met
 		if !ok {
 			continue
 		}
-		last, known := hub.LastOffset()
+		last, known := hub.Newest()
 		if !known || last < 0 {
 			last = -1
 		}
