@@ -65,6 +65,25 @@ const (
 	AlgES256 = edge.AlgES256
 )
 
+// The defaults of the zero fields of Limits, AuthConfig, JWKSConfig and PresenceConfig.
+const (
+	DefaultMaxConnections      = edge.DefaultMaxConnections
+	DefaultMaxConnectionsPerIP = edge.DefaultMaxConnectionsPerIP
+	DefaultHandshakeRate       = edge.DefaultHandshakeRate
+	DefaultHandshakeBurst      = edge.DefaultHandshakeBurst
+	DefaultMessageRate         = edge.DefaultMessageRate
+	DefaultMessageBurst        = edge.DefaultMessageBurst
+	DefaultMaxViolations       = edge.DefaultMaxViolations
+	DefaultMaxSubscriptions    = edge.DefaultMaxSubscriptions
+	DefaultMaxFragments        = edge.DefaultMaxFragments
+	DefaultLeeway              = edge.DefaultLeeway
+	DefaultJWKSRefresh         = edge.DefaultJWKSRefresh
+
+	DefaultPresenceInterval         = presence.DefaultInterval
+	DefaultPresenceSnapshotInterval = presence.DefaultSnapshotInterval
+	DefaultPresenceMaxList          = presence.DefaultMaxList
+)
+
 // AuthConfig configures how WebSocket clients authenticate and what their tokens permit;
 // see edge.AuthConfig for the tokens' claims and the rules of channel patterns.
 type AuthConfig = edge.AuthConfig

@@ -30,6 +30,12 @@ type member interface {
 // noSkip is the skip offset of a subscription that skips nothing.
 const noSkip = math.MinInt64
 
+// The defaults of HubConfig's zero fields.
+const (
+	DefaultDedupWindow = 2 * time.Minute
+	DefaultDedupMax    = 100000
+)
+
 // HubConfig configures a Hub.
 type HubConfig struct {
 	// DedupWindow is how long a message id is remembered: a message whose id was seen
@@ -90,10 +96,10 @@ func NewHub(cfg HubConfig) *Hub {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.DedupWindow == 0 {
-		cfg.DedupWindow = 2 * time.Minute
+		cfg.DedupWindow = DefaultDedupWindow
 	}
 	if cfg.DedupMax <= 0 {
-		cfg.DedupMax = 100000
+		cfg.DedupMax = DefaultDedupMax
 	}
 	h := &Hub{
 		log:      cfg.Logger,

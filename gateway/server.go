@@ -143,6 +143,22 @@ type Config struct {
 	PrivateMetrics bool
 }
 
+// The defaults of Config's zero fields.
+const (
+	DefaultNodeID              = "herald"
+	DefaultWriteQueueBytes     = 1 << 20
+	DefaultMaxMessageBytes     = 64 << 10
+	DefaultWriteTimeout        = 10 * time.Second
+	DefaultPingInterval        = 25 * time.Second
+	DefaultPongTimeout         = 10 * time.Second
+	DefaultPublishTimeout      = 5 * time.Second
+	DefaultFlushInterval       = 10 * time.Millisecond
+	DefaultCompressionMinBytes = 256
+	DefaultCompressionLevel    = flate.BestSpeed
+	DefaultDrainBatch          = 500
+	DefaultDrainInterval       = 50 * time.Millisecond
+)
+
 func (c *Config) setDefaults() {
 	def := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
@@ -150,33 +166,33 @@ func (c *Config) setDefaults() {
 		}
 	}
 	if c.NodeID == "" {
-		c.NodeID = "herald"
+		c.NodeID = DefaultNodeID
 	}
 	if c.WriteQueueBytes <= 0 {
-		c.WriteQueueBytes = 1 << 20
+		c.WriteQueueBytes = DefaultWriteQueueBytes
 	}
 	if c.MaxMessageBytes <= 0 {
-		c.MaxMessageBytes = 64 << 10
+		c.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	def(&c.WriteTimeout, 10*time.Second)
-	def(&c.PingInterval, 25*time.Second)
-	def(&c.PongTimeout, 10*time.Second)
-	def(&c.PublishTimeout, 5*time.Second)
-	def(&c.DrainInterval, 50*time.Millisecond)
+	def(&c.WriteTimeout, DefaultWriteTimeout)
+	def(&c.PingInterval, DefaultPingInterval)
+	def(&c.PongTimeout, DefaultPongTimeout)
+	def(&c.PublishTimeout, DefaultPublishTimeout)
+	def(&c.DrainInterval, DefaultDrainInterval)
 	if c.FlushInterval == 0 {
-		c.FlushInterval = 10 * time.Millisecond
+		c.FlushInterval = DefaultFlushInterval
 	}
 	if c.CompressionMinBytes <= 0 {
-		c.CompressionMinBytes = 256
+		c.CompressionMinBytes = DefaultCompressionMinBytes
 	}
 	if c.CompressionLevel == 0 {
-		c.CompressionLevel = flate.BestSpeed
+		c.CompressionLevel = DefaultCompressionLevel
 	}
 	if c.WriteWorkers == 0 {
 		c.WriteWorkers = max(runtime.GOMAXPROCS(0)-1, 1)
 	}
 	if c.DrainBatch <= 0 {
-		c.DrainBatch = 500
+		c.DrainBatch = DefaultDrainBatch
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

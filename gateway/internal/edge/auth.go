@@ -26,6 +26,9 @@ const (
 	AlgES256 = "ES256"
 )
 
+// DefaultLeeway is the clock skew allowed on exp and nbf where AuthConfig.Leeway is zero.
+const DefaultLeeway = 30 * time.Second
+
 // AuthConfig configures how WebSocket clients authenticate: a JWT at the handshake, from
 // the token query parameter or an Authorization: Bearer header, verified with exactly one
 // of Secret (HS256), PublicKey (RS256 or ES256) or JWKS (RS256 or ES256, keys by kid).
@@ -183,7 +186,7 @@ func NewAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 	a.anonymous = cfg.AllowAnonymous
 	switch {
 	case a.leeway == 0:
-		a.leeway = 30 * time.Second
+		a.leeway = DefaultLeeway
 	case a.leeway < 0:
 		a.leeway = 0
 	}

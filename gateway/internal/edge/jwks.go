@@ -22,6 +22,10 @@ import (
 	"github.com/heraldgw/herald/producer/redact"
 )
 
+// DefaultJWKSRefresh is how often a JWKS is fetched again where JWKSConfig.Refresh is
+// zero.
+const DefaultJWKSRefresh = 10 * time.Minute
+
 // JWKSConfig configures a JWKS.
 type JWKSConfig struct {
 	// URL serves the JSON Web Key Set (RFC 7517), e.g.
@@ -74,7 +78,7 @@ type jwk struct {
 // Fetch (Run fetches at once).
 func NewJWKS(cfg JWKSConfig) *JWKS {
 	if cfg.Refresh <= 0 {
-		cfg.Refresh = 10 * time.Minute
+		cfg.Refresh = DefaultJWKSRefresh
 	}
 	if cfg.MissInterval <= 0 {
 		cfg.MissInterval = 10 * time.Second

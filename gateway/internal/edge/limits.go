@@ -66,6 +66,22 @@ type Limits struct {
 	TrackedAddresses int
 }
 
+// The defaults of Limits' zero fields (FrameRate and FrameBurst are four times the
+// message rate and burst).
+const (
+	DefaultMaxConnections      = 100000
+	DefaultMaxConnectionsPerIP = 1000
+	DefaultHandshakeRate       = 20
+	DefaultHandshakeBurst      = 100
+	DefaultMessageRate         = 50
+	DefaultMessageBurst        = 100
+	DefaultMaxViolations       = 10
+	DefaultViolationWindow     = 10 * time.Second
+	DefaultMaxSubscriptions    = 256
+	DefaultTrackedAddresses    = 100000
+	DefaultMaxFragments        = 256
+)
+
 // SetDefaults puts the default of each zero field in its place.
 func (l *Limits) SetDefaults() {
 	def := func(v *int, d int) {
@@ -73,27 +89,27 @@ func (l *Limits) SetDefaults() {
 			*v = d
 		}
 	}
-	def(&l.MaxConnections, 100000)
-	def(&l.MaxConnectionsPerIP, 1000)
-	def(&l.HandshakeBurst, 100)
-	def(&l.MessageBurst, 100)
-	def(&l.MaxViolations, 10)
-	def(&l.MaxSubscriptions, 256)
-	def(&l.TrackedAddresses, 100000)
+	def(&l.MaxConnections, DefaultMaxConnections)
+	def(&l.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
+	def(&l.HandshakeBurst, DefaultHandshakeBurst)
+	def(&l.MessageBurst, DefaultMessageBurst)
+	def(&l.MaxViolations, DefaultMaxViolations)
+	def(&l.MaxSubscriptions, DefaultMaxSubscriptions)
+	def(&l.TrackedAddresses, DefaultTrackedAddresses)
 	if l.HandshakeRate == 0 {
-		l.HandshakeRate = 20
+		l.HandshakeRate = DefaultHandshakeRate
 	}
 	if l.MessageRate == 0 {
-		l.MessageRate = 50
+		l.MessageRate = DefaultMessageRate
 	}
 	if l.ViolationWindow <= 0 {
-		l.ViolationWindow = 10 * time.Second
+		l.ViolationWindow = DefaultViolationWindow
 	}
 	if l.FrameRate == 0 && l.MessageRate > 0 {
 		l.FrameRate = 4 * l.MessageRate
 	}
 	def(&l.FrameBurst, 4*max(l.MessageBurst, 1))
-	def(&l.MaxFragments, 256)
+	def(&l.MaxFragments, DefaultMaxFragments)
 }
 
 // ClientIP is the address a request comes from: its peer, or where the peer is a

@@ -26,6 +26,9 @@ const (
 	LimitIdle           = "idle_connections"           // MaxIdle: closed when it went idle
 )
 
+// DefaultMax is Config.Max where it is zero.
+const DefaultMax = 10000
+
 // Config shapes a Listener. Each zero field has the default its comment gives.
 type Config struct {
 	// Max caps the connections accepted and not yet answered or upgraded. Default
@@ -68,7 +71,7 @@ type entry struct {
 // NewListener returns a Listener over ln.
 func NewListener(ln net.Listener, cfg Config) *Listener {
 	if cfg.Max == 0 {
-		cfg.Max = 10000
+		cfg.Max = DefaultMax
 	}
 	if cfg.MaxIdle == 0 {
 		cfg.MaxIdle = cfg.Max

@@ -79,27 +79,36 @@ type Config struct {
 	Metrics *metrics.Metrics
 }
 
+// The defaults of Config's zero fields (TTL is three snapshot intervals).
+const (
+	DefaultInterval         = time.Second
+	DefaultSnapshotInterval = 5 * time.Second
+	DefaultMaxList          = 1000
+	DefaultList             = 100
+	DefaultMaxEventUsers    = 100
+)
+
 func (c *Config) setDefaults() {
 	if c.Node == "" {
 		c.Node = "herald"
 	}
 	if c.Interval <= 0 {
-		c.Interval = time.Second
+		c.Interval = DefaultInterval
 	}
 	if c.SnapshotInterval <= 0 {
-		c.SnapshotInterval = 5 * time.Second
+		c.SnapshotInterval = DefaultSnapshotInterval
 	}
 	if c.TTL <= 0 {
 		c.TTL = 3 * c.SnapshotInterval
 	}
 	if c.MaxList <= 0 {
-		c.MaxList = 1000
+		c.MaxList = DefaultMaxList
 	}
 	if c.DefaultList <= 0 {
-		c.DefaultList = min(100, c.MaxList)
+		c.DefaultList = min(DefaultList, c.MaxList)
 	}
 	if c.MaxEventUsers <= 0 {
-		c.MaxEventUsers = 100
+		c.MaxEventUsers = DefaultMaxEventUsers
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
