@@ -3,10 +3,8 @@ package gateway
 import (
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"reflect"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -191,61 +189,6 @@ func TestHubDropsDuplicateIDs(t *testing.T) {
 	}
 }
 
-func TestDecodeRequest(t *testing.T) {
-	tests := []struct {
-		in, op, code, ref string
-	}{
-		{`{"op":"subscribe","channel":"a:b/c-d_e.f","ref":"1"}`, "subscribe", "", "1"},
-		{`  {"op":"publish","data":null}`, "publish", "", ""},
-		{`{"op":"publish","data":{"x":[1,2]},"extra":"ignored"}`, "publish", "", ""},
-		{`{"op":"unsubscribe","channel":"a"}`, "unsubscribe", "", ""},
-		{``, "", CodeBadRequest, ""},
-		{`null`, "", CodeBadRequest, ""},
-		{`{"op":"subscribe","channel":"a","since":9223372036854775808,"ref":"big"}`, "", CodeBadRequest, "big"},
-		{`{"op":"subscribe","channel":"a","since":1.5}`, "", CodeBadRequest, ""},
-		{`{"op":"publish","channel":null,"data":1,"ref":"r"}`, "publish", "", "r"},
-		{`{"op":"publish","channel":"","data":1}`, "", CodeBadRequest, ""},
-		{`{"op":["subscribe"]}`, "", CodeBadRequest, ""},
-		{`{"op":"Subscribe","channel":"a"}`, "", CodeUnknownOp, ""},
-		{strings.Repeat("[", 10000), "", CodeBadRequest, ""},
-		{`{"op":"subscribe","channel":"a",` + strings.Repeat(`"k":{`, 1000), "", CodeBadRequest, ""},
-		// presence, limit and after are read only by the ops that use them.
-		{`{"op":"publish","data":1,"presence":"yes","limit":"10","after":3,"ref":"p"}`, "publish", "", "p"},
-		{`{"op":"subscribe","channel":"a","presence":true,"limit":"x"}`, "subscribe", "", ""},
-		{`{"op":"subscribe","channel":"a","presence":"yes","ref":"s"}`, "", CodeBadRequest, "s"},
-		{`{"op":"presence","channel":"a","limit":20,"after":"bob","ref":"q"}`, "presence", "", "q"},
-		{`{"op":"presence","channel":"a","limit":"20"}`, "", CodeBadRequest, ""},
-		{`{"op":"presence","channel":"a","after":7}`, "", CodeBadRequest, ""},
-		{`{"op":"presence","channel":"a","limit":0}`, "", CodeBadRequest, ""},
-		{`{"op":"presence"}`, "", CodeBadRequest, ""},
-	}
-	for _, tt := range tests {
-		r, perr := decodeRequest([]byte(tt.in))
-		code := ""
-		if perr != nil {
-			code = perr.code
-		}
-		name := tt.in[:min(len(tt.in), 40)]
-		if code != tt.code || r.Ref != tt.ref || (code == "" && r.Op != tt.op) {
-			t.Errorf("%s: got op %q code %q ref %q, want op %q code %q ref %q", name, r.Op, code, r.Ref, tt.op, tt.code, tt.ref)
-		}
-	}
-}
-
-// TestGatewayDoesNotLinkAMQP holds the boundary of ARCHITECTURE.md: the gateway sees the
-// bus through its own interfaces and never imports an AMQP client, even indirectly.
-func TestGatewayDoesNotLinkAMQP(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
-	}
-	for _, dep := range strings.Fields(string(out)) {
-		if strings.Contains(dep, "amqp") {
-			t.Errorf("package gateway depends on %s", dep)
-		}
-	}
-}
-
 // TestHubTellsPresence: the hub tells presence of every connection and subscription that
 // comes and goes, once each (internal/presence tests what presence makes of it).
 func TestHubTellsPresence(t *testing.T) {
@@ -313,5 +256,49 @@ func TestReplayRoutesAsLiveDelivery(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestHubDedupClockWithoutTime: the deduplication window of messages without a time runs
+// on the time the hub received them, so an id comes back after the window; and an id the
+// log derived from an offset is never taken for a retry.
+func TestHubDedupClockWithoutTime(t *testing.T) {
+	const window = 50 * time.Millisecond
+	h := NewHub(HubConfig{DedupWindow: window})
+	r := newRecorder("r", "")
+	h.join(r, nil, func(int64, bool) {})
+	send := func(id string, off int64) {
+		h.Dispatch(message.Message{ID: id, Offset: off, Data: json.RawMessage(`1`)})
+	}
+	send("retry", 1)
+	send("retry", 2) // within the window: a retry, dropped
+	time.Sleep(2 * window)
+	send("retry", 3) // past the window: delivered again
+	send(message.OffsetID(4), 4)
+	send(message.OffsetID(4), 5) // the same derived id (a stream deleted and declared again)
+	got := r.offsets()
+	if want := []int64{1, 3, 4, 5}; !slices.Equal(got, want) {
+		t.Errorf("delivered offsets: got %v, want %v", got, want)
+	}
+}
+
+// TestResubscribeKeepsReplaySkip: subscribeAt stores the replay's skip offset in the
+// channel index; a later plain subscribe to the same channel (the client repeats its
+// subscribe) must not overwrite it with noSkip, or messages the replay already gave
+// (dispatch lagging behind the embedded log) would be delivered a second time live.
+func TestResubscribeKeepsReplaySkip(t *testing.T) {
+	h := NewHub(HubConfig{DedupWindow: -1})
+	h.SetLogStart(5) // dispatched through 5; the log (and the replay) reached 10
+	m := newRecorder("m", "")
+	h.join(m, nil, func(int64, bool) {})
+	if !h.subscribeAt(m, "c", 10, false, func() {}) {
+		t.Fatal("subscribeAt refused")
+	}
+	h.subscribe(m, "c", false, func() {}) // the client subscribes again, without since
+	for off := int64(6); off <= 11; off++ {
+		h.Dispatch(message.Message{Channel: "c", Offset: off, Data: json.RawMessage(`1`)})
+	}
+	if got := m.offsets(); len(got) != 1 || got[0] != 11 {
+		t.Fatalf("live delivery after the replay through 10 gave offsets %v, want [11]", got)
 	}
 }

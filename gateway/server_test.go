@@ -3,9 +3,8 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
+	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -19,236 +18,9 @@ import (
 
 	"github.com/heraldgw/herald/consumer"
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 	"github.com/heraldgw/herald/producer/message"
 )
-
-const testKey = "test-api-key"
-
-// testGateway is a gateway on the embedded bus, served by httptest.
-type testGateway struct {
-	t    *testing.T
-	srv  *gateway.Server
-	http *httptest.Server
-	reg  *prometheus.Registry
-	bus  *consumer.Embedded
-}
-
-// failingBus is a bus that takes nothing: for the gateway's answers to an unavailable bus.
-type failingBus struct{}
-
-func (failingBus) Publish(context.Context, message.Message) (string, error) {
-	return "", errors.New("broker unreachable")
-}
-func (failingBus) Connected() bool { return false }
-
-type testLogWriter struct{ t *testing.T }
-
-func (w testLogWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// newTestGateway starts a gateway on the embedded bus (or on pub, when not nil).
-func newTestGateway(t *testing.T, cfg gateway.Config, pub gateway.Publisher) *testGateway {
-	t.Helper()
-	return newTestGatewayRetaining(t, cfg, pub, consumer.EmbeddedConfig{})
-}
-
-// newTestGatewayRetaining is newTestGateway with the embedded bus's retention set.
-func newTestGatewayRetaining(t *testing.T, cfg gateway.Config, pub gateway.Publisher, ecfg consumer.EmbeddedConfig) *testGateway {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	metrics := gateway.NewMetrics(reg)
-	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics, Logger: testLogger(t), Presence: cfg.Presence})
-	g := &testGateway{t: t, reg: reg}
-	if cfg.Presence != nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { cfg.Presence.Run(ctx, nil); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
-	}
-	var health gateway.BusHealth = failingBus{}
-	if pub == nil {
-		g.bus = consumer.NewEmbedded(ecfg, hub)
-		cfg.Log = g.bus
-		hub.SetLogStart(g.bus.Newest())
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { _ = g.bus.Run(ctx); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
-		pub, health = g.bus, g.bus
-	}
-	if cfg.APIKey == "" {
-		cfg.APIKey = testKey
-	}
-	cfg.NodeID = "test-node"
-	cfg.Logger = testLogger(t)
-	cfg.Metrics = metrics
-	cfg.Registry = reg
-	srv, err := gateway.NewServer(cfg, hub, pub, health)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.SetBusReady(true)
-	g.srv = srv
-	g.http = httptest.NewServer(srv.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		g.http.Close()
-	})
-	return g
-}
-
-// client is a real gorilla WebSocket client with frame helpers.
-type client struct {
-	t  *testing.T
-	ws *websocket.Conn
-}
-
-func (g *testGateway) dial(query string) *client {
-	g.t.Helper()
-	c, resp, err := g.tryDial(query)
-	if err != nil {
-		status := 0
-		if resp != nil {
-			status = resp.StatusCode
-		}
-		g.t.Fatalf("dial ?%s: %v (HTTP %d)", query, err, status)
-	}
-	return c
-}
-
-func (g *testGateway) tryDial(query string) (*client, *http.Response, error) {
-	u := "ws" + strings.TrimPrefix(g.http.URL, "http") + "/ws?" + query
-	d := websocket.Dialer{Subprotocols: []string{gateway.Subprotocol}, HandshakeTimeout: 5 * time.Second}
-	ws, resp, err := d.Dial(u, nil)
-	if err != nil {
-		return nil, resp, err
-	}
-	c := &client{t: g.t, ws: ws}
-	g.t.Cleanup(func() { ws.Close() })
-	return c, resp, nil
-}
-
-// frame is a decoded frame from the gateway.
-type frame map[string]any
-
-func (f frame) str(k string) string { s, _ := f[k].(string); return s }
-func (f frame) num(k string) (int64, bool) {
-	v, ok := f[k].(float64)
-	return int64(v), ok
-}
-
-// next reads the next frame, failing the test after a timeout.
-func (c *client) next() frame {
-	c.t.Helper()
-	_ = c.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-	mt, data, err := c.ws.ReadMessage()
-	if err != nil {
-		c.t.Fatalf("read: %v", err)
-	}
-	if mt != websocket.TextMessage {
-		c.t.Fatalf("got message type %d, want text", mt)
-	}
-	var f frame
-	if err := json.Unmarshal(data, &f); err != nil {
-		c.t.Fatalf("frame %s is not a JSON object: %v", data, err)
-	}
-	return f
-}
-
-// expect reads the next frame and checks its op.
-func (c *client) expect(op string) frame {
-	c.t.Helper()
-	f := c.next()
-	if f.str("op") != op {
-		c.t.Fatalf("got frame %v, want op %q", f, op)
-	}
-	return f
-}
-
-// quiet checks that no frame arrives for a moment.
-func (c *client) quiet(d time.Duration) {
-	c.t.Helper()
-	_ = c.ws.SetReadDeadline(time.Now().Add(d))
-	_, data, err := c.ws.ReadMessage()
-	if err == nil {
-		c.t.Fatalf("got frame %s, want none", data)
-	}
-	var ne interface{ Timeout() bool }
-	if !errors.As(err, &ne) || !ne.Timeout() {
-		c.t.Fatalf("got error %v, want a read timeout", err)
-	}
-}
-
-func (c *client) send(v any) {
-	c.t.Helper()
-	var data []byte
-	switch v := v.(type) {
-	case string:
-		data = []byte(v)
-	default:
-		var err error
-		if data, err = json.Marshal(v); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	if err := c.ws.WriteMessage(websocket.TextMessage, data); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-// closeCode reads until the connection closes and returns the close code.
-func (c *client) closeCode() int {
-	c.t.Helper()
-	_ = c.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		_, _, err := c.ws.ReadMessage()
-		if err == nil {
-			continue
-		}
-		var ce *websocket.CloseError
-		if errors.As(err, &ce) {
-			return ce.Code
-		}
-		c.t.Fatalf("read ended with %v, want a close frame", err)
-	}
-}
-
-// publish posts to /api/publish and returns the status and decoded body.
-func (g *testGateway) publish(key string, body string) (int, map[string]any) {
-	g.t.Helper()
-	return g.api(http.MethodPost, key, "/api/publish", body)
-}
-
-// api calls the backend API at path with the API key (when key is set) and returns the
-// status and the decoded JSON body.
-func (g *testGateway) api(method, key, path, body string) (int, map[string]any) {
-	g.t.Helper()
-	req, _ := http.NewRequest(method, g.http.URL+path, strings.NewReader(body))
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	data, _ := io.ReadAll(resp.Body)
-	if err := json.Unmarshal(data, &out); err != nil {
-		g.t.Fatalf("%s %s answered %d with %q: not JSON", method, path, resp.StatusCode, data)
-	}
-	return resp.StatusCode, out
-}
 
 func TestWelcomeIsFirstAndNegotiatesSubprotocol(t *testing.T) {
 	g := newTestGateway(t, gateway.Config{InsecureUserParam: true}, nil)
@@ -485,7 +257,7 @@ func TestCloseCodes(t *testing.T) {
 func TestSlowConsumerClosedWith4008(t *testing.T) {
 	// Publishing waits for each delivery; coalescing writes would only slow that down.
 	g := newTestGateway(t, gateway.Config{WriteQueueBytes: 64 << 10, FlushInterval: -1}, nil)
-	if got := counter(t, g.reg, "herald_write_queue_cap_bytes"); got != 64<<10 {
+	if got := gwtest.Counter(t, g.reg, "herald_write_queue_cap_bytes"); got != 64<<10 {
 		t.Errorf("herald_write_queue_cap_bytes: got %v, want the configured cap, %d", got, 64<<10)
 	}
 	slow := g.dial("channels=flood")
@@ -497,7 +269,7 @@ func TestSlowConsumerClosedWith4008(t *testing.T) {
 	// the next is published; the slow client never reads, so its socket buffers fill and
 	// then its write queue overflows.
 	payload := json.RawMessage(`"` + strings.Repeat("z", 4000) + `"`)
-	for i := 0; counter(t, g.reg, "herald_slow_consumers_total") == 0; i++ {
+	for i := 0; gwtest.Counter(t, g.reg, "herald_slow_consumers_total") == 0; i++ {
 		if i == 20000 {
 			t.Fatal("the slow client's queue never overflowed")
 		}
@@ -513,10 +285,10 @@ func TestSlowConsumerClosedWith4008(t *testing.T) {
 	if code := slow.closeCode(); code != gateway.CloseSlowConsumer {
 		t.Errorf("slow client: got close code %d, want %d", code, gateway.CloseSlowConsumer)
 	}
-	if n := counter(t, g.reg, "herald_slow_consumers_total"); n != 1 {
+	if n := gwtest.Counter(t, g.reg, "herald_slow_consumers_total"); n != 1 {
 		t.Errorf("got %v slow consumers, want 1 (the healthy client kept up)", n)
 	}
-	if d := counterWith(t, g.reg, "herald_messages_dropped_total", "reason", "slow_consumer"); d < 1 {
+	if d := gwtest.CounterWith(t, g.reg, "herald_messages_dropped_total", "reason", "slow_consumer"); d < 1 {
 		t.Errorf("got %v dropped, want at least 1", d)
 	}
 }
@@ -527,7 +299,7 @@ func TestBusyConnectionWritesCoalesce(t *testing.T) {
 	g := newTestGateway(t, gateway.Config{FlushInterval: 200 * time.Millisecond}, nil)
 	c := g.dial("channels=burst")
 	c.expect("welcome")
-	writes := counter(t, g.reg, "herald_socket_writes_total")
+	writes := gwtest.Counter(t, g.reg, "herald_socket_writes_total")
 	const n = 50
 	for i := 0; i < n; i++ {
 		if _, err := g.bus.Publish(context.Background(), message.Message{Channel: "burst", Data: json.RawMessage(`1`)}); err != nil {
@@ -540,11 +312,11 @@ func TestBusyConnectionWritesCoalesce(t *testing.T) {
 	// The first frame is written at once; the rest, queued within the same tick, wait
 	// for the next tick: a few writes, not fifty. (The counters move just after the
 	// write, so a moment after the client has read it.)
-	waitFor(t, "the deliveries counted", func() bool { return counter(t, g.reg, "herald_messages_delivered_total") == n })
-	if got := counter(t, g.reg, "herald_socket_writes_total") - writes; got < 1 || got > 5 {
+	gwtest.WaitFor(t, "the deliveries counted", func() bool { return gwtest.Counter(t, g.reg, "herald_messages_delivered_total") == n })
+	if got := gwtest.Counter(t, g.reg, "herald_socket_writes_total") - writes; got < 1 || got > 5 {
 		t.Errorf("%d frames took %v writes, want 2 to 5", n, got)
 	}
-	if got := counter(t, g.reg, "herald_messages_delivered_total"); got != n {
+	if got := gwtest.Counter(t, g.reg, "herald_messages_delivered_total"); got != n {
 		t.Errorf("delivered: got %v, want %d", got, n)
 	}
 }
@@ -634,7 +406,7 @@ func TestRepeatedIDDeliveredOnce(t *testing.T) {
 	if f := c.expect("message"); f.str("id") != "order-43" {
 		t.Fatalf("got %v, want order-43 next (the repeats dropped)", f)
 	}
-	if d := counterWith(t, g.reg, "herald_messages_dropped_total", "reason", "duplicate"); d != 2 {
+	if d := gwtest.CounterWith(t, g.reg, "herald_messages_dropped_total", "reason", "duplicate"); d != 2 {
 		t.Errorf("got %v duplicates dropped, want 2", d)
 	}
 }
@@ -686,7 +458,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 			c.expect("message")
 		}
 	}
-	waitFor(t, "the deliveries counted", func() bool { return counter(t, g.reg, "herald_messages_delivered_total") >= 10 })
+	gwtest.WaitFor(t, "the deliveries counted", func() bool { return gwtest.Counter(t, g.reg, "herald_messages_delivered_total") >= 10 })
 	checks := map[string]float64{
 		"herald_connections":                3,
 		"herald_connections_accepted_total": 3,
@@ -700,11 +472,11 @@ func TestHealthReadyMetrics(t *testing.T) {
 		"herald_write_queue_cap_bytes":      1 << 20, // the default
 	}
 	for name, want := range checks {
-		if got := counter(t, g.reg, name); got != want {
+		if got := gwtest.Counter(t, g.reg, name); got != want {
 			t.Errorf("%s: got %v, want %v", name, got, want)
 		}
 	}
-	if got := counterWith(t, g.reg, "herald_messages_published_total", "source", "http"); got != 5 {
+	if got := gwtest.CounterWith(t, g.reg, "herald_messages_published_total", "source", "http"); got != 5 {
 		t.Errorf("published{source=http}: got %v, want 5", got)
 	}
 	_, text := get("/metrics")
@@ -749,56 +521,6 @@ func TestShutdownClosesWith1001(t *testing.T) {
 	}
 }
 
-// counter returns the sum of a metric's series in reg.
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	return counterWith(t, reg, name, "", "")
-}
-
-// counterWith returns the sum of a metric's series whose label has value (any, when label is "").
-func counterWith(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					match = true
-				}
-			}
-			if !match {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestStalledSocketDoesNotHoldTheWriter: with a single writer worker, a client that stops
 // reading gets a writer goroutine of its own once its socket is full, and the worker goes
 // on serving everyone else at once (were it to wait on the stalled socket, the healthy
@@ -825,10 +547,10 @@ func TestStalledSocketDoesNotHoldTheWriter(t *testing.T) {
 	}
 	// The stalled client's frames are waiting in its queue, not lost, and it was not
 	// closed as slow.
-	if q := counter(t, g.reg, "herald_write_queue_max_bytes"); q == 0 {
+	if q := gwtest.Counter(t, g.reg, "herald_write_queue_max_bytes"); q == 0 {
 		t.Error("the stalled client's queue is empty: it never stalled")
 	}
-	if n := counter(t, g.reg, "herald_slow_consumers_total"); n != 0 {
+	if n := gwtest.Counter(t, g.reg, "herald_slow_consumers_total"); n != 0 {
 		t.Errorf("got %v slow consumers, want 0", n)
 	}
 	// Once it reads, it gets everything, in order.
@@ -837,8 +559,8 @@ func TestStalledSocketDoesNotHoldTheWriter(t *testing.T) {
 			t.Fatalf("stalled client got offset %d, want %d", off, i)
 		}
 	}
-	waitFor(t, "every delivery counted", func() bool {
-		return counter(t, g.reg, "herald_messages_delivered_total") == 2*n
+	gwtest.WaitFor(t, "every delivery counted", func() bool {
+		return gwtest.Counter(t, g.reg, "herald_messages_delivered_total") == 2*n
 	})
 }
 
@@ -896,4 +618,66 @@ func TestDirectMessagesSayDirect(t *testing.T) {
 	replay := g.dial("user=alice&channels=news&since=-1")
 	replay.expect("welcome")
 	check("replayed", replay)
+}
+
+// TestHTTPPublishRefusesOffsetIDs: an id of the form the log gives to messages published
+// without one is refused with 400, so a chosen id never collides with a derived one.
+func TestHTTPPublishRefusesOffsetIDs(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{}, nil)
+	if status, body := g.publish(testKey, `{"id":"offset-7","data":1}`); status != http.StatusBadRequest {
+		t.Errorf("publish with id offset-7: got %d %v, want 400", status, body)
+	}
+	if status, body := g.publish(testKey, `{"id":"order-7","data":1}`); status != http.StatusAccepted || body["id"] != "order-7" {
+		t.Errorf("publish with id order-7: got %d %v, want 202 with the id", status, body)
+	}
+}
+
+// TestConnectionsWaitForTheLogStart: while the bus has not told the hub where its log
+// stands (a RabbitMQ consumer still reading the stream's tail at start), /ws answers 503
+// with Retry-After, so that no client gets a message published before it connected;
+// then the first welcome carries the newest offset.
+func TestConnectionsWaitForTheLogStart(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	metrics := gateway.NewMetrics(reg)
+	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics, Logger: gwtest.Logger(t)})
+	bus := consumer.NewEmbedded(consumer.EmbeddedConfig{}, hub)
+	srv, err := gateway.NewServer(gateway.Config{Log: bus, Logger: gwtest.Logger(t), Metrics: metrics, Registry: reg},
+		hub, bus, bus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &testGateway{t: t, srv: srv, reg: reg, bus: bus, hub: hub, http: httptest.NewServer(srv.Handler())}
+	t.Cleanup(func() {
+		// After the clients' cleanups: the connections end, and log, before the test does.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		g.http.Close()
+	})
+
+	// The warm-up: messages dispatched before the log start is known.
+	for i := range 3 {
+		hub.Dispatch(message.Message{ID: fmt.Sprint("old-", i), Offset: int64(i), Data: json.RawMessage(`1`)})
+	}
+	_, resp, err := g.tryDial("")
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("dial before the log start: got %v (response %v), want 503 with Retry-After", err, resp)
+	}
+	if n := gwtest.CounterWith(t, reg, "herald_handshakes_refused_total", "reason", "starting"); n != 1 {
+		t.Errorf(`herald_handshakes_refused_total{reason="starting"}: got %v, want 1`, n)
+	}
+	if status, body := g.api(http.MethodGet, "", "/readyz", ""); status != http.StatusServiceUnavailable || body["status"] != "starting" {
+		t.Errorf("/readyz before the log start: got %d %v, want 503 starting", status, body)
+	}
+
+	hub.SetLogStart(2)
+	srv.SetBusReady(true)
+	c := g.dial("")
+	if w := c.expect("welcome"); w["offset"] != 2.0 {
+		t.Errorf("welcome after the log start: got %v, want offset 2", w)
+	}
+	hub.Dispatch(message.Message{ID: "new", Offset: 3, Data: json.RawMessage(`1`)})
+	if m := c.expect("message"); m["id"] != "new" {
+		t.Errorf("first message: got %v, want the one after the log start", m)
+	}
 }

@@ -12,13 +12,14 @@ import (
 	"time"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 )
 
 // presenceGateway is a gateway on the embedded bus with presence on channel "room",
 // users from ?user=, and no handshake limits (tests open many connections).
 func presenceGateway(t *testing.T, interval time.Duration) *testGateway {
 	t.Helper()
-	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Interval: interval, Logger: testLogger(t)})
+	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Interval: interval, Logger: gwtest.Logger(t)})
 	return newTestGateway(t, gateway.Config{
 		InsecureUserParam: true,
 		Presence:          p,
