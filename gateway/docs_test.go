@@ -108,3 +108,28 @@ func TestProtocolReferenceIsComplete(t *testing.T) {
 		t.Error("README.md does not point at docs/PROTOCOL.md and LICENSE")
 	}
 }
+
+// TestArchitectureNamesEveryPackage: docs/ARCHITECTURE.md, the map of the gateway, has a
+// row for each of its internal packages, and the README's layout points to it.
+func TestArchitectureNamesEveryPackage(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "ARCHITECTURE.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs, err := os.ReadDir("internal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		if d.IsDir() && !strings.Contains(string(doc), "| `internal/"+d.Name()+"` |") {
+			t.Errorf("docs/ARCHITECTURE.md has no row for gateway/internal/%s", d.Name())
+		}
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "docs/ARCHITECTURE.md") {
+		t.Error("README.md does not point at docs/ARCHITECTURE.md")
+	}
+}

@@ -1,10 +1,13 @@
-// Package gateway is Herald's WebSocket gateway: the HTTP server with /ws, /api/publish,
-// health and metrics endpoints, the Hub that routes every message from the bus to the
-// connections it addresses, and the connections with their bounded write queues.
+// Package gateway is Herald's WebSocket gateway, and its API: the Server (the HTTP side,
+// with /ws, /api/publish, health and metrics; it admits clients and creates, tracks and
+// drains their sessions), the Hub that routes every message from the bus to the sessions
+// it addresses, the session with one handler per client op, and resume. Its mechanisms
+// (the write path, the WebSocket transport, the edge, presence, frames, metrics) are
+// internal packages that know nothing of this one; docs/ARCHITECTURE.md draws them.
 //
-// The gateway sees the bus through two small interfaces, Publisher and BusHealth, and is
-// fed by it through Hub.Dispatch; it never imports an AMQP client. The wire contract is
-// docs/PROTOCOL.md.
+// The gateway sees the bus through small interfaces, Publisher, BusHealth and Log, and
+// is fed by it through Hub.Dispatch; it never imports an AMQP client. The wire contract
+// is docs/PROTOCOL.md.
 package gateway
 
 import (
