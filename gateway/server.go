@@ -222,7 +222,6 @@ type Server struct {
 	upgrader *wstransport.Upgrader
 	apiKey   [sha256.Size]byte
 	mux      *http.ServeMux
-	deflater *wire.Deflater // nil when Compression is off
 	// admin has AdminHandler's routes.
 	admin *http.ServeMux
 
@@ -277,32 +276,32 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		admin:  http.NewServeMux(),
 	}
 	s.limits = &s.cfg.Limits
-	if cfg.Compression {
-		if cfg.CompressionLevel < flate.BestSpeed || cfg.CompressionLevel > flate.BestCompression {
-			return nil, fmt.Errorf("gateway: compression level %d: want 1 to 9", cfg.CompressionLevel)
-		}
-		s.deflater = wire.NewDeflater(cfg.CompressionMinBytes, cfg.CompressionLevel, cfg.Metrics.Compressed)
-	}
 	if err := s.setupEdge(); err != nil {
 		return nil, err
 	}
 	l := &s.cfg.Limits
-	s.upgrader = wstransport.NewUpgrader(wstransport.Config{
-		Subprotocol:      Subprotocol,
-		Compression:      cfg.Compression,
-		CheckOrigin:      s.origins.Allows,
-		Refuse:           s.handshakeError,
-		PingInterval:     cfg.PingInterval,
-		PongTimeout:      cfg.PongTimeout,
-		WriteTimeout:     cfg.WriteTimeout,
-		SocketSendBuffer: cfg.SocketSendBuffer,
-		MaxMessageBytes:  cfg.MaxMessageBytes,
-		FrameRate:        l.FrameRate,
-		FrameBurst:       l.FrameBurst,
-		MaxFragments:     l.MaxFragments,
-		Metrics:          cfg.Metrics,
-		Refusals:         s.refusals,
+	var err error
+	s.upgrader, err = wstransport.NewUpgrader(wstransport.Config{
+		Subprotocol:         Subprotocol,
+		Compression:         cfg.Compression,
+		CompressionMinBytes: cfg.CompressionMinBytes,
+		CompressionLevel:    cfg.CompressionLevel,
+		CheckOrigin:         s.origins.Allows,
+		Refuse:              s.handshakeError,
+		PingInterval:        cfg.PingInterval,
+		PongTimeout:         cfg.PongTimeout,
+		WriteTimeout:        cfg.WriteTimeout,
+		SocketSendBuffer:    cfg.SocketSendBuffer,
+		MaxMessageBytes:     cfg.MaxMessageBytes,
+		FrameRate:           l.FrameRate,
+		FrameBurst:          l.FrameBurst,
+		MaxFragments:        l.MaxFragments,
+		Metrics:             cfg.Metrics,
+		Refusals:            s.refusals,
 	})
+	if err != nil {
+		return nil, err
+	}
 	if err := cfg.Registry.Register(newStateCollector(s, hub, bus)); err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
@@ -455,12 +454,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		release()
 		return // the upgrader has answered and counted it
 	}
-	var enc wire.Encoding
-	if t.Compressed() && s.deflater != nil {
-		enc.Deflate = s.deflater
-		s.metrics.NegotiatedCompression()
-	}
-	c := newSession(&s.sessionDeps, user, t, t.Socket(), enc)
+	c := newSession(&s.sessionDeps, user, t, t.Socket(), t.Encoding())
 	t.Init(c, &c.Queue)
 	c.edge = edge.NewConn(id, s.limits, release)
 	c.edge.ArmExpiry(s.auth.Leeway(), c.tokenExpired)

@@ -290,7 +290,10 @@ type TokenError struct {
 	Err    error
 }
 
+// Error says why the token was refused.
 func (e *TokenError) Error() string { return e.Err.Error() }
+
+// Unwrap is the error that says why.
 func (e *TokenError) Unwrap() error { return e.Err }
 
 // Reasons a token is refused (labels of herald_handshakes_refused_total).

@@ -38,6 +38,7 @@ type Violation struct {
 	Limit  string // LimitFrameRate, LimitFragments, or "" for a framing error
 }
 
+// Error says what was refused, and the close code.
 func (v *Violation) Error() string { return fmt.Sprintf("websocket: %s (close %d)", v.Reason, v.Code) }
 
 // Inspector follows the frames of one connection's client-to-server byte stream. Its

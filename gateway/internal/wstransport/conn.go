@@ -12,6 +12,7 @@ import (
 	"compress/flate"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -38,8 +39,12 @@ const closeGrace = time.Second
 type Config struct {
 	// Subprotocol is echoed to a client that offers it.
 	Subprotocol string
-	// Compression negotiates permessage-deflate with clients that offer it.
-	Compression bool
+	// Compression negotiates permessage-deflate with clients that offer it: frames of
+	// CompressionMinBytes or more go to them compressed at CompressionLevel (1 to 9),
+	// each once for all of them.
+	Compression         bool
+	CompressionMinBytes int
+	CompressionLevel    int
 	// CheckOrigin decides whether a request's origin may connect (before the upgrade).
 	CheckOrigin func(*http.Request) bool
 	// Refuse answers a handshake the library refuses (a bad request), with status.
@@ -62,6 +67,8 @@ type Config struct {
 	Metrics *metrics.Metrics
 	// Refusals writes the sampled log lines of frames refused (reason LogFrameViolation).
 	Refusals *logsample.Sampler
+
+	deflater *wire.Deflater // set by NewUpgrader where Compression is on
 }
 
 // LogFrameViolation is the reason of the sampled log line of a frame refused (a
@@ -94,8 +101,15 @@ type Upgrader struct {
 	up  websocket.Upgrader
 }
 
-// NewUpgrader returns an Upgrader of connections configured by cfg.
-func NewUpgrader(cfg Config) *Upgrader {
+// NewUpgrader returns an Upgrader of connections configured by cfg, or an error where
+// cfg's compression level is not one.
+func NewUpgrader(cfg Config) (*Upgrader, error) {
+	if cfg.Compression {
+		if cfg.CompressionLevel < flate.BestSpeed || cfg.CompressionLevel > flate.BestCompression {
+			return nil, fmt.Errorf("gateway: compression level %d: want 1 to 9", cfg.CompressionLevel)
+		}
+		cfg.deflater = wire.NewDeflater(cfg.CompressionMinBytes, cfg.CompressionLevel, cfg.Metrics.Compressed)
+	}
 	u := &Upgrader{cfg: cfg}
 	u.up = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
@@ -107,7 +121,7 @@ func NewUpgrader(cfg Config) *Upgrader {
 		CheckOrigin:       cfg.CheckOrigin,
 		Error:             cfg.Refuse,
 	}
-	return u
+	return u, nil
 }
 
 // Conn is one client's WebSocket connection, on the transport's side: the socket and the
@@ -134,12 +148,21 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) (*Conn, error
 		return nil, err
 	}
 	c.ws = ws
+	if c.nc.deflate {
+		u.cfg.Metrics.NegotiatedCompression()
+	}
 	return c, nil
 }
 
-// Compressed reports whether the connection negotiated permessage-deflate: its frames
-// go compressed, and its messages come compressed.
-func (c *Conn) Compressed() bool { return c.nc.deflate }
+// Encoding is how frames go to this connection: compressed with permessage-deflate,
+// each once for every connection that negotiated it, or as made. The session's queue
+// writes in it.
+func (c *Conn) Encoding() wire.Encoding {
+	if c.nc.deflate {
+		return wire.Encoding{Deflate: c.cfg.deflater}
+	}
+	return wire.Encoding{}
+}
 
 // Socket is the connection's socket, for the session's write queue.
 func (c *Conn) Socket() *writer.Socket { return &c.nc.Socket }
