@@ -400,3 +400,184 @@ func (q *Queue) writeBatch(batch []*wire.Frame, ping uint32) (int, error) {
 	*bp = buf
 	return len(batch), nil
 }
+
+// takeBatch takes what q's writer is to write now: the queued frames, whether a ping is
+// due, and, once the connection is closing, the close frame's code and text (flush: send
+// the frames first). It reports false when there is nothing to write now, or this tick's
+// write is done (the rest waits for the next tick): the caller, then, is no longer the
+// writer. q.mu must be held.
+func (q *Queue) takeBatch(again bool) (t writeTask, ok bool) {
+	q.inflight, q.inflightBytes = 0, 0
+	t.code, t.text, t.flush = q.closeCode, q.closeText, q.flushFirst
+	if q.pingDue {
+		t.ping = q.pingSeq
+	}
+	urgent := t.ping != 0 || t.code != 0
+	tick := int64(0)
+	if q.w.flusher != nil {
+		tick = q.w.flusher.tick.Load()
+	}
+	if !urgent && (len(q.frames) == 0 || (again && q.flushedTick == tick)) {
+		q.writing = false
+		q.startWriter()
+		return t, false
+	}
+	t.frames = q.frames
+	q.inflight, q.inflightBytes = len(t.frames), q.queued
+	q.frames, q.queued, q.spare = q.spare[:0], 0, nil
+	q.pingDue, q.flushedTick = false, tick
+	t.room = q.roomWanted
+	q.roomWanted = false
+	return t, true
+}
+
+// writeTask is one turn of a connection's writer: see takeBatch.
+type writeTask struct {
+	frames []*wire.Frame
+	ping   uint32 // the number of the ping to send after the frames; 0: none
+	code   int
+	text   string
+	flush  bool
+	room   bool // a replay waits for room: signal it after the write
+	// partial says that a worker's write left the rest of this turn with the socket
+	// (Socket.pending), for writeLoop to flush: the last restFrames of frames, restData
+	// bytes of theirs, and the ping. Else the worker wrote nothing, and writeLoop writes
+	// frames and the ping.
+	partial    bool
+	restFrames int
+	restData   int
+}
+
+// writeTurn is a worker's turn at q: it writes what q has queued in one non-blocking
+// write, built in buf (the worker's buffer, returned for reuse), then hands q to the
+// flusher or a worker again if more is queued. A close frame to send, a queue longer than
+// one batch, or a socket that did not take the whole write hands q to a writeLoop
+// goroutine instead, which may wait for the socket.
+func (q *Queue) writeTurn(buf []byte) []byte {
+	owned := true // this turn is q's writer, until it hands over or ends
+	defer q.recoverWriter(&owned)
+	q.mu.Lock()
+	if q.closeCode != 0 {
+		// Sending the close frame may wait: that is a goroutine's job, and so is
+		// everything after it. The writer's ownership passes to it.
+		q.mu.Unlock()
+		owned = false
+		go q.writeLoop(nil)
+		return buf
+	}
+	t, ok := q.takeBatch(false)
+	q.mu.Unlock()
+	if !ok {
+		owned = false
+		q.writers.Done()
+		return buf
+	}
+	if q.inflightBytes > batchFlushBytes {
+		// A backlog: writeLoop writes it in batches, waiting for the socket.
+		owned = false
+		q.handOver(t)
+		return buf
+	}
+	buf, data := q.appendBatch(buf, t.frames, t.ping)
+	n, err := q.sock.TryWrite(buf)
+	unwritten := q.framesAfter(t.frames, n)
+	q.wroteFrames(t.frames[:len(t.frames)-unwritten], min(n, data))
+	if err == nil && n < len(buf) {
+		// The socket took part (or none) of it, and keeps the rest: a goroutine flushes
+		// it, waiting for the socket, and goes on as q's writer.
+		t.partial, t.restFrames, t.restData = true, unwritten, data-min(n, data)
+		owned = false
+		q.handOver(t)
+		return buf
+	}
+	q.finishTurn(t, err, unwritten, true)
+	owned = false
+	q.writers.Done()
+	return buf
+}
+
+// handOver starts a writeLoop goroutine that completes t and goes on as q's writer. (A
+// function of its own, so that only a turn handed over is moved to the heap.)
+func (q *Queue) handOver(t writeTask) {
+	go q.writeLoop(&t)
+}
+
+// appendBatch appends the frames, and the ping numbered ping unless it is 0, to buf, and
+// returns it with the bytes of the frames alone.
+func (q *Queue) appendBatch(buf []byte, frames []*wire.Frame, ping uint32) ([]byte, int) {
+	for _, f := range frames {
+		buf = append(buf, q.enc.Bytes(f)...)
+	}
+	n := len(buf)
+	if ping != 0 {
+		buf = wire.AppendPing(buf, ping)
+	}
+	return buf, n
+}
+
+// framesAfter returns how many of frames, at their end, are not whole within the first
+// n bytes written of them (n may run on into a ping after them).
+func (q *Queue) framesAfter(frames []*wire.Frame, n int) int {
+	for i, f := range frames {
+		w := len(q.enc.Bytes(f))
+		if n < w {
+			return len(frames) - i
+		}
+		n -= w
+	}
+	return 0
+}
+
+// wroteFrames counts frames written whole to the socket, n bytes of them: the messages
+// among them as delivered, with their delivery latency (a replayed message's age is not
+// one).
+func (q *Queue) wroteFrames(frames []*wire.Frame, n int) {
+	m := q.w.metrics
+	if m == nil || len(frames) == 0 && n == 0 {
+		return
+	}
+	now := time.Now()
+	delivered := 0
+	for _, f := range frames {
+		if !f.Published.IsZero() {
+			delivered++
+			if !f.Replayed {
+				m.DeliveryLatency(now.Sub(f.Published))
+			}
+		}
+	}
+	m.Wrote(n, delivered)
+}
+
+// finishTurn ends a writer's turn: it keeps the batch's slice for the next queue, wakes a
+// replay that waits for room, and, with last (a worker's turn), gives up being q's writer,
+// making a new one if more is queued. After a failed write (unsent of the frames not
+// written), it marks the connection closing and closes the socket, so that the read pump
+// ends and finishes it; writing then stays true, so no writer starts again.
+func (q *Queue) finishTurn(t writeTask, err error, unsent int, last bool) {
+	if t.room {
+		select {
+		case q.room <- struct{}{}:
+		default:
+		}
+	}
+	clear(t.frames)
+	q.mu.Lock()
+	q.inflight, q.inflightBytes = 0, 0
+	if cap(t.frames) <= maxSpare && q.spare == nil {
+		q.spare = t.frames[:0]
+	}
+	if err != nil && q.closeCode == 0 { // nothing more can be written: stop queueing and replaying
+		q.closeCode = wire.CloseAbnormal
+	}
+	if last && err == nil {
+		q.writing = false
+		q.startWriter()
+	}
+	q.mu.Unlock()
+	if err != nil {
+		q.owner.WriteFailed(err)
+		q.w.metrics.Dropped(metrics.DropWriteFailed, unsent)
+		_ = q.sock.Close()
+	}
+}
