@@ -79,20 +79,7 @@ func (r *rawClient) write(op byte, p []byte, o frameOpts) {
 	if o.length != 0 {
 		n = o.length
 	}
-	hdr := []byte{b0, 0}
-	if !o.unmasked {
-		hdr[1] = 0x80
-	}
-	switch {
-	case n < 126:
-		hdr[1] |= byte(n)
-	case n <= 0xffff:
-		hdr[1] |= 126
-		hdr = binary.BigEndian.AppendUint16(hdr, uint16(n))
-	default:
-		hdr[1] |= 127
-		hdr = binary.BigEndian.AppendUint64(hdr, n)
-	}
+	hdr := gwtest.FrameHeader(b0, !o.unmasked, n)
 	body := append([]byte(nil), p...)
 	if !o.unmasked {
 		var key [4]byte

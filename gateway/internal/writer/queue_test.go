@@ -53,31 +53,11 @@ func (o *testOwner) WriteFailed(err error) {
 	o.mu.Unlock()
 }
 
-// loopback returns the server's side of a loopback TCP connection, with the kernel's
-// buffer sizes, and the client's side.
-func loopback(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); accepted <- c }()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := <-accepted
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return server, client
-}
-
 // newQueue returns a queue of w writing to the server's side of a loopback connection
 // in enc, its owner, and the client's side.
 func newQueue(t testing.TB, w *Writer, enc wire.Encoding) (*Queue, *testOwner, net.Conn) {
 	t.Helper()
-	server, client := loopback(t)
+	server, client := loopback(t, 0)
 	o := &testOwner{sock: &Socket{}}
 	o.sock.Init(server, 10*time.Second)
 	q := &Queue{}

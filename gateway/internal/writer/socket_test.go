@@ -12,10 +12,11 @@ import (
 	"github.com/heraldgw/herald/gateway/internal/wire"
 )
 
-// socketPair returns the server's side of a loopback TCP connection as a Socket with
-// raw access and a small send buffer, and the client's side, which reads nothing until
-// the test reads it.
-func socketPair(t testing.TB) (*Socket, net.Conn) {
+// loopback returns the server's side of a loopback TCP connection and the client's side,
+// which reads nothing until the test reads it. With buf > 0, both sides' kernel buffers
+// (the server's send buffer, the client's receive buffer) are that small; else the
+// kernel's.
+func loopback(t testing.TB, buf int) (*net.TCPConn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -24,9 +25,12 @@ func socketPair(t testing.TB) (*Socket, net.Conn) {
 	defer ln.Close()
 	accepted := make(chan net.Conn, 1)
 	go func() { c, _ := ln.Accept(); accepted <- c }()
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
+	var d net.Dialer
+	if buf > 0 {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, buf) })
+		}
+	}
 	client, err := d.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +38,18 @@ func socketPair(t testing.TB) (*Socket, net.Conn) {
 	t.Cleanup(func() { client.Close() })
 	sc := (<-accepted).(*net.TCPConn)
 	t.Cleanup(func() { sc.Close() })
-	_ = sc.SetWriteBuffer(4096)
+	if buf > 0 {
+		_ = sc.SetWriteBuffer(buf)
+	}
+	return sc, client
+}
+
+// socketPair returns the server's side of a loopback TCP connection as a Socket with
+// raw access and a small send buffer, and the client's side, which reads nothing until
+// the test reads it.
+func socketPair(t testing.TB) (*Socket, net.Conn) {
+	t.Helper()
+	sc, client := loopback(t, 4096)
 	bc := &Socket{}
 	bc.Init(sc, 10*time.Second)
 	if !bc.Direct() {

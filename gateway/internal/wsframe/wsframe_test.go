@@ -2,8 +2,9 @@ package wsframe
 
 import (
 	"bytes"
-	"encoding/binary"
 	"testing"
+
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 )
 
 // frame builds a masked client frame: b0 (FIN, RSV bits, opcode), the length it claims
@@ -12,18 +13,7 @@ func frame(b0 byte, n int64, payload []byte) []byte {
 	if n < 0 {
 		n = int64(len(payload))
 	}
-	out := []byte{b0, 0x80}
-	switch {
-	case n < 126:
-		out[1] |= byte(n)
-	case n <= 0xffff:
-		out[1] |= 126
-		out = binary.BigEndian.AppendUint16(out, uint16(n))
-	default:
-		out[1] |= 127
-		out = binary.BigEndian.AppendUint64(out, uint64(n))
-	}
-	out = append(out, 1, 2, 3, 4) // mask key
+	out := append(gwtest.FrameHeader(b0, true, uint64(n)), 1, 2, 3, 4) // mask key
 	return append(out, payload...)
 }
 
