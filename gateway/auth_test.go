@@ -25,6 +25,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 )
 
 var testSecret = []byte("a-test-secret-of-at-least-32-bytes!!")
@@ -188,7 +189,7 @@ func TestTokensAtHandshake(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := counterWith(t, tt.gw.reg, "herald_handshakes_refused_total", "reason", tt.reason)
+			before := gwtest.CounterWith(t, tt.gw.reg, "herald_handshakes_refused_total", "reason", tt.reason)
 			q, h := "", http.Header{}
 			if tt.token != "" && tt.header {
 				h.Set("Authorization", "Bearer "+tt.token)
@@ -200,7 +201,7 @@ func TestTokensAtHandshake(t *testing.T) {
 				if err == nil || status(resp) != tt.status {
 					t.Fatalf("got HTTP %d (%v), want %d", status(resp), err, tt.status)
 				}
-				if got := counterWith(t, tt.gw.reg, "herald_handshakes_refused_total", "reason", tt.reason); got != before+1 {
+				if got := gwtest.CounterWith(t, tt.gw.reg, "herald_handshakes_refused_total", "reason", tt.reason); got != before+1 {
 					t.Errorf("refused{reason=%s}: got %v, want %v", tt.reason, got, before+1)
 				}
 				if resp.Header.Get("WWW-Authenticate") == "" {
@@ -398,7 +399,7 @@ func TestTokenExpiryAndRefresh(t *testing.T) {
 	if d := time.Since(start); d < time.Second || d > 5*time.Second {
 		t.Errorf("closed after %v, want about 2s", d)
 	}
-	if n := counter(t, g.reg, "herald_tokens_expired_total"); n != 1 {
+	if n := gwtest.Counter(t, g.reg, "herald_tokens_expired_total"); n != 1 {
 		t.Errorf("tokens expired: got %v, want 1", n)
 	}
 
@@ -446,7 +447,7 @@ func TestTokenExpiryAndRefresh(t *testing.T) {
 	if f := r.expect("message"); f["data"] != "still here" {
 		t.Errorf("got %v, want the message on a", f)
 	}
-	if got := counterWith(t, g.reg, "herald_token_refreshes_total", "result", "ok"); got != 1 {
+	if got := gwtest.CounterWith(t, g.reg, "herald_token_refreshes_total", "result", "ok"); got != 1 {
 		t.Errorf("refreshes ok: got %v, want 1", got)
 	}
 
@@ -520,7 +521,7 @@ func TestJWKS(t *testing.T) {
 	testKeys(t)
 	srv := newJWKSServer(t)
 	srv.set(map[string]any{"k1": &rsaKey.PublicKey})
-	jwks := gateway.NewJWKS(gateway.JWKSConfig{URL: srv.URL, AllowHTTP: true, MissInterval: 50 * time.Millisecond, Logger: testLogger(t)})
+	jwks := gateway.NewJWKS(gateway.JWKSConfig{URL: srv.URL, AllowHTTP: true, MissInterval: 50 * time.Millisecond, Logger: gwtest.Logger(t)})
 	if err := jwks.Fetch(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -609,7 +610,7 @@ func TestJWKSRedirects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := keys.count.Load()
-			j := gateway.NewJWKS(gateway.JWKSConfig{URL: tt.url, AllowHTTP: true, Client: tt.client, Logger: testLogger(t)})
+			j := gateway.NewJWKS(gateway.JWKSConfig{URL: tt.url, AllowHTTP: true, Client: tt.client, Logger: gwtest.Logger(t)})
 			err := j.Fetch(t.Context())
 			if tt.want == "" {
 				if err != nil {
@@ -674,7 +675,7 @@ func TestJWKSPlainHTTPAndSecrets(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
 		go func() { j.Run(ctx); close(done) }()
-		waitFor(t, "the failed fetch logged", func() bool {
+		gwtest.WaitFor(t, "the failed fetch logged", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return strings.Contains(logs.String(), "JWKS fetch failed")
@@ -737,7 +738,7 @@ func TestOrigins(t *testing.T) {
 			t.Errorf("origin %q: got HTTP %d, want 403", tt.origin, status(resp))
 		}
 	}
-	if got := counterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "origin"); got != 7 {
+	if got := gwtest.CounterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "origin"); got != 7 {
 		t.Errorf("refused{reason=origin}: got %v, want 7", got)
 	}
 	if _, err := gateway.NewServer(gateway.Config{AllowedOrigins: []string{"https://*"}}, gateway.NewHub(gateway.HubConfig{}), failingBus{}, failingBus{}); err == nil {
@@ -749,7 +750,7 @@ func TestOrigins(t *testing.T) {
 // token without a channels claim, and an anonymous client, may subscribe to nothing and
 // ask who is on no channel (presence follows subscribe permissions).
 func TestDefaultPermissionsAreNone(t *testing.T) {
-	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"*"}, Logger: testLogger(t)})
+	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"*"}, Logger: gwtest.Logger(t)})
 	g := newTestGateway(t, gateway.Config{Presence: p,
 		Auth: gateway.AuthConfig{Secret: testSecret, AllowAnonymous: true}}, nil)
 	noClaims := g.dial("token=" + hs(t, "carol", time.Hour, nil))

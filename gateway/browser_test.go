@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -472,7 +473,7 @@ func TestBrowserResumeAfterSlowConsumerClose(t *testing.T) {
 
 	filler := strings.Repeat("lorem ipsum ", 80) // ~1 KB a message
 	var wantChat []string
-	for burst := 0; counter(t, g.reg, "herald_slow_consumers_total") == 0; burst++ {
+	for burst := 0; gwtest.Counter(t, g.reg, "herald_slow_consumers_total") == 0; burst++ {
 		if burst == 20 {
 			t.Fatal("20 bursts of 40 messages never overflowed the page's write queue")
 		}
@@ -617,7 +618,7 @@ func (p *page) onlineList() []string {
 // compression on, demo pages in Chromium show who is online, follow joins and leaves,
 // and read compressed frames (Chromium offers permessage-deflate).
 func TestBrowserDemoShowsWhoIsOnline(t *testing.T) {
-	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Interval: 100 * time.Millisecond, Logger: testLogger(t)})
+	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Interval: 100 * time.Millisecond, Logger: gwtest.Logger(t)})
 	g := newTestGateway(t, gateway.Config{InsecureUserParam: true, Presence: p, Compression: true}, nil)
 	b := newBrowser(t)
 	alice := openDemo(t, b, g, "alice", "user=alice&name=alice")
@@ -643,10 +644,10 @@ func TestBrowserDemoShowsWhoIsOnline(t *testing.T) {
 	alice.eval(`document.getElementById("text").value = `+jsString(long), nil) // typing it takes long
 	alice.do("send the long message", chromedp.Click(chromedp.ID("send-button")))
 	carol.waitFor("alice's long message", `[...document.querySelectorAll("#chat li.msg .text")].some((e) => e.textContent === `+jsString(long)+`)`)
-	if n := counter(t, g.reg, "herald_compression_negotiated_total"); n != 5 {
+	if n := gwtest.Counter(t, g.reg, "herald_compression_negotiated_total"); n != 5 {
 		t.Errorf("connections that negotiated compression: got %v, want 5 (every tab)", n)
 	}
-	waitFor(t, "the long message compressed", func() bool { return counter(t, g.reg, "herald_compressed_frames_total") >= 1 })
+	gwtest.WaitFor(t, "the long message compressed", func() bool { return gwtest.Counter(t, g.reg, "herald_compressed_frames_total") >= 1 })
 
 	// carol closes her tab: her leave reaches the others.
 	carol.close()
@@ -735,7 +736,7 @@ func TestBrowserDemoChatNames(t *testing.T) {
 // gateway honours it, and says so when ?user= is ignored.
 func TestBrowserDemoUserParamHints(t *testing.T) {
 	presence := func() *gateway.Presence {
-		return gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Logger: testLogger(t)})
+		return gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Logger: gwtest.Logger(t)})
 	}
 	plain := newTestGateway(t, gateway.Config{Presence: presence()}, nil)
 	demo := newTestGateway(t, gateway.Config{Presence: presence(), InsecureUserParam: true}, nil)
@@ -794,7 +795,7 @@ func TestBrowserDemoNeedsAToken(t *testing.T) {
 	}
 	shot(t, none, "herald-demo-token-needed.png")
 	time.Sleep(500 * time.Millisecond)
-	if n := counterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_missing"); n != 0 {
+	if n := gwtest.CounterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_missing"); n != 0 {
 		t.Errorf("the page without a token tried to connect %v times, want none", n)
 	}
 
@@ -803,9 +804,9 @@ func TestBrowserDemoNeedsAToken(t *testing.T) {
 	if _, text, _ := authState(bad); !strings.Contains(text, "401") || !strings.Contains(text, "expired") {
 		t.Errorf("expired token: the page says %q, want the gateway's 401 and its reason", text)
 	}
-	before := counterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_expired")
+	before := gwtest.CounterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_expired")
 	time.Sleep(3 * time.Second) // herald.js would have retried by now
-	if n := counterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_expired"); n != before || before > 3 {
+	if n := gwtest.CounterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "token_expired"); n != before || before > 3 {
 		t.Errorf("expired token: %v refused handshakes, then %v more: want the page to stop trying", before, n-before)
 	}
 	var state string

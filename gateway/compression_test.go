@@ -11,6 +11,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -47,7 +48,7 @@ func TestCompressionNegotiatedPerConnection(t *testing.T) {
 		t.Fatalf("compression not offered, got extensions %q", ext)
 	}
 	plain.expect("welcome")
-	if got := counter(t, g.reg, "herald_compression_negotiated_total"); got != 3 {
+	if got := gwtest.Counter(t, g.reg, "herald_compression_negotiated_total"); got != 3 {
 		t.Errorf("negotiated: got %v, want 3", got)
 	}
 
@@ -70,11 +71,11 @@ func TestCompressionNegotiatedPerConnection(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "every delivery counted", func() bool { return counter(t, g.reg, "herald_messages_delivered_total") == 4*n })
-	if got := counter(t, g.reg, "herald_compressed_frames_total"); got != n-1 {
+	gwtest.WaitFor(t, "every delivery counted", func() bool { return gwtest.Counter(t, g.reg, "herald_messages_delivered_total") == 4*n })
+	if got := gwtest.Counter(t, g.reg, "herald_compressed_frames_total"); got != n-1 {
 		t.Errorf("compressed frames: got %v, want %d (each large message once, for 3 clients)", got, n-1)
 	}
-	in, out := counter(t, g.reg, "herald_compression_input_bytes_total"), counter(t, g.reg, "herald_compression_output_bytes_total")
+	in, out := gwtest.Counter(t, g.reg, "herald_compression_input_bytes_total"), gwtest.Counter(t, g.reg, "herald_compression_output_bytes_total")
 	if in < float64((n-1)*len(big)) || out <= 0 || out > in/5 {
 		t.Errorf("compressed %v bytes to %v: want the repetitive text to shrink 5 times or more", in, out)
 	}
@@ -104,10 +105,10 @@ func TestCompressedClientMessageHeldToTheLimitDecompressed(t *testing.T) {
 	if code := bomb.closeCode(); code != websocket.CloseMessageTooBig {
 		t.Errorf("got close code %d, want %d", code, websocket.CloseMessageTooBig)
 	}
-	if got := counterWith(t, g.reg, "herald_limits_hit_total", "limit", "frame_size"); got != 1 {
+	if got := gwtest.CounterWith(t, g.reg, "herald_limits_hit_total", "limit", "frame_size"); got != 1 {
 		t.Errorf("frame_size limit hits: got %v, want 1", got)
 	}
-	if got := counter(t, g.reg, "herald_messages_published_total"); got != 0 {
+	if got := gwtest.Counter(t, g.reg, "herald_messages_published_total"); got != 0 {
 		t.Errorf("published: got %v, want 0", got)
 	}
 	if _, err := g.bus.Publish(context.Background(), message.Message{Channel: "b", Data: json.RawMessage(`1`)}); err != nil {

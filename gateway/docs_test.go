@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -22,12 +23,20 @@ func TestProtocolReferenceIsComplete(t *testing.T) {
 		return string(b)
 	}
 	doc := read("docs", "PROTOCOL.md")
-	var src strings.Builder
-	files, _ := filepath.Glob("*.go")
-	for _, f := range files {
-		if !strings.HasSuffix(f, "_test.go") {
-			src.WriteString(read("gateway", f))
+	var src strings.Builder // the gateway's sources: the API package and its internal ones
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case d.IsDir() && (path == "cmd" || path == "testdata" || path == "web"):
+			return filepath.SkipDir
+		case !d.IsDir() && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go"):
+			src.WriteString(read("gateway", path))
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	code := src.String()
 	all := func(re string, s string) []string {
@@ -74,7 +83,7 @@ func TestProtocolReferenceIsComplete(t *testing.T) {
 	inHeading("client op", clientOps)
 	check("error code", all(`Code[A-Za-z]+\s+= "([a-z_]+)"`, code), tick)
 	check("handshake refusal", all(`refuse\(w, http\.Status[A-Za-z]+, "([a-z_]+)"`, code), tick)
-	check("token refusal", all(`refusedToken[A-Za-z]+\s+= "([a-z_]+)"`, code), tick)
+	check("token refusal", all(`[rR]efusedToken[A-Za-z]+\s+= "([a-z_]+)"`, code), tick)
 	check("API error", all(`writeError\(w, http\.Status[A-Za-z]+, "([a-z_]+)"`, code), tick)
 	check("close code", []string{"1000", "1001", "1002", "1003", "1006", "1007", "1008", "1009", "1011"}, func(n string) string { return "| " + n + " |" })
 	check("close code", all(`Close[A-Za-z]+\s+= (40\d\d)`, code), func(n string) string { return "| " + n + " |" })
@@ -97,5 +106,30 @@ func TestProtocolReferenceIsComplete(t *testing.T) {
 	readme := read("README.md")
 	if !strings.Contains(readme, "[docs/PROTOCOL.md](docs/PROTOCOL.md)") || !strings.Contains(readme, "[LICENSE](LICENSE)") {
 		t.Error("README.md does not point at docs/PROTOCOL.md and LICENSE")
+	}
+}
+
+// TestArchitectureNamesEveryPackage: docs/ARCHITECTURE.md, the map of the gateway, has a
+// row for each of its internal packages, and the README's layout points to it.
+func TestArchitectureNamesEveryPackage(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "ARCHITECTURE.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs, err := os.ReadDir("internal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		if d.IsDir() && !strings.Contains(string(doc), "| `internal/"+d.Name()+"` |") {
+			t.Errorf("docs/ARCHITECTURE.md has no row for gateway/internal/%s", d.Name())
+		}
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "docs/ARCHITECTURE.md") {
+		t.Error("README.md does not point at docs/ARCHITECTURE.md")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -80,12 +81,12 @@ func TestFrameFloods(t *testing.T) {
 			if code != tt.wantClose || pongs > 450 {
 				t.Errorf("5,000 frames: got %d pongs and close %d, want at most about 400 pongs and close %d", pongs, code, tt.wantClose)
 			}
-			if n := counterWith(t, g.reg, "herald_limits_hit_total", "limit", tt.wantLimit); n != 1 {
+			if n := gwtest.CounterWith(t, g.reg, "herald_limits_hit_total", "limit", tt.wantLimit); n != 1 {
 				t.Errorf("limits hit{%s}: got %v, want 1", tt.wantLimit, n)
 			}
 			bystanderServed(t, g, bystander, "calm", "still served")
 			r.nc.Close()
-			waitFor(t, "the flooder to finish", func() bool { return counter(t, g.reg, "herald_connections") == 1 })
+			gwtest.WaitFor(t, "the flooder to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 1 })
 			goleak.VerifyNone(t, baseline)
 		})
 	}
@@ -200,12 +201,12 @@ func TestPongsMoveTheDeadlineOnlyForThePing(t *testing.T) {
 		goodDone <- err
 	default:
 	}
-	if n := counter(t, g.reg, "herald_pongs_ignored_total"); n < 10 {
+	if n := gwtest.Counter(t, g.reg, "herald_pongs_ignored_total"); n < 10 {
 		t.Errorf("pongs ignored: got %v, want every pong of the three", n)
 	}
 	good.ws.Close()
 	<-goodDone
-	waitFor(t, "the connections to finish", func() bool { return counter(t, g.reg, "herald_connections") == 0 })
+	gwtest.WaitFor(t, "the connections to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 0 })
 	goleak.VerifyNone(t, baseline)
 }
 
@@ -278,10 +279,10 @@ func TestHostileCompressedInput(t *testing.T) {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
 			r.nc.Close()
-			waitFor(t, "the connection to finish", func() bool { return counter(t, g.reg, "herald_connections") == 0 })
+			gwtest.WaitFor(t, "the connection to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 0 })
 		})
 	}
-	if n := counterWith(t, g.reg, "herald_connections_closed_total", "code", "1007"); n != 2 {
+	if n := gwtest.CounterWith(t, g.reg, "herald_connections_closed_total", "code", "1007"); n != 2 {
 		t.Errorf("closed{1007}: got %v, want 2", n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -78,20 +79,7 @@ func (r *rawClient) write(op byte, p []byte, o frameOpts) {
 	if o.length != 0 {
 		n = o.length
 	}
-	hdr := []byte{b0, 0}
-	if !o.unmasked {
-		hdr[1] = 0x80
-	}
-	switch {
-	case n < 126:
-		hdr[1] |= byte(n)
-	case n <= 0xffff:
-		hdr[1] |= 126
-		hdr = binary.BigEndian.AppendUint16(hdr, uint16(n))
-	default:
-		hdr[1] |= 127
-		hdr = binary.BigEndian.AppendUint64(hdr, n)
-	}
+	hdr := gwtest.FrameHeader(b0, !o.unmasked, n)
 	body := append([]byte(nil), p...)
 	if !o.unmasked {
 		var key [4]byte
@@ -183,42 +171,20 @@ func (r *rawClient) result() outcome {
 // nested returns depth levels of [ ] around 1.
 func nested(depth int) string { return strings.Repeat("[", depth) + "1" + strings.Repeat("]", depth) }
 
-// TestHostileInput sends one hostile input per case on a fresh connection and checks
-// the exact outcome (error code and ref with the connection left open, or the close
-// code); after each, that a bystander still gets every message in order and that the
-// gateway's goroutines are back to where they were.
-func TestHostileInput(t *testing.T) {
-	g := newTestGateway(t, gateway.Config{MaxMessageBytes: 64 << 10}, nil)
-	bystander := g.dial("channels=calm")
-	bystander.expect("welcome")
-	next := int64(0) // the bystander's next offset
-	checkBystander := func(t *testing.T) {
-		t.Helper()
-		want := fmt.Sprintf("calm %d", next)
-		data, _ := json.Marshal(want)
-		if _, err := g.bus.Publish(context.Background(), message.Message{Channel: "calm", Data: data}); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			f := bystander.expect("message")
-			off, _ := f.num("offset")
-			if f.str("channel") == "calm" {
-				if off < next || f["data"] != want {
-					t.Fatalf("bystander got %v, want %q at an offset from %d on", f, want, next)
-				}
-				next = off + 1
-				return
-			}
-		}
-	}
+// hostileCase is one hostile input: what a client does, and the outcome it must get.
+type hostileCase struct {
+	name string
+	do   func(r *rawClient)
+	want outcome
+}
+
+// hostileInputs are the inputs of TestHostileInput: frames the protocol does not allow,
+// bad framing, fragments, text that is not a request, numbers, nesting.
+func hostileInputs() []hostileCase {
 	utf8Split := []byte(`{"op":"subscribe","channel":"frag","ref":"é"}`) // é is 2 bytes
 	cut := strings.Index(string(utf8Split), "é") + 1                     // inside é
 
-	tests := []struct {
-		name string
-		do   func(r *rawClient)
-		want outcome
-	}{
+	return []hostileCase{
 		// Frames that are not what the protocol allows.
 		{"invalid UTF-8", func(r *rawClient) {
 			r.write(websocket.TextMessage, []byte{'{', '"', 0xff, '"', '}'}, frameOpts{})
@@ -329,7 +295,37 @@ func TestHostileInput(t *testing.T) {
 		}, outcome{op: "subscribed", ref: "d4"}},
 		{"unclosed nesting", func(r *rawClient) { r.text(`{"op":"publish","data":` + strings.Repeat("[", 30000)) }, outcome{op: "error", code: gateway.CodeBadRequest}},
 	}
-	for _, tt := range tests {
+}
+
+// TestHostileInput sends one hostile input per case on a fresh connection and checks
+// the exact outcome (error code and ref with the connection left open, or the close
+// code); after each, that a bystander still gets every message in order and that the
+// gateway's goroutines are back to where they were.
+func TestHostileInput(t *testing.T) {
+	g := newTestGateway(t, gateway.Config{MaxMessageBytes: 64 << 10}, nil)
+	bystander := g.dial("channels=calm")
+	bystander.expect("welcome")
+	next := int64(0) // the bystander's next offset
+	checkBystander := func(t *testing.T) {
+		t.Helper()
+		want := fmt.Sprintf("calm %d", next)
+		data, _ := json.Marshal(want)
+		if _, err := g.bus.Publish(context.Background(), message.Message{Channel: "calm", Data: data}); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			f := bystander.expect("message")
+			off, _ := f.num("offset")
+			if f.str("channel") == "calm" {
+				if off < next || f["data"] != want {
+					t.Fatalf("bystander got %v, want %q at an offset from %d on", f, want, next)
+				}
+				next = off + 1
+				return
+			}
+		}
+	}
+	for _, tt := range hostileInputs() {
 		t.Run(tt.name, func(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			r := g.rawDial("")
@@ -350,10 +346,10 @@ func TestHostileInput(t *testing.T) {
 			}
 			checkBystander(t)
 			r.nc.Close()
-			waitFor(t, "the connection to finish", func() bool { return counter(t, g.reg, "herald_connections") == 1 })
+			gwtest.WaitFor(t, "the connection to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 1 })
 		})
 	}
-	if n := counterWith(t, g.reg, "herald_limits_hit_total", "limit", "frame_size"); n != 2 {
+	if n := gwtest.CounterWith(t, g.reg, "herald_limits_hit_total", "limit", "frame_size"); n != 2 {
 		t.Errorf("limits hit{frame_size}: got %v, want 2", n)
 	}
 }
@@ -365,8 +361,8 @@ func TestSilentClient(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	r := g.rawDial("")
 	start := time.Now()
-	waitFor(t, "the silent client to be dropped", func() bool {
-		return counterWith(t, g.reg, "herald_connections_closed_total", "code", "1006") == 1
+	gwtest.WaitFor(t, "the silent client to be dropped", func() bool {
+		return gwtest.CounterWith(t, g.reg, "herald_connections_closed_total", "code", "1006") == 1
 	})
 	if d := time.Since(start); d < 300*time.Millisecond {
 		t.Errorf("dropped after %v, want after about 400ms", d)
@@ -407,13 +403,13 @@ func TestMessageRateLimit(t *testing.T) {
 		t.Errorf("got %d served, %d rate_limited, then %v; want about 10 served, 5 rate_limited, then close 4029", served, limited, got)
 	}
 	r.nc.Close()
-	waitFor(t, "the flooder's subscriptions to go", func() bool {
-		return counter(t, g.reg, "herald_subscriptions") == 1 && counter(t, g.reg, "herald_connections") == 1
+	gwtest.WaitFor(t, "the flooder's subscriptions to go", func() bool {
+		return gwtest.Counter(t, g.reg, "herald_subscriptions") == 1 && gwtest.Counter(t, g.reg, "herald_connections") == 1
 	})
-	if n := counterWith(t, g.reg, "herald_limits_hit_total", "limit", "message_rate"); n != 5 {
+	if n := gwtest.CounterWith(t, g.reg, "herald_limits_hit_total", "limit", "message_rate"); n != 5 {
 		t.Errorf("limits hit{message_rate}: got %v, want 5", n)
 	}
-	if n := counterWith(t, g.reg, "herald_limits_hit_total", "limit", "message_rate_closed"); n != 1 {
+	if n := gwtest.CounterWith(t, g.reg, "herald_limits_hit_total", "limit", "message_rate_closed"); n != 1 {
 		t.Errorf("limits hit{message_rate_closed}: got %v, want 1", n)
 	}
 	// The bystander is unaffected.
@@ -460,11 +456,11 @@ func TestSubscribeFloodWithoutRateLimit(t *testing.T) {
 			t.Fatalf("answer %d: got %v, want ref %d", i, f, i)
 		}
 	}
-	if s := counter(t, g.reg, "herald_subscriptions"); s != 0 {
+	if s := gwtest.Counter(t, g.reg, "herald_subscriptions"); s != 0 {
 		t.Errorf("subscriptions after the flood: got %v, want 0", s)
 	}
 	c.ws.Close()
-	waitFor(t, "the connection to finish", func() bool { return counter(t, g.reg, "herald_connections") == 0 })
+	gwtest.WaitFor(t, "the connection to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 0 })
 }
 
 func TestMaxSubscriptions(t *testing.T) {
@@ -493,7 +489,7 @@ func TestMaxSubscriptions(t *testing.T) {
 			t.Errorf("%s: got %v, want %s", s.frame, f, s.want)
 		}
 	}
-	if n := counterWith(t, g.reg, "herald_limits_hit_total", "limit", "subscriptions"); n != 3 {
+	if n := gwtest.CounterWith(t, g.reg, "herald_limits_hit_total", "limit", "subscriptions"); n != 3 {
 		t.Errorf("limits hit{subscriptions}: got %v, want 3", n)
 	}
 }
@@ -508,14 +504,14 @@ func TestConnectionLimits(t *testing.T) {
 			t.Errorf("third connection: got HTTP %d, want 503", status(resp))
 		}
 		a.ws.Close()
-		waitFor(t, "a slot to free", func() bool {
+		gwtest.WaitFor(t, "a slot to free", func() bool {
 			c, _, err := g.tryDial("")
 			if err == nil {
 				c.ws.Close()
 			}
 			return err == nil
 		})
-		if n := counterWith(t, g.reg, "herald_limits_hit_total", "limit", "connections"); n < 1 {
+		if n := gwtest.CounterWith(t, g.reg, "herald_limits_hit_total", "limit", "connections"); n < 1 {
 			t.Errorf("limits hit{connections}: got %v, want at least 1", n)
 		}
 	})
@@ -555,7 +551,7 @@ func TestConnectionLimits(t *testing.T) {
 		if _, s := from("2001:db8:1:2::3"); s != http.StatusTooManyRequests {
 			t.Errorf("third from one /64: got HTTP %d, want 429", s)
 		}
-		if n := counterWith(t, g.reg, "herald_limits_hit_total", "limit", "connections_per_ip"); n != 3 {
+		if n := gwtest.CounterWith(t, g.reg, "herald_limits_hit_total", "limit", "connections_per_ip"); n != 3 {
 			t.Errorf("limits hit{connections_per_ip}: got %v, want 3", n)
 		}
 	})
@@ -568,7 +564,7 @@ func TestConnectionLimits(t *testing.T) {
 		if err == nil || status(resp) != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
 			t.Errorf("fourth handshake at once: got HTTP %d, want 429 with Retry-After", status(resp))
 		}
-		if n := counterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "rate_limited"); n != 1 {
+		if n := gwtest.CounterWith(t, g.reg, "herald_handshakes_refused_total", "reason", "rate_limited"); n != 1 {
 			t.Errorf("refused{rate_limited}: got %v, want 1", n)
 		}
 	})
@@ -596,7 +592,7 @@ func TestPanicClosesOnlyThatConnection(t *testing.T) {
 	if code := c.closeCode(); code != websocket.CloseInternalServerErr {
 		t.Errorf("got close %d, want 1011", code)
 	}
-	if n := counter(t, g.reg, "herald_panics_total"); n != 1 {
+	if n := gwtest.Counter(t, g.reg, "herald_panics_total"); n != 1 {
 		t.Errorf("panics: got %v, want 1", n)
 	}
 	// The other connection goes on.
@@ -606,7 +602,7 @@ func TestPanicClosesOnlyThatConnection(t *testing.T) {
 	}
 	c.ws.Close()
 	other.ws.Close()
-	waitFor(t, "the connections to finish", func() bool { return counter(t, g.reg, "herald_connections") == 0 })
+	gwtest.WaitFor(t, "the connections to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 0 })
 }
 
 func mustPrefixes(t *testing.T, list ...string) []netip.Prefix {

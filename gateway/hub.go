@@ -3,29 +3,38 @@ package gateway
 import (
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
 // member is what the hub knows of a connection: something it can queue frames to and
 // close. The hub never sees the WebSocket library.
 type member interface {
-	// enqueue queues f for writing without blocking. A connection that cannot take f
+	// Enqueue queues f for writing without blocking. A connection that cannot take f
 	// (it is closing, or f would overflow its queue and it is closed with 4008) counts
 	// the drop itself.
-	enqueue(f *frame)
-	// user is the connection's user; empty when anonymous.
-	user() string
-	// skipThrough makes the connection drop frames of messages at or below offset: the
+	Enqueue(f *wire.Frame)
+	// User is the connection's user; empty when anonymous.
+	User() string
+	// SkipThrough makes the connection drop frames of messages at or below offset: the
 	// ones a replay has already given it. Called by the hub before the connection joins.
-	skipThrough(offset int64)
+	SkipThrough(offset int64)
 }
 
 // noSkip is the skip offset of a subscription that skips nothing.
 const noSkip = math.MinInt64
+
+// The defaults of HubConfig's zero fields.
+const (
+	DefaultDedupWindow = 2 * time.Minute
+	DefaultDedupMax    = 100000
+)
 
 // HubConfig configures a Hub.
 type HubConfig struct {
@@ -61,12 +70,12 @@ type Hub struct {
 	channels map[string]map[member]int64 // subscriber -> offset through which it skips (replayed)
 	users    map[string]map[member]struct{}
 
-	// last is the offset of the newest message dispatched, message.NoOffset before
+	// newest is the offset of the newest message dispatched, message.NoOffset before
 	// the first; known reports whether the bus told us where its log stands
 	// (SetLogStart): until then welcome frames carry no offset, and a server with a log
 	// refuses connections.
-	last  atomic.Int64
-	known atomic.Bool
+	newest atomic.Int64
+	known  atomic.Bool
 
 	// dedup is owned by the dispatching goroutine.
 	dedup *dedup
@@ -87,10 +96,10 @@ func NewHub(cfg HubConfig) *Hub {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.DedupWindow == 0 {
-		cfg.DedupWindow = 2 * time.Minute
+		cfg.DedupWindow = DefaultDedupWindow
 	}
 	if cfg.DedupMax <= 0 {
-		cfg.DedupMax = 100000
+		cfg.DedupMax = DefaultDedupMax
 	}
 	h := &Hub{
 		log:      cfg.Logger,
@@ -103,7 +112,7 @@ func NewHub(cfg HubConfig) *Hub {
 	if cfg.DedupWindow > 0 {
 		h.dedup = newDedup(cfg.DedupWindow, cfg.DedupMax)
 	}
-	h.last.Store(message.NoOffset)
+	h.newest.Store(message.NoOffset)
 	return h
 }
 
@@ -117,19 +126,43 @@ func (h *Hub) SetLogStart(newest int64) {
 	// Under the lock, so that a join sees the position and known together.
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if newest > h.last.Load() {
-		h.last.Store(newest)
+	if newest > h.newest.Load() {
+		h.newest.Store(newest)
 	}
 	h.known.Store(true)
 }
 
-// LastOffset returns the offset of the newest message dispatched, and whether it is known.
-func (h *Hub) LastOffset() (int64, bool) { return h.newest() }
-
-// newest returns the offset of the newest dispatched message and whether it is known.
-func (h *Hub) newest() (int64, bool) {
-	return h.last.Load(), h.known.Load()
+// Newest returns the offset of the newest message dispatched, and whether it is known
+// (SetLogStart has been called).
+func (h *Hub) Newest() (int64, bool) {
+	return h.newest.Load(), h.known.Load()
 }
+
+// LastOffset is Newest.
+//
+// Deprecated: use Newest, the one name of the newest offset.
+func (h *Hub) LastOffset() (int64, bool) { return h.Newest() }
+
+// Delivered once. A connection gets each message it is addressed once, in the bus's order,
+// across reconnects, retries and resumes (docs/PROTOCOL.md sections 8 and 9). Five guards
+// see to it, each against one way a message could come twice:
+//
+//  1. The consumer's position (consumer.Stream): after losing the broker, it attaches again
+//     just after the last offset it dispatched, so a reconnect re-reads nothing.
+//  2. The id window (Hub.dedup, DedupWindow): a publisher that retries sends the same id
+//     again, which the log keeps under a new offset; Dispatch drops an id seen within the
+//     window. Ids the log derived from an offset are not checked: no retry repeats them.
+//  3. The duplicate offsets (Hub.dups): the offsets of the messages the id window dropped,
+//     so that a replay, which reads the log with the retry in it, drops them too.
+//  4. The skip offset (writer.Queue.SkipThrough, and a channel's skip in Hub.channels): a
+//     replay may read past what Dispatch has reached (the embedded bus's log is ahead of
+//     its dispatch); the connection joins live delivery at the replay's end, skipping the
+//     offsets the replay gave it. The hand-over itself is under the hub's lock (joinAt,
+//     subscribeAt), so no message falls between the replay and live delivery.
+//  5. The replay's seen ids (resumer.replay): a retry that the replay meets before Dispatch
+//     has dropped it (so guard 3 does not know it yet) is dropped by its id.
+//
+// The browser client (herald.js) also drops a message whose offset it has seen.
 
 // Dispatch queues m to every connection it addresses. It encodes the frame once and
 // never blocks on a connection. Called by the bus from one goroutine.
@@ -145,12 +178,12 @@ func (h *Hub) Dispatch(m message.Message) {
 		clock = start
 	}
 	if h.dedup != nil && m.ID != "" && !message.IsOffsetID(m.ID) && h.dedup.seen(m.ID, clock) {
-		h.metrics.dropped(dropDuplicate, 1)
+		h.metrics.Dropped(metrics.DropDuplicate, 1)
 		if m.Offset >= 0 {
 			h.dupMu.Lock()
 			h.dups.add(m.Offset)
 			h.dupMu.Unlock()
-			h.last.Store(m.Offset)
+			h.newest.Store(m.Offset)
 		}
 		h.log.Debug("duplicate message dropped", "id", m.ID, "offset", m.Offset)
 		return
@@ -158,33 +191,74 @@ func (h *Hub) Dispatch(m message.Message) {
 	f := newMessageFrame(m, start)
 
 	h.mu.RLock()
-	switch {
-	case len(m.Users) > 0:
+	switch routeOf(&m) {
+	case toUsers:
 		for i, u := range m.Users {
 			if containsBefore(m.Users, i, u) {
 				continue // a user listed twice still gets the message once
 			}
 			for c := range h.users[u] {
-				c.enqueue(f)
+				c.Enqueue(f)
 			}
 		}
-	case m.Channel != "":
+	case toChannel:
 		for c, skip := range h.channels[m.Channel] {
 			if m.Offset > skip {
-				c.enqueue(f)
+				c.Enqueue(f)
 			}
 		}
-	default:
+	case toEveryone:
 		for c := range h.members {
-			c.enqueue(f)
+			c.Enqueue(f)
 		}
 	}
 	if m.Offset >= 0 {
-		h.last.Store(m.Offset)
+		h.newest.Store(m.Offset)
 	}
 	h.mu.RUnlock()
 
-	h.metrics.received(m.Source, time.Since(start))
+	h.metrics.Received(m.Source, time.Since(start))
+}
+
+// A route is whom a message reaches (docs/PROTOCOL.md section 8): the connections of the
+// users it names; else, where it names a channel, that channel's subscribers; else every
+// connection. Live delivery (Dispatch) and replay (resumer) both decide by routeOf, so
+// that the two cannot drift.
+type route uint8
+
+const (
+	toUsers route = iota
+	toChannel
+	toEveryone
+)
+
+// routeOf is m's route.
+func routeOf(m *message.Message) route {
+	switch {
+	case len(m.Users) > 0:
+		return toUsers
+	case m.Channel != "":
+		return toChannel
+	}
+	return toEveryone
+}
+
+// reaches reports whether live delivery gives m to a connection of user (empty:
+// anonymous) subscribed to channels: what a replay for that connection gives it.
+func reaches(m *message.Message, user string, channels []string) bool {
+	switch routeOf(m) {
+	case toUsers:
+		return user != "" && slices.Contains(m.Users, user)
+	case toChannel:
+		return slices.Contains(channels, m.Channel)
+	}
+	return true
+}
+
+// routedTo reports whether m goes to the subscribers of channel ch as such: what a
+// replay of ch gives a subscriber (a message to everyone, or to users, is not ch's).
+func routedTo(m *message.Message, ch string) bool {
+	return routeOf(m) == toChannel && m.Channel == ch
 }
 
 func containsBefore(list []string, i int, s string) bool {
@@ -203,7 +277,7 @@ func containsBefore(list []string, i int, s string) bool {
 func (h *Hub) join(c member, channels []string, first func(newest int64, known bool)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	first(h.newest())
+	first(h.Newest())
 	h.add(c, channels)
 }
 
@@ -211,15 +285,15 @@ func (h *Hub) join(c member, channels []string, first func(newest int64, known b
 func (h *Hub) add(c member, channels []string) {
 	ms := &membership{subs: make(map[string]struct{}, len(channels))}
 	h.members[c] = ms
-	if u := c.user(); u != "" {
+	if u := c.User(); u != "" {
 		addTo(h.users, u, c, struct{}{})
 	}
-	h.presence.connected(c)
+	h.presence.Connected(c)
 	for _, ch := range channels {
 		if _, dup := ms.subs[ch]; !dup {
 			ms.subs[ch] = struct{}{}
 			addTo(h.channels, ch, c, noSkip)
-			h.presence.joined(ch, c, false)
+			h.presence.Joined(ch, c, false)
 		}
 	}
 }
@@ -231,10 +305,10 @@ func (h *Hub) add(c member, channels []string) {
 func (h *Hub) joinAt(c member, channels []string, at int64, then func()) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.last.Load() > at {
+	if h.newest.Load() > at {
 		return false
 	}
-	c.skipThrough(at)
+	c.SkipThrough(at)
 	h.add(c, channels)
 	then()
 	return true
@@ -250,12 +324,12 @@ func (h *Hub) leave(c member) {
 	}
 	for ch := range ms.subs {
 		removeFrom(h.channels, ch, c)
-		h.presence.left(ch, c)
+		h.presence.Left(ch, c)
 	}
-	if u := c.user(); u != "" {
+	if u := c.User(); u != "" {
 		removeFrom(h.users, u, c)
 	}
-	h.presence.disconnected(c)
+	h.presence.Disconnected(c)
 	delete(h.members, c)
 }
 
@@ -274,7 +348,7 @@ func (h *Hub) subscribeAt(c member, ch string, at int64, watch bool, then func()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ms, ok := h.members[c]
-	if !ok || (at != noSkip && h.last.Load() > at) {
+	if !ok || (at != noSkip && h.newest.Load() > at) {
 		return false
 	}
 	skip, subscribed := h.channels[ch][c]
@@ -285,9 +359,9 @@ func (h *Hub) subscribeAt(c member, ch string, at int64, watch bool, then func()
 	addTo(h.channels, ch, c, at)
 	then() // the answer first: the channel's presence events, if asked for, follow it
 	if subscribed {
-		h.presence.watch(ch, c, watch)
+		h.presence.Watch(ch, c, watch)
 	} else {
-		h.presence.joined(ch, c, watch)
+		h.presence.Joined(ch, c, watch)
 	}
 	return true
 }
@@ -301,7 +375,7 @@ func (h *Hub) unsubscribe(c member, ch string, then func()) {
 		if _, was := ms.subs[ch]; was {
 			delete(ms.subs, ch)
 			removeFrom(h.channels, ch, c)
-			h.presence.left(ch, c)
+			h.presence.Left(ch, c)
 		}
 	}
 	then()
@@ -323,6 +397,34 @@ func (h *Hub) Channels() (channels, subscriptions int) {
 		subscriptions += len(set)
 	}
 	return len(h.channels), subscriptions
+}
+
+// subscriptionsOf returns the channels c is subscribed to.
+func (h *Hub) subscriptionsOf(c member) []string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	ms, ok := h.members[c]
+	if !ok {
+		return nil
+	}
+	out := make([]string, 0, len(ms.subs))
+	for ch := range ms.subs {
+		out = append(out, ch)
+	}
+	return out
+}
+
+// subscriptionCount returns how many channels c is subscribed to, and whether ch is
+// one of them.
+func (h *Hub) subscriptionCount(c member, ch string) (n int, has bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	ms, ok := h.members[c]
+	if !ok {
+		return 0, false
+	}
+	_, has = ms.subs[ch]
+	return len(ms.subs), has
 }
 
 func addTo[V any](index map[string]map[member]V, key string, c member, v V) {

@@ -2,16 +2,14 @@ package gateway
 
 import (
 	"encoding/json"
-	"os/exec"
+	"fmt"
+	"reflect"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -26,16 +24,16 @@ type recorder struct {
 
 func newRecorder(name, user string) *recorder { return &recorder{name: name, usr: user, skip: noSkip} }
 
-func (r *recorder) enqueue(f *frame) {
+func (r *recorder) Enqueue(f *wire.Frame) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if f.offset >= 0 && f.offset <= r.skip {
+	if f.Offset >= 0 && f.Offset <= r.skip {
 		return
 	}
-	r.got = append(r.got, f.offset)
+	r.got = append(r.got, f.Offset)
 }
-func (r *recorder) user() string { return r.usr }
-func (r *recorder) skipThrough(off int64) {
+func (r *recorder) User() string { return r.usr }
+func (r *recorder) SkipThrough(off int64) {
 	r.mu.Lock()
 	r.skip = off
 	r.mu.Unlock()
@@ -191,77 +189,116 @@ func TestHubDropsDuplicateIDs(t *testing.T) {
 	}
 }
 
-func TestDecodeRequest(t *testing.T) {
-	tests := []struct {
-		in, op, code, ref string
-	}{
-		{`{"op":"subscribe","channel":"a:b/c-d_e.f","ref":"1"}`, "subscribe", "", "1"},
-		{`  {"op":"publish","data":null}`, "publish", "", ""},
-		{`{"op":"publish","data":{"x":[1,2]},"extra":"ignored"}`, "publish", "", ""},
-		{`{"op":"unsubscribe","channel":"a"}`, "unsubscribe", "", ""},
-		{``, "", CodeBadRequest, ""},
-		{`null`, "", CodeBadRequest, ""},
-		{`{"op":"subscribe","channel":"a","since":9223372036854775808,"ref":"big"}`, "", CodeBadRequest, "big"},
-		{`{"op":"subscribe","channel":"a","since":1.5}`, "", CodeBadRequest, ""},
-		{`{"op":"publish","channel":null,"data":1,"ref":"r"}`, "publish", "", "r"},
-		{`{"op":"publish","channel":"","data":1}`, "", CodeBadRequest, ""},
-		{`{"op":["subscribe"]}`, "", CodeBadRequest, ""},
-		{`{"op":"Subscribe","channel":"a"}`, "", CodeUnknownOp, ""},
-		{strings.Repeat("[", 10000), "", CodeBadRequest, ""},
-		{`{"op":"subscribe","channel":"a",` + strings.Repeat(`"k":{`, 1000), "", CodeBadRequest, ""},
-		// presence, limit and after are read only by the ops that use them.
-		{`{"op":"publish","data":1,"presence":"yes","limit":"10","after":3,"ref":"p"}`, "publish", "", "p"},
-		{`{"op":"subscribe","channel":"a","presence":true,"limit":"x"}`, "subscribe", "", ""},
-		{`{"op":"subscribe","channel":"a","presence":"yes","ref":"s"}`, "", CodeBadRequest, "s"},
-		{`{"op":"presence","channel":"a","limit":20,"after":"bob","ref":"q"}`, "presence", "", "q"},
-		{`{"op":"presence","channel":"a","limit":"20"}`, "", CodeBadRequest, ""},
-		{`{"op":"presence","channel":"a","after":7}`, "", CodeBadRequest, ""},
-		{`{"op":"presence","channel":"a","limit":0}`, "", CodeBadRequest, ""},
-		{`{"op":"presence"}`, "", CodeBadRequest, ""},
+// TestHubTellsPresence: the hub tells presence of every connection and subscription that
+// comes and goes, once each (internal/presence tests what presence makes of it).
+func TestHubTellsPresence(t *testing.T) {
+	p := NewPresence(PresenceConfig{Node: "a", Channels: []string{"room"}})
+	h := NewHub(HubConfig{Presence: p})
+	noop := func(int64, bool) {}
+	alice, bob, anon := newRecorder("alice", "alice"), newRecorder("bob", "bob"), newRecorder("anon", "")
+	h.join(alice, []string{"room", "room"}, noop)
+	h.join(bob, nil, noop)
+	h.subscribe(bob, "room", true, func() {})
+	h.subscribe(bob, "room", false, func() {}) // subscribed again: not counted twice
+	h.join(anon, []string{"room"}, noop)
+	want := ChannelPresence{Channel: "room", Users: []PresenceUser{{User: "alice", Connections: 1}, {User: "bob", Connections: 1}}, Total: 2, Connections: 3, Anonymous: 1}
+	if got := p.Channel("room", "", 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("room: got %+v, want %+v", got, want)
 	}
-	for _, tt := range tests {
-		r, perr := decodeRequest([]byte(tt.in))
-		code := ""
-		if perr != nil {
-			code = perr.code
-		}
-		name := tt.in[:min(len(tt.in), 40)]
-		if code != tt.code || r.Ref != tt.ref || (code == "" && r.Op != tt.op) {
-			t.Errorf("%s: got op %q code %q ref %q, want op %q code %q ref %q", name, r.Op, code, r.Ref, tt.op, tt.code, tt.ref)
+	h.unsubscribe(alice, "room", func() {})
+	h.leave(bob)
+	want = ChannelPresence{Channel: "room", Users: []PresenceUser{}, Connections: 1, Anonymous: 1}
+	if got := p.Channel("room", "", 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("room after alice unsubscribed and bob left: got %+v, want %+v", got, want)
+	}
+	if got := p.User("alice"); !got.Online || got.Connections != 1 {
+		t.Errorf("alice, still connected: got %+v", got)
+	}
+	if got := p.User("bob"); got.Online {
+		t.Errorf("bob left: got %+v", got)
+	}
+	h.leave(alice)
+	h.leave(anon)
+	if got := p.Channel("room", "", 0); got.Connections != 0 || p.User("alice").Online {
+		t.Errorf("everyone left: room %+v, alice %+v", got, p.User("alice"))
+	}
+}
+
+// TestReplayRoutesAsLiveDelivery: the message a replay gives a connection (reaches, and
+// routedTo for a channel's replay) is exactly the one live delivery gives it.
+func TestReplayRoutesAsLiveDelivery(t *testing.T) {
+	type conn struct {
+		user     string
+		channels []string
+	}
+	conns := []conn{{"alice", nil}, {"alice", []string{"news"}}, {"bob", []string{"news", "sport"}}, {"", []string{"sport"}}, {"", nil}}
+	msgs := []message.Message{msg(0, ""), msg(1, "news"), msg(2, "sport"), msg(3, "", "alice"), msg(4, "news", "bob"),
+		msg(5, "weather"), msg(6, "", "carol", "alice")}
+	h := NewHub(HubConfig{DedupWindow: -1})
+	recs := make([]*recorder, len(conns))
+	for i, c := range conns {
+		recs[i] = newRecorder(fmt.Sprint(i), c.user)
+		h.join(recs[i], c.channels, func(int64, bool) {})
+	}
+	for _, m := range msgs {
+		h.Dispatch(m)
+	}
+	for i, c := range conns {
+		got := recs[i].offsets()
+		for _, m := range msgs {
+			if live, replay := slices.Contains(got, m.Offset), reaches(&m, c.user, c.channels); live != replay {
+				t.Errorf("connection of %q on %v, message %d: live delivery %v, replay %v", c.user, c.channels, m.Offset, live, replay)
+			}
+			for _, ch := range []string{"news", "sport", "weather"} {
+				live := slices.Contains(got, m.Offset) && slices.Contains(c.channels, ch) && m.Channel == ch && len(m.Users) == 0
+				if routedTo(&m, ch) && slices.Contains(c.channels, ch) != live {
+					t.Errorf("channel %s, message %d: a replay of it gives it, live delivery to its subscriber %q does not", ch, m.Offset, c.user)
+				}
+			}
 		}
 	}
 }
 
-// TestGatewayDoesNotLinkAMQP holds the boundary of ARCHITECTURE.md: the gateway sees the
-// bus through its own interfaces and never imports an AMQP client, even indirectly.
-func TestGatewayDoesNotLinkAMQP(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
+// TestHubDedupClockWithoutTime: the deduplication window of messages without a time runs
+// on the time the hub received them, so an id comes back after the window; and an id the
+// log derived from an offset is never taken for a retry.
+func TestHubDedupClockWithoutTime(t *testing.T) {
+	const window = 50 * time.Millisecond
+	h := NewHub(HubConfig{DedupWindow: window})
+	r := newRecorder("r", "")
+	h.join(r, nil, func(int64, bool) {})
+	send := func(id string, off int64) {
+		h.Dispatch(message.Message{ID: id, Offset: off, Data: json.RawMessage(`1`)})
 	}
-	for _, dep := range strings.Fields(string(out)) {
-		if strings.Contains(dep, "amqp") {
-			t.Errorf("package gateway depends on %s", dep)
-		}
+	send("retry", 1)
+	send("retry", 2) // within the window: a retry, dropped
+	time.Sleep(2 * window)
+	send("retry", 3) // past the window: delivered again
+	send(message.OffsetID(4), 4)
+	send(message.OffsetID(4), 5) // the same derived id (a stream deleted and declared again)
+	got := r.offsets()
+	if want := []int64{1, 3, 4, 5}; !slices.Equal(got, want) {
+		t.Errorf("delivered offsets: got %v, want %v", got, want)
 	}
 }
 
-func TestBusStateCountsLossesAndTimeAway(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg)
-	m.BusState("consumer", true) // the first connect is not a reconnect
-	m.BusState("consumer", false)
-	m.BusState("consumer", false) // reported twice, counted once
-	time.Sleep(20 * time.Millisecond)
-	m.BusState("consumer", true)
-	m.BusState("publisher", false)
-	if got := testutil.ToFloat64(m.busDisconnects); got != 2 {
-		t.Errorf("disconnects: got %v, want 2", got)
+// TestResubscribeKeepsReplaySkip: subscribeAt stores the replay's skip offset in the
+// channel index; a later plain subscribe to the same channel (the client repeats its
+// subscribe) must not overwrite it with noSkip, or messages the replay already gave
+// (dispatch lagging behind the embedded log) would be delivered a second time live.
+func TestResubscribeKeepsReplaySkip(t *testing.T) {
+	h := NewHub(HubConfig{DedupWindow: -1})
+	h.SetLogStart(5) // dispatched through 5; the log (and the replay) reached 10
+	m := newRecorder("m", "")
+	h.join(m, nil, func(int64, bool) {})
+	if !h.subscribeAt(m, "c", 10, false, func() {}) {
+		t.Fatal("subscribeAt refused")
 	}
-	if got := testutil.ToFloat64(m.busReconnects); got != 1 {
-		t.Errorf("reconnects: got %v, want 1", got)
+	h.subscribe(m, "c", false, func() {}) // the client subscribes again, without since
+	for off := int64(6); off <= 11; off++ {
+		h.Dispatch(message.Message{Channel: "c", Offset: off, Data: json.RawMessage(`1`)})
 	}
-	if got := testutil.ToFloat64(m.busAway); got < 0.02 || got > 1 {
-		t.Errorf("time away: got %vs, want about 0.02s", got)
+	if got := m.offsets(); len(got) != 1 || got[0] != 11 {
+		t.Fatalf("live delivery after the replay through 10 gave offsets %v, want [11]", got)
 	}
 }

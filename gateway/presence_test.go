@@ -1,345 +1,273 @@
-package gateway
+package gateway_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
+	"math"
+	"net/http"
 	"reflect"
-	"slices"
+	"sort"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 )
 
-// watcher is a hub member that keeps the JSON of the frames queued to it.
-type watcher struct {
-	usr    string
-	mu     sync.Mutex
-	frames []map[string]any
-}
-
-func (w *watcher) enqueue(f *frame) {
-	var v map[string]any
-	payload := f.wire[2:] // replies here are short: a 2-byte header
-	if f.wire[1] == 126 {
-		payload = f.wire[4:]
-	}
-	if err := json.Unmarshal(payload, &v); err != nil {
-		panic(err)
-	}
-	w.mu.Lock()
-	w.frames = append(w.frames, v)
-	w.mu.Unlock()
-}
-func (w *watcher) user() string      { return w.usr }
-func (w *watcher) skipThrough(int64) {}
-
-// take returns the frames queued since the last take.
-func (w *watcher) take() []map[string]any {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := w.frames
-	w.frames = nil
-	return out
-}
-
-// events renders event frames as "join ch a,b" lines, for comparison.
-func events(frames []map[string]any) []string {
-	var out []string
-	for _, f := range frames {
-		line := fmt.Sprintf("%s %s", f["op"], f["channel"])
-		for _, u := range f["users"].([]any) {
-			line += " " + u.(string)
-		}
-		if f["more"] == true {
-			line += " +more"
-		}
-		out = append(out, line)
-	}
-	slices.Sort(out)
-	return out
-}
-
-func newTestPresence(t *testing.T, node string, cfg PresenceConfig) (*Presence, *Hub) {
+// presenceGateway is a gateway on the embedded bus with presence on channel "room",
+// users from ?user=, and no handshake limits (tests open many connections).
+func presenceGateway(t *testing.T, interval time.Duration) *testGateway {
 	t.Helper()
-	cfg.Node = node
-	if cfg.Channels == nil {
-		cfg.Channels = []string{"room", "chat:*"}
-	}
-	p := NewPresence(cfg)
-	return p, NewHub(HubConfig{Presence: p})
+	p := gateway.NewPresence(gateway.PresenceConfig{Node: "test-node", Channels: []string{"room"}, Interval: interval, Logger: gwtest.Logger(t)})
+	return newTestGateway(t, gateway.Config{
+		InsecureUserParam: true,
+		Presence:          p,
+		Limits:            gateway.Limits{HandshakeRate: -1, MaxConnectionsPerIP: -1},
+	}, nil)
 }
 
-func TestPresenceCountsThisGateway(t *testing.T) {
-	p, h := newTestPresence(t, "a", PresenceConfig{Exclude: []string{"chat:secret"}})
-	noop := func(int64, bool) {}
-	alice1, alice2, bob, anon := &watcher{usr: "alice"}, &watcher{usr: "alice"}, &watcher{usr: "bob"}, &watcher{}
-	h.join(alice1, []string{"room", "other"}, noop)
-	h.join(alice2, []string{"room"}, noop)
-	h.join(bob, []string{"room", "chat:x", "chat:secret"}, noop)
-	h.join(anon, []string{"room"}, noop)
-
-	got := p.Channel("room", "", 0)
-	want := ChannelPresence{Channel: "room", Users: []PresenceUser{{"alice", 2}, {"bob", 1}}, Total: 2, Connections: 4, Anonymous: 1}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("room: got %+v, want %+v", got, want)
-	}
-	for _, ch := range []string{"other", "chat:secret"} {
-		if got := p.Channel(ch, "", 0); got.Total != 0 || got.Connections != 0 {
-			t.Errorf("%s has no presence: got %+v", ch, got)
+// users lists the user ids of a presence answer (objects) or of an event (names).
+func users(f frame) []string {
+	out := []string{}
+	list, _ := f["users"].([]any)
+	for _, u := range list {
+		switch u := u.(type) {
+		case string:
+			out = append(out, u)
+		case map[string]any:
+			out = append(out, u["user"].(string))
 		}
 	}
-	if got := p.Channel("chat:x", "", 0); got.Total != 1 {
-		t.Errorf("chat:x: got %+v, want bob", got)
-	}
-	// Pages, in order of user id.
-	page := p.Channel("room", "", 1)
-	if len(page.Users) != 1 || page.Users[0].User != "alice" || page.Next != "alice" {
-		t.Errorf("first page: got %+v, want alice then next alice", page)
-	}
-	page = p.Channel("room", page.Next, 1)
-	if len(page.Users) != 1 || page.Users[0].User != "bob" || page.Next != "" {
-		t.Errorf("second page: got %+v, want bob and no next", page)
-	}
-	if got := p.User("alice"); got != (UserPresence{User: "alice", Online: true, Connections: 2, Gateways: 1}) {
-		t.Errorf("alice: got %+v", got)
-	}
-
-	h.unsubscribe(alice1, "room", func() {})
-	h.leave(bob)
-	h.leave(anon)
-	got = p.Channel("room", "", 0)
-	want = ChannelPresence{Channel: "room", Users: []PresenceUser{{"alice", 1}}, Total: 1, Connections: 1}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("after leaves: got %+v, want %+v", got, want)
-	}
-	if got := p.User("bob"); got.Online || got.Connections != 0 {
-		t.Errorf("bob left: got %+v", got)
-	}
-	h.leave(alice1)
-	h.leave(alice2)
-	if len(p.chans) != 0 || len(p.users) != 0 || len(p.self.chans)+len(p.self.anon)+len(p.self.users) != 0 {
-		t.Errorf("everyone left, yet presence holds %v %v %+v", p.chans, p.users, p.self)
-	}
-}
-
-func TestPresenceEventsCoalesce(t *testing.T) {
-	p, h := newTestPresence(t, "a", PresenceConfig{MaxEventUsers: 2})
-	noop := func(int64, bool) {}
-	w := &watcher{usr: "w"}
-	h.join(w, nil, noop)
-	h.subscribe(w, "room", true, func() {})
-	flush := func() { p.flush(context.Background(), nil, time.Now()) }
-	flush()
-	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room w"}) {
-		t.Errorf("the watcher's own join: got %v", got)
-	}
-
-	// alice comes and goes within one window: nothing. bob comes: join.
-	alice, bob := &watcher{usr: "alice"}, &watcher{usr: "bob"}
-	h.join(alice, []string{"room"}, noop)
-	h.leave(alice)
-	h.join(bob, []string{"room"}, noop)
-	flush()
-	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room bob"}) {
-		t.Errorf("got %v, want bob's join alone", got)
-	}
-	// bob's second connection is no news; his last leaving is.
-	bob2 := &watcher{usr: "bob"}
-	h.join(bob2, []string{"room"}, noop)
-	flush()
-	if got := w.take(); len(got) != 0 {
-		t.Errorf("a second connection of bob: got %v, want no event", events(got))
-	}
-	h.leave(bob)
-	h.leave(bob2)
-	h.join(alice, []string{"room"}, noop)
-	flush()
-	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room alice", "leave room bob"}) {
-		t.Errorf("got %v", got)
-	}
-	// More changes than an event lists: the first ones, and "more".
-	for _, u := range []string{"c", "d", "e"} {
-		h.join(&watcher{usr: u}, []string{"room"}, noop)
-	}
-	flush()
-	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room c d +more"}) {
-		t.Errorf("got %v", got)
-	}
-	// A connection that stops watching gets nothing more; nor does an unwatched channel
-	// keep changes.
-	h.subscribe(w, "room", false, func() {})
-	h.join(&watcher{usr: "f"}, []string{"room"}, noop)
-	flush()
-	if got := w.take(); len(got) != 0 {
-		t.Errorf("after unwatching: got %v", events(got))
-	}
-	if len(p.changes) != 0 || len(p.watchers) != 0 {
-		t.Errorf("nobody watches, yet presence keeps %v %v", p.changes, p.watchers)
-	}
-}
-
-// fakeCluster is an in-memory fan-out of presence updates, to test how gateways merge
-// each other's updates (the AMQP link itself is tested in the consumer package, and
-// gateways on RabbitMQ in herald-gateway's process tests).
-type fakeCluster struct {
-	mu      sync.Mutex
-	members []*Presence
-	down    bool // drop every update
-	sent    []presenceUpdate
-}
-
-func (fc *fakeCluster) Send(_ context.Context, body []byte) error {
-	fc.mu.Lock()
-	defer fc.mu.Unlock()
-	if fc.down {
-		return fmt.Errorf("fake link down")
-	}
-	var u presenceUpdate
-	_ = json.Unmarshal(body, &u)
-	fc.sent = append(fc.sent, u)
-	for _, p := range fc.members {
-		p.HandlePresence(body)
-	}
-	return nil
-}
-
-func (fc *fakeCluster) types() []string {
-	fc.mu.Lock()
-	defer fc.mu.Unlock()
-	var out []string
-	for _, u := range fc.sent {
-		out = append(out, u.Node+":"+u.Type)
-	}
-	fc.sent = nil
 	return out
 }
 
-func TestPresenceMergesGateways(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	metrics := NewMetrics(reg)
-	cfg := PresenceConfig{TTL: time.Minute, SnapshotInterval: time.Hour, Metrics: metrics}
-	pa, ha := newTestPresence(t, "a", cfg)
-	pb, hb := newTestPresence(t, "b", cfg)
-	fc := &fakeCluster{members: []*Presence{pa, pb}}
-	now := time.Now()
-	clock := func() time.Time { return now }
-	pa.clock, pb.clock = clock, clock
-	flush := func(ps ...*Presence) {
-		for _, p := range ps {
-			now = now.Add(time.Second)
-			p.flush(context.Background(), fc, now)
+// nextEvent reads frames until a join or leave event, and returns it.
+func (c *client) nextEvent() frame {
+	c.t.Helper()
+	for {
+		f := c.next()
+		if op := f.str("op"); op == "join" || op == "leave" {
+			return f
 		}
-	}
-	noop := func(int64, bool) {}
-	flush(pa, pb) // start: each asks for the others' snapshots and sends its own
-	if got := fc.types(); !slices.Contains(got, "a:sync") || !slices.Contains(got, "b:snapshot") {
-		t.Errorf("first updates: got %v, want syncs and snapshots", got)
-	}
-
-	alice, bob, bob2, anon := &watcher{usr: "alice"}, &watcher{usr: "bob"}, &watcher{usr: "bob"}, &watcher{}
-	ha.join(alice, []string{"room"}, noop)
-	ha.join(bob, []string{"room"}, noop)
-	hb.join(bob2, []string{"room"}, noop)
-	hb.join(anon, []string{"room"}, noop)
-	w := &watcher{usr: "w"}
-	hb.join(w, nil, noop)
-	hb.subscribe(w, "room", true, func() {})
-	flush(pa, pb, pb) // a's delta reaches b; b's events go out at its next flush
-	want := ChannelPresence{Channel: "room", Users: []PresenceUser{{"alice", 1}, {"bob", 2}, {"w", 1}}, Total: 3, Connections: 5, Anonymous: 1}
-	for name, p := range map[string]*Presence{"a": pa, "b": pb} {
-		if got := p.Channel("room", "", 0); !reflect.DeepEqual(got, want) {
-			t.Errorf("gateway %s: got %+v, want %+v", name, got, want)
-		}
-	}
-	if got := pb.User("bob"); got != (UserPresence{User: "bob", Online: true, Connections: 2, Gateways: 2}) {
-		t.Errorf("bob on b: got %+v", got)
-	}
-	// bob was on b before w watched, and his connection on a is no news.
-	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room alice w"}) {
-		t.Errorf("b's watcher: got %v", got)
-	}
-
-	// A lost delta: b applies the next one and asks for snapshots.
-	fc.mu.Lock()
-	fc.down = true
-	fc.mu.Unlock()
-	carol := &watcher{usr: "carol"}
-	ha.join(carol, []string{"room"}, noop)
-	flush(pa) // lost; a will send a snapshot next
-	fc.mu.Lock()
-	fc.down = false
-	fc.mu.Unlock()
-	if got := pb.Channel("room", "", 0).Total; got != 3 {
-		t.Fatalf("b saw a lost update: %d users", got)
-	}
-	flush(pa, pb)
-	if got := pb.Channel("room", "", 0).Total; got != 4 {
-		t.Errorf("after a's snapshot: b sees %d users, want 4", got)
-	}
-	if got := events(w.take()); !reflect.DeepEqual(got, []string{"join room carol"}) {
-		t.Errorf("b's watcher: got %v", got)
-	}
-
-	// a goes silent: past the TTL, b drops a's users, and says so.
-	now = now.Add(2 * time.Minute)
-	flush(pb)
-	want = ChannelPresence{Channel: "room", Users: []PresenceUser{{"bob", 1}, {"w", 1}}, Total: 2, Connections: 3, Anonymous: 1}
-	if got := pb.Channel("room", "", 0); !reflect.DeepEqual(got, want) {
-		t.Errorf("after a's TTL: got %+v, want %+v", got, want)
-	}
-	if got := events(w.take()); !reflect.DeepEqual(got, []string{"leave room alice carol"}) {
-		t.Errorf("b's watcher: got %v", got)
-	}
-	if got := testutil.ToFloat64(metrics.presence.expired); got != 1 {
-		t.Errorf("expired: got %v, want 1", got)
-	}
-
-	// a new process of a (same node name) rebuilds b's view of a; the old instance is gone.
-	pa2, ha2 := newTestPresence(t, "a", cfg)
-	pa2.clock = clock
-	fc.mu.Lock()
-	fc.members = append(fc.members, pa2)
-	fc.mu.Unlock()
-	ha2.join(&watcher{usr: "dave"}, []string{"room"}, noop)
-	flush(pa2, pb, pa2) // pa2 asks for a sync and sends its snapshot; b answers
-	if got := pb.Channel("room", "", 0).Total; got != 3 {
-		t.Errorf("b after a's restart: %d users, want 3 (bob, w, dave)", got)
-	}
-	if got := pa2.Channel("room", "", 0).Total; got != 3 {
-		t.Errorf("a's new process rebuilt %d users, want 3", got)
-	}
-	// bye: b drops a at once.
-	pa2.Leave(context.Background(), fc)
-	if got := pb.Channel("room", "", 0).Total; got != 2 {
-		t.Errorf("after a's bye: b sees %d users, want 2", got)
 	}
 }
 
-func TestPresenceDropsInvalidUpdates(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	metrics := NewMetrics(reg)
-	p, _ := newTestPresence(t, "a", PresenceConfig{Metrics: metrics})
-	for _, body := range []string{
-		`not json`,
-		`{"v":2,"type":"snapshot","inst":"x"}`,
-		`{"v":1,"type":"nope","inst":"x"}`,
-		`{"v":1,"type":"snapshot"}`,
-		`{"v":1,"type":"snapshot","inst":"x","chans":{"bad channel":{"u":1}}}`,
-		`{"v":1,"type":"snapshot","inst":"x","chans":{"room":{"":1}}}`,
-		`{"v":1,"type":"snapshot","inst":"x","chans":{"room":{"u":-1}}}`,
-		`{"v":1,"type":"snapshot","inst":"x","users":{"u":99999999999}}`,
-		`{"v":1,"type":"delta","inst":"x","anon":{"room":"3"}}`,
+func TestPresenceOverWebSocket(t *testing.T) {
+	g := presenceGateway(t, 50*time.Millisecond)
+	carol := g.dial("user=carol")
+	carol.expect("welcome")
+	carol.send(`{"op":"subscribe","channel":"room","ref":"s","presence":true}`)
+	if f := carol.expect("subscribed"); f["presence"] != true {
+		t.Errorf("got %v, want subscribed with presence true", f)
+	}
+	if f := carol.nextEvent(); f.str("op") != "join" || !reflect.DeepEqual(users(f), []string{"carol"}) {
+		t.Errorf("got %v, want carol's own join", f)
+	}
+	for _, q := range []string{"user=alice&channels=room", "user=alice&channels=room", "user=bob&channels=room", "channels=room", "user=zed&channels=other"} {
+		g.dial(q).expect("welcome")
+	}
+	if f := carol.nextEvent(); f.str("op") != "join" || !reflect.DeepEqual(users(f), []string{"alice", "bob"}) {
+		t.Errorf("got %v, want one join of alice and bob", f)
+	}
+
+	carol.send(`{"op":"presence","channel":"room","ref":"p1"}`)
+	f := carol.expect("presence")
+	if f.str("ref") != "p1" || !reflect.DeepEqual(users(f), []string{"alice", "bob", "carol"}) {
+		t.Errorf("got %v, want alice, bob, carol", f)
+	}
+	for k, want := range map[string]int64{"total": 3, "connections": 5, "anonymous": 1} {
+		if got, _ := f.num(k); got != want {
+			t.Errorf("%s: got %d, want %d", k, got, want)
+		}
+	}
+	if list := f["users"].([]any); list[0].(map[string]any)["connections"] != 2.0 {
+		t.Errorf("alice: got %v, want 2 connections", list[0])
+	}
+	// Pages of two.
+	carol.send(`{"op":"presence","channel":"room","ref":"p2","limit":2}`)
+	f = carol.expect("presence")
+	if !reflect.DeepEqual(users(f), []string{"alice", "bob"}) || f.str("next") != "bob" {
+		t.Errorf("page 1: got %v, want alice, bob, next bob", f)
+	}
+	carol.send(`{"op":"presence","channel":"room","ref":"p3","limit":2,"after":"bob"}`)
+	f = carol.expect("presence")
+	if !reflect.DeepEqual(users(f), []string{"carol"}) || f["next"] != nil {
+		t.Errorf("page 2: got %v, want carol and no next", f)
+	}
+
+	// bob leaves, dave comes: one event each.
+	bob := g.dial("user=bob&channels=room")
+	bob.expect("welcome")
+	dave := g.dial("user=dave")
+	dave.expect("welcome")
+	dave.send(`{"op":"subscribe","channel":"room","ref":"d"}`)
+	if f := carol.nextEvent(); f.str("op") != "join" || !reflect.DeepEqual(users(f), []string{"dave"}) {
+		t.Errorf("got %v, want dave's join (bob's second connection is no news)", f)
+	}
+
+	for _, tt := range []struct{ frame, code string }{
+		{`{"op":"presence","channel":"other","ref":"e1"}`, gateway.CodeForbidden},
+		{`{"op":"presence","ref":"e2"}`, gateway.CodeBadRequest},
+		{`{"op":"presence","channel":"room","limit":0,"ref":"e3"}`, gateway.CodeBadRequest},
+		{`{"op":"presence","channel":"room","limit":"5","ref":"e4"}`, gateway.CodeBadRequest},
 	} {
-		p.HandlePresence([]byte(body))
+		carol.send(tt.frame)
+		if f := carol.expect("error"); f.str("code") != tt.code {
+			t.Errorf("%s: got %v, want error %s", tt.frame, f, tt.code)
+		}
 	}
-	if got := testutil.ToFloat64(metrics.presence.updates.WithLabelValues("invalid", "received")); got != 9 {
-		t.Errorf("invalid updates counted: got %v, want 9", got)
+	// A subscribe that asks for events where presence is off gets none, and says so.
+	carol.send(`{"op":"subscribe","channel":"other","ref":"o","presence":true}`)
+	if f := carol.expect("subscribed"); f["presence"] != nil {
+		t.Errorf("got %v, want subscribed without presence", f)
 	}
-	if len(p.nodes) != 0 || len(p.chans) != 0 {
-		t.Errorf("an invalid update changed the view: %v %v", p.nodes, p.chans)
+}
+
+func TestPresenceHTTP(t *testing.T) {
+	g := presenceGateway(t, 50*time.Millisecond)
+	for _, q := range []string{"user=alice&channels=room", "user=alice&channels=room", "user=bob&channels=room", "user=erin"} {
+		g.dial(q).expect("welcome")
+	}
+	status, body := g.api(http.MethodGet, testKey, "/api/presence?channel=room", "")
+	if status != http.StatusOK || !reflect.DeepEqual(users(frame(body)), []string{"alice", "bob"}) || body["connections"] != 3.0 {
+		t.Errorf("got %d %v, want 200 with alice and bob on 3 connections", status, body)
+	}
+	status, body = g.api(http.MethodGet, testKey, "/api/presence?channel=room&limit=1&after=alice", "")
+	if status != http.StatusOK || !reflect.DeepEqual(users(frame(body)), []string{"bob"}) {
+		t.Errorf("page after alice: got %d %v", status, body)
+	}
+	status, body = g.api(http.MethodGet, testKey, "/api/users/alice", "")
+	if status != http.StatusOK || body["online"] != true || body["connections"] != 2.0 || body["gateways"] != 1.0 {
+		t.Errorf("alice: got %d %v, want online on 2 connections, 1 gateway", status, body)
+	}
+	if status, body = g.api(http.MethodGet, testKey, "/api/users/erin", ""); body["online"] != true {
+		t.Errorf("erin (on no channel): got %d %v, want online", status, body)
+	}
+	if status, body = g.api(http.MethodGet, testKey, "/api/users/nobody", ""); status != http.StatusOK || body["online"] != false {
+		t.Errorf("nobody: got %d %v, want 200 offline", status, body)
+	}
+	for _, tt := range []struct {
+		key, path string
+		status    int
+	}{
+		{"", "/api/presence?channel=room", http.StatusUnauthorized},
+		{"wrong", "/api/users/alice", http.StatusUnauthorized},
+		{testKey, "/api/presence", http.StatusBadRequest},
+		{testKey, "/api/presence?channel=a%20b", http.StatusBadRequest},
+		{testKey, "/api/presence?channel=room&limit=x", http.StatusBadRequest},
+		{testKey, "/api/presence?channel=room&limit=0", http.StatusBadRequest},
+		{testKey, "/api/presence?channel=other", http.StatusNotFound},
+	} {
+		if status, body := g.api(http.MethodGet, tt.key, tt.path, ""); status != tt.status || body["error"] == nil {
+			t.Errorf("GET %s: got %d %v, want %d with an error body", tt.path, status, body, tt.status)
+		}
+	}
+}
+
+// TestPresenceCoalescesReconnectStorm: 500 users on a channel each drop their connection
+// and reconnect within about a second. A watcher of the channel gets at most one join
+// and one leave frame per interval, not a thousand events, and the events it gets, applied
+// to what it knew, give the presence of the end.
+func TestPresenceCoalescesReconnectStorm(t *testing.T) {
+	const n, interval = 500, 250 * time.Millisecond
+	g := presenceGateway(t, interval)
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = g.dial(fmt.Sprintf("user=u%03d&channels=room", i))
+		clients[i].expect("welcome")
+	}
+	w := g.dial("user=watcher")
+	w.expect("welcome")
+	w.send(`{"op":"subscribe","channel":"room","ref":"s","presence":true}`)
+	w.expect("subscribed")
+	w.nextEvent() // its own join
+	w.send(`{"op":"presence","channel":"room","ref":"p","limit":1000}`)
+	online := map[string]bool{}
+	for _, u := range users(w.expect("presence")) {
+		online[u] = true
+	}
+	if len(online) != n+1 {
+		t.Fatalf("before the storm: %d users online, want %d", len(online), n+1)
+	}
+
+	// The storm: every client closes and connects again, over a second, 25 at a time. The watcher's
+	// frames are read until the answer to a presence op sent at the end.
+	var frames []frame
+	var final frame
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		_ = w.ws.SetReadDeadline(time.Now().Add(time.Minute))
+		for {
+			_, data, err := w.ws.ReadMessage()
+			if err != nil {
+				t.Errorf("watcher: %v", err)
+				return
+			}
+			var f frame
+			_ = json.Unmarshal(data, &f)
+			if f.str("op") == "presence" {
+				final = f
+				return
+			}
+			frames = append(frames, f)
+		}
+	}()
+	start := time.Now()
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 25 {
+		wg.Go(func() {
+			for i := range next {
+				_ = clients[i].ws.Close()
+				c, _, err := g.tryDial(fmt.Sprintf("user=u%03d&channels=room", i))
+				if err != nil {
+					t.Errorf("redial u%03d: %v", i, err)
+					continue
+				}
+				_ = c.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+				_, _, _ = c.ws.ReadMessage() // welcome
+				clients[i] = c
+			}
+		})
+	}
+	pace := time.NewTicker(time.Second / n) // spread over a second, across several windows
+	for i := range clients {
+		<-pace.C
+		next <- i
+	}
+	pace.Stop()
+	close(next)
+	wg.Wait()
+	storm := time.Since(start)
+	time.Sleep(3 * interval) // the last window's events
+	w.send(`{"op":"presence","channel":"room","ref":"q","limit":1000}`)
+	<-readDone
+
+	windows := int(math.Ceil(float64(storm)/float64(interval))) + 3
+	reported := 0
+	for _, f := range frames {
+		if op := f.str("op"); op != "join" && op != "leave" {
+			continue
+		}
+		for _, u := range users(f) {
+			online[u] = f.str("op") == "join"
+			reported++
+		}
+	}
+	t.Logf("%d reconnects in %v: %d event frames, %d users reported (%d would be reported uncoalesced)", n, storm.Round(time.Millisecond), len(frames), reported, 2*n)
+	if len(frames) > 2*windows {
+		t.Errorf("got %d event frames over %d windows of %v, want at most one join and one leave a window", len(frames), windows, interval)
+	}
+	var got []string
+	for u, on := range online {
+		if on {
+			got = append(got, u)
+		}
+	}
+	sort.Strings(got)
+	if want := users(final); !reflect.DeepEqual(got, want) || len(want) != n+1 {
+		t.Errorf("events applied to the list before the storm give %d users, presence now lists %d (want %d)", len(got), len(want), n+1)
 	}
 }

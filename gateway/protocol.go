@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -20,10 +21,10 @@ const (
 	CodeUnavailable = "unavailable"
 )
 
-// Close codes the gateway sends besides the standard ones gorilla names.
+// Close codes the gateway sends besides the standard ones (docs/PROTOCOL.md section 7).
 const (
-	CloseSlowConsumer = 4008 // the write queue overflowed
-	CloseRateLimited  = 4029 // rate limited too long
+	CloseSlowConsumer = wire.CloseSlowConsumer // the write queue overflowed
+	CloseRateLimited  = wire.CloseRateLimited  // rate limited too long
 )
 
 // Subprotocol is the WebSocket subprotocol the gateway speaks.
@@ -75,6 +76,12 @@ type (
 		Message string `json:"message"`
 		Ref     string `json:"ref,omitempty"`
 	}
+	// presenceFrame answers a presence op.
+	presenceFrame struct {
+		Op  string `json:"op"`
+		Ref string `json:"ref,omitempty"`
+		ChannelPresence
+	}
 	// refreshedFrame answers a refresh op; Exp is the new token's expiry (Unix seconds),
 	// absent where the gateway does not authenticate.
 	refreshedFrame struct {
@@ -88,7 +95,7 @@ type (
 // is when this gateway received m (zero: now): the frame's clock for the delivery latency
 // where the publisher gave no time, which is never made up on the wire (the frame then
 // has no time, on every gateway and on replay alike).
-func newMessageFrame(m message.Message, received time.Time) *frame {
+func newMessageFrame(m message.Message, received time.Time) *wire.Frame {
 	mf := messageFrame{
 		Op:      "message",
 		ID:      m.ID,
@@ -106,22 +113,7 @@ func newMessageFrame(m message.Message, received time.Time) *frame {
 	} else if published = received; published.IsZero() {
 		published = time.Now()
 	}
-	return newFrame(mustEncode(mf), m.Offset, published)
-}
-
-// replyTo encodes a frame answering one client.
-func replyTo(v any) *frame { return newFrame(mustEncode(v), message.NoOffset, time.Time{}) }
-
-// mustEncode marshals a frame. The frame types hold only strings, integers and data that
-// the bus has validated as JSON, so an error here is a bug.
-func mustEncode(v any) []byte {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		panic(fmt.Sprintf("gateway: encode %T: %v", v, err))
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})
+	return wire.NewFrame(wire.Marshal(mf), m.Offset, published)
 }
 
 // request is a frame from a client. Fields not used by its op are ignored.

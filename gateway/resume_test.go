@@ -4,11 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"runtime"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/heraldgw/herald/consumer"
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -28,7 +36,7 @@ func (g *testGateway) waitDispatched(offset int64) {
 	g.t.Helper()
 	c := g.dial("") // a welcome names the newest offset dispatched
 	defer c.ws.Close()
-	waitFor(g.t, fmt.Sprintf("offset %d dispatched", offset), func() bool {
+	gwtest.WaitFor(g.t, fmt.Sprintf("offset %d dispatched", offset), func() bool {
 		w := g.dial("")
 		defer w.ws.Close()
 		off, _ := w.expect("welcome").num("offset")
@@ -201,7 +209,7 @@ func TestResumeWhilePublishing(t *testing.T) {
 		since := int64(i*2000 - 1)
 		// A since beyond the log gets reset; dial once the publisher has got there, so
 		// the replay runs while it goes on.
-		waitFor(t, fmt.Sprintf("offset %d published", since), func() bool { return g.bus.Newest() >= since })
+		gwtest.WaitFor(t, fmt.Sprintf("offset %d published", since), func() bool { return g.bus.Newest() >= since })
 		c := g.dial(fmt.Sprintf("since=%d", since))
 		c.expect("welcome")
 		wg.Go(func() {
@@ -232,5 +240,195 @@ func TestResumeWhilePublishing(t *testing.T) {
 			t.Errorf("since %d: got %d offsets (first %v), want %d contiguous from %d",
 				r.since, len(r.offs), r.offs[:min(5, len(r.offs))], len(want), r.since+1)
 		}
+	}
+}
+
+// broadcastLog is a Log of n broadcast messages at offsets 0..n-1, each of 200 bytes of
+// data; it counts its Replay calls in calls, when not nil.
+type broadcastLog struct {
+	n     int64
+	calls *atomic.Int64
+}
+
+func (l broadcastLog) Newest() int64 { return l.n - 1 }
+
+func (l broadcastLog) Replay(ctx context.Context, since int64, fn func(message.Message) bool) error {
+	if l.calls != nil {
+		l.calls.Add(1)
+	}
+	data := json.RawMessage(`"` + strings.Repeat("x", 200) + `"`)
+	for off := max(since+1, 0); off < l.n; off++ {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !fn(message.Message{ID: message.NewID(), Offset: off, Time: time.Now(), Data: data}) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// stacksWith logs the stacks of the goroutines whose stack mentions what.
+func stacksWith(t *testing.T, what string) {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, what) {
+			t.Logf("%s", g)
+		}
+	}
+}
+
+// TestResumeOfADepartedClientEnds: a client resumes at connect (since=-1) from a long
+// log and goes away. The connection must end and be untracked at once, not when the
+// gateway drains. (It did not: the writer's failed write closed the socket and left the
+// queue open, and only the read pump, not started yet during a resume at connect, would
+// have finished the connection; the replay waited for room that no writer would make.)
+func TestResumeOfADepartedClientEnds(t *testing.T) {
+	log := broadcastLog{n: 1 << 20}
+	g := newTestGateway(t, gateway.Config{Log: log, WriteQueueBytes: 8 << 10, WriteTimeout: 300 * time.Millisecond,
+		PingInterval: 100 * time.Millisecond, SocketSendBuffer: 4096}, takingBus{})
+	g.hub.SetLogStart(log.Newest())
+	c := g.dial("since=-1")
+	_ = c.ws.NetConn().Close() // the client goes away without reading
+
+	deadline := time.Now().Add(5 * time.Second)
+	for gwtest.Counter(t, g.reg, "herald_connections") != 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := gwtest.Counter(t, g.reg, "herald_connections"); n != 0 {
+		stacksWith(t, "EnqueueReplay")
+		t.Fatalf("%v connections of a departed client still open 5s later (the resume stuck in EnqueueReplay)", n)
+	}
+}
+
+// TestResumeStopsReplayingOnceClosing: once the connection is closing, the replay ends.
+// (It did not: the replay's callback stopped each read of the log, but the loop around it
+// read again from one message further, a Replay call, on RabbitMQ a new stream consumer,
+// for every message left in the log, and Shutdown waited for all of them.)
+func TestResumeStopsReplayingOnceClosing(t *testing.T) {
+	calls := new(atomic.Int64)
+	log := broadcastLog{n: 5000, calls: calls}
+	g := newTestGateway(t, gateway.Config{Log: log, WriteQueueBytes: 8 << 10, PingInterval: time.Hour}, takingBus{})
+	g.hub.SetLogStart(log.Newest())
+	c := g.dial("since=-1")
+	// Do not read: the replay fills the socket and waits for room. Then drain.
+	time.Sleep(300 * time.Millisecond)
+	before := calls.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	go func() { _, _ = io.Copy(io.Discard, c.ws.NetConn()) }()
+	err := g.srv.Shutdown(ctx)
+	after := calls.Load()
+	t.Logf("Replay calls: %d before close, %d after; shutdown: %v", before, after, err)
+	if after-before > 10 {
+		t.Fatalf("resume called Log.Replay %d more times after the connection began closing", after-before)
+	}
+}
+
+// TestReplayResetsWhenTheLogEvictsUnderIt: a client resumes from since=0 at its own
+// (slow) pace while publishes evict, from the embedded bus's ring, messages the replay
+// has not reached. The client gets every offset in order until a reset, never a gap
+// followed by resumed. (It got a gap: the embedded log's Replay starts at its oldest
+// retained offset when asked for an older one, and resume checked for a cut only on its
+// first message.)
+func TestReplayResetsWhenTheLogEvictsUnderIt(t *testing.T) {
+	g := newTestGatewayRetaining(t, gateway.Config{WriteQueueBytes: 16 << 10, SocketSendBuffer: 4096, PingInterval: time.Hour},
+		nil, consumer.EmbeddedConfig{RetainMessages: 100})
+	data := json.RawMessage(`"` + strings.Repeat("x", 4000) + `"`)
+	publish := func(n int) {
+		for range n {
+			if _, err := g.bus.Publish(context.Background(), message.Message{Data: data}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish(100)
+	gwtest.WaitFor(t, "offset 99 dispatched", func() bool { off, _ := g.hub.Newest(); return off >= 99 })
+	d := websocket.Dialer{ReadBufferSize: 1024}
+	ws, _, err := d.Dial("ws"+strings.TrimPrefix(g.http.URL, "http")+"/ws?since=0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	time.Sleep(200 * time.Millisecond) // the replay fills the buffers and waits
+	publish(300)                       // evicts offsets the replay has not reached
+	prev := int64(0)
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		var f map[string]any
+		if err := ws.ReadJSON(&f); err != nil {
+			stacksWith(t, "gateway")
+			t.Fatalf("after offset %d: %v", prev, err)
+		}
+		switch f["op"] {
+		case "message":
+			off := int64(f["offset"].(float64))
+			if off != prev+1 {
+				t.Fatalf("gap in the replay: offset %d after %d, with no reset", off, prev)
+			}
+			prev = off
+		case "reset", "resumed":
+			return // reset: the client was told to reload; resumed: it got everything
+		default:
+			t.Logf("frame %v", f)
+		}
+	}
+}
+
+// slowChannelLog is a Log of n messages on channel "c" that delivers one per millisecond,
+// as a broker's stream may.
+type slowChannelLog struct{ n int64 }
+
+func (l slowChannelLog) Newest() int64 { return l.n - 1 }
+
+func (l slowChannelLog) Replay(ctx context.Context, since int64, fn func(message.Message) bool) error {
+	for off := max(since+1, 0); off < l.n; off++ {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(time.Millisecond)
+		if !fn(message.Message{ID: message.NewID(), Channel: "c", Offset: off, Time: time.Now(), Data: json.RawMessage(`1`)}) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// TestChannelReplayKeepsTheReadDeadlineMoving: subscribe with since replays on the read
+// pump, which does not read meanwhile; a steady replay longer than PingInterval plus
+// PongTimeout must not let the read deadline pass, or a client that answers every ping
+// is dropped (1006) once the replay is done. (It was: the deadline moved only when the
+// replay waited a whole PingInterval for room.)
+func TestChannelReplayKeepsTheReadDeadlineMoving(t *testing.T) {
+	log := slowChannelLog{n: 400}
+	g := newTestGateway(t, gateway.Config{Log: log, PingInterval: 50 * time.Millisecond, PongTimeout: 50 * time.Millisecond}, takingBus{})
+	g.hub.SetLogStart(log.Newest())
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(g.http.URL, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	stage := "before resumed"
+	read := func() map[string]any {
+		var f map[string]any
+		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := ws.ReadJSON(&f); err != nil { // the client's pong handler answers pings here
+			t.Fatalf("connection dropped %s: %v", stage, err)
+		}
+		return f
+	}
+	read() // welcome
+	if err := ws.WriteJSON(map[string]any{"op": "subscribe", "channel": "c", "since": -1, "ref": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	for f := read(); f["op"] != "resumed"; f = read() {
+	}
+	stage = "after resumed"
+	if err := ws.WriteJSON(map[string]any{"op": "subscribe", "channel": "d", "ref": "2"}); err != nil {
+		t.Fatal(err)
+	}
+	if f := read(); f["op"] != "subscribed" {
+		t.Fatalf("got %v", f)
 	}
 }

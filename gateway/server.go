@@ -1,10 +1,13 @@
-// Package gateway is Herald's WebSocket gateway: the HTTP server with /ws, /api/publish,
-// health and metrics endpoints, the Hub that routes every message from the bus to the
-// connections it addresses, and the connections with their bounded write queues.
+// Package gateway is Herald's WebSocket gateway, and its API: the Server (the HTTP side,
+// with /ws, /api/publish, health and metrics; it admits clients and creates, tracks and
+// drains their sessions), the Hub that routes every message from the bus to the sessions
+// it addresses, the session with one handler per client op, and resume. Its mechanisms
+// (the write path, the WebSocket transport, the edge, presence, frames, metrics) are
+// internal packages that know nothing of this one; docs/ARCHITECTURE.md draws them.
 //
-// The gateway sees the bus through two small interfaces, Publisher and BusHealth, and is
-// fed by it through Hub.Dispatch; it never imports an AMQP client. The wire contract is
-// docs/PROTOCOL.md.
+// The gateway sees the bus through small interfaces, Publisher, BusHealth and Log, and
+// is fed by it through Hub.Dispatch; it never imports an AMQP client. The wire contract
+// is docs/PROTOCOL.md.
 package gateway
 
 import (
@@ -20,6 +23,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"strings"
@@ -27,11 +31,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/heraldgw/herald/gateway/logsample"
+	"github.com/heraldgw/herald/gateway/internal/edge"
+	"github.com/heraldgw/herald/gateway/internal/logsample"
+	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/wire"
+	"github.com/heraldgw/herald/gateway/internal/writer"
+	"github.com/heraldgw/herald/gateway/internal/wstransport"
 	"github.com/heraldgw/herald/producer/message"
 )
 
@@ -138,6 +146,22 @@ type Config struct {
 	PrivateMetrics bool
 }
 
+// The defaults of Config's zero fields.
+const (
+	DefaultNodeID              = "herald"
+	DefaultWriteQueueBytes     = 1 << 20
+	DefaultMaxMessageBytes     = 64 << 10
+	DefaultWriteTimeout        = 10 * time.Second
+	DefaultPingInterval        = 25 * time.Second
+	DefaultPongTimeout         = 10 * time.Second
+	DefaultPublishTimeout      = 5 * time.Second
+	DefaultFlushInterval       = 10 * time.Millisecond
+	DefaultCompressionMinBytes = 256
+	DefaultCompressionLevel    = flate.BestSpeed
+	DefaultDrainBatch          = 500
+	DefaultDrainInterval       = 50 * time.Millisecond
+)
+
 func (c *Config) setDefaults() {
 	def := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
@@ -145,33 +169,33 @@ func (c *Config) setDefaults() {
 		}
 	}
 	if c.NodeID == "" {
-		c.NodeID = "herald"
+		c.NodeID = DefaultNodeID
 	}
 	if c.WriteQueueBytes <= 0 {
-		c.WriteQueueBytes = 1 << 20
+		c.WriteQueueBytes = DefaultWriteQueueBytes
 	}
 	if c.MaxMessageBytes <= 0 {
-		c.MaxMessageBytes = 64 << 10
+		c.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	def(&c.WriteTimeout, 10*time.Second)
-	def(&c.PingInterval, 25*time.Second)
-	def(&c.PongTimeout, 10*time.Second)
-	def(&c.PublishTimeout, 5*time.Second)
-	def(&c.DrainInterval, 50*time.Millisecond)
+	def(&c.WriteTimeout, DefaultWriteTimeout)
+	def(&c.PingInterval, DefaultPingInterval)
+	def(&c.PongTimeout, DefaultPongTimeout)
+	def(&c.PublishTimeout, DefaultPublishTimeout)
+	def(&c.DrainInterval, DefaultDrainInterval)
 	if c.FlushInterval == 0 {
-		c.FlushInterval = 10 * time.Millisecond
+		c.FlushInterval = DefaultFlushInterval
 	}
 	if c.CompressionMinBytes <= 0 {
-		c.CompressionMinBytes = 256
+		c.CompressionMinBytes = DefaultCompressionMinBytes
 	}
 	if c.CompressionLevel == 0 {
-		c.CompressionLevel = flate.BestSpeed
+		c.CompressionLevel = DefaultCompressionLevel
 	}
 	if c.WriteWorkers == 0 {
 		c.WriteWorkers = max(runtime.GOMAXPROCS(0)-1, 1)
 	}
 	if c.DrainBatch <= 0 {
-		c.DrainBatch = 500
+		c.DrainBatch = DefaultDrainBatch
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -179,50 +203,50 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
-	c.Limits.setDefaults()
+	c.Limits.SetDefaults()
 }
 
 //go:embed web/index.html web/*.js web/*.css
 var webFiles embed.FS
 
-// Server is the gateway's HTTP side: it upgrades /ws requests to connections that join
-// the Hub, takes publishes over HTTP, and serves health, metrics and the demo page.
+// Server is the gateway's HTTP side: it admits clients at /ws, creates their sessions
+// and tracks them until they end (Shutdown drains them), takes publishes over HTTP, and
+// serves health, metrics and the demo page.
 type Server struct {
-	cfg       Config
-	logger    *slog.Logger
-	metrics   *Metrics
-	hub       *Hub
-	log       Log
-	presence  *Presence // nil: off
-	pub       Publisher
-	bus       BusHealth
-	upgrader  websocket.Upgrader
-	apiKey    [sha256.Size]byte
-	mux       *http.ServeMux
-	flusher   *flusher    // nil when FlushInterval is negative
-	writers   *writerPool // nil when WriteWorkers is negative
-	deflater  *deflater   // nil when Compression is off
-	stopWrite sync.Once   // stops the flusher and the writers
+	// sessionDeps is what the sessions share (the hub, presence, metrics, the writer,
+	// resume, the authenticator...); the Server uses it too.
+	sessionDeps
+
+	cfg      Config
+	bus      BusHealth
+	upgrader *wstransport.Upgrader
+	apiKey   [sha256.Size]byte
+	mux      *http.ServeMux
 	// admin has AdminHandler's routes.
 	admin *http.ServeMux
 
 	busReady atomic.Bool
 
-	// The edge: who may connect, from where, how often (auth.go, limits.go).
-	auth       *authenticator
-	origins    *originPolicy
-	slots      connSlots
-	handshakes *addrRates // nil: no handshake rate limit
-	// refusals writes the log lines of refusals and of closes for abuse, sampled by
-	// reason: clients can repeat those at will.
-	refusals *logsample.Sampler
+	// The edge: who may connect, from where, how often (package internal/edge).
+	origins    *edge.Origins
+	slots      edge.Slots
+	handshakes *edge.AddrRates // nil: no handshake rate limit
+}
 
-	// connsMu protects draining and all; conns is added to only under it, while not
-	// draining, so that Shutdown's Wait never races an Add.
-	connsMu  sync.Mutex
-	draining atomic.Bool // written under connsMu; read anywhere
-	all      map[*Conn]struct{}
-	conns    sync.WaitGroup // one per connection in all
+// connSet is the sessions a Server has open, for Shutdown to drain.
+type connSet struct {
+	// mu protects draining and all; wg is added to only under it, while not draining, so
+	// that Shutdown's Wait never races an Add.
+	mu       sync.Mutex
+	draining atomic.Bool // written under mu; read anywhere
+	all      map[*session]struct{}
+	wg       sync.WaitGroup // one per session in all
+}
+
+// publisher puts messages on the bus and times how long the bus takes to accept them.
+type publisher struct {
+	pub     Publisher
+	metrics *Metrics
 }
 
 // NewServer returns a server for hub that publishes with pub and reports bus health from
@@ -230,43 +254,59 @@ type Server struct {
 func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, error) {
 	cfg.setDefaults()
 	s := &Server{
-		cfg:      cfg,
-		logger:   cfg.Logger,
-		log:      cfg.Log,
-		metrics:  cfg.Metrics,
-		hub:      hub,
-		presence: cfg.Presence,
-		pub:      pub,
-		bus:      bus,
-		upgrader: websocket.Upgrader{
-			HandshakeTimeout: 10 * time.Second,
-			Subprotocols:     []string{Subprotocol},
-			// With a pool, the library keeps no write buffer per connection (data frames
-			// bypass it; only its control frames are written through it).
-			WriteBufferPool: &sync.Pool{},
+		sessionDeps: sessionDeps{
+			nodeID:         cfg.NodeID,
+			disablePublish: cfg.DisableClientPublish,
+			publishTimeout: cfg.PublishTimeout,
+			pingInterval:   cfg.PingInterval,
+			logger:         cfg.Logger,
+			metrics:        cfg.Metrics,
+			hub:            hub,
+			presence:       cfg.Presence,
+			resume: &resumer{history: cfg.Log, hub: hub, metrics: cfg.Metrics,
+				extendEvery: (cfg.PingInterval + cfg.PongTimeout) / 4},
+			pub:      publisher{pub: pub, metrics: cfg.Metrics},
+			refusals: logsample.New(cfg.Logger, logsample.Config{}),
+			conns:    connSet{all: make(map[*session]struct{})},
 		},
-		apiKey:   sha256.Sum256([]byte(cfg.APIKey)),
-		mux:      http.NewServeMux(),
-		admin:    http.NewServeMux(),
-		all:      make(map[*Conn]struct{}),
-		refusals: logsample.New(cfg.Logger, logsample.Config{}),
+		cfg:    cfg,
+		bus:    bus,
+		apiKey: sha256.Sum256([]byte(cfg.APIKey)),
+		mux:    http.NewServeMux(),
+		admin:  http.NewServeMux(),
 	}
-	s.upgrader.Error = s.handshakeError
-	if cfg.Compression {
-		if cfg.CompressionLevel < flate.BestSpeed || cfg.CompressionLevel > flate.BestCompression {
-			return nil, fmt.Errorf("gateway: compression level %d: want 1 to 9", cfg.CompressionLevel)
-		}
-		s.upgrader.EnableCompression = true
-		s.deflater = newDeflater(cfg.CompressionMinBytes, cfg.CompressionLevel, cfg.Metrics)
-	}
+	s.limits = &s.cfg.Limits
 	if err := s.setupEdge(); err != nil {
+		return nil, err
+	}
+	l := &s.cfg.Limits
+	var err error
+	s.upgrader, err = wstransport.NewUpgrader(wstransport.Config{
+		Subprotocol:         Subprotocol,
+		Compression:         cfg.Compression,
+		CompressionMinBytes: cfg.CompressionMinBytes,
+		CompressionLevel:    cfg.CompressionLevel,
+		CheckOrigin:         s.origins.Allows,
+		Refuse:              s.handshakeError,
+		PingInterval:        cfg.PingInterval,
+		PongTimeout:         cfg.PongTimeout,
+		WriteTimeout:        cfg.WriteTimeout,
+		SocketSendBuffer:    cfg.SocketSendBuffer,
+		MaxMessageBytes:     cfg.MaxMessageBytes,
+		FrameRate:           l.FrameRate,
+		FrameBurst:          l.FrameBurst,
+		MaxFragments:        l.MaxFragments,
+		Metrics:             cfg.Metrics,
+		Refusals:            s.refusals,
+	})
+	if err != nil {
 		return nil, err
 	}
 	if err := cfg.Registry.Register(newStateCollector(s, hub, bus)); err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
 	if cfg.Presence != nil {
-		if err := cfg.Registry.Register(newPresenceCollector(cfg.Presence)); err != nil {
+		if err := cfg.Registry.Register(cfg.Presence.Collector()); err != nil {
 			return nil, fmt.Errorf("gateway: register presence metrics: %w", err)
 		}
 	}
@@ -289,13 +329,9 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.admin.HandleFunc("GET /healthz", serveHealth)
 	s.admin.HandleFunc("GET /readyz", s.serveReady)
 	s.admin.Handle("GET /metrics", metricsHandler)
-	// Last, once nothing can fail: their goroutines end with Shutdown.
-	if cfg.FlushInterval > 0 {
-		s.flusher = newFlusher(cfg.FlushInterval)
-	}
-	if cfg.WriteWorkers > 0 {
-		s.writers = newWriterPool(cfg.WriteWorkers)
-	}
+	// Last, once nothing can fail: its goroutines end with Shutdown.
+	s.writer = writer.New(writer.Config{QueueBytes: cfg.WriteQueueBytes, FlushInterval: cfg.FlushInterval,
+		Workers: cfg.WriteWorkers, Metrics: cfg.Metrics})
 	return s, nil
 }
 
@@ -351,13 +387,13 @@ func (s *Server) SetBusReady(ready bool) { s.busReady.Store(ready) }
 // Ready reports whether the gateway should get traffic: the bus is connected and
 // consuming, and the gateway is not draining.
 func (s *Server) Ready() bool {
-	return s.busReady.Load() && s.bus.Connected() && !s.draining.Load()
+	return s.busReady.Load() && s.bus.Connected() && !s.conns.draining.Load()
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	status, code := "ready", http.StatusOK
 	switch {
-	case s.draining.Load():
+	case s.conns.draining.Load():
 		status, code = "draining", http.StatusServiceUnavailable
 	case !s.busReady.Load() && s.bus.Connected():
 		status, code = "starting", http.StatusServiceUnavailable
@@ -371,10 +407,10 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, code, body)
 }
 
-// serveWS checks the query, upgrades the request, joins the connection to the hub (or
-// starts its resume) and starts its read pump.
+// serveWS checks the query, admits the client, upgrades the request, creates the
+// session, joins it to the hub (or starts its resume) and starts its transport.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
+	if s.conns.draining.Load() {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
 		return
 	}
@@ -382,7 +418,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return // answered 429 and counted
 	}
-	if _, known := s.hub.newest(); s.log != nil && !known {
+	if _, known := s.hub.Newest(); s.resume.history != nil && !known {
 		// The bus is still reading the tail of its log (the hub's SetLogStart): a client
 		// admitted now would get messages published before it came.
 		w.Header().Set("Retry-After", "1")
@@ -408,57 +444,47 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return // admit has answered and counted it
 	}
-	user := id.user
+	user := id.User
 	if s.cfg.InsecureUserParam {
 		user = q.Get("user")
 	}
 
-	rec := &hijackRecorder{ResponseWriter: w, timeout: s.cfg.WriteTimeout, sndbuf: s.cfg.SocketSendBuffer}
-	ws, err := s.upgrader.Upgrade(rec, r, nil)
+	t, err := s.upgrader.Upgrade(w, r)
 	if err != nil {
 		release()
 		return // the upgrader has answered and counted it
 	}
-	c := newConn(s, ws, rec.conn, user)
-	if rec.conn.deflate && s.deflater != nil {
-		c.deflate = s.deflater
-		s.metrics.negotiatedCompression()
-	}
-	c.edge = newConnEdge(c, id, release)
-	s.metrics.acceptedConn()
-	if !s.track(c) {
+	c := newSession(&s.sessionDeps, user, t, t.Socket(), t.Encoding())
+	t.Init(c, &c.Queue)
+	c.edge = edge.NewConn(id, s.limits, release)
+	c.edge.ArmExpiry(s.auth.Leeway(), c.tokenExpired)
+	s.metrics.Accepted()
+	if !s.conns.track(c) {
 		// Draining began during the upgrade: tell the client to go elsewhere.
-		_ = ws.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(websocket.CloseGoingAway, "gateway shutting down"),
-			time.Now().Add(time.Second))
-		_ = ws.Close()
-		c.ping.Stop()
-		c.edge.stop()
-		s.metrics.closed(websocket.CloseGoingAway)
+		t.Refuse(wire.CloseGoingAway, "gateway shutting down")
+		c.edge.Stop()
+		s.metrics.Closed(wire.CloseGoingAway)
 		return
 	}
-	welcome := func(newest int64, known bool) {
-		wf := welcomeFrame{Op: "welcome", Conn: c.id, Node: s.cfg.NodeID, User: user}
-		if known {
-			wf.Offset = &newest
-		}
-		c.enqueue(replyTo(wf))
-	}
 	if since == nil {
-		s.hub.join(c, channels, welcome)
+		s.hub.join(c, channels, c.welcome)
 	} else {
-		welcome(s.hub.newest()) // c joins the hub when its replay is done
+		c.welcome(s.hub.Newest()) // c joins the hub when its replay is done
 	}
-	// The handler returns, and with it the request and its buffers; the connection lives
-	// on in its read pump (finish untracks it).
+	// The handler returns, and with it the request and its buffers; the session lives
+	// on in its transport's read pump (End untracks it).
 	if since == nil {
-		c.startReading()
+		t.Start()
 		return
 	}
 	go func() {
-		defer c.recoverAndFinish()
-		s.resumeConnect(c, *since, channels)
-		c.startReading()
+		defer func() {
+			if v := recover(); v != nil {
+				c.Recovered(v)
+			}
+		}()
+		s.resume.connect(c, *since, channels)
+		t.Start()
 	}()
 }
 
@@ -480,40 +506,155 @@ type clientInfo struct {
 func (s *Server) serveInfo(w http.ResponseWriter, _ *http.Request) {
 	info := clientInfo{Auth: "off", UserParam: s.cfg.InsecureUserParam, API: s.cfg.APIKey != ""}
 	switch {
-	case s.auth.enabled && s.auth.anonymous:
+	case s.auth.Enabled() && s.auth.Anonymous():
 		info.Auth = "optional"
-	case s.auth.enabled:
+	case s.auth.Enabled():
 		info.Auth = "required"
 	}
 	writeJSON(w, http.StatusOK, info)
 }
 
-// track adds c to the connections that Shutdown drains; false once draining.
-func (s *Server) track(c *Conn) bool {
-	s.connsMu.Lock()
-	defer s.connsMu.Unlock()
-	if s.draining.Load() {
+// track adds c to the sessions that Shutdown drains; false once draining.
+func (cs *connSet) track(c *session) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.draining.Load() {
 		return false
 	}
-	s.all[c] = struct{}{}
-	s.conns.Add(1)
+	cs.all[c] = struct{}{}
+	cs.wg.Add(1)
 	return true
 }
 
-// forEachConn calls fn for every connection the server tracks, holding its lock.
-func (s *Server) forEachConn(fn func(*Conn)) {
-	s.connsMu.Lock()
-	defer s.connsMu.Unlock()
-	for c := range s.all {
+// forEach calls fn for every session tracked, holding the set's lock.
+func (cs *connSet) forEach(fn func(*session)) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for c := range cs.all {
 		fn(c)
 	}
 }
 
-func (s *Server) untrack(c *Conn) {
-	s.connsMu.Lock()
-	delete(s.all, c)
-	s.connsMu.Unlock()
-	s.conns.Done()
+// untrack removes c, which has ended.
+func (cs *connSet) untrack(c *session) {
+	cs.mu.Lock()
+	delete(cs.all, c)
+	cs.mu.Unlock()
+	cs.wg.Done()
+}
+
+// drain marks the set draining (track refuses from now on) and returns the sessions it
+// holds.
+func (cs *connSet) drain() []*session {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.draining.Store(true)
+	all := make([]*session, 0, len(cs.all))
+	for c := range cs.all {
+		all = append(all, c)
+	}
+	return all
+}
+
+// setupEdge builds the server's authenticator, origin policy and handshake limiter
+// from its config.
+func (s *Server) setupEdge() error {
+	auth, err := edge.NewAuthenticator(s.cfg.Auth)
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if auth.Enabled() && s.cfg.InsecureUserParam {
+		return errors.New("gateway: InsecureUserParam cannot be used with authentication: it would let any client claim any user")
+	}
+	s.auth = auth
+	if s.origins, err = edge.NewOrigins(s.cfg.AllowedOrigins); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	l := &s.cfg.Limits
+	if l.HandshakeRate > 0 {
+		s.handshakes = edge.NewAddrRates(l.HandshakeRate, max(l.HandshakeBurst, 1), max(l.TrackedAddresses, 1))
+	}
+	return nil
+}
+
+// Reasons of sampled refusal log lines (logsample.Sampler): a client may repeat any of
+// them at will, so each is written a few times, then at most once a second.
+const (
+	logOrigin        = "origin"
+	logToken         = "token"
+	logChannel       = "channel"
+	logConnections   = "connections"
+	logConnectionsIP = "connections_per_ip"
+	logHandshakeRate = "handshake_rate"
+	logRateClosed    = "message_rate_closed"
+	logRefresh       = "refresh"
+)
+
+// handshakeAllowed takes a token from the handshake rate of the request's client
+// address, first of all checks (so that a flood of handshakes costs the gateway no
+// origin or token check, and no log line, past the burst): over it, 429. It returns the
+// address, which the connection's limits count it under.
+func (s *Server) handshakeAllowed(w http.ResponseWriter, r *http.Request) (netip.Addr, bool) {
+	ip := edge.AddrKey(edge.ClientIP(r, s.cfg.Limits.TrustedProxies))
+	if s.handshakes != nil && !s.handshakes.Allow(ip) {
+		s.metrics.LimitHit(metrics.LimitHandshakeRate)
+		s.refusals.Log(slog.LevelDebug, logHandshakeRate, "handshake refused: rate", "ip", ip)
+		w.Header().Set("Retry-After", "1")
+		s.refuse(w, http.StatusTooManyRequests, "rate_limited", "too many connection attempts; retry later")
+		return ip, false
+	}
+	return ip, true
+}
+
+// admit decides, before the upgrade, whether a client whose handshake rate allowed it
+// (handshakeAllowed) may connect: its origin (else 403), its token (401), its permission
+// to subscribe to the channels it names (403; too many: 400), and room for one more
+// connection (503 for the gateway, 429 for its address). It answers and counts a refusal
+// itself, and logs it sampled, with at most a bounded prefix of what the client sent.
+// When it admits, release gives the connection's slots back and must be called once.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, ip netip.Addr, channels []string) (id *edge.Identity, release func(), ok bool) {
+	if !s.origins.Allows(r) {
+		s.refusals.Log(slog.LevelInfo, logOrigin, "handshake refused: origin not allowed",
+			"origin", logsample.Clip(r.Header.Get("Origin")), "ip", ip)
+		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
+		return nil, nil, false
+	}
+	id, terr := s.auth.Authenticate(r)
+	if terr != nil {
+		s.refusals.Log(slog.LevelInfo, logToken, "handshake refused: token", "why", terr.Reason,
+			"err", logsample.ClipErr(terr.Err), "ip", ip)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="herald", error="invalid_token"`)
+		s.refuse(w, http.StatusUnauthorized, terr.Reason, "token refused: "+terr.Err.Error())
+		return nil, nil, false
+	}
+	if max := s.cfg.Limits.MaxSubscriptions; max > 0 && len(channels) > max {
+		s.metrics.LimitHit(metrics.LimitSubscriptions)
+		s.refuse(w, http.StatusBadRequest, "bad_query", fmt.Sprintf("channels names %d channels; at most %d per connection", len(channels), max))
+		return nil, nil, false
+	}
+	for _, ch := range channels {
+		if !id.Subscribe.Allows(ch) {
+			s.refusals.Log(slog.LevelInfo, logChannel, "handshake refused: channel not permitted",
+				"user", logsample.Clip(id.User), "channel", ch, "ip", ip)
+			s.refuse(w, http.StatusForbidden, CodeForbidden, fmt.Sprintf("not permitted to subscribe to %q", ch))
+			return nil, nil, false
+		}
+	}
+	release, limit := s.slots.Acquire(ip, s.cfg.Limits.MaxConnections, s.cfg.Limits.MaxConnectionsPerIP)
+	switch limit {
+	case metrics.LimitConnections:
+		s.metrics.LimitHit(limit)
+		s.refusals.Log(slog.LevelWarn, logConnections, "handshake refused: the gateway is at its connection limit", "max", s.cfg.Limits.MaxConnections)
+		s.refuse(w, http.StatusServiceUnavailable, "too_many_connections", "this gateway is full; connect to another")
+		return nil, nil, false
+	case metrics.LimitConnectionsPerIP:
+		s.metrics.LimitHit(limit)
+		s.refusals.Log(slog.LevelDebug, logConnectionsIP, "handshake refused: connections per address", "ip", ip)
+		w.Header().Set("Retry-After", "5")
+		s.refuse(w, http.StatusTooManyRequests, "too_many_connections_per_ip", "too many connections from this address")
+		return nil, nil, false
+	}
+	return id, release, true
 }
 
 func (s *Server) handshakeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
@@ -522,7 +663,7 @@ func (s *Server) handshakeError(w http.ResponseWriter, _ *http.Request, status i
 
 // refuse answers a request that is not upgraded, and counts it.
 func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
-	s.metrics.refusedHandshake(reason)
+	s.metrics.RefusedHandshake(reason)
 	writeError(w, status, reason, msg)
 }
 
@@ -586,7 +727,7 @@ func (s *Server) servePresence(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	if !s.presence.enabled(ch) {
+	if !s.presence.Enabled(ch) {
 		writeError(w, http.StatusNotFound, "presence_off", fmt.Sprintf("presence is off for %q on this gateway (see --presence-channels)", ch))
 		return
 	}
@@ -604,7 +745,7 @@ func (s *Server) serveUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("a user id is 1 to %d bytes", message.MaxUserLen))
 		return
 	}
-	if s.presence == nil || s.presence.cfg.NoUsers {
+	if !s.presence.TracksUsers() {
 		writeError(w, http.StatusNotFound, "presence_off", "user presence is off on this gateway")
 		return
 	}
@@ -632,34 +773,34 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, "body must be a JSON object: "+err.Error())
 		return
 	}
-	m := message.Message{ID: req.ID, Channel: req.Channel, Users: req.Users, Data: req.Data, Source: sourceHTTP}
+	m := message.Message{ID: req.ID, Channel: req.Channel, Users: req.Users, Data: req.Data, Source: metrics.SourceHTTP}
 	if err := m.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
 	defer cancel()
-	id, err := s.publish(ctx, m)
+	id, err := s.pub.publish(ctx, m)
 	if err != nil {
 		if isInvalid(err) {
 			writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 			return
 		}
-		s.metrics.publishFailed(sourceHTTP)
+		s.metrics.PublishFailed(metrics.SourceHTTP)
 		s.logger.Warn("HTTP publish failed", "err", err)
 		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the bus cannot take messages now; retry")
 		return
 	}
-	s.metrics.published(sourceHTTP)
+	s.metrics.Published(metrics.SourceHTTP)
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": id})
 }
 
 // publish puts m on the bus and times how long the bus takes to accept it.
-func (s *Server) publish(ctx context.Context, m message.Message) (string, error) {
+func (p publisher) publish(ctx context.Context, m message.Message) (string, error) {
 	start := time.Now()
-	id, err := s.pub.Publish(ctx, m)
+	id, err := p.pub.Publish(ctx, m)
 	if err == nil {
-		s.metrics.publishDuration(time.Since(start))
+		p.metrics.PublishDuration(time.Since(start))
 	}
 	return id, err
 }
@@ -695,17 +836,11 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // it reconnects elsewhere and resumes), DrainBatch at a time. It returns when every
 // connection is finished, or ctx.Err() when ctx ends first.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.connsMu.Lock()
-	s.draining.Store(true)
-	all := make([]*Conn, 0, len(s.all))
-	for c := range s.all {
-		all = append(all, c)
-	}
-	s.connsMu.Unlock()
+	all := s.conns.drain()
 	s.logger.Info("draining", "connections", len(all))
 	for i := 0; i < len(all); i += s.cfg.DrainBatch {
 		for _, c := range all[i:min(i+s.cfg.DrainBatch, len(all))] {
-			c.requestClose(websocket.CloseGoingAway, "gateway shutting down", true)
+			c.RequestClose(wire.CloseGoingAway, "gateway shutting down", true)
 		}
 		if i+s.cfg.DrainBatch < len(all) {
 			select {
@@ -717,20 +852,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() {
-		s.conns.Wait()
+		s.conns.wg.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 		s.refusals.Close()
-		s.stopWrite.Do(func() {
-			if s.flusher != nil {
-				s.flusher.close()
-			}
-			if s.writers != nil {
-				s.writers.close()
-			}
-		})
+		s.writer.Close()
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("gateway: shutdown: %w", ctx.Err())

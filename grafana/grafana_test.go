@@ -1194,18 +1194,77 @@ func startGateway(t *testing.T, ctx context.Context, addr, node, amqpURL, exchan
 	return gw
 }
 
+// trafficRun is TestPrometheusScrapesGatewayUnderTraffic's scenario: a gateway on
+// RabbitMQ scraped by a real Prometheus, the traffic driven through it, and what each step
+// leaves for the next. Its steps run in order, on the test's goroutine.
+type trafficRun struct {
+	t        *testing.T
+	ctx      context.Context
+	began    time.Time
+	prom     *process
+	promBase string
+	gw       *process
+	gwAddr   string
+	base     string // http://gwAddr
+	wsBase   string // ws://gwAddr
+	pub      publisher
+	open     int // connections the test holds open
+
+	chat     *gatewayClient   // publishes on chat (fan-out)
+	news     []*gatewayClient // subscribers of news (fan-out)
+	resumer  *gatewayClient   // resumed on resume (handshakes and closes)
+	resetter *gatewayClient   // reset on resume (handshakes and closes)
+	m5       metrics          // the gateway's counters after the slow consumer
+	final    metrics          // the gateway's counters when Prometheus has seen them all
+}
+
+// The first round's fan-out: N HTTP publishes to K subscribers of "news".
+const trafficN, trafficK = 20, 3
+
+// trafficQueueCap is the gateway's write queue cap, other than the default and written
+// with a unit: the alert on queues near their cap must compare against it.
+const trafficQueueCap = 256 << 10
+
 // TestPrometheusScrapesGatewayUnderTraffic builds and starts a gateway on RabbitMQ,
 // scrapes it with a real Prometheus that loads alerts.yml, drives traffic through it
 // (subscribers, HTTP and WebSocket publishes, refused handshakes, bad frames, a client
 // that backs up its write queue and drains it, one closed as a slow consumer), checks the
 // counters against what happened, and then runs every dashboard expression and every
-// alert rule through Prometheus's HTTP API.
+// alert rule through Prometheus's HTTP API. Its steps share the gateway and run in order.
 func TestPrometheusScrapesGatewayUnderTraffic(t *testing.T) {
+	r := startTraffic(t)
+	for _, step := range []struct {
+		name string
+		run  func(*trafficRun)
+	}{
+		{"fan-out is counted", (*trafficRun).fanOut},
+		{"handshakes and closes are counted", (*trafficRun).handshakesAndCloses},
+		{"a backed-up write queue is seen, and drains", (*trafficRun).backpressure},
+		{"a slow consumer is closed with 4008", (*trafficRun).slowConsumer},
+		{"a second round moves the rates", (*trafficRun).secondRound},
+		{"presence and compression are counted", (*trafficRun).presenceAndCompression},
+		{"Prometheus sees the gateway's state", (*trafficRun).prometheusSeesState},
+		{"the dashboards' variables find the gateway", (*trafficRun).templateVariables},
+		{"every dashboard query has data", (*trafficRun).dashboardQueries},
+		{"every herald_ metric is on a dashboard", (*trafficRun).everyMetricShown},
+		{"every alert rule loads and answers", (*trafficRun).alertRules},
+		{"HeraldBrokerDropsArrayHeaders follows the header probe", (*trafficRun).brokerHeadersAlert},
+		{"a stopped gateway is down", (*trafficRun).gatewayDown},
+	} {
+		t.Logf("step: %s (%v)", step.name, time.Since(r.began).Round(time.Millisecond))
+		step.run(r)
+	}
+	t.Logf("done after %v", time.Since(r.began).Round(time.Millisecond))
+}
+
+// startTraffic starts Prometheus, then the gateway (with a write queue cap of
+// trafficQueueCap), and waits until Prometheus scrapes it.
+func startTraffic(t *testing.T) *trafficRun {
 	promBin := tool(t, "prometheus", "Debian package prometheus")
 	amqpURL := amqptest.URL(t)
 	exchange, stream := amqptest.Names(t, amqpURL)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	began := time.Now()
 	dir := t.TempDir()
 	repo := root(t)
@@ -1235,9 +1294,6 @@ scrape_configs:
 		"--web.listen-address="+promAddr)
 	promBase := "http://" + promAddr
 
-	// A write queue cap other than the default, written with a unit: the alert on queues
-	// near their cap must compare against it.
-	const queueCap = 256 << 10
 	gw := startGateway(t, ctx, gwAddr, "grafana-test", amqpURL, exchange, stream, "--write-queue-bytes", "256KiB")
 	base, wsBase := "http://"+gwAddr, "ws://"+gwAddr
 	t.Logf("gateway ready at %s after %v", gwAddr, time.Since(began).Round(time.Millisecond))
@@ -1257,83 +1313,182 @@ scrape_configs:
 		return nil
 	})
 	t.Logf("Prometheus scraping after %v", time.Since(began).Round(time.Millisecond))
+	return &trafficRun{t: t, ctx: ctx, began: began, prom: prom, promBase: promBase, gw: gw, gwAddr: gwAddr,
+		base: base, wsBase: wsBase, pub: publisher{t: t, ctx: ctx, base: base, key: testAPIKey}}
+}
 
-	pub := publisher{t: t, ctx: ctx, base: base, key: testAPIKey}
-	mustScrape := func() metrics {
-		t.Helper()
-		m, err := scrape(ctx, base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m
+// mustScrape reads the gateway's /metrics.
+func (r *trafficRun) mustScrape() metrics {
+	r.t.Helper()
+	m, err := scrape(r.ctx, r.base)
+	if err != nil {
+		r.t.Fatal(err)
 	}
-	// settle waits until a gateway series reaches want (counting happens just after a
-	// socket write, so a client may read a frame before it is counted).
-	settle := func(series string, want float64) {
-		t.Helper()
-		waitFor(t, ctx, 5*time.Second, series, func() error {
-			if got := mustScrape().get(series); got != want {
-				return fmt.Errorf("got %v, want %v", got, want)
-			}
-			return nil
-		})
-	}
-	open := 0 // connections the test holds open
-	dialOpen := func(name, query string) *gatewayClient {
-		t.Helper()
-		open++
-		return dial(t, ctx, wsBase, name, query)
-	}
-	// resumeDial connects with since in query and reads up to the resume's answer (the
-	// connection counts as open once it has joined live delivery). It returns the client,
-	// the answer, and how many messages were replayed before it.
-	resumeDial := func(name, query string) (*gatewayClient, string, int) {
-		t.Helper()
-		c := dialOpen(name, query)
-		replayed := 0
-		for {
-			switch f := c.read(); f.Op {
-			case "message":
-				replayed++
-			case "resumed", "reset":
-				t.Logf("client %s (?%s): %d messages replayed, then %s", name, query, replayed, f.Op)
-				return c, f.Op, replayed
-			default:
-				t.Fatalf("client %s: %+v while resuming", name, f)
-			}
-		}
-	}
+	return m
+}
 
-	// 1. Fan-out, counted: a WebSocket client publishes, then N HTTP publishes reach K
-	// subscribers of "news".
-	chat := dialOpen("chat", "channels=chat")
+// settle waits until a gateway series reaches want (counting happens just after a socket
+// write, so a client may read a frame before it is counted).
+func (r *trafficRun) settle(series string, want float64) {
+	r.t.Helper()
+	waitFor(r.t, r.ctx, 5*time.Second, series, func() error {
+		if got := r.mustScrape().get(series); got != want {
+			return fmt.Errorf("got %v, want %v", got, want)
+		}
+		return nil
+	})
+}
+
+// dialOpen connects a client that the test holds open.
+func (r *trafficRun) dialOpen(name, query string) *gatewayClient {
+	r.t.Helper()
+	r.open++
+	return dial(r.t, r.ctx, r.wsBase, name, query)
+}
+
+// resumeDial connects with since in query and reads up to the resume's answer (the
+// connection counts as open once it has joined live delivery). It returns the client,
+// the answer, and how many messages were replayed before it.
+func (r *trafficRun) resumeDial(name, query string) (*gatewayClient, string, int) {
+	t := r.t
+	t.Helper()
+	c := r.dialOpen(name, query)
+	replayed := 0
+	for {
+		switch f := c.read(); f.Op {
+		case "message":
+			replayed++
+		case "resumed", "reset":
+			t.Logf("client %s (?%s): %d messages replayed, then %s", name, query, replayed, f.Op)
+			return c, f.Op, replayed
+		default:
+			t.Fatalf("client %s: %+v while resuming", name, f)
+		}
+	}
+}
+
+// refuse dials with query and wants the handshake refused with 400.
+func (r *trafficRun) refuse(query string) {
+	t, ctx, wsBase := r.t, r.ctx, r.wsBase
+	t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	ws, resp, err := d.DialContext(ctx, wsBase+"/ws?"+query, nil)
+	if err == nil {
+		ws.Close()
+		t.Fatalf("dial ?%s: accepted, want refused", query)
+	}
+	if resp == nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("dial ?%s: %v (response %v), want 400", query, err, resp)
+	}
+}
+
+// badFrames sends what is not a request, binary, invalid UTF-8 and a normal close, each on a connection of its own.
+func (r *trafficRun) badFrames() {
+	t, ctx, wsBase := r.t, r.ctx, r.wsBase
+	t.Helper()
+	c := dial(t, ctx, wsBase, "bad-frames", "")
+	c.send(websocket.TextMessage, []byte("not json"))
+	if f := c.read(); f.Op != "error" || f.Code != "bad_request" {
+		t.Errorf("after a frame that is not JSON: %+v, want error bad_request", f)
+	}
+	c.send(websocket.TextMessage, []byte(`{"op":"shout","ref":"r9"}`))
+	if f := c.read(); f.Op != "error" || f.Code != "unknown_op" || f.Ref != "r9" {
+		t.Errorf("after an unknown op: %+v, want error unknown_op ref r9", f)
+	}
+	c.send(websocket.BinaryMessage, []byte{1, 2, 3})
+	if code := c.closedWith(); code != websocket.CloseUnsupportedData {
+		t.Errorf("after a binary frame: closed with %d, want 1003", code)
+	}
+	c = dial(t, ctx, wsBase, "bad-utf8", "")
+	c.send(websocket.TextMessage, []byte{'"', 0xff, 0xfe, '"'})
+	if code := c.closedWith(); code != websocket.CloseInvalidFramePayloadData {
+		t.Errorf("after invalid UTF-8: closed with %d, want 1007", code)
+	}
+	c = dial(t, ctx, wsBase, "leaver", "channels=leaver")
+	if err := c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"),
+		time.Now().Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.closedWith(); code != websocket.CloseNormalClosure {
+		t.Errorf("after a normal close: gateway answered %d, want 1000", code)
+	}
+}
+
+// plainGet asks for /ws without an upgrade: 400.
+func (r *trafficRun) plainGet() {
+	t, base := r.t, r.base
+	t.Helper()
+	resp, err := http.Get(base + "/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("GET /ws without an upgrade: %s, want 400", resp.Status)
+	}
+}
+
+// waitScraped waits until Prometheus has the gateway's counters and gauges as they are now.
+func (r *trafficRun) waitScraped() {
+	t, ctx, gwAddr, promBase := r.t, r.ctx, r.gwAddr, r.promBase
+	t.Helper()
+	m := r.mustScrape()
+	sel := fmt.Sprintf(`job=%q, instance=%q`, gatewayJob, gwAddr)
+	waitFor(t, ctx, 10*time.Second, "Prometheus has scraped the gateway's state", func() error {
+		for _, c := range []struct {
+			expr string
+			want float64
+		}{
+			{"herald_messages_delivered_total{" + sel + "}", m.get("herald_messages_delivered_total")},
+			{"herald_connections_accepted_total{" + sel + "}", m.get("herald_connections_accepted_total")},
+			{"herald_connections{" + sel + "}", m.get("herald_connections")},
+			{`herald_connections_closed_total{code="4008", ` + sel + "}", m.get(`herald_connections_closed_total{code="4008"}`)},
+		} {
+			r, err := promQuery(ctx, promBase, c.expr)
+			if err != nil {
+				return err
+			}
+			if len(r) != 1 || r[0].value() != c.want {
+				return fmt.Errorf("%s = %v, the gateway says %v", c.expr, r, c.want)
+			}
+		}
+		return nil
+	})
+}
+
+// fanOut: a WebSocket client publishes, then trafficN HTTP publishes reach trafficK
+// subscribers of "news"; the counters move by as much.
+func (r *trafficRun) fanOut() {
+	t, pub := r.t, r.pub
+	chat := r.dialOpen("chat", "channels=chat")
+	r.chat = chat
 	chat.send(websocket.TextMessage, []byte(`{"op":"publish","channel":"chat","data":{"hello":"world"},"ref":"p1"}`))
 	for got := map[string]bool{}; !got["ack"] || !got["message"]; {
 		f := chat.read()
 		got[f.Op] = true
 	}
-	const N, K = 20, 3
 	var news []*gatewayClient
-	for i := range K {
-		news = append(news, dialOpen(fmt.Sprintf("news-%d", i), "channels=news"))
+	defer func() { r.news = news }()
+	for i := range trafficK {
+		news = append(news, r.dialOpen(fmt.Sprintf("news-%d", i), "channels=news"))
 	}
 	// The chat's frames are counted a moment after the client reads them: let the byte
 	// counter settle before taking the baseline.
-	m0 := mustScrape()
+	m0 := r.mustScrape()
 	for settled := time.Now().Add(5 * time.Second); time.Now().Before(settled); {
 		time.Sleep(50 * time.Millisecond)
-		m := mustScrape()
+		m := r.mustScrape()
 		if m.get("herald_bytes_written_total") == m0.get("herald_bytes_written_total") {
 			break
 		}
 		m0 = m
 	}
-	for i := range N {
+	for i := range trafficN {
 		pub.publish("news", map[string]any{"n": i, "text": strings.Repeat("x", 10*i)})
 	}
 	wire := 0
 	for _, c := range news {
-		for i := range N {
+		for i := range trafficN {
 			p := c.readRaw()
 			var f wsFrame
 			if err := json.Unmarshal(p, &f); err != nil || f.Op != "message" || f.Channel != "news" {
@@ -1342,20 +1497,20 @@ scrape_configs:
 			wire += wireSize(len(p))
 		}
 	}
-	settle("herald_messages_delivered_total", m0.get("herald_messages_delivered_total")+N*K)
-	m1 := mustScrape()
+	r.settle("herald_messages_delivered_total", m0.get("herald_messages_delivered_total")+trafficN*trafficK)
+	m1 := r.mustScrape()
 	for _, c := range []struct {
 		series string
 		want   float64
 	}{
-		{`herald_messages_received_total{source="http"}`, N},
-		{`herald_messages_published_total{source="http"}`, N},
-		{"herald_messages_delivered_total", N * K},
-		{"herald_delivery_latency_seconds_count", N * K},
+		{`herald_messages_received_total{source="http"}`, trafficN},
+		{`herald_messages_published_total{source="http"}`, trafficN},
+		{"herald_messages_delivered_total", trafficN * trafficK},
+		{"herald_delivery_latency_seconds_count", trafficN * trafficK},
 		{"herald_bytes_written_total", float64(wire)},
 	} {
 		if got := m1.get(c.series) - m0.get(c.series); got != c.want {
-			t.Errorf("after %d publishes to %d subscribers: %s moved by %v, want %v", N, K, c.series, got, c.want)
+			t.Errorf("after %d publishes to %d subscribers: %s moved by %v, want %v", trafficN, trafficK, c.series, got, c.want)
 		}
 	}
 	for _, c := range []struct {
@@ -1364,10 +1519,10 @@ scrape_configs:
 	}{
 		{`herald_messages_published_total{source="ws"}`, 1},
 		{`herald_messages_received_total{source="ws"}`, 1},
-		{"herald_connections", float64(open)},
-		{"herald_subscriptions", K + 1},
+		{"herald_connections", float64(r.open)},
+		{"herald_subscriptions", trafficK + 1},
 		{"herald_channels", 2},
-		{"herald_connections_accepted_total", float64(open)},
+		{"herald_connections_accepted_total", float64(r.open)},
 		{"herald_write_queue_bytes", 0},
 		{"herald_write_queue_messages", 0},
 	} {
@@ -1375,77 +1530,29 @@ scrape_configs:
 			t.Errorf("%s = %v, want %v", c.series, got, c.want)
 		}
 	}
+}
 
-	// 2. Handshakes and closes: refusals, bad frames, close codes, resume requests.
-	refuse := func(query string) {
-		t.Helper()
-		d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
-		ws, resp, err := d.DialContext(ctx, wsBase+"/ws?"+query, nil)
-		if err == nil {
-			ws.Close()
-			t.Fatalf("dial ?%s: accepted, want refused", query)
-		}
-		if resp == nil || resp.StatusCode != http.StatusBadRequest {
-			t.Fatalf("dial ?%s: %v (response %v), want 400", query, err, resp)
-		}
-	}
-	badFrames := func() {
-		t.Helper()
-		c := dial(t, ctx, wsBase, "bad-frames", "")
-		c.send(websocket.TextMessage, []byte("not json"))
-		if f := c.read(); f.Op != "error" || f.Code != "bad_request" {
-			t.Errorf("after a frame that is not JSON: %+v, want error bad_request", f)
-		}
-		c.send(websocket.TextMessage, []byte(`{"op":"shout","ref":"r9"}`))
-		if f := c.read(); f.Op != "error" || f.Code != "unknown_op" || f.Ref != "r9" {
-			t.Errorf("after an unknown op: %+v, want error unknown_op ref r9", f)
-		}
-		c.send(websocket.BinaryMessage, []byte{1, 2, 3})
-		if code := c.closedWith(); code != websocket.CloseUnsupportedData {
-			t.Errorf("after a binary frame: closed with %d, want 1003", code)
-		}
-		c = dial(t, ctx, wsBase, "bad-utf8", "")
-		c.send(websocket.TextMessage, []byte{'"', 0xff, 0xfe, '"'})
-		if code := c.closedWith(); code != websocket.CloseInvalidFramePayloadData {
-			t.Errorf("after invalid UTF-8: closed with %d, want 1007", code)
-		}
-		c = dial(t, ctx, wsBase, "leaver", "channels=leaver")
-		if err := c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"),
-			time.Now().Add(5*time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		if code := c.closedWith(); code != websocket.CloseNormalClosure {
-			t.Errorf("after a normal close: gateway answered %d, want 1000", code)
-		}
-	}
-	plainGet := func() {
-		t.Helper()
-		resp, err := http.Get(base + "/ws")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("GET /ws without an upgrade: %s, want 400", resp.Status)
-		}
-	}
-	m2 := mustScrape()
-	refuse("channels=bad%20channel")
-	refuse("since=yesterday")
-	plainGet()
-	badFrames()
+// handshakesAndCloses: refusals, bad frames, close codes and resume requests are counted.
+func (r *trafficRun) handshakesAndCloses() {
+	t := r.t
+	m2 := r.mustScrape()
+	r.refuse("channels=bad%20channel")
+	r.refuse("since=yesterday")
+	r.plainGet()
+	r.badFrames()
 	// Resume requests: one from within the log, one from beyond its end (a reset).
-	resumer, answer, _ := resumeDial("resume", "channels=resume&since=0")
+	var answer string
+	r.resumer, answer, _ = r.resumeDial("resume", "channels=resume&since=0")
 	if answer != "resumed" {
 		t.Errorf("client resume: %s, want resumed", answer)
 	}
-	resetter, answer, _ := resumeDial("reset", "channels=resume&since=1000000000000")
+	r.resetter, answer, _ = r.resumeDial("reset", "channels=resume&since=1000000000000")
 	if answer != "reset" {
 		t.Errorf("client reset: %s, want reset", answer)
 	}
-	settle(`herald_connections_closed_total{code="1000"}`, m2.get(`herald_connections_closed_total{code="1000"}`)+1)
-	settle(`herald_connections_closed_total{code="1007"}`, m2.get(`herald_connections_closed_total{code="1007"}`)+1)
-	m3 := mustScrape()
+	r.settle(`herald_connections_closed_total{code="1000"}`, m2.get(`herald_connections_closed_total{code="1000"}`)+1)
+	r.settle(`herald_connections_closed_total{code="1007"}`, m2.get(`herald_connections_closed_total{code="1007"}`)+1)
+	m3 := r.mustScrape()
 	for _, c := range []struct {
 		series string
 		want   float64
@@ -1465,36 +1572,38 @@ scrape_configs:
 			t.Errorf("%s moved by %v, want %v", c.series, got, c.want)
 		}
 	}
-	if got := m3.get("herald_connections"); got != float64(open) {
-		t.Errorf("herald_connections = %v, want %v", got, open)
+	if got := m3.get("herald_connections"); got != float64(r.open) {
+		t.Errorf("herald_connections = %v, want %v", got, r.open)
 	}
+}
 
-	// 3. Backpressure. A client that does not read backs its write queue up past 80% of
-	// its cap: Prometheus sees it, and HeraldWriteQueueNearCap is pending for the gateway
-	// (it fires after its "for"). Then the client reads everything and the queue empties.
+// backpressure: a client that does not read backs its write queue up past 80% of its
+// cap: Prometheus sees it, and HeraldWriteQueueNearCap is pending for the gateway (it
+// fires after its "for"). Then the client reads everything and the queue empties.
+func (r *trafficRun) backpressure() {
+	t, ctx, pub, promBase, gwAddr, wsBase := r.t, r.ctx, r.pub, r.promBase, r.gwAddr, r.wsBase
 	mid := strings.Repeat("b", 16<<10)
-	big := strings.Repeat("b", 60<<10)
-	open++
+	r.open++
 	backlog := dialBuffered(t, ctx, wsBase, "backlog", "channels=backlog", 4096)
 	sent := 0
 	var queued metrics
-	for queued.get("herald_write_queue_bytes") <= 0.8*queueCap {
+	for queued.get("herald_write_queue_bytes") <= 0.8*trafficQueueCap {
 		if sent == 200 {
 			t.Fatalf("%d messages of %d bytes to a client that does not read, and its write queue holds %v bytes",
 				sent, len(mid), queued.get("herald_write_queue_bytes"))
 		}
 		pub.publish("backlog", mid)
 		sent++
-		queued = mustScrape()
+		queued = r.mustScrape()
 	}
-	if q, mx := queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_max_bytes"); q != mx || q >= queueCap {
-		t.Errorf("one backed-up client: queue bytes %v, fullest %v: want equal, and under the %d-byte cap", q, mx, queueCap)
+	if q, mx := queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_max_bytes"); q != mx || q >= trafficQueueCap {
+		t.Errorf("one backed-up client: queue bytes %v, fullest %v: want equal, and under the %d-byte cap", q, mx, trafficQueueCap)
 	}
 	if q, mx := queued.get("herald_write_queue_messages"), queued.get("herald_write_queue_max_messages"); q != mx || q < 2 {
 		t.Errorf("one backed-up client: queue messages %v, fullest %v: want equal, 2 or more", q, mx)
 	}
-	if c := queued.get("herald_write_queue_cap_bytes"); c != queueCap {
-		t.Errorf("herald_write_queue_cap_bytes = %v, want the configured %d", c, queueCap)
+	if c := queued.get("herald_write_queue_cap_bytes"); c != trafficQueueCap {
+		t.Errorf("herald_write_queue_cap_bytes = %v, want the configured %d", c, trafficQueueCap)
 	}
 	t.Logf("write queue after %d messages of %d bytes to a client that does not read: %v bytes, %v messages",
 		sent, len(mid), queued.get("herald_write_queue_bytes"), queued.get("herald_write_queue_messages"))
@@ -1511,7 +1620,7 @@ scrape_configs:
 		}
 	}
 	waitFor(t, ctx, 5*time.Second, "write queues drained", func() error {
-		m := mustScrape()
+		m := r.mustScrape()
 		for _, s := range []string{"herald_write_queue_bytes", "herald_write_queue_messages",
 			"herald_write_queue_max_bytes", "herald_write_queue_max_messages"} {
 			if v := m.get(s); v != 0 {
@@ -1520,11 +1629,17 @@ scrape_configs:
 		}
 		return nil
 	})
+}
 
-	// A client that never reads overflows its queue (256 KiB) and is closed with 4008.
-	m4 := mustScrape()
+// slowConsumer: a client that never reads overflows its queue (trafficQueueCap) and is
+// closed with 4008.
+func (r *trafficRun) slowConsumer() {
+	t, ctx, pub, wsBase := r.t, r.ctx, r.pub, r.wsBase
+	big := strings.Repeat("b", 60<<10)
+	m4 := r.mustScrape()
 	firehose := dial(t, ctx, wsBase, "firehose", "channels=firehose")
-	for sent = 0; mustScrape().get("herald_slow_consumers_total") == m4.get("herald_slow_consumers_total"); sent++ {
+	sent := 0
+	for ; r.mustScrape().get("herald_slow_consumers_total") == m4.get("herald_slow_consumers_total"); sent++ {
 		if sent == 250 {
 			t.Fatalf("%d messages of %d bytes to a client that does not read, and it is not closed as slow", sent, len(big))
 		}
@@ -1535,77 +1650,60 @@ scrape_configs:
 	if code := firehose.closedWith(); code != 4008 {
 		t.Errorf("slow consumer closed with %d, want 4008", code)
 	}
-	settle(`herald_connections_closed_total{code="4008"}`, m4.get(`herald_connections_closed_total{code="4008"}`)+1)
-	m5 := mustScrape()
+	r.settle(`herald_connections_closed_total{code="4008"}`, m4.get(`herald_connections_closed_total{code="4008"}`)+1)
+	m5 := r.mustScrape()
+	r.m5 = m5
 	if got := m5.get(`herald_messages_dropped_total{reason="slow_consumer"}`) - m4.get(`herald_messages_dropped_total{reason="slow_consumer"}`); got < 1 {
 		t.Errorf(`herald_messages_dropped_total{reason="slow_consumer"} moved by %v, want 1 or more`, got)
 	}
+}
 
-	// 4. A second round, after Prometheus has scraped the first, so that rates over series
-	// the first round created are not zero.
-	waitScraped := func() {
-		t.Helper()
-		m := mustScrape()
-		sel := fmt.Sprintf(`job=%q, instance=%q`, gatewayJob, gwAddr)
-		waitFor(t, ctx, 10*time.Second, "Prometheus has scraped the gateway's state", func() error {
-			for _, c := range []struct {
-				expr string
-				want float64
-			}{
-				{"herald_messages_delivered_total{" + sel + "}", m.get("herald_messages_delivered_total")},
-				{"herald_connections_accepted_total{" + sel + "}", m.get("herald_connections_accepted_total")},
-				{"herald_connections{" + sel + "}", m.get("herald_connections")},
-				{`herald_connections_closed_total{code="4008", ` + sel + "}", m.get(`herald_connections_closed_total{code="4008"}`)},
-			} {
-				r, err := promQuery(ctx, promBase, c.expr)
-				if err != nil {
-					return err
-				}
-				if len(r) != 1 || r[0].value() != c.want {
-					return fmt.Errorf("%s = %v, the gateway says %v", c.expr, r, c.want)
-				}
-			}
-			return nil
-		})
-	}
-	waitScraped()
-	refuse("channels=bad%20channel")
-	plainGet()
-	badFrames()
+// secondRound: after Prometheus has scraped the first round, more of the same, so that
+// rates over series the first round created are not zero; and a replay of two messages.
+func (r *trafficRun) secondRound() {
+	t, pub := r.t, r.pub
+	r.waitScraped()
+	r.refuse("channels=bad%20channel")
+	r.plainGet()
+	r.badFrames()
 	// Two messages on "resume", which its two live subscribers get; then a client that
 	// resumes from offset 0 gets them replayed.
 	for i := range 2 {
 		pub.publish("resume", map[string]int{"resume": i})
 	}
-	for _, c := range []*gatewayClient{resumer, resetter} {
+	for _, c := range []*gatewayClient{r.resumer, r.resetter} {
 		for range 2 {
 			if f := c.read(); f.Op != "message" || f.Channel != "resume" {
 				t.Fatalf("client %s: %+v, want a resume message", c.name, f)
 			}
 		}
 	}
-	if _, answer, replayed := resumeDial("resume-2", "channels=resume&since=0"); answer != "resumed" || replayed != 2 {
+	if _, answer, replayed := r.resumeDial("resume-2", "channels=resume&since=0"); answer != "resumed" || replayed != 2 {
 		t.Errorf("client resume-2: %d messages replayed, then %s; want 2, then resumed", replayed, answer)
 	}
 	for i := range 5 {
 		pub.publish("news", map[string]int{"again": i})
 	}
-	chat.send(websocket.TextMessage, []byte(`{"op":"publish","channel":"chat","data":{"hello":"again"},"ref":"p2"}`))
-	for _, c := range news {
+	r.chat.send(websocket.TextMessage, []byte(`{"op":"publish","channel":"chat","data":{"hello":"again"},"ref":"p2"}`))
+	for _, c := range r.news {
 		for range 5 {
 			c.read()
 		}
 	}
-	chat.read() // ack and message, in either order
-	chat.read()
+	r.chat.read() // ack and message, in either order
+	r.chat.read()
 	// Prometheus sees the gateway as it is now, counters and gauges alike.
-	settle("herald_messages_delivered_total", m5.get("herald_messages_delivered_total")+5*K+1+2*2+2)
-	if got := mustScrape().get("herald_replayed_messages_total") - m5.get("herald_replayed_messages_total"); got != 2 {
+	r.settle("herald_messages_delivered_total", r.m5.get("herald_messages_delivered_total")+5*trafficK+1+2*2+2)
+	if got := r.mustScrape().get("herald_replayed_messages_total") - r.m5.get("herald_replayed_messages_total"); got != 2 {
 		t.Errorf("herald_replayed_messages_total moved by %v, want 2", got)
 	}
-	// Presence and compression: a user on a presence channel who watches its events, over
-	// a connection that negotiated permessage-deflate, gets a compressed message.
-	open++
+}
+
+// presenceAndCompression: a user on a presence channel who watches its events, over a
+// connection that negotiated permessage-deflate, gets a compressed message.
+func (r *trafficRun) presenceAndCompression() {
+	t, ctx, pub, wsBase := r.t, r.ctx, r.pub, r.wsBase
+	r.open++
 	zd := websocket.Dialer{HandshakeTimeout: 5 * time.Second, EnableCompression: true}
 	zws, _, err := zd.DialContext(ctx, wsBase+"/ws?user=pat", nil)
 	if err != nil {
@@ -1623,29 +1721,35 @@ scrape_configs:
 	if f := present.read(); f.Op != "join" {
 		t.Fatalf("present: %+v, want its own join", f)
 	}
-	mz := mustScrape()
+	mz := r.mustScrape()
 	pub.publish("presence:room", strings.Repeat("compressible ", 100))
 	if f := present.read(); f.Op != "message" {
 		t.Fatalf("present: %+v, want the message", f)
 	}
-	settle("herald_compressed_frames_total", mz.get("herald_compressed_frames_total")+1)
+	r.settle("herald_compressed_frames_total", mz.get("herald_compressed_frames_total")+1)
 	waitFor(t, ctx, 5*time.Second, "presence sent a snapshot", func() error {
-		m := mustScrape()
+		m := r.mustScrape()
 		if m.get(`herald_presence_entries{kind="channel"}`) != 1 || m.get("herald_presence_snapshot_bytes") == 0 {
 			return fmt.Errorf("entries %v, snapshot %v bytes", m.get(`herald_presence_entries{kind="channel"}`), m.get("herald_presence_snapshot_bytes"))
 		}
 		return nil
 	})
-	waitScraped()
-	final := mustScrape()
-	if got := final.get("herald_connections"); got != float64(open) {
-		t.Errorf("herald_connections = %v, want %v", got, open)
+}
+
+// prometheusSeesState: Prometheus has the gateway as it is now, counters and gauges alike.
+func (r *trafficRun) prometheusSeesState() {
+	t, ctx, promBase, began := r.t, r.ctx, r.promBase, r.began
+	r.waitScraped()
+	final := r.mustScrape()
+	r.final = final
+	if got := final.get("herald_connections"); got != float64(r.open) {
+		t.Errorf("herald_connections = %v, want %v", got, r.open)
 	}
 	for _, c := range []struct {
 		expr string
 		want float64
 	}{
-		{fmt.Sprintf(`sum(herald_connections{job=%q})`, gatewayJob), float64(open)},
+		{fmt.Sprintf(`sum(herald_connections{job=%q})`, gatewayJob), float64(r.open)},
 		{fmt.Sprintf(`sum(herald_handshakes_refused_total{job=%q, reason="bad_query"})`, gatewayJob), 3},
 		{fmt.Sprintf(`sum(herald_messages_published_total{job=%q, source="ws"})`, gatewayJob), 2},
 		{fmt.Sprintf(`sum(herald_slow_consumers_total{job=%q})`, gatewayJob), final.get("herald_slow_consumers_total")},
@@ -1658,8 +1762,11 @@ scrape_configs:
 		}
 	}
 	t.Logf("traffic done after %v", time.Since(began).Round(time.Millisecond))
+}
 
-	// The template variables' queries find the gateway.
+// templateVariables: the template variables' queries find the gateway.
+func (r *trafficRun) templateVariables() {
+	t, ctx, promBase, gwAddr := r.t, r.ctx, r.promBase, r.gwAddr
 	for name, match := range map[string]string{
 		"job":      "herald_connections",
 		"instance": fmt.Sprintf(`herald_connections{job=~%q}`, gatewayJob),
@@ -1673,8 +1780,12 @@ scrape_configs:
 			t.Errorf("variable %s: label_values(%s, %s) = %v, want %s among them", name, match, name, values, want)
 		}
 	}
+}
 
-	// Every dashboard expression, with the variables set to this gateway.
+// dashboardQueries: every dashboard expression, with the variables set to this gateway,
+// has data.
+func (r *trafficRun) dashboardQueries() {
+	t, ctx, promBase, gwAddr := r.t, r.ctx, r.promBase, r.gwAddr
 	subst := strings.NewReplacer("$job", gatewayJob, "$instance", gwAddr,
 		"$__rate_interval", "1m", "$__interval", "1m", "$__range", "5m")
 	var empty []string
@@ -1707,7 +1818,11 @@ scrape_configs:
 	if len(empty) > 0 {
 		t.Errorf("%d panel queries return no data:\n  %s", len(empty), strings.Join(empty, "\n  "))
 	}
-	// Every herald_ metric the gateway exports is on a dashboard.
+}
+
+// everyMetricShown: every herald_ metric the gateway exports is on a dashboard.
+func (r *trafficRun) everyMetricShown() {
+	t := r.t
 	var shown strings.Builder
 	for _, d := range loadDashboards(t) {
 		for _, p := range d.queryPanels() {
@@ -1716,14 +1831,17 @@ scrape_configs:
 			}
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(final.families)) {
+	for _, name := range slices.Sorted(maps.Keys(r.final.families)) {
 		if strings.HasPrefix(name, "herald_") && !regexp.MustCompile(`\b`+name+`(_bucket)?\{`).MatchString(shown.String()) {
 			t.Errorf("the gateway exports %s, and no dashboard panel shows it", name)
 		}
 	}
+}
 
-	// Every alert rule: loaded by Prometheus, evaluated without error, and its expression
-	// answers a query without error (a condition: it may well be empty).
+// alertRules: every alert rule is loaded by Prometheus, evaluated without error, and its
+// expression answers a query without error (a condition: it may well be empty).
+func (r *trafficRun) alertRules() {
+	t, ctx, promBase := r.t, r.ctx, r.promBase
 	var groups ruleGroups
 	readYAML(t, "grafana/prometheus/alerts.yml", &groups)
 	var wantRules []string
@@ -1770,12 +1888,15 @@ scrape_configs:
 	if !slices.Equal(loaded, wantRules) {
 		t.Errorf("Prometheus loaded rules %v, want %v", loaded, wantRules)
 	}
+}
 
-	// HeraldBrokerDropsArrayHeaders fires for this gateway exactly where its probe found
-	// that the broker drops array headers in streams (the test's RabbitMQ 3.10 does; a
-	// broker that keeps them must not alert), as the gateway itself reports it.
-	kept := final.get(`herald_bus_headers_kept{kind="array"}`)
-	if _, ok := final.values[`herald_bus_headers_kept{kind="array"}`]; !ok {
+// brokerHeadersAlert: HeraldBrokerDropsArrayHeaders fires for this gateway exactly where
+// its probe found that the broker drops array headers in streams (the test's RabbitMQ
+// 3.10 does; a broker that keeps them must not alert), as the gateway itself reports it.
+func (r *trafficRun) brokerHeadersAlert() {
+	t, ctx, promBase, gwAddr := r.t, r.ctx, r.promBase, r.gwAddr
+	kept := r.final.get(`herald_bus_headers_kept{kind="array"}`)
+	if _, ok := r.final.values[`herald_bus_headers_kept{kind="array"}`]; !ok {
 		t.Errorf(`the gateway exports no herald_bus_headers_kept{kind="array"}: its header probe has not answered`)
 	}
 	waitFor(t, ctx, 10*time.Second, "HeraldBrokerDropsArrayHeaders as the gateway's probe says", func() error {
@@ -1800,10 +1921,13 @@ scrape_configs:
 		t.Logf("herald_bus_headers_kept{kind=\"array\"} = %v; HeraldBrokerDropsArrayHeaders firing: %v", kept, firing)
 		return nil
 	})
+}
 
-	// 5. The gateway stops: Prometheus finds it down, and HeraldGatewayDown is pending
-	// for it (it fires after its "for").
-	gw.stop(t)
+// gatewayDown: the gateway stops; Prometheus finds it down, and HeraldGatewayDown is
+// pending for it (it fires after its "for").
+func (r *trafficRun) gatewayDown() {
+	t, ctx, promBase, gwAddr := r.t, r.ctx, r.promBase, r.gwAddr
+	r.gw.stop(t)
 	waitFor(t, ctx, 15*time.Second, "HeraldGatewayDown pending for the stopped gateway", func() error {
 		var alerts struct {
 			Alerts []struct {
@@ -1822,7 +1946,6 @@ scrape_configs:
 		}
 		return fmt.Errorf("alerts: %+v", alerts.Alerts)
 	})
-	t.Logf("done after %v", time.Since(began).Round(time.Millisecond))
 }
 
 // TestLoadBalancer runs grafana/compose/nginx.conf in a real nginx in front of two real

@@ -292,13 +292,13 @@ func TestWarnDescriptors(t *testing.T) {
 	}
 	var out strings.Builder
 	log := slog.New(slog.NewTextHandler(&out, nil))
-	warnDescriptors(config{MaxConnections: int(min(limit, 1<<30)), MaxPending: 10}, log)
+	warnDescriptors(int(min(limit, 1<<30)), 10, log)
 	if !strings.Contains(out.String(), "exceed the descriptors") {
 		t.Errorf("max-connections at the descriptor limit: got %q, want a warning", out.String())
 	}
 	out.Reset()
 	if limit > 1000 {
-		warnDescriptors(config{MaxConnections: 100, MaxPending: 100}, log)
+		warnDescriptors(100, 100, log)
 		if out.String() != "" {
 			t.Errorf("limits well within %d descriptors: got %q, want no warning", limit, out.String())
 		}

@@ -43,11 +43,11 @@ func (c *config) validateCluster() []error {
 	if c.AMQPHeartbeat < time.Second || c.AMQPHeartbeat%time.Second != 0 {
 		errs = append(errs, invalid("amqp-heartbeat", "%v: want whole seconds, at least 1s (AMQP counts heartbeats in seconds)", c.AMQPHeartbeat))
 	}
-	if c.StreamReplicas < 1 || c.StreamReplicas > maxStreamReplicas {
-		errs = append(errs, invalid("stream-replicas", "%d: want 1 to %d", c.StreamReplicas, maxStreamReplicas))
+	if c.Stream.Replicas < 1 || c.Stream.Replicas > maxStreamReplicas {
+		errs = append(errs, invalid("stream-replicas", "%d: want 1 to %d", c.Stream.Replicas, maxStreamReplicas))
 	}
-	if c.StreamLeaderLocator != "balanced" && c.StreamLeaderLocator != "client-local" {
-		errs = append(errs, invalid("stream-leader-locator", "%.64q: want balanced or client-local", c.StreamLeaderLocator))
+	if c.Stream.LeaderLocator != "balanced" && c.Stream.LeaderLocator != "client-local" {
+		errs = append(errs, invalid("stream-leader-locator", "%.64q: want balanced or client-local", c.Stream.LeaderLocator))
 	}
 	switch {
 	case c.CanaryInterval < 0:
@@ -186,8 +186,8 @@ func (m *clusterMetrics) streamBounds(oldest, head int64, at time.Time) {
 
 // streamLimits records the stream's configured retention.
 func (m *clusterMetrics) streamLimits(c config) {
-	m.maxAge.Set(c.StreamMaxAge.Seconds())
-	m.maxBytes.Set(float64(c.StreamMaxBytes))
+	m.maxAge.Set(c.Stream.MaxAge.Seconds())
+	m.maxBytes.Set(float64(c.Stream.MaxBytes))
 }
 
 // setBus lets the metrics read the bus's canary.

@@ -16,10 +16,10 @@ func TestClusterSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.AMQPHeartbeat != 5*time.Second || c.StreamReplicas != 3 || c.StreamLeaderLocator != "balanced" ||
+	if c.AMQPHeartbeat != 5*time.Second || c.Stream.Replicas != 3 || c.Stream.LeaderLocator != "balanced" ||
 		c.CanaryInterval != 5*time.Second || c.CanaryTimeout != 20*time.Second {
 		t.Errorf("defaults: got heartbeat %v, replicas %d, locator %q, canary %v/%v; want 5s, 3, balanced, 5s/20s",
-			c.AMQPHeartbeat, c.StreamReplicas, c.StreamLeaderLocator, c.CanaryInterval, c.CanaryTimeout)
+			c.AMQPHeartbeat, c.Stream.Replicas, c.Stream.LeaderLocator, c.CanaryInterval, c.CanaryTimeout)
 	}
 	if canaryInterval(c) != 5*time.Second {
 		t.Errorf("canaryInterval: got %v", canaryInterval(c))

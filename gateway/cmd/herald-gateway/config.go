@@ -17,103 +17,54 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/heraldgw/herald/consumer"
 	"github.com/heraldgw/herald/gateway"
+	"github.com/heraldgw/herald/gateway/internal/pending"
 	"github.com/heraldgw/herald/producer/amqplink"
 	"github.com/heraldgw/herald/producer/redact"
 )
 
-// config is everything the gateway is started with: flags, each with an environment
-// variable twin. A flag given on the command line wins over its variable.
+// config is everything the gateway is started with. Each setting is a flag with an
+// environment twin (flags.go), bound straight onto the field of the library configuration
+// it sets, whose zero means the library's documented default; main's own settings (the
+// listeners, the bus's URL, logging) are the rest. Defaults shown by -help are the
+// libraries' constants.
 type config struct {
-	Addr             string
-	NodeID           string
-	APIKey           string
-	AMQPURL          string
-	Exchange         string
-	Stream           string
-	StreamMaxAge     time.Duration
-	StreamMaxBytes   int64
-	StreamSegment    int64
-	Prefetch         int
-	RetainMessages   int
-	RetainBytes      int64
-	WriteQueueBytes  int
-	MaxMessageBytes  int64
-	WriteTimeout     time.Duration
-	PingInterval     time.Duration
-	PublishTimeout   time.Duration
-	FlushInterval    time.Duration
-	WriteWorkers     int
-	Compression      bool
-	CompressMinBytes int
-	CompressLevel    int
-	SocketSendBuffer int
-	DedupWindow      time.Duration
-	ShutdownTimeout  time.Duration
+	Gateway      gateway.Config         // the server, its edge (Auth, Limits, AllowedOrigins) and writers
+	Hub          gateway.HubConfig      // deduplication
+	Presence     gateway.PresenceConfig // off when it has no channel and NoUsers
+	Stream       consumer.StreamConfig  // on RabbitMQ: the exchange and the stream
+	PresenceLink consumer.PresenceConfig
+	Embedded     consumer.EmbeddedConfig // without RabbitMQ
+	JWKS         gateway.JWKSConfig      // with a JWKS URL
+	Listen       listenConfig
 
-	// Presence (README "Presence").
-	PresenceChannels  string // comma-separated patterns
-	PresenceExclude   string // comma-separated patterns
-	NoUserPresence    bool
-	PresenceInterval  time.Duration
-	PresenceSnapshot  time.Duration
-	PresenceTTL       time.Duration
-	PresenceExchange  string
-	PresenceMaxList   int
-	NoClientPublish   bool
-	InsecureUserParam bool
-	DebugAddr         string
-	CheckOnly         bool
-	LogFormat         string
-	LogLevel          string
+	AMQPURL         string // empty: the embedded bus; or the comma-separated URLs of a cluster's nodes
+	// The broker cluster (README "Running on a RabbitMQ cluster"): every AMQP link's TLS
+	// files and heartbeat, and the canary.
+	AMQPCAFile     string
+	AMQPCertFile   string
+	AMQPKeyFile    string
+	AMQPHeartbeat  time.Duration
+	CanaryInterval time.Duration
+	CanaryTimeout  time.Duration
+	JWTPublicKey    string // path of a PEM file
+	ShutdownTimeout time.Duration
+	LogFormat       string
+	LogLevel        string
+	CheckOnly       bool
+}
 
-	// Authentication, origins and limits (README "Authentication and limits").
-	JWTSecret           string
-	JWTPublicKey        string // path of a PEM file
-	JWKSURL             string
-	JWKSRefresh         time.Duration
-	JWKSAllowHTTP       bool
-	JWTAlg              string
-	JWTAudience         string
-	JWTIssuer           string
-	JWTLeeway           time.Duration
-	AllowAnonymous      bool
-	DefaultChannels     string // comma-separated patterns
-	DefaultPublish      string // comma-separated patterns
-	AllowedOrigins      string // comma-separated
-	TrustedProxies      string // comma-separated CIDRs or addresses
-	MaxConnections      int
-	MaxConnectionsPerIP int
-	HandshakeRate       float64
-	HandshakeBurst      int
-	MessageRate         float64
-	MessageBurst        int
-	MaxViolations       int
-	MaxSubscriptions    int
-	ReadHeaderTimeout   time.Duration
-	IdleTimeout         time.Duration
-	MaxHeaderBytes      int
-
-	// The listeners (README "Operating it").
-	ReadTimeout     time.Duration
-	MaxPending      int
-	MaxPendingPerIP int
-	AdminAddr       string
-
-	// WebSocket frames (README "Authentication and limits").
-	FrameRate    float64
-	FrameBurst   int
-	MaxFragments int
-
-	// The broker cluster (README "Running on a RabbitMQ cluster").
-	AMQPCAFile          string
-	AMQPCertFile        string
-	AMQPKeyFile         string
-	AMQPHeartbeat       time.Duration
-	StreamReplicas      int
-	StreamLeaderLocator string
-	CanaryInterval      time.Duration
-	CanaryTimeout       time.Duration
+// listenConfig is how the gateway listens (README "Operating it").
+type listenConfig struct {
+	Addr              string
+	AdminAddr         string
+	DebugAddr         string // the deprecated alias of AdminAddr
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	IdleTimeout       time.Duration
+	MaxHeaderBytes    int
+	Pending           pending.Config // Max and MaxPerAddr
 }
 
 // parseConfig reads flags from args, with defaults from the environment. It returns
@@ -126,86 +77,87 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	if host == "" {
 		host = "herald"
 	}
+	g, l, a := &c.Gateway, &c.Gateway.Limits, &c.Gateway.Auth
 
-	e.str(&c.Addr, "addr", "HERALD_ADDR", ":8080", "address to listen on")
-	e.str(&c.NodeID, "node-id", "HERALD_NODE_ID", host, "this gateway's name in welcome frames and logs")
-	e.str(&c.APIKey, "api-key", "HERALD_API_KEY", "", "bearer key of POST /api/publish; empty turns the API off")
-	e.str(&c.AMQPURL, "amqp-url", "HERALD_AMQP_URL", "", "RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/, or the comma-separated URLs of a cluster's nodes (each connection goes to the first that answers, then the next); empty runs the embedded bus (one gateway)")
-	e.str(&c.Exchange, "exchange", "HERALD_EXCHANGE", "herald", "RabbitMQ fanout exchange that publishers publish to")
-	e.str(&c.Stream, "stream", "HERALD_STREAM", "herald.stream", "RabbitMQ stream queue bound to the exchange; it gives messages their offsets")
-	e.dur(&c.StreamMaxAge, "stream-max-age", "HERALD_STREAM_MAX_AGE", 24*time.Hour, "how long the stream retains messages")
-	e.size(&c.StreamMaxBytes, "stream-max-bytes", "HERALD_STREAM_MAX_BYTES", 1<<30, math.MaxInt64, "how many bytes the stream retains")
-	e.size(&c.StreamSegment, "stream-segment-bytes", "HERALD_STREAM_SEGMENT_BYTES", 0, math.MaxInt64, "size of the stream's segment files, the unit retention deletes; 0: the broker's default (500 MB)")
-	e.int(&c.Prefetch, "prefetch", "HERALD_PREFETCH", 1000, "unacknowledged stream messages the consumer may hold")
-	e.int(&c.RetainMessages, "retain-messages", "HERALD_RETAIN_MESSAGES", 10000, "embedded bus: messages kept for resume")
-	e.size(&c.RetainBytes, "retain-bytes", "HERALD_RETAIN_BYTES", 64<<20, math.MaxInt64, "embedded bus: bytes of data kept for resume")
-	e.sizeInt(&c.WriteQueueBytes, "write-queue-bytes", "HERALD_WRITE_QUEUE_BYTES", 1<<20, math.MaxInt64, "per-connection write queue cap; over it the client is closed with 4008")
-	e.size(&c.MaxMessageBytes, "max-message-bytes", "HERALD_MAX_MESSAGE_BYTES", 64<<10, math.MaxInt64, "largest client frame (else close 1009) and HTTP publish body (else 413)")
-	e.dur(&c.WriteTimeout, "write-timeout", "HERALD_WRITE_TIMEOUT", 10*time.Second, "deadline of each socket write")
-	e.dur(&c.PingInterval, "ping-interval", "HERALD_PING_INTERVAL", 25*time.Second, "how often clients are pinged; one silent for this plus 10s is dropped")
-	e.sizeInt(&c.SocketSendBuffer, "socket-send-buffer", "HERALD_SOCKET_SEND_BUFFER", 0, math.MaxInt32, "kernel send buffer per connection (SO_SNDBUF); bounds kernel memory per client; 0: the kernel's autotuning")
-	e.dur(&c.FlushInterval, "flush-interval", "HERALD_FLUSH_INTERVAL", 10*time.Millisecond, "a connection that wrote within this interval waits for the next one, and its frames go out in one write; negative: write each at once")
-	e.bool(&c.Compression, "compression", "HERALD_COMPRESSION", "negotiate permessage-deflate with clients that offer it (each message is compressed once for all of them)")
-	e.sizeInt(&c.CompressMinBytes, "compression-min-bytes", "HERALD_COMPRESSION_MIN_BYTES", 256, math.MaxInt64, "frames smaller than this go uncompressed")
-	e.int(&c.CompressLevel, "compression-level", "HERALD_COMPRESSION_LEVEL", 1, "deflate level: 1 (fastest) to 9 (smallest)")
-	e.int(&c.WriteWorkers, "write-workers", "HERALD_WRITE_WORKERS", 0, "writer workers that write the connections' queues, each on its own core; 0: one per core but one (GOMAXPROCS-1, at least 1); negative: a goroutine per write instead")
-	e.dur(&c.PublishTimeout, "publish-timeout", "HERALD_PUBLISH_TIMEOUT", 5*time.Second, "bound on one publish to the bus")
-	e.dur(&c.DedupWindow, "dedup-window", "HERALD_DEDUP_WINDOW", 2*time.Minute, "a message id seen again within this window is delivered once")
-	e.dur(&c.ShutdownTimeout, "shutdown-timeout", "HERALD_SHUTDOWN_TIMEOUT", 30*time.Second, "how long a drain on SIGTERM may take")
-	e.str(&c.PresenceChannels, "presence-channels", "HERALD_PRESENCE_CHANNELS", "", "channels with presence (who is online), comma-separated names or prefix* patterns, * for all; empty: none")
-	e.str(&c.PresenceExclude, "presence-exclude", "HERALD_PRESENCE_EXCLUDE", "", "channels without presence even where --presence-channels names them, as patterns")
-	e.bool(&c.NoUserPresence, "no-user-presence", "HERALD_NO_USER_PRESENCE", "do not track which users are online at all (GET /api/users/{id})")
-	e.dur(&c.PresenceInterval, "presence-interval", "HERALD_PRESENCE_INTERVAL", time.Second, "how often presence changes go to the other gateways; join and leave events are coalesced over it")
-	e.dur(&c.PresenceSnapshot, "presence-snapshot-interval", "HERALD_PRESENCE_SNAPSHOT_INTERVAL", 5*time.Second, "how often each gateway sends its whole presence state")
-	e.dur(&c.PresenceTTL, "presence-ttl", "HERALD_PRESENCE_TTL", 15*time.Second, "a gateway with no presence update within this leaves the others' views (killed or cut off)")
-	e.str(&c.PresenceExchange, "presence-exchange", "HERALD_PRESENCE_EXCHANGE", "herald.presence", "RabbitMQ fanout exchange that carries presence between gateways")
-	e.int(&c.PresenceMaxList, "presence-max-list", "HERALD_PRESENCE_MAX_LIST", 1000, "most users one presence answer lists (clients page with after)")
-	e.bool(&c.NoClientPublish, "no-client-publish", "HERALD_NO_CLIENT_PUBLISH", "refuse publish ops from WebSocket clients")
-	e.bool(&c.InsecureUserParam, "insecure-user-param", "HERALD_INSECURE_USER_PARAM", "INSECURE, demos and tests only: take the user from ?user= with no authentication")
-	e.str(&c.DebugAddr, "debug-addr", "HERALD_DEBUG_ADDR", "", "deprecated, use --admin-addr: the same listener, but /metrics stays on the public one too")
-	e.str(&c.JWTSecret, "jwt-secret", "HERALD_JWT_SECRET", "", "HS256 shared secret that verifies client tokens (JWT); one of --jwt-secret, --jwt-public-key, --jwks-url turns authentication on")
-	e.str(&c.JWTPublicKey, "jwt-public-key", "HERALD_JWT_PUBLIC_KEY", "", "PEM file of the RSA (RS256) or ECDSA P-256 (ES256) public key that verifies client tokens")
-	e.str(&c.JWKSURL, "jwks-url", "HERALD_JWKS_URL", "", "URL of a JSON Web Key Set whose keys (by kid) verify client tokens")
-	e.dur(&c.JWKSRefresh, "jwks-refresh", "HERALD_JWKS_REFRESH", 10*time.Minute, "how often the JWKS is fetched again")
-	e.bool(&c.JWKSAllowHTTP, "jwks-allow-http", "HERALD_JWKS_ALLOW_HTTP", "accept a plain http:// --jwks-url (logged loudly at start): only for a key server on a network you trust, since whoever can alter the traffic can sign any token")
-	e.str(&c.JWTAlg, "jwt-alg", "HERALD_JWT_ALG", "", "the only token algorithm accepted: HS256, RS256 or ES256 (default: the key's; RS256 for a JWKS)")
-	e.str(&c.JWTAudience, "jwt-audience", "HERALD_JWT_AUDIENCE", "", "when set, tokens must name it in aud")
-	e.str(&c.JWTIssuer, "jwt-issuer", "HERALD_JWT_ISSUER", "", "when set, tokens must have it as iss")
-	e.dur(&c.JWTLeeway, "jwt-leeway", "HERALD_JWT_LEEWAY", 30*time.Second, "clock skew allowed on exp and nbf")
-	e.bool(&c.AllowAnonymous, "allow-anonymous", "HERALD_ALLOW_ANONYMOUS", "with authentication on, admit clients without a token (no user; the default permissions)")
-	e.str(&c.DefaultChannels, "default-channels", "HERALD_DEFAULT_CHANNELS", "", "channel patterns a token without a channels claim (or an anonymous client) may subscribe to, e.g. public:*,user:{sub}:*; empty: none")
-	e.str(&c.DefaultPublish, "default-publish", "HERALD_DEFAULT_PUBLISH", "", "channel patterns a token without a publish claim (or an anonymous client) may publish to; empty: none")
-	e.str(&c.AllowedOrigins, "allowed-origins", "HERALD_ALLOWED_ORIGINS", "", "browser origins allowed besides the gateway's own, comma-separated: https://app.example.com, https://*.example.com, or *")
-	e.str(&c.TrustedProxies, "trusted-proxies", "HERALD_TRUSTED_PROXIES", "", "CIDRs of proxies whose X-Forwarded-For names the client's address, comma-separated")
-	e.int(&c.MaxConnections, "max-connections", "HERALD_MAX_CONNECTIONS", 100000, "open WebSocket connections this gateway takes (else 503); 0: no limit")
-	e.int(&c.MaxConnectionsPerIP, "max-connections-per-ip", "HERALD_MAX_CONNECTIONS_PER_IP", 1000, "open connections one client address may hold (else 429); 0: no limit")
-	e.float(&c.HandshakeRate, "handshake-rate", "HERALD_HANDSHAKE_RATE", 20, "handshakes per second one client address may make (else 429); 0: no limit")
-	e.int(&c.HandshakeBurst, "handshake-burst", "HERALD_HANDSHAKE_BURST", 100, "handshakes one client address may make at once")
-	e.float(&c.MessageRate, "message-rate", "HERALD_MESSAGE_RATE", 50, "frames per second a connection may send (else error rate_limited); 0: no limit")
-	e.int(&c.MessageBurst, "message-burst", "HERALD_MESSAGE_BURST", 100, "frames a connection may send at once")
-	e.float(&c.FrameRate, "frame-rate", "HERALD_FRAME_RATE", 0, "WebSocket frames per second a connection may send, every kind counted (pings, pongs, fragments...); over it the connection is closed with 4029; 0: four times --message-rate; negative: no limit")
-	e.int(&c.FrameBurst, "frame-burst", "HERALD_FRAME_BURST", 0, "frames a connection may send at once; 0: four times --message-burst")
-	e.int(&c.MaxFragments, "max-fragments", "HERALD_MAX_FRAGMENTS", 256, "frames one client message may come in (else close 1009); 0: no limit")
-	e.int(&c.MaxViolations, "max-rate-violations", "HERALD_MAX_RATE_VIOLATIONS", 10, "frames over the rate within 10s before the connection is closed with 4029; 0: never closed")
-	e.int(&c.MaxSubscriptions, "max-subscriptions", "HERALD_MAX_SUBSCRIPTIONS", 256, "channel subscriptions per connection (else error too_large); 0: no limit")
-	e.dur(&c.ReadHeaderTimeout, "read-header-timeout", "HERALD_READ_HEADER_TIMEOUT", 10*time.Second, "time a client has to send its request headers (a handshake that never completes is dropped)")
-	e.dur(&c.IdleTimeout, "idle-timeout", "HERALD_IDLE_TIMEOUT", 2*time.Minute, "how long an idle HTTP keep-alive connection is kept")
-	e.sizeInt(&c.MaxHeaderBytes, "max-header-bytes", "HERALD_MAX_HEADER_BYTES", 16<<10, math.MaxInt64, "largest request header (else 431)")
-	e.dur(&c.ReadTimeout, "read-timeout", "HERALD_READ_TIMEOUT", 10*time.Second, "time a client has to send a whole request, headers and body (a WebSocket, once upgraded, is not bounded by it)")
-	e.int(&c.MaxPending, "max-pending-connections", "HERALD_MAX_PENDING_CONNECTIONS", 10000, "connections accepted and not yet answered or upgraded (and, as many again, idle keep-alive ones); over it a new connection is closed at once; 0: no limit")
-	e.int(&c.MaxPendingPerIP, "max-pending-connections-per-ip", "HERALD_MAX_PENDING_CONNECTIONS_PER_IP", 0, "of those, how many one client address may hold; 0: no limit (clients behind a NAT or proxy share an address)")
-	e.str(&c.AdminAddr, "admin-addr", "HERALD_ADMIN_ADDR", "", "address of a separate listener with /metrics, /healthz, /readyz and /debug/pprof, e.g. 127.0.0.1:9090; then /metrics is served there only; empty: off")
+	e.str(&c.Listen.Addr, "addr", ":8080", "address to listen on")
+	e.str(&g.NodeID, "node-id", host, "this gateway's name in welcome frames and logs")
+	e.str(&g.APIKey, "api-key", "", "bearer key of POST /api/publish; empty turns the API off")
+	e.str(&c.AMQPURL, "amqp-url", "", "RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/, or the comma-separated URLs of a cluster's nodes (each connection goes to the first that answers, then the next); empty runs the embedded bus (one gateway)")
+	e.str(&c.Stream.Exchange, "exchange", "herald", "RabbitMQ fanout exchange that publishers publish to")
+	e.str(&c.Stream.Stream, "stream", "herald.stream", "RabbitMQ stream queue bound to the exchange; it gives messages their offsets")
+	e.dur(&c.Stream.MaxAge, "stream-max-age", 24*time.Hour, "how long the stream retains messages")
+	e.size(&c.Stream.MaxBytes, "stream-max-bytes", 1<<30, math.MaxInt64, "how many bytes the stream retains")
+	e.size(&c.Stream.SegmentBytes, "stream-segment-bytes", 0, math.MaxInt64, "size of the stream's segment files, the unit retention deletes; 0: the broker's default (500 MB)")
+	e.int(&c.Stream.Prefetch, "prefetch", 1000, "unacknowledged stream messages the consumer may hold")
+	e.int(&c.Embedded.RetainMessages, "retain-messages", 10000, "embedded bus: messages kept for resume")
+	e.size(&c.Embedded.RetainBytes, "retain-bytes", 64<<20, math.MaxInt64, "embedded bus: bytes of data kept for resume")
+	e.sizeInt(&g.WriteQueueBytes, "write-queue-bytes", gateway.DefaultWriteQueueBytes, math.MaxInt64, "per-connection write queue cap; over it the client is closed with 4008")
+	e.size(&g.MaxMessageBytes, "max-message-bytes", gateway.DefaultMaxMessageBytes, math.MaxInt64, "largest client frame (else close 1009) and HTTP publish body (else 413)")
+	e.dur(&g.WriteTimeout, "write-timeout", gateway.DefaultWriteTimeout, "deadline of each socket write")
+	e.dur(&g.PingInterval, "ping-interval", gateway.DefaultPingInterval, "how often clients are pinged; one silent for this plus 10s is dropped")
+	e.sizeInt(&g.SocketSendBuffer, "socket-send-buffer", 0, math.MaxInt32, "kernel send buffer per connection (SO_SNDBUF); bounds kernel memory per client; 0: the kernel's autotuning")
+	e.dur(&g.FlushInterval, "flush-interval", gateway.DefaultFlushInterval, "a connection that wrote within this interval waits for the next one, and its frames go out in one write; negative: write each at once")
+	e.bool(&g.Compression, "compression", "negotiate permessage-deflate with clients that offer it (each message is compressed once for all of them)")
+	e.sizeInt(&g.CompressionMinBytes, "compression-min-bytes", gateway.DefaultCompressionMinBytes, math.MaxInt64, "frames smaller than this go uncompressed")
+	e.int(&g.CompressionLevel, "compression-level", gateway.DefaultCompressionLevel, "deflate level: 1 (fastest) to 9 (smallest)")
+	e.int(&g.WriteWorkers, "write-workers", 0, "writer workers that write the connections' queues, each on its own core; 0: one per core but one (GOMAXPROCS-1, at least 1); negative: a goroutine per write instead")
+	e.dur(&g.PublishTimeout, "publish-timeout", gateway.DefaultPublishTimeout, "bound on one publish to the bus")
+	e.dur(&c.Hub.DedupWindow, "dedup-window", gateway.DefaultDedupWindow, "a message id seen again within this window is delivered once")
+	e.dur(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a drain on SIGTERM may take")
+	e.list(&c.Presence.Channels, "presence-channels", "channels with presence (who is online), comma-separated names or prefix* patterns, * for all; empty: none")
+	e.list(&c.Presence.Exclude, "presence-exclude", "channels without presence even where --presence-channels names them, as patterns")
+	e.bool(&c.Presence.NoUsers, "no-user-presence", "do not track which users are online at all (GET /api/users/{id})")
+	e.dur(&c.Presence.Interval, "presence-interval", gateway.DefaultPresenceInterval, "how often presence changes go to the other gateways; join and leave events are coalesced over it")
+	e.dur(&c.Presence.SnapshotInterval, "presence-snapshot-interval", gateway.DefaultPresenceSnapshotInterval, "how often each gateway sends its whole presence state")
+	e.dur(&c.Presence.TTL, "presence-ttl", 3*gateway.DefaultPresenceSnapshotInterval, "a gateway with no presence update within this leaves the others' views (killed or cut off)")
+	e.str(&c.PresenceLink.Exchange, "presence-exchange", "herald.presence", "RabbitMQ fanout exchange that carries presence between gateways")
+	e.int(&c.Presence.MaxList, "presence-max-list", gateway.DefaultPresenceMaxList, "most users one presence answer lists (clients page with after)")
+	e.bool(&g.DisableClientPublish, "no-client-publish", "refuse publish ops from WebSocket clients")
+	e.bool(&g.InsecureUserParam, "insecure-user-param", "INSECURE, demos and tests only: take the user from ?user= with no authentication")
+	e.str(&c.Listen.DebugAddr, "debug-addr", "", "deprecated, use --admin-addr: the same listener, but /metrics stays on the public one too")
+	e.secret(&a.Secret, "jwt-secret", "HS256 shared secret that verifies client tokens (JWT); one of --jwt-secret, --jwt-public-key, --jwks-url turns authentication on")
+	e.str(&c.JWTPublicKey, "jwt-public-key", "", "PEM file of the RSA (RS256) or ECDSA P-256 (ES256) public key that verifies client tokens")
+	e.str(&c.JWKS.URL, "jwks-url", "", "URL of a JSON Web Key Set whose keys (by kid) verify client tokens")
+	e.dur(&c.JWKS.Refresh, "jwks-refresh", gateway.DefaultJWKSRefresh, "how often the JWKS is fetched again")
+	e.bool(&c.JWKS.AllowHTTP, "jwks-allow-http", "accept a plain http:// --jwks-url (logged loudly at start): only for a key server on a network you trust, since whoever can alter the traffic can sign any token")
+	e.str(&a.Algorithm, "jwt-alg", "", "the only token algorithm accepted: HS256, RS256 or ES256 (default: the key's; RS256 for a JWKS)")
+	e.str(&a.Audience, "jwt-audience", "", "when set, tokens must name it in aud")
+	e.str(&a.Issuer, "jwt-issuer", "", "when set, tokens must have it as iss")
+	e.durLimit(&a.Leeway, "jwt-leeway", gateway.DefaultLeeway, "clock skew allowed on exp and nbf")
+	e.bool(&a.AllowAnonymous, "allow-anonymous", "with authentication on, admit clients without a token (no user; the default permissions)")
+	e.list(&a.DefaultChannels, "default-channels", "channel patterns a token without a channels claim (or an anonymous client) may subscribe to, e.g. public:*,user:{sub}:*; empty: none")
+	e.list(&a.DefaultPublish, "default-publish", "channel patterns a token without a publish claim (or an anonymous client) may publish to; empty: none")
+	e.list(&g.AllowedOrigins, "allowed-origins", "browser origins allowed besides the gateway's own, comma-separated: https://app.example.com, https://*.example.com, or *")
+	e.prefixes(&l.TrustedProxies, "trusted-proxies", "CIDRs of proxies whose X-Forwarded-For names the client's address, comma-separated")
+	e.limit(&l.MaxConnections, "max-connections", gateway.DefaultMaxConnections, "open WebSocket connections this gateway takes (else 503); 0: no limit")
+	e.limit(&l.MaxConnectionsPerIP, "max-connections-per-ip", gateway.DefaultMaxConnectionsPerIP, "open connections one client address may hold (else 429); 0: no limit")
+	e.rateLimit(&l.HandshakeRate, "handshake-rate", gateway.DefaultHandshakeRate, "handshakes per second one client address may make (else 429); 0: no limit")
+	e.int(&l.HandshakeBurst, "handshake-burst", gateway.DefaultHandshakeBurst, "handshakes one client address may make at once")
+	e.rateLimit(&l.MessageRate, "message-rate", gateway.DefaultMessageRate, "frames per second a connection may send (else error rate_limited); 0: no limit")
+	e.int(&l.MessageBurst, "message-burst", gateway.DefaultMessageBurst, "frames a connection may send at once")
+	e.float(&l.FrameRate, "frame-rate", 0, "WebSocket frames per second a connection may send, every kind counted (pings, pongs, fragments...); over it the connection is closed with 4029; 0: four times --message-rate; negative: no limit")
+	e.int(&l.FrameBurst, "frame-burst", 0, "frames a connection may send at once; 0: four times --message-burst")
+	e.limit(&l.MaxFragments, "max-fragments", gateway.DefaultMaxFragments, "frames one client message may come in (else close 1009); 0: no limit")
+	e.limit(&l.MaxViolations, "max-rate-violations", gateway.DefaultMaxViolations, "frames over the rate within 10s before the connection is closed with 4029; 0: never closed")
+	e.limit(&l.MaxSubscriptions, "max-subscriptions", gateway.DefaultMaxSubscriptions, "channel subscriptions per connection (else error too_large); 0: no limit")
+	e.dur(&c.Listen.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request headers (a handshake that never completes is dropped)")
+	e.dur(&c.Listen.IdleTimeout, "idle-timeout", 2*time.Minute, "how long an idle HTTP keep-alive connection is kept")
+	e.sizeInt(&c.Listen.MaxHeaderBytes, "max-header-bytes", 16<<10, math.MaxInt64, "largest request header (else 431)")
+	e.dur(&c.Listen.ReadTimeout, "read-timeout", 10*time.Second, "time a client has to send a whole request, headers and body (a WebSocket, once upgraded, is not bounded by it)")
+	e.limit(&c.Listen.Pending.Max, "max-pending-connections", pending.DefaultMax, "connections accepted and not yet answered or upgraded (and, as many again, idle keep-alive ones); over it a new connection is closed at once; 0: no limit")
+	e.limit(&c.Listen.Pending.MaxPerAddr, "max-pending-connections-per-ip", 0, "of those, how many one client address may hold; 0: no limit (clients behind a NAT or proxy share an address)")
+	e.str(&c.Listen.AdminAddr, "admin-addr", "", "address of a separate listener with /metrics, /healthz, /readyz and /debug/pprof, e.g. 127.0.0.1:9090; then /metrics is served there only; empty: off")
+	e.str(&c.AMQPCAFile, "amqp-ca-file", "", "PEM file of the CAs that sign the brokers' certificates, for amqps:// URLs; empty: the system's CAs")
+	e.str(&c.AMQPCertFile, "amqp-cert-file", "", "PEM file of the client certificate presented to the brokers over amqps:// (with --amqp-key-file)")
+	e.str(&c.AMQPKeyFile, "amqp-key-file", "", "PEM file of the client certificate's private key")
+	e.dur(&c.AMQPHeartbeat, "amqp-heartbeat", 5*time.Second, "AMQP heartbeat of every broker connection: a node silent for 1.5 times it is given up, and the connection moves to the next node; whole seconds")
+	e.int(&c.Stream.Replicas, "stream-replicas", 3, "nodes that hold a copy of the stream when it is declared (x-initial-cluster-size; capped at the cluster's size)")
+	e.str(&c.Stream.LeaderLocator, "stream-leader-locator", "balanced", "where a new stream's leader goes (x-queue-leader-locator): balanced or client-local")
+	e.dur(&c.CanaryInterval, "canary-interval", 5*time.Second, "how often the gateway sends a canary through the exchange and times its return through its own consumer; 0: no canary")
+	e.dur(&c.CanaryTimeout, "canary-timeout", 20*time.Second, "no canary back within this: /readyz answers 503 with the reason, and the gateway declares its topology again and attaches again")
 	fs.BoolVar(&c.CheckOnly, "check-config", false, "check the configuration (flags and environment) and exit: 0 when the gateway would start with it, 2 otherwise")
-	e.str(&c.AMQPCAFile, "amqp-ca-file", "HERALD_AMQP_CA_FILE", "", "PEM file of the CAs that sign the brokers' certificates, for amqps:// URLs; empty: the system's CAs")
-	e.str(&c.AMQPCertFile, "amqp-cert-file", "HERALD_AMQP_CERT_FILE", "", "PEM file of the client certificate presented to the brokers over amqps:// (with --amqp-key-file)")
-	e.str(&c.AMQPKeyFile, "amqp-key-file", "HERALD_AMQP_KEY_FILE", "", "PEM file of the client certificate's private key")
-	e.dur(&c.AMQPHeartbeat, "amqp-heartbeat", "HERALD_AMQP_HEARTBEAT", 5*time.Second, "AMQP heartbeat of every broker connection: a node silent for 1.5 times it is given up, and the connection moves to the next node; whole seconds")
-	e.int(&c.StreamReplicas, "stream-replicas", "HERALD_STREAM_REPLICAS", 3, "nodes that hold a copy of the stream when it is declared (x-initial-cluster-size; capped at the cluster's size)")
-	e.str(&c.StreamLeaderLocator, "stream-leader-locator", "HERALD_STREAM_LEADER_LOCATOR", "balanced", "where a new stream's leader goes (x-queue-leader-locator): balanced or client-local")
-	e.dur(&c.CanaryInterval, "canary-interval", "HERALD_CANARY_INTERVAL", 5*time.Second, "how often the gateway sends a canary through the exchange and times its return through its own consumer; 0: no canary")
-	e.dur(&c.CanaryTimeout, "canary-timeout", "HERALD_CANARY_TIMEOUT", 20*time.Second, "no canary back within this: /readyz answers 503 with the reason, and the gateway declares its topology again and attaches again")
-	e.str(&c.LogFormat, "log-format", "HERALD_LOG_FORMAT", "text", "log format: text or json")
-	e.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	e.str(&c.LogFormat, "log-format", "text", "log format: text or json")
+	e.str(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 
 	// The flag package prints nothing: -help prints the usage, an error is returned (and
 	// names the setting).
@@ -236,7 +188,8 @@ func invalid(name, format string, args ...any) error {
 }
 
 // validate checks everything the gateway would refuse at start, so that --check-config
-// says so before a deploy: each error names its setting.
+// says so before a deploy: each error names its setting. (The limits whose 0 means "no
+// limit" refuse a negative number as they are parsed.)
 func (c *config) validate() error {
 	var errs []error
 	add := func(err error) {
@@ -250,75 +203,62 @@ func (c *config) validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		add(invalid("log-level", "%v", err))
 	}
-	add(checkAddr("addr", c.Addr, false))
-	add(checkAddr("debug-addr", c.DebugAddr, true))
+	add(checkAddr("addr", c.Listen.Addr, false))
+	add(checkAddr("debug-addr", c.Listen.DebugAddr, true))
 	if c.AMQPURL != "" {
 		add(checkAMQPURLs("amqp-url", c.AMQPURL))
 	}
-	errs = append(errs, c.validateCluster()...)
-	for name, v := range map[string]string{"exchange": c.Exchange, "stream": c.Stream, "presence-exchange": c.PresenceExchange} {
+	for name, v := range map[string]string{"exchange": c.Stream.Exchange, "stream": c.Stream.Stream, "presence-exchange": c.PresenceLink.Exchange} {
 		if v == "" || len(v) > 255 {
 			add(invalid(name, "%.64q: want a name of 1 to 255 bytes", v))
 		}
 	}
+	g, l := &c.Gateway, &c.Gateway.Limits
 	positive := map[string]int64{
-		"prefetch": int64(c.Prefetch), "retain-messages": int64(c.RetainMessages),
-		"retain-bytes": c.RetainBytes, "write-queue-bytes": int64(c.WriteQueueBytes),
-		"max-message-bytes": c.MaxMessageBytes, "stream-max-bytes": c.StreamMaxBytes,
-		"write-timeout": int64(c.WriteTimeout), "ping-interval": int64(c.PingInterval),
-		"publish-timeout": int64(c.PublishTimeout), "shutdown-timeout": int64(c.ShutdownTimeout),
-		"stream-max-age":    int64(c.StreamMaxAge),
-		"presence-interval": int64(c.PresenceInterval), "presence-snapshot-interval": int64(c.PresenceSnapshot),
-		"presence-ttl": int64(c.PresenceTTL), "presence-max-list": int64(c.PresenceMaxList),
-		"jwks-refresh": int64(c.JWKSRefresh), "read-header-timeout": int64(c.ReadHeaderTimeout),
-		"idle-timeout": int64(c.IdleTimeout), "max-header-bytes": int64(c.MaxHeaderBytes),
-		"read-timeout":    int64(c.ReadTimeout),
-		"handshake-burst": int64(c.HandshakeBurst), "message-burst": int64(c.MessageBurst),
+		"prefetch": int64(c.Stream.Prefetch), "retain-messages": int64(c.Embedded.RetainMessages),
+		"retain-bytes": c.Embedded.RetainBytes, "write-queue-bytes": int64(g.WriteQueueBytes),
+		"max-message-bytes": g.MaxMessageBytes, "stream-max-bytes": c.Stream.MaxBytes,
+		"write-timeout": int64(g.WriteTimeout), "ping-interval": int64(g.PingInterval),
+		"publish-timeout": int64(g.PublishTimeout), "shutdown-timeout": int64(c.ShutdownTimeout),
+		"stream-max-age":    int64(c.Stream.MaxAge),
+		"presence-interval": int64(c.Presence.Interval), "presence-snapshot-interval": int64(c.Presence.SnapshotInterval),
+		"presence-ttl": int64(c.Presence.TTL), "presence-max-list": int64(c.Presence.MaxList),
+		"jwks-refresh": int64(c.JWKS.Refresh), "read-header-timeout": int64(c.Listen.ReadHeaderTimeout),
+		"idle-timeout": int64(c.Listen.IdleTimeout), "max-header-bytes": int64(c.Listen.MaxHeaderBytes),
+		"read-timeout":    int64(c.Listen.ReadTimeout),
+		"handshake-burst": int64(l.HandshakeBurst), "message-burst": int64(l.MessageBurst),
 	}
 	for name, v := range positive {
 		if v <= 0 {
 			add(invalid(name, "must be positive"))
 		}
 	}
-	nonNegative := map[string]float64{
-		"max-connections": float64(c.MaxConnections), "max-connections-per-ip": float64(c.MaxConnectionsPerIP),
-		"handshake-rate": c.HandshakeRate, "message-rate": c.MessageRate,
-		"max-rate-violations": float64(c.MaxViolations), "max-subscriptions": float64(c.MaxSubscriptions),
-		"jwt-leeway": float64(c.JWTLeeway), "prefetch": float64(c.Prefetch),
-		"max-pending-connections":        float64(c.MaxPending),
-		"max-pending-connections-per-ip": float64(c.MaxPendingPerIP),
-		"frame-burst":                    float64(c.FrameBurst), "max-fragments": float64(c.MaxFragments),
+	if l.FrameBurst < 0 {
+		add(invalid("frame-burst", "must not be negative"))
 	}
-	for name, v := range nonNegative {
-		if v < 0 {
-			add(invalid(name, "must not be negative"))
-		}
-	}
-	if c.Prefetch > 65535 {
-		add(invalid("prefetch", "%d: at most 65535 (AMQP's limit)", c.Prefetch))
+	if c.Stream.Prefetch > 65535 {
+		add(invalid("prefetch", "%d: at most 65535 (AMQP's limit)", c.Stream.Prefetch))
 	}
 	errs = append(errs, c.validateAuth()...)
-	if c.CompressLevel < 1 || c.CompressLevel > 9 {
-		add(invalid("compression-level", "%d: want 1 to 9", c.CompressLevel))
+	errs = append(errs, c.validateCluster()...)
+	if g.CompressionLevel < 1 || g.CompressionLevel > 9 {
+		add(invalid("compression-level", "%d: want 1 to 9", g.CompressionLevel))
 	}
-	if c.PresenceTTL <= c.PresenceSnapshot {
+	if c.Presence.TTL <= c.Presence.SnapshotInterval {
 		add(invalid("presence-ttl", "must be longer than --presence-snapshot-interval (three times it is usual), or live gateways would flicker out of the view"))
 	}
-	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
-		add(invalid("trusted-proxies", "%v", err))
-	}
-	if err := gateway.CheckAllowedOrigins(splitList(c.AllowedOrigins)); err != nil {
+	if err := gateway.CheckAllowedOrigins(g.AllowedOrigins); err != nil {
 		add(invalid("allowed-origins", "%v", err))
 	}
-	if c.ReadHeaderTimeout > c.ReadTimeout {
+	if c.Listen.ReadHeaderTimeout > c.Listen.ReadTimeout {
 		errs = append(errs, errors.New("read-header-timeout must not exceed read-timeout (the headers are part of the request)"))
 	}
-	for name, addr := range map[string]string{"admin-addr": c.AdminAddr, "debug-addr": c.DebugAddr} {
+	for name, addr := range map[string]string{"admin-addr": c.Listen.AdminAddr, "debug-addr": c.Listen.DebugAddr} {
 		if _, _, err := net.SplitHostPort(addr); addr != "" && err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port, e.g. 127.0.0.1:9090: %w", name, addr, err))
 		}
 	}
-	if c.AdminAddr != "" && c.DebugAddr != "" {
+	if c.Listen.AdminAddr != "" && c.Listen.DebugAddr != "" {
 		errs = append(errs, errors.New("admin-addr and debug-addr: give admin-addr only (debug-addr is its deprecated alias)"))
 	}
 	return errors.Join(errs...)
@@ -327,8 +267,8 @@ func (c *config) validate() error {
 // jwtKeys counts the token keys configured.
 func (c *config) jwtKeys() int {
 	n := 0
-	for _, v := range []string{c.JWTSecret, c.JWTPublicKey, c.JWKSURL} {
-		if v != "" {
+	for _, set := range []bool{len(c.Gateway.Auth.Secret) > 0, c.JWTPublicKey != "", c.JWKS.URL != ""} {
+		if set {
 			n++
 		}
 	}
@@ -337,33 +277,34 @@ func (c *config) jwtKeys() int {
 
 func (c *config) validateAuth() []error {
 	var errs []error
+	a := &c.Gateway.Auth
 	keys := c.jwtKeys()
 	if keys > 1 {
 		errs = append(errs, fmt.Errorf("%s, %s and %s: give one, not several", setting("jwt-secret"), setting("jwt-public-key"), setting("jwks-url")))
 	}
-	if keys > 0 && c.InsecureUserParam {
+	if keys > 0 && c.Gateway.InsecureUserParam {
 		errs = append(errs, invalid("insecure-user-param", "cannot be used with authentication (--jwt-secret, --jwt-public-key, --jwks-url): it would let any client claim any user"))
 	}
-	switch c.JWTAlg {
+	switch a.Algorithm {
 	case "", "HS256", "RS256", "ES256":
 	default:
-		errs = append(errs, invalid("jwt-alg", "%q: want HS256, RS256 or ES256", c.JWTAlg))
+		errs = append(errs, invalid("jwt-alg", "%q: want HS256, RS256 or ES256", a.Algorithm))
 	}
 	if keys == 0 {
-		for name, set := range map[string]bool{"jwt-alg": c.JWTAlg != "", "jwt-audience": c.JWTAudience != "",
-			"jwt-issuer": c.JWTIssuer != "", "allow-anonymous": c.AllowAnonymous} {
+		for name, set := range map[string]bool{"jwt-alg": a.Algorithm != "", "jwt-audience": a.Audience != "",
+			"jwt-issuer": a.Issuer != "", "allow-anonymous": a.AllowAnonymous} {
 			if set {
 				errs = append(errs, invalid(name, "needs a key: --jwt-secret, --jwt-public-key or --jwks-url"))
 			}
 		}
 	}
 	switch {
-	case c.JWTSecret != "":
-		if len(c.JWTSecret) < 32 {
+	case len(a.Secret) > 0:
+		if len(a.Secret) < 32 {
 			errs = append(errs, invalid("jwt-secret", "must be at least 32 bytes (HS256 wants a key as long as its hash)"))
 		}
-		if c.JWTAlg != "" && c.JWTAlg != gateway.AlgHS256 {
-			errs = append(errs, invalid("jwt-alg", "%s: a shared secret verifies HS256 only", c.JWTAlg))
+		if a.Algorithm != "" && a.Algorithm != gateway.AlgHS256 {
+			errs = append(errs, invalid("jwt-alg", "%s: a shared secret verifies HS256 only", a.Algorithm))
 		}
 	case c.JWTPublicKey != "":
 		pem, err := os.ReadFile(c.JWTPublicKey)
@@ -376,23 +317,23 @@ func (c *config) validateAuth() []error {
 			errs = append(errs, invalid("jwt-public-key", "%s: %v", c.JWTPublicKey, err))
 			break
 		}
-		if alg, _ := gateway.PublicKeyAlgorithm(key); c.JWTAlg != "" && c.JWTAlg != alg {
-			errs = append(errs, invalid("jwt-alg", "%s: the key in --jwt-public-key verifies %s", c.JWTAlg, alg))
+		if alg, _ := gateway.PublicKeyAlgorithm(key); a.Algorithm != "" && a.Algorithm != alg {
+			errs = append(errs, invalid("jwt-alg", "%s: the key in --jwt-public-key verifies %s", a.Algorithm, alg))
 		}
-	case c.JWKSURL != "":
-		if c.JWTAlg == gateway.AlgHS256 {
+	case c.JWKS.URL != "":
+		if a.Algorithm == gateway.AlgHS256 {
 			errs = append(errs, invalid("jwt-alg", "HS256: a JWKS verifies RS256 or ES256"))
 		}
 	}
-	if c.JWKSURL != "" {
-		if err := gateway.CheckJWKSURL(c.JWKSURL, c.JWKSAllowHTTP); err != nil {
+	if c.JWKS.URL != "" {
+		if err := gateway.CheckJWKSURL(c.JWKS.URL, c.JWKS.AllowHTTP); err != nil {
 			errs = append(errs, invalid("jwks-url", "%v", err))
 		}
-	} else if c.JWKSAllowHTTP {
+	} else if c.JWKS.AllowHTTP {
 		errs = append(errs, invalid("jwks-allow-http", "is only for a --jwks-url"))
 	}
-	for name, v := range map[string]string{"default-channels": c.DefaultChannels, "default-publish": c.DefaultPublish} {
-		if err := gateway.CheckPatterns(splitList(v)); err != nil {
+	for name, v := range map[string][]string{"default-channels": a.DefaultChannels, "default-publish": a.DefaultPublish} {
+		if err := gateway.CheckPatterns(v); err != nil {
 			errs = append(errs, invalid(name, "%v", err))
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,8 +23,8 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 		check func(c config) string
 	}{
 		{"defaults", nil, nil, func(c config) string {
-			if c.Addr != ":8080" || c.AMQPURL != "" || c.APIKey != "" || c.WriteQueueBytes != 1<<20 ||
-				c.MaxMessageBytes != 64<<10 || c.Exchange != "herald" || c.StreamMaxAge != 24*time.Hour {
+			if c.Listen.Addr != ":8080" || c.AMQPURL != "" || c.Gateway.APIKey != "" || c.Gateway.WriteQueueBytes != 1<<20 ||
+				c.Gateway.MaxMessageBytes != 64<<10 || c.Stream.Exchange != "herald" || c.Stream.MaxAge != 24*time.Hour {
 				return "defaults differ from the documented ones"
 			}
 			return ""
@@ -33,8 +34,8 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 			"HERALD_NODE_ID": "n1", "HERALD_WRITE_QUEUE_BYTES": "2048", "HERALD_PING_INTERVAL": "3s",
 			"HERALD_INSECURE_USER_PARAM": "true",
 		}, func(c config) string {
-			if c.Addr != "127.0.0.1:9000" || c.AMQPURL != "amqp://x" || c.APIKey != "k" || c.NodeID != "n1" ||
-				c.WriteQueueBytes != 2048 || c.PingInterval != 3*time.Second || !c.InsecureUserParam {
+			if c.Listen.Addr != "127.0.0.1:9000" || c.AMQPURL != "amqp://x" || c.Gateway.APIKey != "k" || c.Gateway.NodeID != "n1" ||
+				c.Gateway.WriteQueueBytes != 2048 || c.Gateway.PingInterval != 3*time.Second || !c.Gateway.InsecureUserParam {
 				return "environment not applied"
 			}
 			return ""
@@ -45,16 +46,16 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 			"HERALD_COMPRESSION": "true", "HERALD_COMPRESSION_LEVEL": "6", "HERALD_COMPRESSION_MIN_BYTES": "512",
 			"HERALD_WRITE_WORKERS": "3",
 		}, func(c config) string {
-			if c.PresenceChannels != "room,chat:*" || c.PresenceExclude != "chat:secret" || c.PresenceInterval != 250*time.Millisecond ||
-				c.PresenceTTL != 20*time.Second || !c.NoUserPresence || c.PresenceSnapshot != 5*time.Second ||
-				!c.Compression || c.CompressLevel != 6 || c.CompressMinBytes != 512 || c.WriteWorkers != 3 {
+			if !slices.Equal(c.Presence.Channels, []string{"room", "chat:*"}) || !slices.Equal(c.Presence.Exclude, []string{"chat:secret"}) || c.Presence.Interval != 250*time.Millisecond ||
+				c.Presence.TTL != 20*time.Second || !c.Presence.NoUsers || c.Presence.SnapshotInterval != 5*time.Second ||
+				!c.Gateway.Compression || c.Gateway.CompressionLevel != 6 || c.Gateway.CompressionMinBytes != 512 || c.Gateway.WriteWorkers != 3 {
 				return "presence, compression or writer settings not applied"
 			}
 			return ""
 		}},
 		{"flag wins over environment", []string{"--addr", ":7000", "--write-queue-bytes", "4096"},
 			map[string]string{"HERALD_ADDR": ":9000", "HERALD_WRITE_QUEUE_BYTES": "2048"}, func(c config) string {
-				if c.Addr != ":7000" || c.WriteQueueBytes != 4096 {
+				if c.Listen.Addr != ":7000" || c.Gateway.WriteQueueBytes != 4096 {
 					return "flag did not win"
 				}
 				return ""
@@ -211,8 +212,8 @@ func TestSizeSettingsTakeUnits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.WriteQueueBytes != 2<<20 || c.MaxHeaderBytes != 32<<10 || c.CompressMinBytes != 1<<10 || c.StreamMaxBytes != 2<<30 ||
-		c.StreamSegment != 100_000_000 || c.RetainBytes != 128<<20 || c.MaxMessageBytes != 1_000_000 || c.SocketSendBuffer != 64<<10 {
+	if c.Gateway.WriteQueueBytes != 2<<20 || c.Listen.MaxHeaderBytes != 32<<10 || c.Gateway.CompressionMinBytes != 1<<10 || c.Stream.MaxBytes != 2<<30 ||
+		c.Stream.SegmentBytes != 100_000_000 || c.Embedded.RetainBytes != 128<<20 || c.Gateway.MaxMessageBytes != 1_000_000 || c.Gateway.SocketSendBuffer != 64<<10 {
 		t.Errorf("sizes not applied: %+v", c)
 	}
 }

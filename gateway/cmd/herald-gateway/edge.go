@@ -12,90 +12,44 @@ import (
 	"github.com/heraldgw/herald/producer/redact"
 )
 
-// edge is the gateway's authentication and limits, from the flags.
-type edge struct {
-	auth    gateway.AuthConfig
-	limits  gateway.Limits
-	origins []string
-	jwks    *gateway.JWKS // nil unless --jwks-url; Run keeps it fresh
-}
-
-// off turns a flag's 0 ("no limit") into the gateway's negative (off); the gateway's
-// zero means its default.
-func off[T ~int | ~int64 | ~float64](v T) T {
-	if v <= 0 {
-		return -1
-	}
-	return v
-}
-
-// edgeConfig builds the gateway's authentication and limits from cfg, reading the
-// public key file and fetching the JWKS once (a failed fetch is logged; Run retries).
-// It logs loudly when authentication is off.
-func edgeConfig(ctx context.Context, cfg config, log *slog.Logger, metrics *gateway.Metrics) (edge, error) {
-	proxies, err := parsePrefixes(cfg.TrustedProxies)
-	if err != nil {
-		return edge{}, err
-	}
-	e := edge{
-		origins: splitList(cfg.AllowedOrigins),
-		limits: gateway.Limits{
-			MaxConnections:      off(cfg.MaxConnections),
-			MaxConnectionsPerIP: off(cfg.MaxConnectionsPerIP),
-			HandshakeRate:       off(cfg.HandshakeRate),
-			HandshakeBurst:      cfg.HandshakeBurst,
-			MessageRate:         off(cfg.MessageRate),
-			MessageBurst:        cfg.MessageBurst,
-			MaxViolations:       off(cfg.MaxViolations),
-			FrameRate:           cfg.FrameRate, // 0: derived from the message rate, as the flag says
-			FrameBurst:          cfg.FrameBurst,
-			MaxFragments:        off(cfg.MaxFragments),
-			MaxSubscriptions:    off(cfg.MaxSubscriptions),
-			TrustedProxies:      proxies,
-		},
-		auth: gateway.AuthConfig{
-			Algorithm:       cfg.JWTAlg,
-			Audience:        cfg.JWTAudience,
-			Issuer:          cfg.JWTIssuer,
-			Leeway:          off(cfg.JWTLeeway),
-			AllowAnonymous:  cfg.AllowAnonymous,
-			DefaultChannels: splitList(cfg.DefaultChannels),
-			DefaultPublish:  splitList(cfg.DefaultPublish),
-		},
-	}
+// authKey completes cfg.Gateway.Auth with the key the flags name that is not a value:
+// the public key read from its file, or the JWKS, fetched once (a failed fetch is logged;
+// its Run, which the caller starts, retries). It logs loudly when authentication is off.
+func authKey(ctx context.Context, cfg *config, log *slog.Logger, metrics *gateway.Metrics) (*gateway.JWKS, error) {
+	a := &cfg.Gateway.Auth
+	var jwks *gateway.JWKS
 	switch {
-	case cfg.JWTSecret != "":
-		e.auth.Secret = []byte(cfg.JWTSecret)
 	case cfg.JWTPublicKey != "":
 		pem, err := os.ReadFile(cfg.JWTPublicKey)
 		if err != nil {
-			return edge{}, fmt.Errorf("jwt-public-key: %w", err)
+			return nil, fmt.Errorf("jwt-public-key: %w", err)
 		}
-		if e.auth.PublicKey, err = gateway.ParsePublicKeyPEM(pem); err != nil {
-			return edge{}, fmt.Errorf("jwt-public-key %s: %w", cfg.JWTPublicKey, err)
+		if a.PublicKey, err = gateway.ParsePublicKeyPEM(pem); err != nil {
+			return nil, fmt.Errorf("jwt-public-key %s: %w", cfg.JWTPublicKey, err)
 		}
-	case cfg.JWKSURL != "":
-		if strings.HasPrefix(strings.ToLower(cfg.JWKSURL), "http://") {
+	case cfg.JWKS.URL != "":
+		if strings.HasPrefix(strings.ToLower(cfg.JWKS.URL), "http://") {
 			log.Warn("THE JWKS URL IS PLAIN HTTP (--jwks-allow-http): whoever can alter the traffic to it can replace the keys and sign any token; use https unless the key server is on a network you trust",
-				"url", redact.URL(cfg.JWKSURL))
+				"url", redact.URL(cfg.JWKS.URL))
 		}
-		e.jwks = gateway.NewJWKS(gateway.JWKSConfig{URL: cfg.JWKSURL, AllowHTTP: cfg.JWKSAllowHTTP, Refresh: cfg.JWKSRefresh,
-			Logger: log.With("part", "jwks"), Metrics: metrics})
+		jc := cfg.JWKS
+		jc.Logger, jc.Metrics = log.With("part", "jwks"), metrics
+		jwks = gateway.NewJWKS(jc)
 		fetch, cancel := context.WithTimeout(ctx, 10*time.Second)
-		if err := e.jwks.Fetch(fetch); err != nil {
+		if err := jwks.Fetch(fetch); err != nil {
 			log.Warn("JWKS not fetched at start: tokens are refused until it is", "err", err)
 		}
 		cancel()
-		e.auth.JWKS = e.jwks
+		a.JWKS = jwks
 	}
-	if !e.auth.Enabled() {
+	if !a.Enabled() {
 		log.Warn("AUTHENTICATION IS OFF: no --jwt-secret, --jwt-public-key or --jwks-url; every client is anonymous and may subscribe and publish to any channel. Fine for the demo, not for the internet")
 	} else {
-		log.Info("authentication on", "alg", cfg.JWTAlg, "anonymous", cfg.AllowAnonymous,
-			"audience", cfg.JWTAudience, "issuer", cfg.JWTIssuer)
-		log.Info(defaultsLine(e.auth))
+		log.Info("authentication on", "alg", a.Algorithm, "anonymous", a.AllowAnonymous,
+			"audience", a.Audience, "issuer", a.Issuer)
+		log.Info(defaultsLine(*a))
 	}
-	return e, nil
+	return jwks, nil
 }
 
 // defaultsLine says, in one line, what a token without a channels or publish claim may

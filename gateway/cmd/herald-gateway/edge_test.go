@@ -24,11 +24,11 @@ func TestEdgeFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxConnections != 100000 || c.MaxConnectionsPerIP != 1000 || c.HandshakeRate != 20 || c.HandshakeBurst != 100 ||
-		c.MessageRate != 50 || c.MessageBurst != 100 || c.MaxViolations != 10 || c.MaxSubscriptions != 256 ||
-		c.JWTLeeway != 30*time.Second || c.DefaultChannels != "" || c.DefaultPublish != "" || c.AllowAnonymous ||
-		c.ReadHeaderTimeout != 10*time.Second || c.IdleTimeout != 2*time.Minute || c.MaxHeaderBytes != 16<<10 ||
-		c.JWKSRefresh != 10*time.Minute {
+	if c.Gateway.Limits.MaxConnections != 100000 || c.Gateway.Limits.MaxConnectionsPerIP != 1000 || c.Gateway.Limits.HandshakeRate != 20 || c.Gateway.Limits.HandshakeBurst != 100 ||
+		c.Gateway.Limits.MessageRate != 50 || c.Gateway.Limits.MessageBurst != 100 || c.Gateway.Limits.MaxViolations != 10 || c.Gateway.Limits.MaxSubscriptions != 256 ||
+		c.Gateway.Auth.Leeway != 30*time.Second || len(c.Gateway.Auth.DefaultChannels) != 0 || len(c.Gateway.Auth.DefaultPublish) != 0 || c.Gateway.Auth.AllowAnonymous ||
+		c.Listen.ReadHeaderTimeout != 10*time.Second || c.Listen.IdleTimeout != 2*time.Minute || c.Listen.MaxHeaderBytes != 16<<10 ||
+		c.JWKS.Refresh != 10*time.Minute {
 		t.Errorf("defaults differ from the documented ones: %+v", c)
 	}
 	c, err = parseConfig([]string{"--message-rate", "5"}, env(map[string]string{
@@ -38,7 +38,8 @@ func TestEdgeFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.JWTSecret == "" || !c.AllowAnonymous || c.MessageRate != 5 || c.TrustedProxies == "" || c.AllowedOrigins == "" {
+	if len(c.Gateway.Auth.Secret) == 0 || !c.Gateway.Auth.AllowAnonymous || c.Gateway.Limits.MessageRate != 5 ||
+		len(c.Gateway.Limits.TrustedProxies) != 2 || len(c.Gateway.AllowedOrigins) != 1 {
 		t.Errorf("environment or flags not applied: %+v", c)
 	}
 

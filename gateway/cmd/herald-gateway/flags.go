@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"math/bits"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -30,8 +31,21 @@ type settingError struct {
 }
 
 func (e *settingError) Error() string {
+	var u unquoted
+	if errors.As(e.err, &u) {
+		return setting(e.name) + ": " + e.err.Error()
+	}
 	return fmt.Sprintf("%s: %q: %v", setting(e.name), e.value, e.err)
 }
+
+// unquoted is an error that needs the value it is about not quoted before it: it names
+// the part of the value that is wrong, or the value does not matter.
+type unquoted struct{ error }
+
+func (u unquoted) Unwrap() error { return u.error }
+
+// errNegative is a negative number given to a setting whose "none" or "no limit" is 0.
+var errNegative = unquoted{errors.New("must not be negative")}
 
 func (e *settingError) Unwrap() error { return e.err }
 
@@ -63,10 +77,11 @@ type envFlags struct {
 	errs   []error
 }
 
-// define adds flag name, set to its default already, and sets it from its variable
-// envName when that is set, through the flag's own parser so that the variable takes
-// exactly what the flag takes.
-func (e *envFlags) define(v *value, name, envName, usage string) {
+// define adds flag name, set to its default already, and sets it from its environment
+// twin (envName) when that is set, through the flag's own parser so that the variable
+// takes exactly what the flag takes. Every flag is defined by it: one rule for every twin.
+func (e *envFlags) define(v *value, name, usage string) {
+	env := envName(name)
 	parse := v.parse
 	v.parse = func(s string) error {
 		if err := parse(s); err != nil {
@@ -76,19 +91,19 @@ func (e *envFlags) define(v *value, name, envName, usage string) {
 		}
 		return nil
 	}
-	e.fs.Var(v, name, fmt.Sprintf("%s (env %s)", usage, envName))
-	if s := e.getenv(envName); s != "" {
+	e.fs.Var(v, name, fmt.Sprintf("%s (env %s)", usage, env))
+	if s := e.getenv(env); s != "" {
 		_ = v.Set(s) // recorded in e.errs
 	}
 }
 
-func (e *envFlags) str(p *string, name, envName, def, usage string) {
+func (e *envFlags) str(p *string, name, def, usage string) {
 	*p = def
 	e.define(&value{kind: "string", parse: func(s string) error { *p = s; return nil }, show: func() string { return *p }},
-		name, envName, usage)
+		name, usage)
 }
 
-func (e *envFlags) dur(p *time.Duration, name, envName string, def time.Duration, usage string) {
+func (e *envFlags) dur(p *time.Duration, name string, def time.Duration, usage string) {
 	*p = def
 	e.define(&value{kind: "duration", parse: func(s string) error {
 		d, err := time.ParseDuration(strings.TrimSpace(s))
@@ -97,10 +112,10 @@ func (e *envFlags) dur(p *time.Duration, name, envName string, def time.Duration
 		}
 		*p = d
 		return nil
-	}, show: func() string { return p.String() }}, name, envName, usage)
+	}, show: func() string { return p.String() }}, name, usage)
 }
 
-func (e *envFlags) int(p *int, name, envName string, def int, usage string) {
+func (e *envFlags) int(p *int, name string, def int, usage string) {
 	*p = def
 	e.define(&value{kind: "integer", parse: func(s string) error {
 		n, err := strconv.ParseInt(strings.TrimSpace(s), 10, strconv.IntSize)
@@ -109,10 +124,10 @@ func (e *envFlags) int(p *int, name, envName string, def int, usage string) {
 		}
 		*p = int(n)
 		return nil
-	}, show: func() string { return strconv.Itoa(*p) }}, name, envName, usage)
+	}, show: func() string { return strconv.Itoa(*p) }}, name, usage)
 }
 
-func (e *envFlags) float(p *float64, name, envName string, def float64, usage string) {
+func (e *envFlags) float(p *float64, name string, def float64, usage string) {
 	*p = def
 	e.define(&value{kind: "number", parse: func(s string) error {
 		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
@@ -121,10 +136,10 @@ func (e *envFlags) float(p *float64, name, envName string, def float64, usage st
 		}
 		*p = f
 		return nil
-	}, show: func() string { return strconv.FormatFloat(*p, 'g', -1, 64) }}, name, envName, usage)
+	}, show: func() string { return strconv.FormatFloat(*p, 'g', -1, 64) }}, name, usage)
 }
 
-func (e *envFlags) bool(p *bool, name, envName string, usage string) {
+func (e *envFlags) bool(p *bool, name, usage string) {
 	e.define(&value{isBool: true, parse: func(s string) error {
 		b, err := strconv.ParseBool(strings.TrimSpace(s))
 		if err != nil {
@@ -132,22 +147,110 @@ func (e *envFlags) bool(p *bool, name, envName string, usage string) {
 		}
 		*p = b
 		return nil
-	}, show: func() string { return strconv.FormatBool(*p) }}, name, envName, usage)
+	}, show: func() string { return strconv.FormatBool(*p) }}, name, usage)
+}
+
+// limit defines an integer flag whose 0 means "no limit": the library's negative, which
+// *p holds then (its own zero means its default). A negative number is refused.
+func (e *envFlags) limit(p *int, name string, def int, usage string) {
+	*p = off(def)
+	e.define(&value{kind: "integer", parse: func(s string) error {
+		n, err := strconv.ParseInt(strings.TrimSpace(s), 10, strconv.IntSize)
+		switch {
+		case err != nil:
+			return numError(err, "want a whole number")
+		case n < 0:
+			return errNegative
+		}
+		*p = off(int(n))
+		return nil
+	}, show: func() string { return strconv.Itoa(max(*p, 0)) }}, name, usage)
+}
+
+// rateLimit is limit for a rate, a number of times a second.
+func (e *envFlags) rateLimit(p *float64, name string, def float64, usage string) {
+	*p = off(def)
+	e.define(&value{kind: "number", parse: func(s string) error {
+		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+		switch {
+		case err != nil || math.IsNaN(f) || math.IsInf(f, 0):
+			return errors.New("want a number, e.g. 20 or 0.5")
+		case f < 0:
+			return errNegative
+		}
+		*p = off(f)
+		return nil
+	}, show: func() string { return strconv.FormatFloat(max(*p, 0), 'g', -1, 64) }}, name, usage)
+}
+
+// durLimit is limit for a duration whose 0 means none: the library's negative.
+func (e *envFlags) durLimit(p *time.Duration, name string, def time.Duration, usage string) {
+	*p = off(def)
+	e.define(&value{kind: "duration", parse: func(s string) error {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		switch {
+		case err != nil:
+			return errors.New("want a duration such as 500ms, 10s, 2m or 1h30m")
+		case d < 0:
+			return errNegative
+		}
+		*p = off(d)
+		return nil
+	}, show: func() string { return max(*p, 0).String() }}, name, usage)
+}
+
+// off turns a flag's 0 ("no limit", "none") into the library's negative (off); the
+// library's zero means its default.
+func off[T ~int | ~int64 | ~float64](v T) T {
+	if v <= 0 {
+		return -1
+	}
+	return v
+}
+
+// list defines a comma-separated list flag (empty items dropped).
+func (e *envFlags) list(p *[]string, name, usage string) {
+	e.define(&value{kind: "string", parse: func(s string) error { *p = splitList(s); return nil },
+		show: func() string { return strings.Join(*p, ",") }}, name, usage)
+}
+
+// prefixes defines a comma-separated list of CIDRs or addresses.
+func (e *envFlags) prefixes(p *[]netip.Prefix, name, usage string) {
+	e.define(&value{kind: "string", parse: func(s string) error {
+		list, err := parsePrefixes(s)
+		if err != nil {
+			return unquoted{err}
+		}
+		*p = list
+		return nil
+	}, show: func() string {
+		out := make([]string, len(*p))
+		for i, pf := range *p {
+			out[i] = pf.String()
+		}
+		return strings.Join(out, ",")
+	}}, name, usage)
+}
+
+// secret defines a flag whose value is a secret's bytes; -help never shows it.
+func (e *envFlags) secret(p *[]byte, name, usage string) {
+	e.define(&value{kind: "string", parse: func(s string) error { *p = []byte(s); return nil },
+		show: func() string { return "" }}, name, usage)
 }
 
 // size defines a byte size flag: bytes, or a number with a unit (parseSize), at most max.
-func (e *envFlags) size(p *int64, name, envName string, def, max int64, usage string) {
+func (e *envFlags) size(p *int64, name string, def, max int64, usage string) {
 	*p = def
-	e.sizeVar(func() int64 { return *p }, func(n int64) { *p = n }, name, envName, max, usage)
+	e.sizeVar(func() int64 { return *p }, func(n int64) { *p = n }, name, max, usage)
 }
 
 // sizeInt is size for an int setting.
-func (e *envFlags) sizeInt(p *int, name, envName string, def int, max int64, usage string) {
+func (e *envFlags) sizeInt(p *int, name string, def int, max int64, usage string) {
 	*p = def
-	e.sizeVar(func() int64 { return int64(*p) }, func(n int64) { *p = int(n) }, name, envName, min(max, math.MaxInt), usage)
+	e.sizeVar(func() int64 { return int64(*p) }, func(n int64) { *p = int(n) }, name, min(max, math.MaxInt), usage)
 }
 
-func (e *envFlags) sizeVar(load func() int64, store func(int64), name, envName string, max int64, usage string) {
+func (e *envFlags) sizeVar(load func() int64, store func(int64), name string, max int64, usage string) {
 	e.define(&value{kind: "size", parse: func(s string) error {
 		n, err := parseSize(s)
 		if err != nil {
@@ -158,7 +261,7 @@ func (e *envFlags) sizeVar(load func() int64, store func(int64), name, envName s
 		}
 		store(n)
 		return nil
-	}, show: func() string { return formatSize(load()) }}, name, envName, usage)
+	}, show: func() string { return formatSize(load()) }}, name, usage)
 }
 
 // numError says why strconv refused a number.

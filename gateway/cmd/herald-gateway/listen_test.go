@@ -20,7 +20,7 @@ func TestListenerFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ReadTimeout != 10*time.Second || c.MaxPending != 10000 || c.MaxPendingPerIP != 0 || c.AdminAddr != "" {
+	if c.Listen.ReadTimeout != 10*time.Second || c.Listen.Pending.Max != 10000 || c.Listen.Pending.MaxPerAddr > 0 || c.Listen.AdminAddr != "" {
 		t.Errorf("defaults differ from the documented ones: %+v", c)
 	}
 	c, err = parseConfig(nil, env(map[string]string{
@@ -30,7 +30,7 @@ func TestListenerFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ReadTimeout != 3*time.Second || c.MaxPending != 50 || c.MaxPendingPerIP != 5 || c.AdminAddr != "127.0.0.1:9090" {
+	if c.Listen.ReadTimeout != 3*time.Second || c.Listen.Pending.Max != 50 || c.Listen.Pending.MaxPerAddr != 5 || c.Listen.AdminAddr != "127.0.0.1:9090" {
 		t.Errorf("environment not applied: %+v", c)
 	}
 	for _, tt := range []struct {
@@ -93,11 +93,12 @@ func TestFrameFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.FrameRate != 0 || c.FrameBurst != 0 || c.MaxFragments != 256 {
+	if c.Gateway.Limits.FrameRate != 0 || c.Gateway.Limits.FrameBurst != 0 || c.Gateway.Limits.MaxFragments != 256 {
 		t.Errorf("defaults differ from the documented ones: %+v", c)
 	}
 	c, err = parseConfig(nil, env(map[string]string{"HERALD_FRAME_RATE": "-1", "HERALD_FRAME_BURST": "7", "HERALD_MAX_FRAGMENTS": "0"}), &bytes.Buffer{})
-	if err != nil || c.FrameRate != -1 || c.FrameBurst != 7 || c.MaxFragments != 0 {
+	// --max-fragments 0 is no limit: the library's negative.
+	if err != nil || c.Gateway.Limits.FrameRate != -1 || c.Gateway.Limits.FrameBurst != 7 || c.Gateway.Limits.MaxFragments != -1 {
 		t.Errorf("environment not applied: %+v %v", c, err)
 	}
 	for _, args := range [][]string{{"--frame-burst", "-1"}, {"--max-fragments", "-1"}} {

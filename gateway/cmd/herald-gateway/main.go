@@ -27,8 +27,8 @@ import (
 
 	"github.com/heraldgw/herald/consumer"
 	"github.com/heraldgw/herald/gateway"
-	"github.com/heraldgw/herald/gateway/logsample"
-	"github.com/heraldgw/herald/gateway/pending"
+	"github.com/heraldgw/herald/gateway/internal/logsample"
+	"github.com/heraldgw/herald/gateway/internal/pending"
 	"github.com/heraldgw/herald/producer"
 	"github.com/heraldgw/herald/producer/redact"
 )
@@ -89,187 +89,212 @@ type bus struct {
 	detail func() any
 }
 
+// serve runs the gateway until ctx ends, then drains it.
 func serve(ctx context.Context, cfg config, log *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		collectors.NewBuildInfoCollector(),
-	)
-	reg.MustRegister(buildInfo())
-	metrics := gateway.NewMetrics(reg)
-	presence := newPresence(cfg, log, metrics)
-	hub := gateway.NewHub(gateway.HubConfig{DedupWindow: cfg.DedupWindow, Logger: log, Metrics: metrics, Presence: presence})
-
-	var b bus
-	var err error
-	var cm *clusterMetrics // nil on the embedded bus
-	if cfg.AMQPURL == "" {
-		b = embeddedBus(cfg, log, metrics, hub)
-	} else {
-		cm = newClusterMetrics(reg)
-		if b, err = rabbitBus(ctx, cfg, log, metrics, cm, hub); err != nil {
-			return err
-		}
-	}
-	defer b.close()
-
-	if cfg.InsecureUserParam {
-		log.Warn("INSECURE: --insecure-user-param is on: any client may claim any user with ?user=; for demos and tests only")
-	}
-	if cfg.APIKey == "" {
-		log.Info("the HTTP publish API is off (no API key); set HERALD_API_KEY to turn it on")
-	}
-	edge, err := edgeConfig(ctx, cfg, log, metrics)
+	g, err := assemble(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	srv, err := gateway.NewServer(gateway.Config{
-		Auth:                 edge.auth,
-		Limits:               edge.limits,
-		AllowedOrigins:       edge.origins,
-		NodeID:               cfg.NodeID,
-		APIKey:               cfg.APIKey,
-		WriteQueueBytes:      cfg.WriteQueueBytes,
-		MaxMessageBytes:      cfg.MaxMessageBytes,
-		WriteTimeout:         cfg.WriteTimeout,
-		PingInterval:         cfg.PingInterval,
-		PublishTimeout:       cfg.PublishTimeout,
-		FlushInterval:        cfg.FlushInterval,
-		WriteWorkers:         cfg.WriteWorkers,
-		Compression:          cfg.Compression,
-		CompressionMinBytes:  cfg.CompressMinBytes,
-		CompressionLevel:     cfg.CompressLevel,
-		SocketSendBuffer:     cfg.SocketSendBuffer,
-		DisableClientPublish: cfg.NoClientPublish,
-		InsecureUserParam:    cfg.InsecureUserParam,
-		Log:                  b.Log,
-		BusDetail:            b.detail,
-		Presence:             presence,
-		Logger:               log,
-		Metrics:              metrics,
-		Registry:             reg,
-		PrivateMetrics:       cfg.AdminAddr != "", // not with the deprecated --debug-addr: as before, public too
-	}, hub, b.Publisher, b.BusHealth)
-	if err != nil {
-		return err
-	}
-
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	var aln net.Listener // nil: no admin listener
-	if addr := cmp.Or(cfg.AdminAddr, cfg.DebugAddr); addr != "" {
-		if aln, err = net.Listen("tcp", addr); err != nil {
-			_ = ln.Close()
-			return fmt.Errorf("admin listener: %w", err)
-		}
-	}
-	httpSrv, pl := publicServer(cfg, srv.Handler(), ln, log, metrics)
-	reg.MustRegister(listenerGauges(pl)...)
-	warnDescriptors(cfg, log)
-
+	defer g.bus.close()
 	busCtx, stopBus := context.WithCancel(context.Background())
 	defer stopBus()
-	var wg sync.WaitGroup
-	errc := make(chan error, 4)
-	wg.Go(func() {
-		if err := b.run(busCtx); err != nil {
-			errc <- fmt.Errorf("bus: %w", err)
-		}
-	})
-	wg.Go(func() {
-		if err := httpSrv.Serve(pl); !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("http: %w", err)
-		}
-	})
-	wg.Go(func() { watchLag(busCtx, b, hub, metrics) })
-	if b.probe != nil {
-		wg.Go(func() { b.probe(busCtx) })
-	}
-	var link gateway.PresenceSender // nil: presence is local (the embedded bus) or off
-	if presence != nil && cfg.AMQPURL != "" {
-		l := presenceLink(cfg, log, metrics, cm, presence)
-		link = l
-		wg.Go(func() {
-			if err := l.Run(busCtx); err != nil {
-				errc <- fmt.Errorf("presence link: %w", err)
-			}
-		})
-	}
-	// Presence's updates stop before its bye goes out (a delta after the bye would put
-	// this gateway back in the others' views until the TTL).
-	presenceCtx, stopPresence := context.WithCancel(busCtx)
-	defer stopPresence()
-	presenceDone := make(chan struct{})
-	go func() {
-		defer close(presenceDone)
-		presence.Run(presenceCtx, link)
-	}()
-	if edge.jwks != nil {
-		wg.Go(func() { edge.jwks.Run(busCtx) })
-	}
-	go func() {
-		select {
-		case <-b.ready:
-			srv.SetBusReady(true)
-			log.Info("bus consuming; gateway ready")
-		case <-busCtx.Done():
-		}
-	}()
-	var admin *http.Server // nil: no admin listener
-	listening := []any{"addr", ln.Addr().String(), "node", cfg.NodeID, "bus", busName(cfg)}
-	if aln != nil {
-		admin = adminServer(srv.AdminHandler(), log)
-		wg.Go(func() {
-			if err := admin.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("admin http: %w", err)
-			}
-		})
-		if cfg.DebugAddr != "" {
-			log.Warn("--debug-addr is deprecated: use --admin-addr, which serves /metrics there only")
-		}
-		listening = append(listening, "admin", aln.Addr().String())
-	}
-	if cfg.AMQPURL != "" {
-		listening = append(listening, "amqp_url", redact.URL(cfg.AMQPURL))
-	}
-	log.Info("herald gateway listening", listening...)
-
+	errc := g.start(busCtx)
+	log.Info("herald gateway listening", g.listening()...)
 	var runErr error
 	select {
 	case <-ctx.Done():
 		log.Info("signal received: draining", "timeout", cfg.ShutdownTimeout)
 	case runErr = <-errc:
 	}
-
-	// Drain: turn unready, stop taking connections, close clients with 1001 in batches,
-	// then stop the HTTP server (in-flight publishes finish) and the bus.
-	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(drainCtx); err != nil {
-		log.Warn("drain did not finish in time", "err", err)
-	}
-	if err := httpSrv.Shutdown(drainCtx); err != nil {
-		log.Warn("HTTP shutdown did not finish in time", "err", err)
-		_ = httpSrv.Close()
-	}
-	stopPresence()
-	<-presenceDone
-	if link != nil {
-		presence.Leave(drainCtx, link) // the others drop this gateway's users now, not after the TTL
-	}
-	stopBus()
-	if admin != nil {
-		// Last: /readyz said draining to the load balancers until now.
-		if err := admin.Shutdown(drainCtx); err != nil {
-			_ = admin.Close()
-		}
-	}
-	wg.Wait()
+	g.drain(stopBus)
 	log.Info("gateway stopped")
 	return runErr
+}
+
+// parts is what serve wires together: each library's part, made from its configuration,
+// and the goroutines that run them.
+type parts struct {
+	cfg      config
+	log      *slog.Logger
+	metrics  *gateway.Metrics
+	hub      *gateway.Hub
+	presence *gateway.Presence // nil: off
+	link     *consumer.PresenceLink
+	bus      bus
+	cm       *clusterMetrics // nil on the embedded bus
+	jwks     *gateway.JWKS // nil: no JWKS
+	srv      *gateway.Server
+
+	ln     *pending.Listener
+	aln    net.Listener // nil: no admin listener
+	public *http.Server
+	admin  *http.Server // nil: no admin listener
+
+	wg           sync.WaitGroup // the goroutines start starts, but presence's
+	presenceDone chan struct{}  // closed when presence's Run has returned
+	stopPresence context.CancelFunc
+}
+
+// assemble makes the gateway's parts from cfg and opens its listeners; nothing runs yet.
+func assemble(ctx context.Context, cfg config, log *slog.Logger) (*parts, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector(), buildInfo())
+	g := &parts{cfg: cfg, log: log, metrics: gateway.NewMetrics(reg)}
+	g.presence = newPresence(cfg, log, g.metrics)
+	hc := cfg.Hub
+	hc.Logger, hc.Metrics, hc.Presence = log, g.metrics, g.presence
+	g.hub = gateway.NewHub(hc)
+	var err error
+	if cfg.AMQPURL == "" {
+		g.bus = embeddedBus(cfg, log, g.metrics, g.hub)
+	} else {
+		g.cm = newClusterMetrics(reg)
+		if g.bus, err = rabbitBus(ctx, cfg, log, g.metrics, g.cm, g.hub); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Gateway.InsecureUserParam {
+		log.Warn("INSECURE: --insecure-user-param is on: any client may claim any user with ?user=; for demos and tests only")
+	}
+	if cfg.Gateway.APIKey == "" {
+		log.Info("the HTTP publish API is off (no API key); set HERALD_API_KEY to turn it on")
+	}
+	if g.jwks, err = authKey(ctx, &cfg, log, g.metrics); err != nil {
+		g.bus.close()
+		return nil, err
+	}
+	sc := cfg.Gateway
+	sc.Log, sc.BusDetail, sc.Presence = g.bus.Log, g.bus.detail, g.presence
+	sc.Logger, sc.Metrics, sc.Registry = log, g.metrics, reg
+	sc.PrivateMetrics = cfg.Listen.AdminAddr != "" // not with the deprecated --debug-addr: as before, public too
+	if g.srv, err = gateway.NewServer(sc, g.hub, g.bus.Publisher, g.bus.BusHealth); err != nil {
+		g.bus.close()
+		return nil, err
+	}
+	if err := g.listen(reg); err != nil {
+		g.bus.close()
+		return nil, err
+	}
+	if g.presence != nil && cfg.AMQPURL != "" {
+		g.link = presenceLink(cfg, log, g.metrics, g.cm, g.presence)
+	}
+	return g, nil
+}
+
+// listen opens the public listener, and the admin one where configured, and makes their
+// HTTP servers.
+func (g *parts) listen(reg *prometheus.Registry) error {
+	cfg := g.cfg.Listen
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if addr := cmp.Or(cfg.AdminAddr, cfg.DebugAddr); addr != "" {
+		if g.aln, err = net.Listen("tcp", addr); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		g.admin = adminServer(g.srv.AdminHandler(), g.log)
+	}
+	g.public, g.ln = publicServer(cfg, g.srv.Handler(), ln, g.log, g.metrics)
+	reg.MustRegister(listenerGauges(g.ln)...)
+	warnDescriptors(g.cfg.Gateway.Limits.MaxConnections, cfg.Pending.Max, g.log)
+	return nil
+}
+
+// start runs the gateway's goroutines: the bus, the listeners, the lag gauge, the header
+// probe, presence and its link, the JWKS, and readiness once the bus is ready. What ends
+// with an error sends it to the channel it returns.
+func (g *parts) start(busCtx context.Context) <-chan error {
+	errc := make(chan error, 4)
+	goErr := func(what string, run func() error) {
+		g.wg.Go(func() {
+			if err := run(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", what, err)
+			}
+		})
+	}
+	goErr("bus", func() error { return g.bus.run(busCtx) })
+	goErr("http", func() error { return g.public.Serve(g.ln) })
+	if g.admin != nil {
+		goErr("admin http", func() error { return g.admin.Serve(g.aln) })
+	}
+	if g.link != nil {
+		goErr("presence link", func() error { return g.link.Run(busCtx) })
+	}
+	g.wg.Go(func() { watchLag(busCtx, g.bus, g.hub, g.metrics) })
+	if g.bus.probe != nil {
+		g.wg.Go(func() { g.bus.probe(busCtx) })
+	}
+	if g.jwks != nil {
+		g.wg.Go(func() { g.jwks.Run(busCtx) })
+	}
+	// Presence's updates stop before its bye goes out (a delta after the bye would put
+	// this gateway back in the others' views until the TTL).
+	var presenceCtx context.Context
+	presenceCtx, g.stopPresence = context.WithCancel(busCtx)
+	g.presenceDone = make(chan struct{})
+	go func() {
+		defer close(g.presenceDone)
+		var link gateway.PresenceSender // nil: presence is local (the embedded bus) or off
+		if g.link != nil {
+			link = g.link
+		}
+		g.presence.Run(presenceCtx, link)
+	}()
+	go func() {
+		select {
+		case <-g.bus.ready:
+			g.srv.SetBusReady(true)
+			g.log.Info("bus consuming; gateway ready")
+		case <-busCtx.Done():
+		}
+	}()
+	return errc
+}
+
+// listening is what the log line of a gateway that listens says.
+func (g *parts) listening() []any {
+	attrs := []any{"addr", g.ln.Addr().String(), "node", g.cfg.Gateway.NodeID, "bus", busName(g.cfg)}
+	if g.aln != nil {
+		if g.cfg.Listen.DebugAddr != "" {
+			g.log.Warn("--debug-addr is deprecated: use --admin-addr, which serves /metrics there only")
+		}
+		attrs = append(attrs, "admin", g.aln.Addr().String())
+	}
+	if g.cfg.AMQPURL != "" {
+		attrs = append(attrs, "amqp_url", redact.URL(g.cfg.AMQPURL))
+	}
+	return attrs
+}
+
+// drain turns the gateway unready, stops taking connections, closes clients with 1001
+// in batches, then stops the HTTP server (in-flight publishes finish), presence (its bye
+// goes out), the bus and, last, the admin listener, within the shutdown timeout.
+func (g *parts) drain(stopBus context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := g.srv.Shutdown(ctx); err != nil {
+		g.log.Warn("drain did not finish in time", "err", err)
+	}
+	if err := g.public.Shutdown(ctx); err != nil {
+		g.log.Warn("HTTP shutdown did not finish in time", "err", err)
+		_ = g.public.Close()
+	}
+	g.stopPresence()
+	<-g.presenceDone
+	if g.link != nil {
+		g.presence.Leave(ctx, g.link) // the others drop this gateway's users now, not after the TTL
+	}
+	stopBus()
+	if g.admin != nil {
+		// Last: /readyz said draining to the load balancers until now.
+		if err := g.admin.Shutdown(ctx); err != nil {
+			_ = g.admin.Close()
+		}
+	}
+	g.wg.Wait()
 }
 
 func busName(cfg config) string {
@@ -281,12 +306,9 @@ func busName(cfg config) string {
 
 func embeddedBus(cfg config, log *slog.Logger, metrics *gateway.Metrics, hub *gateway.Hub) bus {
 	log.Warn("no AMQP URL: running on the embedded in-process bus; this gateway is a single node. Set HERALD_AMQP_URL to run several on RabbitMQ")
-	e := consumer.NewEmbedded(consumer.EmbeddedConfig{
-		RetainMessages: cfg.RetainMessages,
-		RetainBytes:    cfg.RetainBytes,
-		Logger:         log,
-		OnLagged:       metrics.BusLagged,
-	}, hub)
+	ec := cfg.Embedded
+	ec.Logger, ec.OnLagged = log, metrics.BusLagged
+	e := consumer.NewEmbedded(ec, hub)
 	hub.SetLogStart(e.Newest())
 	ready := make(chan struct{})
 	close(ready)
@@ -301,9 +323,9 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 	}
 	r, err := consumer.NewRabbit(ctx, consumer.RabbitConfig{
 		Stream:           streamConfig(cfg, log, metrics, cm, tlsCfg, hub),
-		PublisherName:    "herald-gateway-publisher-" + cfg.NodeID,
+		PublisherName:    "herald-gateway-publisher-" + cfg.Gateway.NodeID,
 		Logger:           log,
-		Node:             cfg.NodeID,
+		Node:             cfg.Gateway.NodeID,
 		CanaryInterval:   canaryInterval(cfg),
 		CanaryTimeout:    cfg.CanaryTimeout,
 		OnPublisherState: func(up bool) { metrics.BusState("publisher", up) },
@@ -341,74 +363,47 @@ func rabbitBus(ctx context.Context, cfg config, log *slog.Logger, metrics *gatew
 // it has read the stream up to its head at start, tells hub where the log stands (until
 // then the server admits no client).
 func streamConfig(cfg config, log *slog.Logger, metrics *gateway.Metrics, cm *clusterMetrics, tlsCfg *tls.Config, hub *gateway.Hub) consumer.StreamConfig {
-	return consumer.StreamConfig{
-		URL:           cfg.AMQPURL,
-		TLS:           tlsCfg,
-		Heartbeat:     cfg.AMQPHeartbeat,
-		Exchange:      cfg.Exchange,
-		Stream:        cfg.Stream,
-		MaxAge:        cfg.StreamMaxAge,
-		MaxBytes:      cfg.StreamMaxBytes,
-		SegmentBytes:  cfg.StreamSegment,
-		Replicas:      cfg.StreamReplicas,
-		LeaderLocator: cfg.StreamLeaderLocator,
-		Prefetch:      cfg.Prefetch,
-		Name:          "herald-gateway-consumer-" + cfg.NodeID,
-		Logger:        log.With("part", "consumer"),
-		OnStateChange: func(up bool) { metrics.BusState("consumer", up) },
-		OnNode:        cm.linkNode,
-		OnFailover:    cm.failover,
-		OnLogStart:    hub.SetLogStart,
-		OnDecodeError: func(err error) {
-			if errors.Is(err, producer.ErrUnroutable) {
-				metrics.BusUnroutable()
-			} else {
-				metrics.BusDecodeError()
-			}
-		},
-		OnBadHeader: metrics.BusBadHeader,
+	sc := cfg.Stream
+	sc.URL, sc.TLS, sc.Heartbeat = cfg.AMQPURL, tlsCfg, cfg.AMQPHeartbeat
+	sc.Name = "herald-gateway-consumer-" + cfg.Gateway.NodeID
+	sc.Logger = log.With("part", "consumer")
+	sc.OnStateChange = func(up bool) { metrics.BusState("consumer", up) }
+	sc.OnNode, sc.OnFailover = cm.linkNode, cm.failover
+	sc.OnLogStart = hub.SetLogStart
+	sc.OnDecodeError = func(err error) {
+		if errors.Is(err, producer.ErrUnroutable) {
+			metrics.BusUnroutable()
+		} else {
+			metrics.BusDecodeError()
+		}
 	}
+	sc.OnBadHeader = metrics.BusBadHeader
+	return sc
 }
 
 // newPresence returns the gateway's presence, or nil when it is off: no channel has it and
 // the per-user view is off.
 func newPresence(cfg config, log *slog.Logger, metrics *gateway.Metrics) *gateway.Presence {
-	channels := splitList(cfg.PresenceChannels)
-	if len(channels) == 0 && cfg.NoUserPresence {
+	pc := cfg.Presence
+	if len(pc.Channels) == 0 && pc.NoUsers {
 		return nil
 	}
-	if len(channels) > 0 {
-		log.Info("presence on", "channels", channels, "exclude", splitList(cfg.PresenceExclude))
+	if len(pc.Channels) > 0 {
+		log.Info("presence on", "channels", pc.Channels, "exclude", pc.Exclude)
 	}
-	return gateway.NewPresence(gateway.PresenceConfig{
-		Node:             cfg.NodeID,
-		Channels:         channels,
-		Exclude:          splitList(cfg.PresenceExclude),
-		NoUsers:          cfg.NoUserPresence,
-		Interval:         cfg.PresenceInterval,
-		SnapshotInterval: cfg.PresenceSnapshot,
-		TTL:              cfg.PresenceTTL,
-		MaxList:          cfg.PresenceMaxList,
-		Logger:           log.With("part", "presence"),
-		Metrics:          metrics,
-	})
+	pc.Node, pc.Logger, pc.Metrics = cfg.Gateway.NodeID, log.With("part", "presence"), metrics
+	return gateway.NewPresence(pc)
 }
 
 // presenceLink returns the RabbitMQ link that carries presence between the gateways.
 func presenceLink(cfg config, log *slog.Logger, metrics *gateway.Metrics, cm *clusterMetrics, p *gateway.Presence) *consumer.PresenceLink {
 	tlsCfg, _ := amqpTLS(cfg) // loaded by rabbitBus already, which stops the start on an error
-	return consumer.NewPresenceLink(consumer.PresenceConfig{
-		URL:           cfg.AMQPURL,
-		TLS:           tlsCfg,
-		Heartbeat:     cfg.AMQPHeartbeat,
-		OnNode:        cm.linkNode,
-		OnFailover:    cm.failover,
-		Exchange:      cfg.PresenceExchange,
-		Name:          "herald-gateway-presence-" + cfg.NodeID,
-		TTL:           cfg.PresenceTTL,
-		Logger:        log.With("part", "presence-link"),
-		OnStateChange: func(up bool) { metrics.BusState("presence", up) },
-	}, p)
+	lc := cfg.PresenceLink
+	lc.URL, lc.Name, lc.TTL = cfg.AMQPURL, "herald-gateway-presence-"+cfg.Gateway.NodeID, cfg.Presence.TTL
+	lc.TLS, lc.Heartbeat, lc.OnNode, lc.OnFailover = tlsCfg, cfg.AMQPHeartbeat, cm.linkNode, cm.failover
+	lc.Logger = log.With("part", "presence-link")
+	lc.OnStateChange = func(up bool) { metrics.BusState("presence", up) }
+	return consumer.NewPresenceLink(lc, p)
 }
 
 // lagEvery is how often the consumer lag gauge is refreshed.
@@ -430,7 +425,7 @@ func watchLag(ctx context.Context, b bus, hub *gateway.Hub, metrics *gateway.Met
 		if !ok {
 			continue
 		}
-		last, known := hub.LastOffset()
+		last, known := hub.Newest()
 		if !known || last < 0 {
 			last = -1
 		}
@@ -439,21 +434,19 @@ func watchLag(ctx context.Context, b bus, hub *gateway.Hub, metrics *gateway.Met
 }
 
 // publicServer returns the public listener, which bounds the connections accepted and
-// not yet answered or upgraded (and the idle keep-alive ones) to cfg.MaxPending, and the
+// not yet answered or upgraded (and the idle keep-alive ones) to cfg.Pending.Max, and the
 // http.Server that serves h on it. Every request is read within cfg.ReadTimeout, headers
 // within cfg.ReadHeaderTimeout; an upgraded WebSocket keeps deadlines of its own (see
 // gateway.Server.Handler).
-func publicServer(cfg config, h http.Handler, ln net.Listener, log *slog.Logger, metrics *gateway.Metrics) (*http.Server, *pending.Listener) {
+func publicServer(cfg listenConfig, h http.Handler, ln net.Listener, log *slog.Logger, metrics *gateway.Metrics) (*http.Server, *pending.Listener) {
 	refusals := logsample.New(log, logsample.Config{})
-	pl := pending.NewListener(ln, pending.Config{
-		Max:        off(cfg.MaxPending),
-		MaxPerAddr: off(cfg.MaxPendingPerIP),
-		OnRefused: func(limit string, remote net.Addr) {
-			metrics.ListenerRefused(limit)
-			refusals.Log(slog.LevelWarn, limit, "connection closed at once: too many not yet answered (or idle)",
-				"remote", remote.String(), "max", cfg.MaxPending, "max_per_ip", cfg.MaxPendingPerIP)
-		},
-	})
+	pc := cfg.Pending
+	pc.OnRefused = func(limit string, remote net.Addr) {
+		metrics.ListenerRefused(limit)
+		refusals.Log(slog.LevelWarn, limit, "connection closed at once: too many not yet answered (or idle)",
+			"remote", remote.String(), "max", max(cfg.Pending.Max, 0), "max_per_ip", max(cfg.Pending.MaxPerAddr, 0))
+	}
+	pl := pending.NewListener(ln, pc)
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -505,24 +498,24 @@ func adminServer(admin http.Handler, log *slog.Logger) *http.Server {
 // listeners, broker connections, files.
 const descriptorReserve = 100
 
-// warnDescriptors logs a warning when the connections the limits allow (WebSockets,
-// pending and idle HTTP connections) could need more descriptors than the process may
-// open: the limits would then not be what stops a flood, running out of descriptors
-// would (and then nobody can connect).
-func warnDescriptors(cfg config, log *slog.Logger) {
+// warnDescriptors logs a warning when the connections the limits allow (maxConns
+// WebSockets, maxPending pending and as many idle HTTP connections; negative: no limit)
+// could need more descriptors than the process may open: the limits would then not be
+// what stops a flood, running out of descriptors would (and then nobody can connect).
+func warnDescriptors(maxConns, maxPending int, log *slog.Logger) {
 	limit, ok := descriptorLimit()
 	if !ok {
 		return
 	}
-	if cfg.MaxConnections == 0 || cfg.MaxPending == 0 {
+	if maxConns < 0 || maxPending < 0 {
 		log.Warn("--max-connections or --max-pending-connections is 0 (no limit): connections are bounded only by the descriptor limit",
 			"descriptor_limit", limit)
 		return
 	}
-	need := uint64(cfg.MaxConnections) + 2*uint64(cfg.MaxPending) + descriptorReserve
+	need := uint64(maxConns) + 2*uint64(maxPending) + descriptorReserve
 	if need > limit {
 		log.Warn("the connection limits exceed the descriptors this process may open: lower --max-connections or --max-pending-connections, or raise the limit (ulimit -n, LimitNOFILE)",
-			"max_connections", cfg.MaxConnections, "max_pending", cfg.MaxPending, "needed", need, "descriptor_limit", limit)
+			"max_connections", maxConns, "max_pending", maxPending, "needed", need, "descriptor_limit", limit)
 	}
 }
 
