@@ -39,15 +39,15 @@ type config struct {
 	JWKS         gateway.JWKSConfig      // with a JWKS URL
 	Listen       listenConfig
 
-	AMQPURL         string // empty: the embedded bus; or the comma-separated URLs of a cluster's nodes
+	AMQPURL string // empty: the embedded bus; or the comma-separated URLs of a cluster's nodes
 	// The broker cluster (README "Running on a RabbitMQ cluster"): every AMQP link's TLS
 	// files and heartbeat, and the canary.
-	AMQPCAFile     string
-	AMQPCertFile   string
-	AMQPKeyFile    string
-	AMQPHeartbeat  time.Duration
-	CanaryInterval time.Duration
-	CanaryTimeout  time.Duration
+	AMQPCAFile      string
+	AMQPCertFile    string
+	AMQPKeyFile     string
+	AMQPHeartbeat   time.Duration
+	CanaryInterval  time.Duration
+	CanaryTimeout   time.Duration
 	JWTPublicKey    string // path of a PEM file
 	ShutdownTimeout time.Duration
 	LogFormat       string

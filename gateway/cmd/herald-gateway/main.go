@@ -122,7 +122,7 @@ type parts struct {
 	link     *consumer.PresenceLink
 	bus      bus
 	cm       *clusterMetrics // nil on the embedded bus
-	jwks     *gateway.JWKS // nil: no JWKS
+	jwks     *gateway.JWKS   // nil: no JWKS
 	srv      *gateway.Server
 
 	ln     *pending.Listener
