@@ -126,6 +126,10 @@ type Config struct {
 	// Log is the bus's history, read to resume clients that connect or subscribe with
 	// since. Default nil: such clients get reset.
 	Log Log
+	// ResumeReaders bounds the reads of the bus's log at once for resumes older than the
+	// tail of the log in memory; resumes whose since are close share one, and the others
+	// wait their turn, first come, first served. Default 8.
+	ResumeReaders int
 	// BusDetail, when set, is called by each GET /readyz and its answer is shown under
 	// "bus" in the JSON: what an operator should know of the bus (with RabbitMQ, whether
 	// the broker keeps array and table headers in streams). It never changes readiness: a
@@ -263,11 +267,9 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 			metrics:        cfg.Metrics,
 			hub:            hub,
 			presence:       cfg.Presence,
-			resume: &resumer{history: cfg.Log, hub: hub, metrics: cfg.Metrics,
-				extendEvery: (cfg.PingInterval + cfg.PongTimeout) / 4},
-			pub:      publisher{pub: pub, metrics: cfg.Metrics},
-			refusals: logsample.New(cfg.Logger, logsample.Config{}),
-			conns:    connSet{all: make(map[*session]struct{})},
+			pub:            publisher{pub: pub, metrics: cfg.Metrics},
+			refusals:       logsample.New(cfg.Logger, logsample.Config{}),
+			conns:          connSet{all: make(map[*session]struct{})},
 		},
 		cfg:    cfg,
 		bus:    bus,
@@ -276,6 +278,11 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		admin:  http.NewServeMux(),
 	}
 	s.limits = &s.cfg.Limits
+	var rerr error
+	s.resume, rerr = newResumer(cfg.Log, hub, cfg.Metrics, (cfg.PingInterval+cfg.PongTimeout)/4, cfg.ResumeReaders, cfg.Logger)
+	if rerr != nil {
+		return nil, fmt.Errorf("gateway: resume: %w", rerr)
+	}
 	if err := s.setupEdge(); err != nil {
 		return nil, err
 	}
@@ -857,6 +864,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.resume.close()
 		s.refusals.Close()
 		s.writer.Close()
 		return nil

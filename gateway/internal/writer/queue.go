@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldgw/herald/gateway/internal/metrics"
@@ -56,6 +57,9 @@ type Queue struct {
 	// scheduled is true while q waits in the flusher for the next tick.
 	scheduled  bool
 	roomWanted bool // a replay waits for the writer to make room
+	// replayed is the newest offset EnqueueReplay queued: a frame at or below it may be a
+	// shared live frame replayed from memory, whose age is not a delivery latency.
+	replayed atomic.Int64
 }
 
 // Init readies q to write to sock, in the encoding enc, for owner: call it once, before
@@ -65,6 +69,7 @@ func (q *Queue) Init(w *Writer, sock *Socket, enc wire.Encoding, owner Owner) {
 	q.room = make(chan struct{}, 1)
 	q.done = make(chan struct{})
 	q.skip = math.MinInt64 // nothing replayed: skip nothing
+	q.replayed.Store(math.MinInt64)
 }
 
 // InitUnwritten readies q with no socket, as a queue whose writer never starts: frames
@@ -138,6 +143,9 @@ func (q *Queue) EnqueueReplay(f *wire.Frame, interval time.Duration, waiting fun
 			return false
 		}
 		if q.queued == 0 || q.queued+f.Size() <= q.w.queueBytes/2 {
+			if f.Offset > q.replayed.Load() {
+				q.replayed.Store(f.Offset)
+			}
 			q.frames = append(q.frames, f)
 			q.queued += f.Size()
 			q.startWriter()
@@ -538,10 +546,11 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int) {
 	}
 	now := time.Now()
 	delivered := 0
+	replayed := q.replayed.Load()
 	for _, f := range frames {
 		if !f.Published.IsZero() {
 			delivered++
-			if !f.Replayed {
+			if !f.Replayed && f.Offset > replayed {
 				m.DeliveryLatency(now.Sub(f.Published))
 			}
 		}
