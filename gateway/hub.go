@@ -448,6 +448,22 @@ func (h *Hub) subscribeAt(c member, ch string, at int64, watch bool, then func()
 	return true
 }
 
+// subscribeWithHistory is subscribe that, under the same lock, gives then the frames of
+// the channel's newest n messages held in the tail whose users mayTake accepts (empty
+// users: a message of the channel's), oldest first, and whether they are all the channel
+// had of those asked for (History's complete). Live delivery to c starts right after the
+// newest of them: no gap, no duplicate.
+func (h *Hub) subscribeWithHistory(c member, ch string, watch bool, n int, mayTake func(users []string) bool, then func(held []*wire.Frame, complete bool)) bool {
+	return h.subscribeAt(c, ch, noSkip, watch, func() {
+		entries, complete := h.tail.History(ch, -1, n, func(e *tail.Entry[*wire.Frame]) bool { return mayTake(e.Users) }, nil)
+		frames := make([]*wire.Frame, len(entries))
+		for i, e := range entries {
+			frames[i] = e.Value
+		}
+		then(frames, complete)
+	})
+}
+
 // unsubscribe removes ch from c's subscriptions, then calls then under the hub's lock,
 // so that no message of ch follows the answer.
 func (h *Hub) unsubscribe(c member, ch string, then func()) {

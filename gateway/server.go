@@ -126,6 +126,9 @@ type Config struct {
 	// Log is the bus's history, read to resume clients that connect or subscribe with
 	// since. Default nil: such clients get reset.
 	Log Log
+	// HistoryMax caps the history a subscribe may ask for (history: N) and GET
+	// /api/history's limit. Default 100.
+	HistoryMax int
 	// ResumeReaders bounds the reads of the bus's log at once for resumes older than the
 	// tail of the log in memory; resumes whose since are close share one, and the others
 	// wait their turn, first come, first served. Default 8.
@@ -166,6 +169,9 @@ const (
 	DefaultDrainInterval       = 50 * time.Millisecond
 )
 
+// DefaultHistoryMax is Config.HistoryMax's default.
+const DefaultHistoryMax = 100
+
 func (c *Config) setDefaults() {
 	def := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
@@ -177,6 +183,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.WriteQueueBytes <= 0 {
 		c.WriteQueueBytes = DefaultWriteQueueBytes
+	}
+	if c.HistoryMax <= 0 {
+		c.HistoryMax = DefaultHistoryMax
 	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = DefaultMaxMessageBytes
@@ -263,6 +272,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 			disablePublish: cfg.DisableClientPublish,
 			publishTimeout: cfg.PublishTimeout,
 			pingInterval:   cfg.PingInterval,
+			historyMax:     cfg.HistoryMax,
 			logger:         cfg.Logger,
 			metrics:        cfg.Metrics,
 			hub:            hub,
@@ -325,6 +335,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.mux.HandleFunc("GET /ws/info", s.serveInfo)
 	s.mux.HandleFunc("POST /api/publish", s.servePublish)
 	s.mux.HandleFunc("GET /api/presence", s.servePresence)
+	s.mux.HandleFunc("GET /api/history", s.serveHistory)
 	s.mux.HandleFunc("GET /api/users/{id}", s.serveUser)
 	s.mux.HandleFunc("GET /healthz", serveHealth)
 	s.mux.HandleFunc("GET /readyz", s.serveReady)

@@ -102,9 +102,20 @@ func (q *Queue) SkipThrough(offset int64) {
 // byte cap, the connection is closed as a slow consumer (4008) instead, and what it had
 // queued is dropped: the client resumes from its last offset when it reconnects. A frame
 // the connection cannot take (it is closing) is dropped and counted.
-func (q *Queue) Enqueue(f *wire.Frame) {
+func (q *Queue) Enqueue(f *wire.Frame) { q.enqueue(f, false) }
+
+// EnqueueHistory is Enqueue for a frame of a channel's history (a message the gateway
+// held, sent on subscribe): it is queued whatever SkipThrough said, and its age is not a
+// delivery latency.
+func (q *Queue) EnqueueHistory(f *wire.Frame) { q.enqueue(f, true) }
+
+func (q *Queue) enqueue(f *wire.Frame, history bool) {
 	q.mu.Lock()
-	if f.Offset >= 0 && f.Offset <= q.skip {
+	if history {
+		if f.Offset > q.replayed.Load() {
+			q.replayed.Store(f.Offset)
+		}
+	} else if f.Offset >= 0 && f.Offset <= q.skip {
 		q.mu.Unlock() // a replay has given it already
 		return
 	}
