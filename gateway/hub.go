@@ -216,7 +216,7 @@ func (h *Hub) Newest() (int64, bool) {
 func (h *Hub) LastOffset() (int64, bool) { return h.Newest() }
 
 // Delivered once. A connection gets each message it is addressed once, in the bus's order,
-// across reconnects, retries and resumes (docs/PROTOCOL.md sections 8 and 9). Five guards
+// across reconnects, retries and resumes (docs/PROTOCOL.md sections 8 and 9). Four guards
 // see to it, each against one way a message could come twice:
 //
 //  1. The consumer's position (consumer.Stream): after losing the broker, it attaches again
@@ -225,14 +225,17 @@ func (h *Hub) LastOffset() (int64, bool) { return h.Newest() }
 //     again, which the log keeps under a new offset; Dispatch drops an id seen within the
 //     window. Ids the log derived from an offset are not checked: no retry repeats them.
 //  3. The duplicate offsets (Hub.dups): the offsets of the messages the id window dropped,
-//     so that a replay, which reads the log with the retry in it, drops them too.
+//     so that a replay from the bus's log, which has the retry in it, drops them too. (The
+//     tail never holds them: Dispatch appends a duplicate as a control entry; and a read
+//     of the log for a resume stops inside the tail, below what Dispatch has reached, so
+//     Dispatch has judged every message it gives.)
 //  4. The skip offset (writer.Queue.SkipThrough, and a channel's skip in Hub.channels): a
-//     replay may read past what Dispatch has reached (the embedded bus's log is ahead of
-//     its dispatch); the connection joins live delivery at the replay's end, skipping the
-//     offsets the replay gave it. The hand-over itself is under the hub's lock (joinAt,
-//     subscribeAt), so no message falls between the replay and live delivery.
-//  5. The replay's seen ids (resumer.replay): a retry that the replay meets before Dispatch
-//     has dropped it (so guard 3 does not know it yet) is dropped by its id.
+//     resume may end past what Dispatch has reached (a since from a gateway that was
+//     ahead, or the embedded bus's log, ahead of its dispatch); the connection joins live
+//     delivery at the replay's end, skipping the offsets through it. The hand-over itself
+//     is under the hub's lock (joinAt, subscribeAt), under which the tail and live
+//     delivery stand still together, so no message falls between the replay and live
+//     delivery.
 //
 // The browser client (herald.js) also drops a message whose offset it has seen.
 
