@@ -17,8 +17,8 @@ import (
 // ones, with no gap and no duplicate.
 func TestSubscribeWithHistory(t *testing.T) {
 	g := newTestGatewayRetaining(t, gateway.Config{InsecureUserParam: true}, nil, consumer.EmbeddedConfig{RetainMessages: 50})
-	g.publishN(5, "room")  // 0..4
-	g.publishN(3, "other") // 5..7
+	g.publishN(5, "room")                                  // 0..4
+	g.publishN(3, "other")                                 // 5..7
 	for _, users := range [][]string{{"bob"}, {"alice"}} { // 8: for bob, 9: for alice
 		if _, err := g.bus.Publish(context.Background(), message.Message{Channel: "room", Users: users, Data: json.RawMessage(`"direct"`)}); err != nil {
 			t.Fatal(err)
