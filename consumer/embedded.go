@@ -14,10 +14,12 @@ import (
 
 // EmbeddedConfig configures the embedded bus.
 type EmbeddedConfig struct {
-	// RetainMessages is how many recent messages the log keeps for resume. Default 10000.
+	// RetainMessages is how many messages may wait between their publish and their
+	// dispatch; past it, the oldest are skipped (OnLagged). Default 10000. (The history
+	// kept for resume is the gateway's tail of the log, bounded by the same settings.)
 	RetainMessages int
-	// RetainBytes caps the bytes of data the log keeps; the oldest messages go first.
-	// Default 64 MiB.
+	// RetainBytes caps the bytes of data waiting between publish and dispatch. Default
+	// 64 MiB.
 	RetainBytes int64
 	// Logger receives the bus's logs. Default: discard.
 	Logger *slog.Logger
@@ -27,10 +29,16 @@ type EmbeddedConfig struct {
 }
 
 // Embedded is the in-process bus a single gateway runs on when no broker is configured.
-// Publish appends to a bounded log (a ring buffer) that gives every message its offset,
-// starting at 0; Run dispatches the log, in order, from one goroutine. A publisher never
-// waits for fan-out: if the dispatcher falls behind by more than the log holds, the
-// messages it missed are counted (OnLagged) and skipped.
+// Publish appends to a bounded queue (a ring buffer) that gives every message its offset,
+// starting at 0; Run dispatches the queue, in order, from one goroutine, and drops each
+// message once dispatched. A publisher never waits for fan-out: if the dispatcher falls
+// behind by more than the queue holds, the messages it missed are counted (OnLagged) and
+// skipped, and a Dispatcher that is a GapDispatcher is told.
+//
+// The bus keeps no history of its own: the gateway's tail of the log (the frames it
+// dispatched, held in memory) is the embedded bus's retained log. Replay gives only what
+// is still waiting to be dispatched, and Oldest says so, so that a resume older than the
+// gateway's tail resets.
 type Embedded struct {
 	cfg EmbeddedConfig
 	d   Dispatcher
@@ -109,6 +117,13 @@ func (e *Embedded) append(m message.Message) {
 	e.bytes += int64(len(m.Data))
 }
 
+// GapDispatcher is a Dispatcher that wants to know when the bus skipped messages: those
+// through offset through will never be dispatched.
+type GapDispatcher interface {
+	Dispatcher
+	Gap(through int64)
+}
+
 // Run dispatches every published message, in offset order, until ctx is done.
 func (e *Embedded) Run(ctx context.Context) error {
 	var next int64 // the next offset to dispatch
@@ -125,12 +140,16 @@ func (e *Embedded) Run(ctx context.Context) error {
 				if e.cfg.OnLagged != nil {
 					e.cfg.OnLagged(skipped)
 				}
+				if g, ok := e.d.(GapDispatcher); ok {
+					g.Gap(next + skipped - 1)
+				}
 			}
 			if !ok {
 				break
 			}
 			e.d.Dispatch(m)
 			next = m.Offset + 1
+			e.dispatched(m.Offset)
 		}
 	}
 }
@@ -146,6 +165,19 @@ func (e *Embedded) at(off int64) (m message.Message, ok bool, skipped int64) {
 	return got[0], true, got[0].Offset - off
 }
 
+// dispatched drops the message at offset off, dispatched now, from the queue (it may
+// have been dropped already by a publish that found the queue full).
+func (e *Embedded) dispatched(off int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.size > 0 && e.ring[e.head].Offset == off {
+		e.bytes -= int64(len(e.ring[e.head].Data))
+		e.ring[e.head] = message.Message{}
+		e.head = (e.head + 1) % len(e.ring)
+		e.size--
+	}
+}
+
 // Newest returns the offset of the newest message published, or -1 when none has been.
 func (e *Embedded) Newest() int64 {
 	e.mu.Lock()
@@ -153,8 +185,12 @@ func (e *Embedded) Newest() int64 {
 	return e.next - 1
 }
 
-// Oldest returns the offset of the oldest message the log retains (the next offset to be
-// given when it is empty).
+// KnownNewest is Newest: the embedded bus knows its log's newest offset exactly.
+func (e *Embedded) KnownNewest() (int64, bool) { return e.Newest(), true }
+
+// Oldest returns the offset of the oldest message the bus holds: the oldest waiting to be
+// dispatched (the next offset to be given when none waits). What was dispatched is the
+// gateway's to hold.
 func (e *Embedded) Oldest(context.Context) (int64, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -167,10 +203,11 @@ func (e *Embedded) Connected() bool { return true }
 // replayBatch is how many messages Replay copies out of the log at a time.
 const replayBatch = 64
 
-// Replay calls fn with each retained message after offset since, in offset order, until
-// fn returns false, ctx ends, or it reaches the newest message. since -1 starts at the
-// oldest retained message; where since+1 is no longer retained, it starts at the oldest
-// retained, so the caller sees the gap. It holds the log's lock only to copy a batch.
+// Replay calls fn with each message still waiting to be dispatched after offset since, in
+// offset order, until fn returns false, ctx ends, or it reaches the newest message. since
+// -1 starts at the oldest held; where since+1 is no longer held (dispatched, or skipped),
+// it starts at the oldest held, so the caller sees the gap. It holds the lock only to copy
+// a batch.
 func (e *Embedded) Replay(ctx context.Context, since int64, fn func(message.Message) bool) error {
 	next := since + 1
 	batch := make([]message.Message, 0, replayBatch)

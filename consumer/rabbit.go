@@ -204,6 +204,10 @@ func (r *Rabbit) Replay(ctx context.Context, since int64, fn func(message.Messag
 	return r.stream.Replay(ctx, since, fn)
 }
 
+// KnownNewest reports false: only the broker knows the stream's newest offset (Head asks
+// it); the gateway learns it from live delivery.
+func (r *Rabbit) KnownNewest() (int64, bool) { return 0, false }
+
 // Oldest returns the oldest offset the stream retains (Stream.Oldest).
 func (r *Rabbit) Oldest(ctx context.Context) (int64, bool) { return r.stream.Oldest(ctx) }
 

@@ -369,6 +369,10 @@ func (s *Stream) LastOffset() (int64, bool) {
 	return off, off != message.NoOffset
 }
 
+// KnownNewest reports false: only the broker knows the stream's newest offset (Head asks
+// it); the gateway learns it from live delivery.
+func (s *Stream) KnownNewest() (int64, bool) { return 0, false }
+
 // Position returns the stream offset of the last delivery the consumer handled, whether
 // it dispatched it or not (a control message, one it could not decode), and false before
 // the first. The consumer resumes just after it.

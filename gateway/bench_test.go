@@ -126,3 +126,50 @@ func BenchmarkDispatchToConns(b *testing.B) {
 		})
 	}
 }
+
+// nopTransport is a transport with no socket, for a session in a benchmark.
+type nopTransport struct{}
+
+func (nopTransport) Start()                {}
+func (nopTransport) ExtendRead()           {}
+func (nopTransport) SendClose(int, string) {}
+func (nopTransport) Stop()                 {}
+
+// BenchmarkResumeFromTail1000To1000 resumes 1,000 connections, one after the other, from
+// a tail that holds 1,000 messages (the whole resume: replay, hand-over under the hub's
+// lock, the resumed frame): one op is a million replayed deliveries. The replay queues the
+// frames live delivery made, shared: allocs/client is the resume's fixed cost (its
+// context, the resumed frame), not a frame per message.
+func BenchmarkResumeFromTail1000To1000(b *testing.B) {
+	s := newBenchServer(b)
+	for off := range int64(1000) {
+		s.hub.Dispatch(benchMessage(off))
+	}
+	s.hub.SetLogStart(999)
+	s.resume.history = benchLog{} // a bus with a log; a tail resume never reads it
+	conns := make([]*session, 1000)
+	for i := range conns {
+		conns[i] = idleConn(s)
+		conns[i].t = nopTransport{}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, c := range conns {
+			s.resume.connect(c, -1, []string{"bench"})
+			if n, _ := c.Depth(); n != 1001 { // 1,000 messages and resumed
+				b.Fatalf("queued %d frames, want 1001", n)
+			}
+			s.hub.leave(c)
+			c.Clear()
+		}
+	}
+}
+
+// benchLog is a Log that a benchmark must never read.
+type benchLog struct{}
+
+func (benchLog) Replay(context.Context, int64, func(message.Message) bool) error {
+	panic("the log was read")
+}
+func (benchLog) Oldest(context.Context) (int64, bool) { return 0, true }
+func (benchLog) KnownNewest() (int64, bool)           { return 0, false }

@@ -1,7 +1,5 @@
 package gateway
 
-import "context"
-
 // Bus is what a gateway runs on, one of two implementations that main picks and asserts
 // at compile time: consumer.Embedded, the in-process bus of a single gateway, and
 // consumer.Rabbit, RabbitMQ with its stream (on one broker or a cluster). The Server sees
@@ -10,7 +8,4 @@ type Bus interface {
 	Publisher
 	BusHealth
 	Log
-	// Oldest returns the oldest offset the bus's log retains, and false when it cannot
-	// tell now.
-	Oldest(ctx context.Context) (int64, bool)
 }

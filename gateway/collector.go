@@ -1,6 +1,11 @@
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"math"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // stateCollector reads gauges from live state at scrape time: connections, the write
 // queues (total and largest, in frames and bytes), subscriptions and the bus.
@@ -13,6 +18,8 @@ type stateCollector struct {
 	qFrames, qBytes, qMaxF, qMaxB *prometheus.Desc
 	qDepth                        *prometheus.Desc
 	qCap                          *prometheus.Desc
+	tailBytes, tailAge, tailN     *prometheus.Desc
+	tailEdge, resumeWaiting       *prometheus.Desc
 }
 
 // queueDepthBuckets are the upper bounds, in bytes, of herald_write_queue_depth_bytes.
@@ -34,11 +41,18 @@ func newStateCollector(srv *Server, hub *Hub, bus BusHealth) *stateCollector {
 		qMaxB:   d("herald_write_queue_max_bytes", "Bytes waiting in the fullest connection's write queue."),
 		qDepth:  d("herald_write_queue_depth_bytes", "Bytes waiting in each connection's write queue, sampled at scrape."),
 		qCap:    d("herald_write_queue_cap_bytes", "The configured cap of each connection's write queue (--write-queue-bytes); a connection over it is closed with 4008."),
+
+		tailBytes:     d("herald_tail_bytes", "Bytes of the tail of the log held in memory (--tail-bytes bounds it)."),
+		tailAge:       d("herald_tail_age_seconds", "Age of the oldest message held in the tail of the log (--tail-age bounds it); 0 when it holds none."),
+		tailN:         d("herald_tail_messages", "Messages held in the tail of the log."),
+		tailEdge:      d("herald_tail_edge_offset", "The offset after which the tail of the log is complete: a resume from a since at or above it is served from memory; -1 before it is known."),
+		resumeWaiting: d("herald_resumes_waiting", "Resumes older than the tail waiting for a reader of the bus's log (--resume-readers)."),
 	}
 }
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.conns, s.subs, s.chans, s.busUp, s.qFrames, s.qBytes, s.qMaxF, s.qMaxB, s.qDepth, s.qCap} {
+	for _, d := range []*prometheus.Desc{s.conns, s.subs, s.chans, s.busUp, s.qFrames, s.qBytes, s.qMaxF, s.qMaxB, s.qDepth, s.qCap,
+		s.tailBytes, s.tailAge, s.tailN, s.tailEdge, s.resumeWaiting} {
 		ch <- d
 	}
 }
@@ -81,4 +95,24 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	g(s.qMaxB, maxB)
 	g(s.qCap, s.srv.cfg.WriteQueueBytes)
 	ch <- prometheus.MustNewConstMetric(s.busUp, prometheus.GaugeValue, up)
+
+	s.hub.TrimTail()
+	st := s.hub.Tail().Stats()
+	age := 0.0
+	if !st.Oldest.IsZero() {
+		age = time.Since(st.Oldest).Seconds()
+	}
+	edge := st.Edge
+	if edge == math.MaxInt64 {
+		edge = -1
+	}
+	g(s.tailN, st.Entries)
+	ch <- prometheus.MustNewConstMetric(s.tailBytes, prometheus.GaugeValue, float64(st.Bytes))
+	ch <- prometheus.MustNewConstMetric(s.tailAge, prometheus.GaugeValue, age)
+	ch <- prometheus.MustNewConstMetric(s.tailEdge, prometheus.GaugeValue, float64(edge))
+	waiting := 0
+	if p := s.srv.resume.pool; p != nil {
+		waiting = p.Stats().Waiting
+	}
+	g(s.resumeWaiting, waiting)
 }

@@ -60,7 +60,8 @@ func newTestGatewayRetaining(t *testing.T, cfg gateway.Config, pub gateway.Publi
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	metrics := gateway.NewMetrics(reg)
-	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics, Logger: gwtest.Logger(t), Presence: cfg.Presence})
+	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics, Logger: gwtest.Logger(t), Presence: cfg.Presence,
+		TailMessages: ecfg.RetainMessages, TailBytes: ecfg.RetainBytes})
 	g := &testGateway{t: t, reg: reg, hub: hub}
 	if cfg.Presence != nil {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -71,7 +72,11 @@ func newTestGatewayRetaining(t *testing.T, cfg gateway.Config, pub gateway.Publi
 	var health gateway.BusHealth = failingBus{}
 	if pub == nil {
 		g.bus = consumer.NewEmbedded(ecfg, hub)
-		cfg.Log = g.bus
+		if w, ok := cfg.Log.(interface{ wrap(gateway.Log) }); ok {
+			w.wrap(g.bus) // a test's wrapper around the bus's log
+		} else {
+			cfg.Log = g.bus
+		}
 		hub.SetLogStart(g.bus.Newest())
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})

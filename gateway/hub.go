@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/tail"
 	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/producer/message"
 )
@@ -51,6 +52,14 @@ type HubConfig struct {
 	// Presence, when set, learns of every connection and subscription that joins or
 	// leaves (presence.go). Default nil: no presence.
 	Presence *Presence
+	// TailBytes and TailAge bound the tail of the log the hub keeps in memory: the frames
+	// of the newest messages it dispatched, from which resumes and history are served
+	// (gateway/internal/tail). Defaults 64 MiB and 10 minutes.
+	TailBytes int64
+	TailAge   time.Duration
+	// TailMessages, when positive, bounds the tail's messages too: the embedded bus's
+	// retention (--retain-messages), whose history the tail is. Default 0: no bound.
+	TailMessages int
 }
 
 // Hub routes each message the bus delivers to the connections it addresses: the listed
@@ -83,6 +92,11 @@ type Hub struct {
 	// replay drops them too. dupMu protects it.
 	dupMu sync.Mutex
 	dups  offsetSet
+
+	// tail holds the frames of the newest messages dispatched. Its one appender is the
+	// dispatching goroutine, under mu (Dispatch's read lock, SetLogStart's write lock), so
+	// what it holds is ordered against fan-out and against joinAt's hand-over.
+	tail *tail.Log[*wire.Frame]
 }
 
 // membership is a connection's state in the hub; protected by Hub.mu.
@@ -108,6 +122,7 @@ func NewHub(cfg HubConfig) *Hub {
 		members:  make(map[member]*membership),
 		channels: make(map[string]map[member]int64),
 		users:    make(map[string]map[member]struct{}),
+		tail:     tail.New[*wire.Frame](tail.Config{MaxBytes: cfg.TailBytes, MaxAge: cfg.TailAge, MaxEntries: cfg.TailMessages}),
 	}
 	if cfg.DedupWindow > 0 {
 		h.dedup = newDedup(cfg.DedupWindow, cfg.DedupMax)
@@ -129,8 +144,65 @@ func (h *Hub) SetLogStart(newest int64) {
 	if newest > h.newest.Load() {
 		h.newest.Store(newest)
 	}
+	if _, ok := h.tail.Edge(); !ok {
+		// Nothing dispatched yet: every message from now on comes after newest.
+		h.tail.Reset(newest)
+	} else if newest > h.tail.Newest() {
+		// The log's newest was not dispatched (a control message): the tail is complete
+		// past it, and a reader's end lines up with the hub's position.
+		_ = h.tail.Append(tail.Entry[*wire.Frame]{Offset: newest, Control: true})
+	}
 	h.known.Store(true)
 }
+
+// appendTail adds m's frame f (nil: m is not delivered, as a duplicate) to the tail. The
+// first message dispatched sets the tail's edge: the tail is complete from it on. h.mu
+// must be held (for reading, by the dispatching goroutine).
+func (h *Hub) appendTail(m *message.Message, f *wire.Frame) {
+	if m.Offset < 0 {
+		return
+	}
+	if _, ok := h.tail.Edge(); !ok {
+		h.tail.Reset(m.Offset - 1)
+	}
+	e := tail.Entry[*wire.Frame]{Offset: m.Offset, Channel: m.Channel, Users: m.Users, Control: f == nil, Value: f}
+	if f != nil {
+		e.Size = f.Size() + frameOverhead
+	}
+	if err := h.tail.Append(e); err != nil {
+		h.log.Debug("tail: message not held", "offset", m.Offset, "err", err)
+	}
+}
+
+// frameOverhead is what the tail counts for a frame beside its bytes: the Frame itself.
+const frameOverhead = 96
+
+// Gap tells the hub that the bus skipped the messages through offset through (the
+// embedded bus's dispatcher fell behind its queue): the tail restarts after it, so that
+// no resume is served across the hole. Called by the dispatching goroutine.
+func (h *Hub) Gap(through int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if through > h.tail.Newest() {
+		h.tail.Reset(through)
+	}
+	if through > h.newest.Load() {
+		h.newest.Store(through)
+	}
+}
+
+// TrimTail evicts from the tail what is older than its age bound: Dispatch does as
+// messages come; this is for when none do. Any goroutine.
+func (h *Hub) TrimTail() {
+	h.mu.Lock() // the tail's appender runs under the lock: exclude it
+	defer h.mu.Unlock()
+	if _, ok := h.tail.Edge(); ok {
+		h.tail.Trim()
+	}
+}
+
+// Tail returns the tail of the log the hub keeps: for resumes, history and metrics.
+func (h *Hub) Tail() *tail.Log[*wire.Frame] { return h.tail }
 
 // Newest returns the offset of the newest message dispatched, and whether it is known
 // (SetLogStart has been called).
@@ -144,7 +216,7 @@ func (h *Hub) Newest() (int64, bool) {
 func (h *Hub) LastOffset() (int64, bool) { return h.Newest() }
 
 // Delivered once. A connection gets each message it is addressed once, in the bus's order,
-// across reconnects, retries and resumes (docs/PROTOCOL.md sections 8 and 9). Five guards
+// across reconnects, retries and resumes (docs/PROTOCOL.md sections 8 and 9). Four guards
 // see to it, each against one way a message could come twice:
 //
 //  1. The consumer's position (consumer.Stream): after losing the broker, it attaches again
@@ -153,14 +225,17 @@ func (h *Hub) LastOffset() (int64, bool) { return h.Newest() }
 //     again, which the log keeps under a new offset; Dispatch drops an id seen within the
 //     window. Ids the log derived from an offset are not checked: no retry repeats them.
 //  3. The duplicate offsets (Hub.dups): the offsets of the messages the id window dropped,
-//     so that a replay, which reads the log with the retry in it, drops them too.
+//     so that a replay from the bus's log, which has the retry in it, drops them too. (The
+//     tail never holds them: Dispatch appends a duplicate as a control entry; and a read
+//     of the log for a resume stops inside the tail, below what Dispatch has reached, so
+//     Dispatch has judged every message it gives.)
 //  4. The skip offset (writer.Queue.SkipThrough, and a channel's skip in Hub.channels): a
-//     replay may read past what Dispatch has reached (the embedded bus's log is ahead of
-//     its dispatch); the connection joins live delivery at the replay's end, skipping the
-//     offsets the replay gave it. The hand-over itself is under the hub's lock (joinAt,
-//     subscribeAt), so no message falls between the replay and live delivery.
-//  5. The replay's seen ids (resumer.replay): a retry that the replay meets before Dispatch
-//     has dropped it (so guard 3 does not know it yet) is dropped by its id.
+//     resume may end past what Dispatch has reached (a since from a gateway that was
+//     ahead, or the embedded bus's log, ahead of its dispatch); the connection joins live
+//     delivery at the replay's end, skipping the offsets through it. The hand-over itself
+//     is under the hub's lock (joinAt, subscribeAt), under which the tail and live
+//     delivery stand still together, so no message falls between the replay and live
+//     delivery.
 //
 // The browser client (herald.js) also drops a message whose offset it has seen.
 
@@ -183,7 +258,10 @@ func (h *Hub) Dispatch(m message.Message) {
 			h.dupMu.Lock()
 			h.dups.add(m.Offset)
 			h.dupMu.Unlock()
+			h.mu.RLock()
+			h.appendTail(&m, nil)
 			h.newest.Store(m.Offset)
+			h.mu.RUnlock()
 		}
 		h.log.Debug("duplicate message dropped", "id", m.ID, "offset", m.Offset)
 		return
@@ -213,6 +291,7 @@ func (h *Hub) Dispatch(m message.Message) {
 		}
 	}
 	if m.Offset >= 0 {
+		h.appendTail(&m, f)
 		h.newest.Store(m.Offset)
 	}
 	h.mu.RUnlock()
@@ -246,11 +325,17 @@ func routeOf(m *message.Message) route {
 // reaches reports whether live delivery gives m to a connection of user (empty:
 // anonymous) subscribed to channels: what a replay for that connection gives it.
 func reaches(m *message.Message, user string, channels []string) bool {
-	switch routeOf(m) {
-	case toUsers:
-		return user != "" && slices.Contains(m.Users, user)
-	case toChannel:
-		return slices.Contains(channels, m.Channel)
+	return reachesHeld(m.Users, m.Channel, user, channels)
+}
+
+// reachesHeld is reaches for a message of the given users and channel (a held entry of
+// the tail).
+func reachesHeld(users []string, channel, user string, channels []string) bool {
+	switch {
+	case len(users) > 0:
+		return user != "" && slices.Contains(users, user)
+	case channel != "":
+		return slices.Contains(channels, channel)
 	}
 	return true
 }
@@ -364,6 +449,22 @@ func (h *Hub) subscribeAt(c member, ch string, at int64, watch bool, then func()
 		h.presence.Joined(ch, c, watch)
 	}
 	return true
+}
+
+// subscribeWithHistory is subscribe that, under the same lock, gives then the frames of
+// the channel's newest n messages held in the tail whose users mayTake accepts (empty
+// users: a message of the channel's), oldest first, and whether they are all the channel
+// had of those asked for (History's complete). Live delivery to c starts right after the
+// newest of them: no gap, no duplicate.
+func (h *Hub) subscribeWithHistory(c member, ch string, watch bool, n int, mayTake func(users []string) bool, then func(held []*wire.Frame, complete bool)) bool {
+	return h.subscribeAt(c, ch, noSkip, watch, func() {
+		entries, complete := h.tail.History(ch, -1, n, func(e *tail.Entry[*wire.Frame]) bool { return mayTake(e.Users) }, nil)
+		frames := make([]*wire.Frame, len(entries))
+		for i, e := range entries {
+			frames[i] = e.Value
+		}
+		then(frames, complete)
+	})
 }
 
 // unsubscribe removes ch from c's subscriptions, then calls then under the hub's lock,

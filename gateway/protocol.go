@@ -58,6 +58,12 @@ type (
 		ID      string `json:"id,omitempty"`
 		// Presence, on subscribed, says that join and leave events of the channel follow.
 		Presence bool `json:"presence,omitempty"`
+		// History, on subscribed when history was asked for, is how many of the
+		// channel's messages follow before live ones; Complete says whether they are all
+		// of the ones asked for that the channel had (false: the gateway's memory may not
+		// reach back that far).
+		History  *int  `json:"history,omitempty"`
+		Complete *bool `json:"complete,omitempty"`
 	}
 	resumedFrame struct {
 		Op      string `json:"op"`
@@ -131,6 +137,8 @@ type request struct {
 	PresenceRaw json.RawMessage `json:"presence"`
 	LimitRaw    json.RawMessage `json:"limit"`
 	AfterRaw    json.RawMessage `json:"after"`
+	HistoryRaw  json.RawMessage `json:"history"`
+	History     int             `json:"-"` // subscribe: the channel's newest messages held, to send first
 	Presence    bool            `json:"-"`
 	Limit       *int            `json:"-"`
 	After       string          `json:"-"`
@@ -193,6 +201,15 @@ func decodeRequest(data []byte) (request, *protocolError) {
 		if r.Op == "subscribe" {
 			if perr := optional(r.PresenceRaw, "presence", &r.Presence); perr != nil {
 				return r, perr
+			}
+			if perr := optional(r.HistoryRaw, "history", &r.History); perr != nil {
+				return r, perr
+			}
+			switch {
+			case r.History < 0:
+				return r, badRequest("history must be 0 or more")
+			case r.History > 0 && r.Since != nil:
+				return r, badRequest("subscribe takes since or history, not both")
 			}
 		}
 	case "publish":

@@ -126,6 +126,13 @@ type Config struct {
 	// Log is the bus's history, read to resume clients that connect or subscribe with
 	// since. Default nil: such clients get reset.
 	Log Log
+	// HistoryMax caps the history a subscribe may ask for (history: N) and GET
+	// /api/history's limit. Default 100.
+	HistoryMax int
+	// ResumeReaders bounds the reads of the bus's log at once for resumes older than the
+	// tail of the log in memory; resumes whose since are close share one, and the others
+	// wait their turn, first come, first served. Default 8.
+	ResumeReaders int
 	// BusDetail, when set, is called by each GET /readyz and its answer is shown under
 	// "bus" in the JSON: what an operator should know of the bus (with RabbitMQ, whether
 	// the broker keeps array and table headers in streams). It never changes readiness: a
@@ -162,6 +169,9 @@ const (
 	DefaultDrainInterval       = 50 * time.Millisecond
 )
 
+// DefaultHistoryMax is Config.HistoryMax's default.
+const DefaultHistoryMax = 100
+
 func (c *Config) setDefaults() {
 	def := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
@@ -173,6 +183,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.WriteQueueBytes <= 0 {
 		c.WriteQueueBytes = DefaultWriteQueueBytes
+	}
+	if c.HistoryMax <= 0 {
+		c.HistoryMax = DefaultHistoryMax
 	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = DefaultMaxMessageBytes
@@ -259,15 +272,14 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 			disablePublish: cfg.DisableClientPublish,
 			publishTimeout: cfg.PublishTimeout,
 			pingInterval:   cfg.PingInterval,
+			historyMax:     cfg.HistoryMax,
 			logger:         cfg.Logger,
 			metrics:        cfg.Metrics,
 			hub:            hub,
 			presence:       cfg.Presence,
-			resume: &resumer{history: cfg.Log, hub: hub, metrics: cfg.Metrics,
-				extendEvery: (cfg.PingInterval + cfg.PongTimeout) / 4},
-			pub:      publisher{pub: pub, metrics: cfg.Metrics},
-			refusals: logsample.New(cfg.Logger, logsample.Config{}),
-			conns:    connSet{all: make(map[*session]struct{})},
+			pub:            publisher{pub: pub, metrics: cfg.Metrics},
+			refusals:       logsample.New(cfg.Logger, logsample.Config{}),
+			conns:          connSet{all: make(map[*session]struct{})},
 		},
 		cfg:    cfg,
 		bus:    bus,
@@ -276,6 +288,11 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 		admin:  http.NewServeMux(),
 	}
 	s.limits = &s.cfg.Limits
+	var rerr error
+	s.resume, rerr = newResumer(cfg.Log, hub, cfg.Metrics, (cfg.PingInterval+cfg.PongTimeout)/4, cfg.ResumeReaders, cfg.Logger)
+	if rerr != nil {
+		return nil, fmt.Errorf("gateway: resume: %w", rerr)
+	}
 	if err := s.setupEdge(); err != nil {
 		return nil, err
 	}
@@ -318,6 +335,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.mux.HandleFunc("GET /ws/info", s.serveInfo)
 	s.mux.HandleFunc("POST /api/publish", s.servePublish)
 	s.mux.HandleFunc("GET /api/presence", s.servePresence)
+	s.mux.HandleFunc("GET /api/history", s.serveHistory)
 	s.mux.HandleFunc("GET /api/users/{id}", s.serveUser)
 	s.mux.HandleFunc("GET /healthz", serveHealth)
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
@@ -857,6 +875,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.resume.close()
 		s.refusals.Close()
 		s.writer.Close()
 		return nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -56,6 +57,7 @@ type sessionDeps struct {
 	disablePublish bool
 	publishTimeout time.Duration
 	pingInterval   time.Duration
+	historyMax     int
 
 	logger   *slog.Logger
 	metrics  *Metrics
@@ -161,6 +163,10 @@ func (c *session) subscribe(r request) {
 	answer := func() {
 		c.Enqueue(wire.Reply(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref, Presence: watch}))
 	}
+	if r.History > 0 {
+		c.subscribeWithHistory(ch, watch, r)
+		return
+	}
 	if r.Since == nil {
 		c.deps.hub.subscribe(c, ch, watch, answer)
 		return
@@ -169,6 +175,23 @@ func (c *session) subscribe(r request) {
 	// subscribed (the replay reads what live delivery would have sent).
 	c.deps.hub.unsubscribe(c, ch, answer)
 	c.deps.resume.channel(c, ch, *r.Since, watch)
+}
+
+// subscribeWithHistory subscribes the session to ch and, under the hub's lock (nothing
+// is dispatched in between), queues subscribed and then the channel's newest r.History
+// messages held in the tail (at most HistoryMax), what the session may see of them: no
+// gap and no duplicate between them and live delivery.
+func (c *session) subscribeWithHistory(ch string, watch bool, r request) {
+	n := min(r.History, c.deps.historyMax)
+	c.deps.hub.subscribeWithHistory(c, ch, watch, n, func(users []string) bool {
+		return len(users) == 0 || c.user != "" && slices.Contains(users, c.user)
+	}, func(held []*wire.Frame, complete bool) {
+		k := len(held)
+		c.Enqueue(wire.Reply(replyFrame{Op: "subscribed", Channel: ch, Ref: r.Ref, Presence: watch, History: &k, Complete: &complete}))
+		for _, f := range held {
+			c.EnqueueHistory(f)
+		}
+	})
 }
 
 // mayJoin checks a subscribe to ch against the connection's permissions and its

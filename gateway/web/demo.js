@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MAX_ITEMS = 300;
 const ROOM = "room";
+const RECENT = 50; // recent chat messages shown on join
 const CHANNELS = [ROOM, "notifications"];
 const holdMs = Number(params.get("hold") ?? 3000);
 const token = params.get("token") || undefined;
@@ -115,6 +116,27 @@ function isChat(f) {
 }
 
 function addChat(f) {
+  append($("chat"), chatItem(f));
+}
+
+/** The chat room's recent conversation, which the gateway holds, shown above what came live. */
+async function showRecent() {
+  let h;
+  try {
+    h = await herald.subscribeWithHistory(ROOM, RECENT, { presence: true });
+  } catch {
+    return; // refused (the room is not permitted): the page shows what comes live
+  }
+  const chat = $("chat");
+  const first = chat.firstElementChild;
+  for (const f of h.messages) {
+    if (isChat(f) && !chat.querySelector(`li[data-id="${CSS.escape(f.id)}"]`)) chat.insertBefore(chatItem(f), first);
+  }
+  chat.scrollTop = chat.scrollHeight;
+  if (h.messages.length > 0) logEvent("history", `Showing the room's ${plural(h.messages.length, "recent message", "recent messages")}`);
+}
+
+function chatItem(f) {
   const li = el("li", mine.has(f.id) ? "msg mine" : "msg");
   tag(li, f);
   const meta = el("div", "meta");
@@ -130,7 +152,7 @@ function addChat(f) {
   }
   meta.append(timeEl(f.time));
   li.append(meta, el("div", "text", f.data.text));
-  append($("chat"), li);
+  return li;
 }
 
 /** Marks the chat message id as this page's own, whether it arrived before its ack or after. */
@@ -427,6 +449,8 @@ function start() {
     if (welcomed) {
       catchingUp = true;
       caughtUp = 0;
+    } else {
+      showRecent(); // the first connection: the conversation so far
     }
     welcomed = true;
     refreshOnline(); // in a timer: the client is open only once the welcome listeners ran

@@ -200,6 +200,20 @@ export class Herald extends EventTarget {
      */
     subscribe(channel: string, { presence }?: SubscribeOptions): Promise<void>;
     /**
+     * Subscribes to a channel, as {@link subscribe}, and asks the gateway for the channel's
+     * newest `count` messages that it holds in memory (at most its cap, 100 by default):
+     * the recent conversation of a chat room, for a client that joins it. Resolves with them
+     * once they have arrived; live messages follow as `message` events, with no gap and no
+     * duplicate after the history. After a reconnect the channel is resumed as usual,
+     * without history. When the connection is not open, it subscribes at the next one and
+     * resolves with no messages (`complete: false`).
+     * @param {string} channel
+     * @param {number} count how many recent messages, 1 or more
+     * @param {SubscribeOptions} [opts]
+     * @returns {Promise<History>}
+     */
+    subscribeWithHistory(channel: string, count: number, { presence }?: SubscribeOptions): Promise<History>;
+    /**
      * Unsubscribes from a channel. Resolves once the gateway has answered `unsubscribed` (or,
      * when not open, at once: the channel is left out of the next connect).
      * @param {string} channel
@@ -492,6 +506,18 @@ export type SubscribeOptions = {
      */
     presence?: boolean | undefined;
 };
+export type History = {
+    /**
+     * the channel's recent messages the gateway held in memory,
+     * oldest first (as `message` events carry them; they are not emitted as events)
+     */
+    messages: MessageFrame[];
+    /**
+     * false where the gateway's memory may not reach back to all
+     * the messages asked for (the channel may have had older ones)
+     */
+    complete: boolean;
+};
 export type PresenceOptions = {
     /**
      * the most users to list, 1 to 1000 (the gateway's default is
@@ -598,4 +624,8 @@ export type Pending = {
     resolve: (v: any) => void;
     reject: (e: Error) => void;
     channel?: string | undefined;
+    /**
+     * a subscribe's history: how many recent messages to ask for
+     */
+    history?: number | undefined;
 };

@@ -330,6 +330,14 @@ export class HeraldError extends Error {
  */
 
 /**
+ * @typedef {Object} History
+ * @property {MessageFrame[]} messages the channel's recent messages the gateway held in memory,
+ *   oldest first (as `message` events carry them; they are not emitted as events)
+ * @property {boolean} complete false where the gateway's memory may not reach back to all
+ *   the messages asked for (the channel may have had older ones)
+ */
+
+/**
  * @typedef {Object} PresenceOptions
  * @property {number} [limit] the most users to list, 1 to 1000 (the gateway's default is
  *   100)
@@ -384,6 +392,7 @@ export class HeraldError extends Error {
  * @property {(v: any) => void} resolve
  * @property {(e: Error) => void} reject
  * @property {string} [channel]
+ * @property {number} [history] a subscribe's history: how many recent messages to ask for
  */
 
 /**
@@ -454,6 +463,12 @@ export class Herald extends EventTarget {
   #seq = 0;
   /** @type {Map<string, Pending>} */ #pending = new Map();
   /** @type {Pending[]} waiters for the next welcome */ #waitingOpen = [];
+  /**
+   * The history being received: the messages of a subscribe's history follow its
+   * subscribed; null when none is.
+   * @type {{channel: string, left: number, messages: MessageFrame[], complete: boolean, resolve: (v: any) => void} | null}
+   */
+  #collecting = null;
   /** @type {ReturnType<typeof setTimeout> | null} */ #retryTimer = null;
   /** @type {ReturnType<typeof setTimeout> | null} */ #refreshTimer = null;
   /** @type {number | null} */ #openedAt = null;
@@ -589,6 +604,35 @@ export class Herald extends EventTarget {
     if (presence) this.#presence.add(channel);
     else this.#presence.delete(channel);
     return this.#channelOp("subscribe", channel);
+  }
+
+  /**
+   * Subscribes to a channel, as {@link subscribe}, and asks the gateway for the channel's
+   * newest `count` messages that it holds in memory (at most its cap, 100 by default):
+   * the recent conversation of a chat room, for a client that joins it. Resolves with them
+   * once they have arrived; live messages follow as `message` events, with no gap and no
+   * duplicate after the history. After a reconnect the channel is resumed as usual,
+   * without history. When the connection is not open, it subscribes at the next one and
+   * resolves with no messages (`complete: false`).
+   * @param {string} channel
+   * @param {number} count how many recent messages, 1 or more
+   * @param {SubscribeOptions} [opts]
+   * @returns {Promise<History>}
+   */
+  subscribeWithHistory(channel, count, { presence = false } = {}) {
+    if (!validChannel(channel)) {
+      return Promise.reject(new TypeError(`herald: invalid channel name ${JSON.stringify(channel)}`));
+    }
+    if (!Number.isInteger(count) || count < 1) {
+      return Promise.reject(new TypeError(`herald: history count must be a positive integer`));
+    }
+    this.#channels.add(channel);
+    if (presence) this.#presence.add(channel);
+    else this.#presence.delete(channel);
+    if (!this.#isOpen()) {
+      return this.#channelOp("subscribe", channel).then(() => ({ messages: [], complete: false }));
+    }
+    return this.#channelOp("subscribe", channel, count);
   }
 
   /**
@@ -767,19 +811,21 @@ export class Herald extends EventTarget {
   /**
    * @param {"subscribe" | "unsubscribe"} kind
    * @param {string} channel
-   * @returns {Promise<void>}
+   * @param {number} [history] a subscribe's history count (then it resolves with a History)
+   * @returns {Promise<any>}
    */
-  #channelOp(kind, channel) {
+  #channelOp(kind, channel, history) {
     return new Promise((resolve, reject) => {
       if (!this.#isOpen()) {
         this.#waitingOpen.push({ kind, resolve, reject, channel });
         return;
       }
       const ref = this.#nextRef();
-      this.#pending.set(ref, { kind, resolve, reject, channel });
+      this.#pending.set(ref, { kind, resolve, reject, channel, history });
       /** @type {Record<string, unknown>} */
       const frame = { op: kind, channel, ref };
       if (kind === "subscribe" && this.#presence.has(channel)) frame.presence = true;
+      if (kind === "subscribe" && history) frame.history = history;
       this.#send(frame);
     });
   }
@@ -849,6 +895,11 @@ export class Herald extends EventTarget {
   /** Unhooks the current socket and returns it. */
   #detach() {
     const ws = this.#ws;
+    if (this.#collecting) {
+      // The connection ended within a history: what came of it is all there is.
+      this.#collecting.resolve({ messages: this.#collecting.messages, complete: false });
+      this.#collecting = null;
+    }
     if (ws) {
       ws.onmessage = null;
       ws.onclose = null;
@@ -867,9 +918,20 @@ export class Herald extends EventTarget {
     }
     if (!f || typeof f !== "object") return;
     switch (f.op) {
-      case "message":
+      case "message": {
+        // A subscribe's history: its messages come right after its subscribed.
+        const h = this.#collecting;
+        if (h && f.channel === h.channel) {
+          h.messages.push(f);
+          if (h.messages.length >= h.left) {
+            this.#collecting = null;
+            h.resolve({ messages: h.messages, complete: h.complete });
+          }
+          return;
+        }
         if (this.#filter.accept(f.offset)) this.#emit("message", f);
         return;
+      }
       case "welcome":
         this.#onWelcome(f);
         return;
@@ -887,6 +949,16 @@ export class Herald extends EventTarget {
         this.#settle(f.ref, (p) => p.resolve({ id: f.id }));
         return;
       case "subscribed":
+        this.#settle(f.ref, (p) => {
+          if (!p.history) {
+            p.resolve(undefined);
+          } else if (typeof f.history === "number" && f.history > 0) {
+            this.#collecting = { channel: String(f.channel), left: f.history, messages: [], complete: f.complete !== false, resolve: p.resolve };
+          } else {
+            p.resolve({ messages: [], complete: f.complete !== false && typeof f.history === "number" });
+          }
+        });
+        return;
       case "unsubscribed":
         this.#settle(f.ref, (p) => p.resolve(undefined));
         return;

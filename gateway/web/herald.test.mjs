@@ -806,3 +806,30 @@ test("Herald: a pending presence query rejects when the connection is lost or cl
   await assert.rejects(q2, (e) => e instanceof HeraldError && e.code === "closed");
   assert.equal(c.events.filter((e) => e.type === "error").length, 0, "failed queries are not error events");
 });
+
+test("Herald subscribeWithHistory resolves with the channel's recent messages, which pass no offset filter and are no events; live ones follow", async (t) => {
+  const c = client({ channels: ["other"] });
+  t.after(() => c.h.close());
+  await until("a socket", () => c.fake.all.length === 1);
+  const ws = c.socket(0);
+  ws.welcome(20);
+  ws.frame(msg(21, "other"));
+  const got = c.h.subscribeWithHistory("room", 3);
+  const sent = ws.last();
+  assert.deepEqual(sent, { op: "subscribe", channel: "room", ref: sent.ref, history: 3 });
+  ws.frame({ op: "subscribed", channel: "room", ref: sent.ref, history: 2, complete: true });
+  ws.frame(msg(5));
+  ws.frame(msg(17));
+  ws.frame(msg(22)); // live
+  const h = await got;
+  assert.deepEqual(h.messages.map((m) => m.offset), [5, 17]);
+  assert.equal(h.complete, true);
+  assert.deepEqual(c.offsets(), [21, 22]);
+  assert.ok(c.h.channels.includes("room"));
+
+  // None held, and incomplete; a refusal rejects.
+  const none = c.h.subscribeWithHistory("quiet", 10);
+  ws.frame({ op: "subscribed", channel: "quiet", ref: ws.last().ref, history: 0, complete: false });
+  assert.deepEqual(await none, { messages: [], complete: false });
+  await assert.rejects(c.h.subscribeWithHistory("room", 0), TypeError);
+});

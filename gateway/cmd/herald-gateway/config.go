@@ -89,6 +89,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.size(&c.Stream.MaxBytes, "stream-max-bytes", 1<<30, math.MaxInt64, "how many bytes the stream retains")
 	e.size(&c.Stream.SegmentBytes, "stream-segment-bytes", 0, math.MaxInt64, "size of the stream's segment files, the unit retention deletes; 0: the broker's default (500 MB)")
 	e.int(&c.Stream.Prefetch, "prefetch", 1000, "unacknowledged stream messages the consumer may hold")
+	e.size(&c.Hub.TailBytes, "tail-bytes", 64<<20, math.MaxInt64, "bytes of the newest messages each gateway holds in memory (the tail of the log) to serve resumes and history without reading the stream")
+	e.dur(&c.Hub.TailAge, "tail-age", 10*time.Minute, "how long a message stays in the tail of the log in memory")
+	e.int(&g.HistoryMax, "history-max", gateway.DefaultHistoryMax, "most messages a subscribe's history (and GET /api/history) gives, from the tail of the log")
+	e.int(&g.ResumeReaders, "resume-readers", 8, "reads of the stream at once for resumes older than the tail (resumes whose since are close share one; the others wait, first come first served)")
 	e.int(&c.Embedded.RetainMessages, "retain-messages", 10000, "embedded bus: messages kept for resume")
 	e.size(&c.Embedded.RetainBytes, "retain-bytes", 64<<20, math.MaxInt64, "embedded bus: bytes of data kept for resume")
 	e.sizeInt(&g.WriteQueueBytes, "write-queue-bytes", gateway.DefaultWriteQueueBytes, math.MaxInt64, "per-connection write queue cap; over it the client is closed with 4008")
@@ -220,7 +224,8 @@ func (c *config) validate() error {
 		"max-message-bytes": g.MaxMessageBytes, "stream-max-bytes": c.Stream.MaxBytes,
 		"write-timeout": int64(g.WriteTimeout), "ping-interval": int64(g.PingInterval),
 		"publish-timeout": int64(g.PublishTimeout), "shutdown-timeout": int64(c.ShutdownTimeout),
-		"stream-max-age":    int64(c.Stream.MaxAge),
+		"stream-max-age": int64(c.Stream.MaxAge),
+		"tail-bytes":     c.Hub.TailBytes, "tail-age": int64(c.Hub.TailAge), "resume-readers": int64(g.ResumeReaders), "history-max": int64(g.HistoryMax),
 		"presence-interval": int64(c.Presence.Interval), "presence-snapshot-interval": int64(c.Presence.SnapshotInterval),
 		"presence-ttl": int64(c.Presence.TTL), "presence-max-list": int64(c.Presence.MaxList),
 		"jwks-refresh": int64(c.JWKS.Refresh), "read-header-timeout": int64(c.Listen.ReadHeaderTimeout),

@@ -144,6 +144,10 @@ func assemble(ctx context.Context, cfg config, log *slog.Logger) (*parts, error)
 	g.presence = newPresence(cfg, log, g.metrics)
 	hc := cfg.Hub
 	hc.Logger, hc.Metrics, hc.Presence = log, g.metrics, g.presence
+	if cfg.AMQPURL == "" {
+		// The embedded bus keeps no history of its own: the tail is its retained log.
+		hc.TailMessages, hc.TailBytes = cfg.Embedded.RetainMessages, cfg.Embedded.RetainBytes
+	}
 	g.hub = gateway.NewHub(hc)
 	var err error
 	if cfg.AMQPURL == "" {

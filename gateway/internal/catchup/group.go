@@ -151,6 +151,15 @@ func (g *group[V]) run() {
 				end = caughtUp
 				break
 			}
+			// Or the log holds nothing after pos because retention (or a bus that keeps
+			// only what it has not dispatched) cut it: those below the cut reset.
+			if oldest, known := g.p.cfg.Log.Oldest(ctx); known && oldest > pos+1 {
+				g.cut.Store(oldest - 1)
+				g.buf.Reset(oldest - 1)
+				pos = oldest - 1
+				g.wakeMembers()
+				continue
+			}
 			select {
 			case <-time.After(retryRead):
 			case <-ctx.Done():

@@ -89,6 +89,12 @@ type Metrics struct {
 	busDown  map[string]time.Time // parts of the bus connection that are away, since when
 	resumes  *prometheus.CounterVec
 	replayed prometheus.Counter
+	// resumesBy counts resumes by where they were served from; resumeTime is connect (or
+	// subscribe) to resumed; resumeWaits is how long a deep resume waited for a reader.
+	resumesBy     *prometheus.CounterVec
+	resumeTime    prometheus.Histogram
+	resumeWaits   prometheus.Histogram
+	resumeReaders prometheus.Counter
 
 	edge        edgeMetrics // authentication and limits
 	presence    presenceMetrics
@@ -288,6 +294,28 @@ func New(reg prometheus.Registerer, series Series) *Metrics {
 			Help: "Messages sent to resuming clients from the log.",
 		}),
 	}
+	m.resumesBy = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_resumes_total",
+		Help: "Resumes done, by source: tail (served from the gateway's memory), stream (read from the bus's log, then memory) or reset (since outside the retained log).",
+	}, []string{"source"})
+	m.resumeTime = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "herald_resume_seconds",
+		Help:    "Time from a resume's start (connect or subscribe with since) to its resumed or reset.",
+		Buckets: []float64{.005, .01, .05, .1, .25, .5, 1, 2, 3, 5, 10, 30, 60, 120},
+	})
+	m.resumeWaits = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "herald_resume_wait_seconds",
+		Help:    "Time a resume older than the tail waited for a reader of the bus's log (0: it joined a running one).",
+		Buckets: []float64{0, .01, .1, .5, 1, 2, 5, 10, 30},
+	})
+	m.resumeReaders = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_resume_log_reads_total",
+		Help: "Reads of the bus's log started for resumes older than the tail (each shared by the resumes near it).",
+	})
+	reg.MustRegister(m.resumesBy, m.resumeTime, m.resumeWaits, m.resumeReaders)
+	for _, src := range []string{"tail", "stream", "reset"} {
+		m.resumesBy.WithLabelValues(src)
+	}
 	reg.MustRegister(m.accepted, m.refused, m.closedConns, m.publishedTotal, m.publishFailedTotal,
 		m.receivedTotal, m.fanout, m.publishLatency, m.consumerLag, m.delivered, m.droppedTotal, m.bytesWritten, m.socketWrites, m.slowConsumers,
 		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.busAway, m.resumes, m.replayed)
@@ -444,6 +472,30 @@ func (m *Metrics) Resumed(ok bool, replayed int) {
 	}
 	m.resumes.WithLabelValues(result).Inc()
 	m.replayed.Add(float64(replayed))
+}
+
+// ResumeDone counts a resume served from source ("tail", "stream" or "reset") that took d
+// from its start to its resumed (or reset).
+func (m *Metrics) ResumeDone(source string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.resumesBy.WithLabelValues(source).Inc()
+	m.resumeTime.Observe(d.Seconds())
+}
+
+// ResumeWaited records how long a deep resume waited for a reader of the log.
+func (m *Metrics) ResumeWaited(d time.Duration) {
+	if m != nil {
+		m.resumeWaits.Observe(d.Seconds())
+	}
+}
+
+// ResumeReaderAttached counts a read of the log started for resumes.
+func (m *Metrics) ResumeReaderAttached() {
+	if m != nil {
+		m.resumeReaders.Inc()
+	}
 }
 
 // BusDecodeError counts a message from the bus that could not be decoded and was dropped.

@@ -44,6 +44,9 @@ type Config struct {
 	// MaxAge bounds how long an entry is held after it was appended: Append and Trim
 	// evict older ones. Default 10 minutes.
 	MaxAge time.Duration
+	// MaxEntries, when positive, bounds how many entries are held (the embedded bus's
+	// --retain-messages). Default 0: no bound but bytes and age.
+	MaxEntries int
 	// Now is the clock the age is measured with. Default time.Now.
 	Now func() time.Time
 }
@@ -94,6 +97,7 @@ func newRing[E any](n int) *ring[E] {
 type Log[E any] struct {
 	maxBytes int64
 	maxAge   int64 // nanoseconds
+	maxN     uint64
 	now      func() time.Time
 	overhead int64
 
@@ -135,6 +139,7 @@ func New[E any](cfg Config) *Log[E] {
 	l := &Log[E]{
 		maxBytes: cfg.MaxBytes,
 		maxAge:   int64(cfg.MaxAge),
+		maxN:     uint64(max(cfg.MaxEntries, 0)),
 		now:      cfg.Now,
 		overhead: EntryOverhead[E](),
 		heads:    make(map[string]*atomic.Uint64),
@@ -187,7 +192,7 @@ func (l *Log[E]) Append(e Entry[E]) error {
 		l.Reset(e.Offset)
 		return nil
 	}
-	for l.bytes.Load()+size > l.maxBytes {
+	for l.bytes.Load()+size > l.maxBytes || l.maxN > 0 && l.end.Load()-l.start.Load() >= l.maxN {
 		l.evictOldest()
 	}
 	start, seq := l.start.Load(), l.end.Load()

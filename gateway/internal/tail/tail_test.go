@@ -324,3 +324,26 @@ func TestChannelIndexForgetsEvictedChannels(t *testing.T) {
 		t.Errorf("History of the newest channel = %d entries, %v; want 1, complete", len(got), complete)
 	}
 }
+
+// TestMaxEntriesBoundsTheCount: with MaxEntries (the embedded bus's --retain-messages) the
+// tail holds at most that many entries, whatever their bytes, and the edge follows.
+func TestMaxEntriesBoundsTheCount(t *testing.T) {
+	l := New[*value](Config{MaxEntries: 10, MaxAge: time.Hour})
+	l.Reset(-1)
+	for off := range int64(30) {
+		mustAppend(t, l, entry(off, "c"))
+	}
+	if st := l.Stats(); st.Entries != 10 || st.Edge != 19 {
+		t.Fatalf("holds %d entries, edge %d; want 10 after 19", st.Entries, st.Edge)
+	}
+	if _, err := l.Read(18); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("read after 18: %v, want ErrNotHeld", err)
+	}
+	r, err := l.Read(19)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readAll(t, &r); !slices.Equal(got, []int64{20, 21, 22, 23, 24, 25, 26, 27, 28, 29}) {
+		t.Fatalf("read %v", got)
+	}
+}

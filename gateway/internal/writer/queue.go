@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldgw/herald/gateway/internal/metrics"
@@ -56,6 +57,9 @@ type Queue struct {
 	// scheduled is true while q waits in the flusher for the next tick.
 	scheduled  bool
 	roomWanted bool // a replay waits for the writer to make room
+	// replayed is the newest offset EnqueueReplay queued: a frame at or below it may be a
+	// shared live frame replayed from memory, whose age is not a delivery latency.
+	replayed atomic.Int64
 }
 
 // Init readies q to write to sock, in the encoding enc, for owner: call it once, before
@@ -65,6 +69,7 @@ func (q *Queue) Init(w *Writer, sock *Socket, enc wire.Encoding, owner Owner) {
 	q.room = make(chan struct{}, 1)
 	q.done = make(chan struct{})
 	q.skip = math.MinInt64 // nothing replayed: skip nothing
+	q.replayed.Store(math.MinInt64)
 }
 
 // InitUnwritten readies q with no socket, as a queue whose writer never starts: frames
@@ -97,9 +102,20 @@ func (q *Queue) SkipThrough(offset int64) {
 // byte cap, the connection is closed as a slow consumer (4008) instead, and what it had
 // queued is dropped: the client resumes from its last offset when it reconnects. A frame
 // the connection cannot take (it is closing) is dropped and counted.
-func (q *Queue) Enqueue(f *wire.Frame) {
+func (q *Queue) Enqueue(f *wire.Frame) { q.enqueue(f, false) }
+
+// EnqueueHistory is Enqueue for a frame of a channel's history (a message the gateway
+// held, sent on subscribe): it is queued whatever SkipThrough said, and its age is not a
+// delivery latency.
+func (q *Queue) EnqueueHistory(f *wire.Frame) { q.enqueue(f, true) }
+
+func (q *Queue) enqueue(f *wire.Frame, history bool) {
 	q.mu.Lock()
-	if f.Offset >= 0 && f.Offset <= q.skip {
+	if history {
+		if f.Offset > q.replayed.Load() {
+			q.replayed.Store(f.Offset)
+		}
+	} else if f.Offset >= 0 && f.Offset <= q.skip {
 		q.mu.Unlock() // a replay has given it already
 		return
 	}
@@ -138,6 +154,9 @@ func (q *Queue) EnqueueReplay(f *wire.Frame, interval time.Duration, waiting fun
 			return false
 		}
 		if q.queued == 0 || q.queued+f.Size() <= q.w.queueBytes/2 {
+			if f.Offset > q.replayed.Load() {
+				q.replayed.Store(f.Offset)
+			}
 			q.frames = append(q.frames, f)
 			q.queued += f.Size()
 			q.startWriter()
@@ -538,10 +557,11 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int) {
 	}
 	now := time.Now()
 	delivered := 0
+	replayed := q.replayed.Load()
 	for _, f := range frames {
 		if !f.Published.IsZero() {
 			delivered++
-			if !f.Replayed {
+			if !f.Replayed && f.Offset > replayed {
 				m.DeliveryLatency(now.Sub(f.Published))
 			}
 		}
