@@ -389,7 +389,7 @@ func (q *Queue) writeBatch(batch []*wire.Frame, ping uint32) (int, error) {
 	}
 	data := len(buf)
 	if ping != 0 {
-		buf = wire.AppendPing(buf, ping)
+		buf = q.enc.AppendPing(buf, ping)
 	}
 	if len(buf) > 0 {
 		if _, err := q.sock.Write(buf); err != nil {
@@ -510,7 +510,7 @@ func (q *Queue) appendBatch(buf []byte, frames []*wire.Frame, ping uint32) ([]by
 	}
 	n := len(buf)
 	if ping != 0 {
-		buf = wire.AppendPing(buf, ping)
+		buf = q.enc.AppendPing(buf, ping)
 	}
 	return buf, n
 }
