@@ -497,12 +497,12 @@ func (s *Server) admitClient(w http.ResponseWriter, r *http.Request, lastEventID
 func (s *Server) startSession(c *session, t transport, a admission, refuse func(code int, text string), welcome func(newest int64, known bool)) {
 	c.edge = edge.NewConn(a.id, s.limits, a.release)
 	c.edge.ArmExpiry(s.auth.Leeway(), c.tokenExpired)
-	s.metrics.Accepted()
+	s.metrics.Accepted(c.kind)
 	if !s.conns.track(c) {
 		// Draining began during the upgrade: tell the client to go elsewhere.
 		refuse(wire.CloseGoingAway, "gateway shutting down")
 		c.edge.Stop()
-		s.metrics.Closed(wire.CloseGoingAway)
+		s.metrics.Closed(wire.CloseGoingAway, c.kind)
 		return
 	}
 	if a.since == nil {

@@ -199,9 +199,21 @@ func TestSSEDelivers(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("no heartbeat comment")
 	}
-	if n := gwtest.Counter(t, g.reg, "herald_connections_accepted_total"); n < 2 {
-		t.Errorf("accepted %v, want 2", n)
+	for _, tr := range []string{"ws", "sse"} {
+		if n := gwtest.CounterWith(t, g.reg, "herald_connections", "transport", tr); n < 1 {
+			t.Errorf("connections{transport=%s}: %v, want at least 1", tr, n)
+		}
 	}
+	if n := gwtest.CounterWith(t, g.reg, "herald_connections_accepted_total", "transport", "sse"); n != 1 {
+		t.Errorf("accepted{transport=sse}: %v, want 1", n)
+	}
+	gwtest.WaitFor(t, "the deliveries counted", func() bool {
+		return gwtest.CounterWith(t, g.reg, "herald_messages_delivered_total", "transport", "sse") == 2
+	})
+	c.resp.Body.Close()
+	gwtest.WaitFor(t, "the stream's close counted", func() bool {
+		return gwtest.CounterWith(t, g.reg, "herald_connections_closed_total", "transport", "sse") == 1
+	})
 }
 
 func TestSSEResume(t *testing.T) {

@@ -546,7 +546,11 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int) {
 			}
 		}
 	}
-	m.Wrote(n, delivered)
+	t := metrics.TransportWS
+	if q.enc.Events {
+		t = metrics.TransportSSE
+	}
+	m.Wrote(n, delivered, t)
 }
 
 // finishTurn ends a writer's turn: it keeps the batch's slice for the next queue, wakes a
