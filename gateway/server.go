@@ -670,7 +670,7 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, ip netip.Addr, ch
 		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
 		return nil, nil, false
 	}
-	id, terr := s.auth.Authenticate(r)
+	id, terr := s.auth.Authenticate(r, s.origins.TrustsCookies(r))
 	if terr != nil {
 		s.refusals.Log(slog.LevelInfo, logToken, "handshake refused: token", "why", terr.Reason,
 			"err", logsample.ClipErr(terr.Err), "ip", ip)
