@@ -233,6 +233,9 @@ type Server struct {
 	origins    *edge.Origins
 	slots      edge.Slots
 	handshakes *edge.AddrRates // nil: no handshake rate limit
+	// clientRates is the rate of the client endpoints (/api/client/), per address; nil:
+	// no limit.
+	clientRates *edge.AddrRates
 }
 
 // connSet is the sessions a Server has open, for Shutdown to drain.
@@ -321,6 +324,10 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("GET /ws/info", s.serveInfo)
 	s.mux.HandleFunc("GET /sse", s.serveSSE)
+	for path := range clientOps {
+		s.mux.HandleFunc("POST "+path, s.serveClientOp)
+		s.mux.HandleFunc("OPTIONS "+path, s.serveClientPreflight)
+	}
 	s.mux.HandleFunc("POST /api/publish", s.servePublish)
 	s.mux.HandleFunc("GET /api/presence", s.servePresence)
 	s.mux.HandleFunc("GET /api/users/{id}", s.serveUser)
@@ -362,7 +369,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 // http.ResponseController.SetWriteDeadline as it streams (TestStreamOutlastsReadTimeout).
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !(r.Method == http.MethodPost && r.URL.Path == "/api/publish") {
+		if !(r.Method == http.MethodPost && (r.URL.Path == "/api/publish" || clientOps[r.URL.Path] != "")) {
 			closeUnread(w, r)
 		}
 		s.mux.ServeHTTP(w, r)
@@ -624,6 +631,9 @@ func (s *Server) setupEdge() error {
 	l := &s.cfg.Limits
 	if l.HandshakeRate > 0 {
 		s.handshakes = edge.NewAddrRates(l.HandshakeRate, max(l.HandshakeBurst, 1), max(l.TrackedAddresses, 1))
+	}
+	if l.MessageRate > 0 {
+		s.clientRates = edge.NewAddrRates(l.MessageRate, max(l.MessageBurst, 1), max(l.TrackedAddresses, 1))
 	}
 	return nil
 }

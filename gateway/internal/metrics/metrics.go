@@ -29,7 +29,10 @@ const (
 const (
 	SourceWS   = "ws"
 	SourceHTTP = "http"
-	SourceAMQP = "amqp" // any publisher other than a gateway
+	// SourceClientHTTP is a client's publish over HTTP (POST /api/client/publish), as an
+	// event stream's client sends.
+	SourceClientHTTP = "client_http"
+	SourceAMQP       = "amqp" // any publisher other than a gateway
 )
 
 // Limits hit (labels of herald_limits_hit_total) that the edge and the connections count;
@@ -311,7 +314,7 @@ func New(reg prometheus.Registerer, series Series) *Metrics {
 	for _, r := range []string{DropSlowConsumer, DropClosed, DropWriteFailed, DropDuplicate, DropUndecodable, DropLagged, DropUnroutable} {
 		m.droppedTotal.WithLabelValues(r)
 	}
-	for _, s := range []string{SourceWS, SourceHTTP} {
+	for _, s := range []string{SourceWS, SourceHTTP, SourceClientHTTP} {
 		m.publishedTotal.WithLabelValues(s)
 		m.publishFailedTotal.WithLabelValues(s)
 		m.receivedTotal.WithLabelValues(s)
@@ -337,7 +340,7 @@ func (m *Metrics) Received(source string, fanout time.Duration) {
 		return
 	}
 	switch source {
-	case SourceWS, SourceHTTP:
+	case SourceWS, SourceHTTP, SourceClientHTTP:
 	default:
 		source = SourceAMQP
 	}
