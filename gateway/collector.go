@@ -28,10 +28,11 @@ var queueDepthBuckets = []float64{0, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 <
 func newStateCollector(srv *Server, hub *Hub, bus BusHealth) *stateCollector {
 	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
 	return &stateCollector{
-		srv:     srv,
-		hub:     hub,
-		bus:     bus,
-		conns:   d("herald_connections", "WebSocket connections open now (resuming ones included)."),
+		srv: srv,
+		hub: hub,
+		bus: bus,
+		conns: prometheus.NewDesc("herald_connections", "Client connections open now (resuming ones included), by transport (ws, sse).",
+			[]string{"transport"}, nil),
 		subs:    d("herald_subscriptions", "Channel subscriptions across all connections."),
 		chans:   d("herald_channels", "Channels with at least one subscriber."),
 		busUp:   d("herald_bus_connected", "1 when the gateway can publish to and consume from the bus, else 0."),
@@ -59,9 +60,11 @@ func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	var n, frames, bytes, maxF, maxB int
+	var byKind [2]int // by metrics.Transport
 	counts := make([]uint64, len(queueDepthBuckets))
 	s.srv.conns.forEach(func(c *session) {
 		n++
+		byKind[c.kind]++
 		{
 			f, b := c.Depth()
 			frames, bytes = frames+f, bytes+b
@@ -86,7 +89,9 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	g := func(d *prometheus.Desc, v int) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
 	}
-	g(s.conns, n)
+	for kind, name := range []string{"ws", "sse"} {
+		ch <- prometheus.MustNewConstMetric(s.conns, prometheus.GaugeValue, float64(byKind[kind]), name)
+	}
 	g(s.subs, subs)
 	g(s.chans, chans)
 	g(s.qFrames, frames)

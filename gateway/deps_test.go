@@ -27,19 +27,20 @@ func TestGatewayDoesNotLinkAMQP(t *testing.T) {
 func TestArrowsRunOneWay(t *testing.T) {
 	const module = "github.com/heraldgw/herald/"
 	allowed := map[string][]string{
-		"gateway/internal/gwtest":      nil,
-		"gateway/internal/logsample":   nil,
-		"gateway/internal/metrics":     nil,
-		"gateway/internal/pending":     nil,
-		"gateway/internal/pattern":     {"producer/message"},
-		"gateway/internal/wire":        {"producer/message"},
-		"gateway/internal/wsframe":     {"gateway/internal/wire"},
-		"gateway/internal/writer":      {"gateway/internal/metrics", "gateway/internal/wire"},
-		"gateway/internal/edge":        {"gateway/internal/metrics", "gateway/internal/pattern", "producer/message", "producer/redact"},
-		"gateway/internal/presence":    {"gateway/internal/metrics", "gateway/internal/pattern", "gateway/internal/wire", "producer/message"},
-		"gateway/internal/tail":        nil,
-		"gateway/internal/catchup":     {"gateway/internal/tail", "producer/message"},
-		"gateway/internal/wstransport": {"gateway/internal/logsample", "gateway/internal/metrics", "gateway/internal/wire", "gateway/internal/writer", "gateway/internal/wsframe"},
+		"gateway/internal/gwtest":       nil,
+		"gateway/internal/logsample":    nil,
+		"gateway/internal/metrics":      nil,
+		"gateway/internal/pending":      nil,
+		"gateway/internal/pattern":      {"producer/message"},
+		"gateway/internal/wire":         {"producer/message"},
+		"gateway/internal/wsframe":      {"gateway/internal/wire"},
+		"gateway/internal/writer":       {"gateway/internal/metrics", "gateway/internal/wire"},
+		"gateway/internal/edge":         {"gateway/internal/metrics", "gateway/internal/pattern", "producer/message", "producer/redact"},
+		"gateway/internal/presence":     {"gateway/internal/metrics", "gateway/internal/pattern", "gateway/internal/wire", "producer/message"},
+		"gateway/internal/tail":         nil,
+		"gateway/internal/catchup":      {"gateway/internal/tail", "producer/message"},
+		"gateway/internal/ssetransport": {"gateway/internal/wire", "gateway/internal/writer"},
+		"gateway/internal/wstransport":  {"gateway/internal/logsample", "gateway/internal/metrics", "gateway/internal/wire", "gateway/internal/writer", "gateway/internal/wsframe"},
 	}
 	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", "./internal/...").CombinedOutput()
 	if err != nil {

@@ -37,6 +37,7 @@ import (
 	"github.com/heraldgw/herald/gateway/internal/edge"
 	"github.com/heraldgw/herald/gateway/internal/logsample"
 	"github.com/heraldgw/herald/gateway/internal/metrics"
+	"github.com/heraldgw/herald/gateway/internal/ssetransport"
 	"github.com/heraldgw/herald/gateway/internal/wire"
 	"github.com/heraldgw/herald/gateway/internal/writer"
 	"github.com/heraldgw/herald/gateway/internal/wstransport"
@@ -233,6 +234,7 @@ type Server struct {
 	cfg      Config
 	bus      BusHealth
 	upgrader *wstransport.Upgrader
+	sse      ssetransport.Config
 	apiKey   [sha256.Size]byte
 	mux      *http.ServeMux
 	// admin has AdminHandler's routes.
@@ -244,6 +246,9 @@ type Server struct {
 	origins    *edge.Origins
 	slots      edge.Slots
 	handshakes *edge.AddrRates // nil: no handshake rate limit
+	// clientRates is the rate of the client endpoints (/api/client/), per address; nil:
+	// no limit.
+	clientRates *edge.AddrRates
 }
 
 // connSet is the sessions a Server has open, for Shutdown to drain.
@@ -319,6 +324,8 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	if err != nil {
 		return nil, err
 	}
+	s.sse = ssetransport.Config{PingInterval: cfg.PingInterval, Retry: sseRetry, WriteTimeout: cfg.WriteTimeout,
+		SocketSendBuffer: cfg.SocketSendBuffer}
 	if err := cfg.Registry.Register(newStateCollector(s, hub, bus)); err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
@@ -333,6 +340,11 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("GET /ws/info", s.serveInfo)
+	s.mux.HandleFunc("GET /sse", s.serveSSE)
+	for path := range clientOps {
+		s.mux.HandleFunc("POST "+path, s.serveClientOp)
+		s.mux.HandleFunc("OPTIONS "+path, s.serveClientPreflight)
+	}
 	s.mux.HandleFunc("POST /api/publish", s.servePublish)
 	s.mux.HandleFunc("GET /api/presence", s.servePresence)
 	s.mux.HandleFunc("GET /api/history", s.serveHistory)
@@ -375,7 +387,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 // http.ResponseController.SetWriteDeadline as it streams (TestStreamOutlastsReadTimeout).
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !(r.Method == http.MethodPost && r.URL.Path == "/api/publish") {
+		if !(r.Method == http.MethodPost && (r.URL.Path == "/api/publish" || clientOps[r.URL.Path] != "")) {
 			closeUnread(w, r)
 		}
 		s.mux.ServeHTTP(w, r)
@@ -428,82 +440,128 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 // serveWS checks the query, admits the client, upgrades the request, creates the
 // session, joins it to the hub (or starts its resume) and starts its transport.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	a, ok := s.admitClient(w, r, "")
+	if !ok {
+		return // answered and counted
+	}
+	t, err := s.upgrader.Upgrade(w, r)
+	if err != nil {
+		a.release()
+		return // the upgrader has answered and counted it
+	}
+	c := newSession(&s.sessionDeps, a.user, t, t.Socket(), t.Encoding())
+	t.Init(c, &c.Queue)
+	s.startSession(c, t, a, t.Refuse, c.welcome)
+}
+
+// admission is what admitClient found in a client's request: its identity, user,
+// channels and resume point, and its connection slots (release gives them back).
+type admission struct {
+	id       *edge.Identity
+	user     string
+	channels []string
+	since    *int64
+	presence bool
+	release  func()
+}
+
+// admitClient checks a connection request (WebSocket or Server-Sent Events) before its
+// transport takes it: draining, the handshake rate, the bus, the query (channels, since
+// or lastEventID where not empty, presence) and the edge's checks (admit). It answers
+// and counts a refusal itself.
+func (s *Server) admitClient(w http.ResponseWriter, r *http.Request, lastEventID string) (a admission, ok bool) {
 	if s.conns.draining.Load() {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "the gateway is shutting down; connect to another")
-		return
+		return a, false
 	}
 	ip, ok := s.handshakeAllowed(w, r)
 	if !ok {
-		return // answered 429 and counted
+		return a, false // answered 429 and counted
 	}
 	if _, known := s.hub.Newest(); s.resume.history != nil && !known {
 		// The bus is still reading the tail of its log (the hub's SetLogStart): a client
 		// admitted now would get messages published before it came.
 		w.Header().Set("Retry-After", "1")
 		s.refuse(w, http.StatusServiceUnavailable, "starting", "the gateway is catching up with the bus; retry")
-		return
+		return a, false
 	}
 	q := r.URL.Query()
 	channels, err := parseChannels(q.Get("channels"))
 	if err != nil {
 		s.refuse(w, http.StatusBadRequest, "bad_query", err.Error())
-		return
+		return a, false
 	}
-	var since *int64
-	if v := q.Get("since"); v != "" {
+	what, v := "since", q.Get("since")
+	if lastEventID != "" {
+		what, v = "Last-Event-ID", lastEventID // the header wins
+	}
+	if v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < -1 {
-			s.refuse(w, http.StatusBadRequest, "bad_query", "since must be -1 or an offset")
-			return
+			s.refuse(w, http.StatusBadRequest, "bad_query", what+" must be -1 or an offset")
+			return a, false
 		}
-		since = &n
+		a.since = &n
 	}
-	id, release, ok := s.admit(w, r, ip, channels)
+	a.presence = q.Get("presence") == "1" || q.Get("presence") == "true"
+	a.id, a.release, ok = s.admit(w, r, ip, channels)
 	if !ok {
-		return // admit has answered and counted it
+		return a, false // admit has answered and counted it
 	}
-	user := id.User
+	a.channels, a.user = channels, a.id.User
 	if s.cfg.InsecureUserParam {
-		user = q.Get("user")
+		a.user = q.Get("user")
 	}
+	return a, true
+}
 
-	t, err := s.upgrader.Upgrade(w, r)
-	if err != nil {
-		release()
-		return // the upgrader has answered and counted it
-	}
-	c := newSession(&s.sessionDeps, user, t, t.Socket(), t.Encoding())
-	t.Init(c, &c.Queue)
-	c.edge = edge.NewConn(id, s.limits, release)
+// startSession starts the session c over transport t, admitted as a: its edge state,
+// tracking (refuse closes t where the gateway began draining meanwhile), its join to the
+// hub with welcome as its first frame (or its resume), its presence watch where asked,
+// and t.
+func (s *Server) startSession(c *session, t transport, a admission, refuse func(code int, text string), welcome func(newest int64, known bool)) {
+	c.edge = edge.NewConn(a.id, s.limits, a.release)
 	c.edge.ArmExpiry(s.auth.Leeway(), c.tokenExpired)
-	s.metrics.Accepted()
+	s.metrics.Accepted(c.kind)
 	if !s.conns.track(c) {
 		// Draining began during the upgrade: tell the client to go elsewhere.
-		t.Refuse(wire.CloseGoingAway, "gateway shutting down")
+		refuse(wire.CloseGoingAway, "gateway shutting down")
 		c.edge.Stop()
-		s.metrics.Closed(wire.CloseGoingAway)
+		s.metrics.Closed(wire.CloseGoingAway, c.kind)
 		return
 	}
-	if since == nil {
-		s.hub.join(c, channels, c.welcome)
-	} else {
-		c.welcome(s.hub.Newest()) // c joins the hub when its replay is done
-	}
-	// The handler returns, and with it the request and its buffers; the session lives
-	// on in its transport's read pump (End untracks it).
-	if since == nil {
+	if a.since == nil {
+		s.hub.join(c, a.channels, welcome)
+		s.watchPresence(c, a)
+		// The handler returns, and with it the request and its buffers; the session
+		// lives on in its transport (End untracks it).
 		t.Start()
 		return
 	}
+	c.welcome(s.hub.Newest()) // c joins the hub when its replay is done
 	go func() {
 		defer func() {
 			if v := recover(); v != nil {
 				c.Recovered(v)
 			}
 		}()
-		s.resume.connect(c, *since, channels)
+		s.resume.connect(c, *a.since, a.channels)
+		s.watchPresence(c, a)
 		t.Start()
 	}()
+}
+
+// watchPresence has c, joined to the hub, watch the presence of its channels that have
+// presence, where it asked at connect (presence=1).
+func (s *Server) watchPresence(c *session, a admission) {
+	if !a.presence {
+		return
+	}
+	for _, ch := range a.channels {
+		if s.presence.Enabled(ch) {
+			s.hub.subscribe(c, ch, true, func() {})
+		}
+	}
 }
 
 // clientInfo is the answer of GET /ws/info: what a client (the demo page) needs to know
@@ -592,6 +650,9 @@ func (s *Server) setupEdge() error {
 	if l.HandshakeRate > 0 {
 		s.handshakes = edge.NewAddrRates(l.HandshakeRate, max(l.HandshakeBurst, 1), max(l.TrackedAddresses, 1))
 	}
+	if l.MessageRate > 0 {
+		s.clientRates = edge.NewAddrRates(l.MessageRate, max(l.MessageBurst, 1), max(l.TrackedAddresses, 1))
+	}
 	return nil
 }
 
@@ -637,7 +698,7 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, ip netip.Addr, ch
 		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
 		return nil, nil, false
 	}
-	id, terr := s.auth.Authenticate(r)
+	id, terr := s.auth.Authenticate(r, s.origins.TrustsCookies(r))
 	if terr != nil {
 		s.refusals.Log(slog.LevelInfo, logToken, "handshake refused: token", "why", terr.Reason,
 			"err", logsample.ClipErr(terr.Err), "ip", ip)

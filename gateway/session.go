@@ -92,6 +92,8 @@ type session struct {
 	// transport starts, then owned by the read pump.
 	edge  *edge.Conn
 	ended atomic.Bool // End has run
+	// kind is the session's transport, as the metrics label it.
+	kind metrics.Transport
 }
 
 // newSession returns the session of user over transport t, whose socket sock its queue
@@ -100,6 +102,9 @@ func newSession(d *sessionDeps, user string, t transport, sock *writer.Socket, e
 	id := message.NewID()[:16]
 	c := &session{id: id, user: user, log: d.logger.With("conn", id), deps: d, t: t}
 	c.Queue.Init(d.writer, sock, enc, c)
+	if enc.Events {
+		c.kind = metrics.TransportSSE
+	}
 	return c
 }
 
@@ -410,7 +415,7 @@ func (c *session) End() {
 	c.deps.hub.leave(c)
 	code := c.Queue.Finish()
 	c.t.Stop()
-	c.deps.metrics.Closed(code)
+	c.deps.metrics.Closed(code, c.kind)
 	c.log.Debug("connection finished", "code", code)
 	c.deps.conns.untrack(c) // last: Shutdown may return once every session is untracked
 }

@@ -56,6 +56,14 @@ export function buildURL(url: string | URL, { channels, since, token, params }?:
  * @returns {number | null}
  */
 export function jwtExpiry(token: string | undefined | null): number | null;
+/**
+ * The /sse URL of a /ws URL: the scheme http(s), the path's last "ws" segment "sse", and
+ * `presence=1` where the client wants the presence events of its channels.
+ * @param {string} wsURL
+ * @param {boolean} presence
+ * @returns {string}
+ */
+export function sseURL(wsURL: string, presence: boolean): string;
 /** The WebSocket subprotocol the client offers. */
 export const SUBPROTOCOL: "herald.v1";
 /** The close code the client sends when `drop()` cuts the connection for a demo or test. */
@@ -106,6 +114,38 @@ export class OffsetFilter {
      */
     reset(offset: unknown): void;
 }
+/**
+ * SSESocket is the face of a WebSocket that the client uses (`onmessage`, `onclose`,
+ * `send`, `close`), over a Server-Sent Events stream and POSTs: the stream's events are
+ * its frames; publish and presence ops go to `/api/client/`, and their answers come back
+ * as frames; a subscribe or unsubscribe of a channel the stream's URL does not have
+ * reopens the stream (channels are the URL's), which resumes from the last offset.
+ * EventSource's own reconnection is not used: the stream's end is a close, with the code
+ * of its `error` event (1006 without one), and the client reconnects as after any other.
+ */
+export class SSESocket {
+    /**
+     * @param {string} url the /sse URL, with the connect query
+     * @param {Iterable<string>} channels the channels in the URL
+     * @param {{EventSource: typeof EventSource, fetch: typeof fetch}} deps
+     */
+    constructor(url: string, channels: Iterable<string>, deps: {
+        EventSource: typeof EventSource;
+        fetch: typeof fetch;
+    });
+    /** @type {((ev: {data: string}) => void) | null} */ onmessage: ((ev: {
+        data: string;
+    }) => void) | null;
+    /** @type {((ev: {code: number, reason: string}) => void) | null} */ onclose: ((ev: {
+        code: number;
+        reason: string;
+    }) => void) | null;
+    /** @param {number} [_code] @param {string} [_reason] */
+    close(_code?: number, _reason?: string): void;
+    /** @param {string} text a client frame */
+    send(text: string): void;
+    #private;
+}
 /** An error answered by the gateway (`error` frame) or made by the client. */
 export class HeraldError extends Error {
     /**
@@ -152,6 +192,8 @@ export class Herald extends EventTarget {
     get channels(): string[];
     /** @returns {string[]} the channels for which the client asks presence events */
     get presenceChannels(): string[];
+    /** @returns {"websocket" | "sse"} the transport the client connects with now */
+    get transport(): "websocket" | "sse";
     /** @returns {WelcomeFrame | null} the last welcome frame */
     get welcome(): WelcomeFrame | null;
     /**
@@ -494,6 +536,33 @@ export type HeraldOptions = {
         readonly CLOSING: 2;
         readonly CLOSED: 3;
     } | undefined;
+    /**
+     * `"sse"` to use Server-Sent Events (`/sse`,
+     * with POSTs to `/api/client/` to send) from the start; by default WebSocket, with a
+     * fall back to SSE after `sseFallbackAfter` failed opens
+     */
+    transport?: "websocket" | "sse" | undefined;
+    /**
+     * how many WebSocket opens in a row may fail (no
+     * welcome) before the client falls back to SSE for good; 0 never falls back
+     */
+    sseFallbackAfter?: number | undefined;
+    /**
+     * the EventSource constructor (tests);
+     * default globalThis.EventSource
+     */
+    EventSource?: {
+        new (url: string | URL, eventSourceInitDict?: EventSourceInit): EventSource;
+        prototype: EventSource;
+        readonly CONNECTING: 0;
+        readonly OPEN: 1;
+        readonly CLOSED: 2;
+    } | undefined;
+    /**
+     * the fetch function for the SSE transport's POSTs
+     * (tests); default globalThis.fetch
+     */
+    fetch?: typeof fetch | undefined;
     /**
      * what relative URLs resolve against; default location.href
      */

@@ -223,6 +223,155 @@ export function jwtExpiry(token) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The Server-Sent Events transport
+
+/**
+ * The /sse URL of a /ws URL: the scheme http(s), the path's last "ws" segment "sse", and
+ * `presence=1` where the client wants the presence events of its channels.
+ * @param {string} wsURL
+ * @param {boolean} presence
+ * @returns {string}
+ */
+export function sseURL(wsURL, presence) {
+  const u = new URL(wsURL);
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  u.pathname = u.pathname.replace(/\/ws\/?$/, "/sse");
+  if (presence) u.searchParams.set("presence", "1");
+  return u.toString();
+}
+
+/** The events of a stream that carry a frame for the client (all but `error`). */
+const SSE_EVENTS = ["welcome", "message", "resumed", "reset", "join", "leave"];
+
+/**
+ * SSESocket is the face of a WebSocket that the client uses (`onmessage`, `onclose`,
+ * `send`, `close`), over a Server-Sent Events stream and POSTs: the stream's events are
+ * its frames; publish and presence ops go to `/api/client/`, and their answers come back
+ * as frames; a subscribe or unsubscribe of a channel the stream's URL does not have
+ * reopens the stream (channels are the URL's), which resumes from the last offset.
+ * EventSource's own reconnection is not used: the stream's end is a close, with the code
+ * of its `error` event (1006 without one), and the client reconnects as after any other.
+ */
+export class SSESocket {
+  /** @type {((ev: {data: string}) => void) | null} */ onmessage = null;
+  /** @type {((ev: {code: number, reason: string}) => void) | null} */ onclose = null;
+  #es;
+  #url;
+  #fetch;
+  #channels;
+  #closed = false;
+
+  /**
+   * @param {string} url the /sse URL, with the connect query
+   * @param {Iterable<string>} channels the channels in the URL
+   * @param {{EventSource: typeof EventSource, fetch: typeof fetch}} deps
+   */
+  constructor(url, channels, deps) {
+    this.#url = new URL(url);
+    this.#fetch = deps.fetch;
+    this.#channels = new Set(channels);
+    this.#es = new deps.EventSource(url, { withCredentials: true });
+    for (const name of SSE_EVENTS) {
+      this.#es.addEventListener(name, (ev) => this.#deliver(String(/** @type {MessageEvent} */ (ev).data)));
+    }
+    this.#es.addEventListener("error", (ev) => {
+      const data = /** @type {MessageEvent} */ (ev).data;
+      if (typeof data !== "string") {
+        this.#end(1006, "the stream was lost");
+        return;
+      }
+      let f;
+      try {
+        f = JSON.parse(data);
+      } catch {
+        f = {};
+      }
+      this.#end(typeof f.close === "number" ? f.close : 1006, String(f.message ?? ""));
+    });
+  }
+
+  /** @param {string} data */
+  #deliver(data) {
+    if (!this.#closed) this.onmessage?.({ data });
+  }
+
+  /**
+   * @param {number} code
+   * @param {string} reason
+   */
+  #end(code, reason) {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#es.close();
+    this.onclose?.({ code, reason });
+  }
+
+  /** @param {number} [_code] @param {string} [_reason] */
+  close(_code, _reason) {
+    this.#closed = true;
+    this.#es.close();
+  }
+
+  /** @param {string} text a client frame */
+  send(text) {
+    const f = JSON.parse(text);
+    const { op, ref, ...body } = f;
+    switch (op) {
+      case "publish":
+      case "presence":
+        void this.#post(op, ref, body);
+        return;
+      case "subscribe":
+      case "unsubscribe": {
+        const has = this.#channels.has(f.channel);
+        this.#deliver(JSON.stringify({ op: op + "d", channel: f.channel, ref }));
+        if (has !== (op === "subscribe")) {
+          // The stream's URL must change: reopen it (the client resumes from its offset).
+          queueMicrotask(() => this.#end(CLOSE_DROPPED, "channels changed"));
+        }
+        return;
+      }
+      case "refresh":
+        // A stream's token is checked when it opens: the client's next connect uses it.
+        this.#deliver(JSON.stringify({ op: "refreshed", ref }));
+        return;
+    }
+  }
+
+  /**
+   * POSTs an op to the client endpoint and hands its answer back as a frame.
+   * @param {string} op
+   * @param {string} ref
+   * @param {Record<string, unknown>} body
+   */
+  async #post(op, ref, body) {
+    const u = new URL(this.#url);
+    u.pathname = u.pathname.replace(/\/sse$/, "/api/client/" + op);
+    const token = u.searchParams.get("token");
+    u.search = "";
+    /** @type {Record<string, string>} */
+    const headers = { "Content-Type": "application/json" };
+    if (token) headers.Authorization = "Bearer " + token;
+    let answer;
+    try {
+      const resp = await this.#fetch(u.toString(), {
+        method: "POST",
+        headers,
+        body: JSON.stringify(body),
+        credentials: "include",
+      });
+      const out = await resp.json();
+      answer = resp.ok
+        ? { ...out, ref }
+        : { op: "error", code: out?.error?.code ?? "unavailable", message: out?.error?.message ?? `HTTP ${resp.status}`, ref };
+    } catch (err) {
+      answer = { op: "error", code: "disconnected", message: `herald: ${op} failed: ${err}`, ref };
+    }
+    this.#deliver(JSON.stringify(answer));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // The client
 
 /** An error answered by the gateway (`error` frame) or made by the client. */
@@ -320,6 +469,15 @@ export class HeraldError extends Error {
  * @property {() => number} [random=Math.random] source of jitter (tests)
  * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (tests, non-browser
  *   runtimes); default globalThis.WebSocket
+ * @property {"websocket" | "sse"} [transport] `"sse"` to use Server-Sent Events (`/sse`,
+ *   with POSTs to `/api/client/` to send) from the start; by default WebSocket, with a
+ *   fall back to SSE after `sseFallbackAfter` failed opens
+ * @property {number} [sseFallbackAfter=3] how many WebSocket opens in a row may fail (no
+ *   welcome) before the client falls back to SSE for good; 0 never falls back
+ * @property {typeof EventSource} [EventSource] the EventSource constructor (tests);
+ *   default globalThis.EventSource
+ * @property {typeof fetch} [fetch] the fetch function for the SSE transport's POSTs
+ *   (tests); default globalThis.fetch
  * @property {string} [base] what relative URLs resolve against; default location.href
  */
 
@@ -457,7 +615,9 @@ export class Herald extends EventTarget {
   /** @type {Set<string>} channels (of #channels) that get presence events */ #presence;
   #filter;
   #backoff;
-  /** @type {WebSocket | null} */ #ws = null;
+  /** @type {WebSocket | SSESocket | null} */ #ws = null;
+  /** @type {"websocket" | "sse"} */ #transport;
+  #wsFailures = 0;
   /** @type {HeraldState} */ #state = "connecting";
   #stopped = false;
   #seq = 0;
@@ -495,6 +655,7 @@ export class Herald extends EventTarget {
       this.#presence.add(ch);
     }
     this.#filter = new OffsetFilter(opts.since ?? null);
+    this.#transport = opts.transport === "sse" ? "sse" : "websocket";
     this.#backoff = new Backoff({
       base: opts.backoffBase ?? 500,
       cap: opts.backoffCap ?? 30000,
@@ -526,6 +687,11 @@ export class Herald extends EventTarget {
   /** @returns {string[]} the channels for which the client asks presence events */
   get presenceChannels() {
     return [...this.#presence];
+  }
+
+  /** @returns {"websocket" | "sse"} the transport the client connects with now */
+  get transport() {
+    return this.#transport;
   }
 
   /** @returns {WelcomeFrame | null} the last welcome frame */
@@ -880,14 +1046,34 @@ export class Herald extends EventTarget {
       this.#setState("closed", { reason: String(err) });
       return;
     }
-    const ws = new WS(url, [SUBPROTOCOL]);
+    /** @type {WebSocket | SSESocket} */
+    let ws;
+    if (this.#transport === "sse") {
+      const presence = [...this.#presence].some((ch) => this.#channels.has(ch));
+      ws = new SSESocket(sseURL(url, presence), this.#channels, {
+        EventSource: this.#opts.EventSource ?? globalThis.EventSource,
+        fetch: this.#opts.fetch ?? globalThis.fetch?.bind(globalThis),
+      });
+    } else {
+      ws = new WS(url, [SUBPROTOCOL]);
+    }
     this.#ws = ws;
-    ws.onmessage = (ev) => {
-      if (ws === this.#ws) this.#onFrame(ev.data);
+    let welcomed = false;
+    ws.onmessage = (/** @type {{data: any}} */ ev) => {
+      if (ws !== this.#ws) return;
+      if (!welcomed && String(ev.data).startsWith('{"op":"welcome"')) {
+        welcomed = true;
+        if (this.#transport === "websocket") this.#wsFailures = 0;
+      }
+      this.#onFrame(ev.data);
     };
-    ws.onclose = (ev) => {
+    ws.onclose = (/** @type {{code: number, reason?: string}} */ ev) => {
       if (ws !== this.#ws) return;
       this.#detach();
+      const limit = this.#opts.sseFallbackAfter ?? 3;
+      if (!welcomed && this.#transport === "websocket" && limit > 0 && ++this.#wsFailures >= limit) {
+        this.#transport = "sse"; // WebSocket does not get through: Server-Sent Events from now on
+      }
       this.#closed(ev.code, ev.reason ?? "", 0);
     };
   }

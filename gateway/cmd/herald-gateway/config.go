@@ -131,6 +131,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.bool(&a.AllowAnonymous, "allow-anonymous", "with authentication on, admit clients without a token (no user; the default permissions)")
 	e.list(&a.DefaultChannels, "default-channels", "channel patterns a token without a channels claim (or an anonymous client) may subscribe to, e.g. public:*,user:{sub}:*; empty: none")
 	e.list(&a.DefaultPublish, "default-publish", "channel patterns a token without a publish claim (or an anonymous client) may publish to; empty: none")
+	e.str(&a.Cookie, "auth-cookie", "", "name of a cookie that holds the client's token (JWT), read at /ws and /sse where the request gives none, and only from the gateway's own origin or one in --allowed-origins (not \"*\")")
 	e.list(&g.AllowedOrigins, "allowed-origins", "browser origins allowed besides the gateway's own, comma-separated: https://app.example.com, https://*.example.com, or *")
 	e.prefixes(&l.TrustedProxies, "trusted-proxies", "CIDRs of proxies whose X-Forwarded-For names the client's address, comma-separated")
 	e.limit(&l.MaxConnections, "max-connections", gateway.DefaultMaxConnections, "open WebSocket connections this gateway takes (else 503); 0: no limit")
@@ -297,7 +298,7 @@ func (c *config) validateAuth() []error {
 	}
 	if keys == 0 {
 		for name, set := range map[string]bool{"jwt-alg": a.Algorithm != "", "jwt-audience": a.Audience != "",
-			"jwt-issuer": a.Issuer != "", "allow-anonymous": a.AllowAnonymous} {
+			"jwt-issuer": a.Issuer != "", "allow-anonymous": a.AllowAnonymous, "auth-cookie": a.Cookie != ""} {
 			if set {
 				errs = append(errs, invalid(name, "needs a key: --jwt-secret, --jwt-public-key or --jwks-url"))
 			}

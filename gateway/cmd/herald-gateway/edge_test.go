@@ -72,7 +72,7 @@ func TestEdgeFlags(t *testing.T) {
 	var help bytes.Buffer
 	_, _ = parseConfig([]string{"-help"}, env(nil), &help)
 	for _, name := range []string{"jwt-secret", "jwt-public-key", "jwks-url", "jwks-refresh", "jwt-alg", "jwt-audience",
-		"jwt-issuer", "jwt-leeway", "allow-anonymous", "default-channels", "default-publish", "allowed-origins",
+		"jwt-issuer", "jwt-leeway", "allow-anonymous", "auth-cookie", "default-channels", "default-publish", "allowed-origins",
 		"trusted-proxies", "max-connections", "max-connections-per-ip", "handshake-rate", "handshake-burst",
 		"message-rate", "message-burst", "max-rate-violations", "max-subscriptions", "read-header-timeout",
 		"idle-timeout", "max-header-bytes"} {

@@ -91,6 +91,11 @@ type AuthConfig struct {
 	// DefaultPublish are the publish patterns of a token without a publish claim, and of
 	// anonymous clients when AllowAnonymous. Default: none.
 	DefaultPublish []string
+	// Cookie is the name of a cookie that holds the client's token, for a request that
+	// gives none in the query or an Authorization header. It is read only from a request
+	// that comes from a trusted origin (Origins.TrustsCookies): a browser sends cookies
+	// cross-site too. Default "": no cookie is read.
+	Cookie string
 }
 
 // Enabled reports whether a key is configured, so that clients must authenticate.
@@ -164,12 +169,13 @@ type Authenticator struct {
 	keyfunc   jwt.Keyfunc
 	defSub    []string
 	defPub    []string
+	cookie    string // AuthConfig.Cookie
 }
 
 // NewAuthenticator returns the Authenticator that cfg describes, or an error that says
 // what cfg gets wrong.
 func NewAuthenticator(cfg AuthConfig) (*Authenticator, error) {
-	a := &Authenticator{enabled: cfg.Enabled(), leeway: cfg.Leeway}
+	a := &Authenticator{enabled: cfg.Enabled(), leeway: cfg.Leeway, cookie: cfg.Cookie}
 	if !a.enabled {
 		a.anonymous = true
 		return a, nil
@@ -344,8 +350,10 @@ func (a *Authenticator) Verify(token string) (*Identity, *TokenError) {
 }
 
 // Authenticate finds the identity of a connecting client: its token from the token query
-// parameter or the Authorization header, else anonymous where that is allowed.
-func (a *Authenticator) Authenticate(r *http.Request) (*Identity, *TokenError) {
+// parameter or the Authorization header, else from the cookie (AuthConfig.Cookie) where
+// cookies is true (the caller has checked that the request comes from a trusted origin),
+// else anonymous where that is allowed.
+func (a *Authenticator) Authenticate(r *http.Request, cookies bool) (*Identity, *TokenError) {
 	if !a.enabled {
 		return a.anonymousIdentity(), nil
 	}
@@ -353,6 +361,11 @@ func (a *Authenticator) Authenticate(r *http.Request) (*Identity, *TokenError) {
 	if token == "" {
 		if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
 			token = strings.TrimSpace(v)
+		}
+	}
+	if token == "" && cookies && a.cookie != "" {
+		if ck, err := r.Cookie(a.cookie); err == nil {
+			token = ck.Value
 		}
 	}
 	if token == "" {

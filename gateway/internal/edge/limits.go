@@ -294,6 +294,19 @@ func NewOrigins(allowed []string) (*Origins, error) {
 	return p, nil
 }
 
+// TrustsCookies reports whether a cookie of r may sign its client in: r comes from the
+// gateway's own origin or one listed (not merely allowed by "*": a cookie goes with
+// cross-site requests too, so the origin is what stops another site from using it), or
+// it has no Origin and the browser says it is same-origin (Sec-Fetch-Site, as browsers
+// send with a same-origin EventSource, which has no Origin).
+func (p *Origins) TrustsCookies(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return r.Header.Get("Sec-Fetch-Site") == "same-origin"
+	}
+	return p.allows(r, origin, false)
+}
+
 // Allows reports whether r may connect: it has no Origin header (not a browser), its
 // origin's host is the host it asked for (same origin), or its origin is allowed.
 func (p *Origins) Allows(r *http.Request) bool {
@@ -301,7 +314,12 @@ func (p *Origins) Allows(r *http.Request) bool {
 	if origin == "" {
 		return true
 	}
-	if p.any {
+	return p.allows(r, origin, true)
+}
+
+// allows reports whether origin, r's, is r's host or one allowed; by "*" only with any.
+func (p *Origins) allows(r *http.Request, origin string, any bool) bool {
+	if p.any && any {
 		return true
 	}
 	u, err := url.Parse(origin)

@@ -29,7 +29,10 @@ const (
 const (
 	SourceWS   = "ws"
 	SourceHTTP = "http"
-	SourceAMQP = "amqp" // any publisher other than a gateway
+	// SourceClientHTTP is a client's publish over HTTP (POST /api/client/publish), as an
+	// event stream's client sends.
+	SourceClientHTTP = "client_http"
+	SourceAMQP       = "amqp" // any publisher other than a gateway
 )
 
 // Limits hit (labels of herald_limits_hit_total) that the edge and the connections count;
@@ -64,17 +67,18 @@ type Series struct {
 // *Metrics, which counts nothing (for tests of parts in isolation). Safe for concurrent
 // use.
 type Metrics struct {
-	closeCodes         []int // counted under their own label (Series.CloseCodes)
-	accepted           prometheus.Counter
+	closeCodes         []int                  // counted under their own label (Series.CloseCodes)
+	accepted           *prometheus.CounterVec // by transport
 	refused            *prometheus.CounterVec
-	closedConns        *prometheus.CounterVec
+	closedConns        *prometheus.CounterVec // by code and transport
 	publishedTotal     *prometheus.CounterVec
 	publishFailedTotal *prometheus.CounterVec
 	receivedTotal      *prometheus.CounterVec
 	fanout             prometheus.Histogram
 	publishLatency     prometheus.Histogram
 	consumerLag        prometheus.Gauge
-	delivered          prometheus.Counter
+	delivered          [transports]prometheus.Counter // by transport, resolved once
+	deliveredVec       *prometheus.CounterVec
 	droppedTotal       *prometheus.CounterVec
 	bytesWritten       prometheus.Counter
 	socketWrites       prometheus.Counter
@@ -205,18 +209,18 @@ func (m *Metrics) PresenceExpired() {
 func New(reg prometheus.Registerer, series Series) *Metrics {
 	m := &Metrics{
 		closeCodes: slices.Clone(series.CloseCodes),
-		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_connections_accepted_total",
-			Help: "WebSocket connections accepted (upgraded).",
-		}),
+			Help: "Client connections accepted (WebSocket: upgraded; SSE: the stream begun), by transport (ws, sse).",
+		}, []string{"transport"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_handshakes_refused_total",
 			Help: "WebSocket handshakes refused before the upgrade, by reason.",
 		}, []string{"reason"}),
 		closedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_connections_closed_total",
-			Help: "WebSocket connections closed, by close code (1006: no close frame).",
-		}, []string{"code"}),
+			Help: "Client connections closed, by close code (1006: no close frame; an SSE stream ends with the code of its error event, or 1006 when the client went) and transport.",
+		}, []string{"code", "transport"}),
 		publishedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_messages_published_total",
 			Help: "Messages this gateway published to the bus and the bus accepted, by source (ws, http).",
@@ -243,10 +247,10 @@ func New(reg prometheus.Registerer, series Series) *Metrics {
 			Name: "herald_bus_consumer_lag_messages",
 			Help: "How many offsets the newest message in the bus's log is ahead of the last one this gateway dispatched (on RabbitMQ, estimated from the stream's last chunk).",
 		}),
-		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+		deliveredVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_messages_delivered_total",
-			Help: "Message frames written to client sockets (one per recipient).",
-		}),
+			Help: "Message frames written to client sockets (one per recipient), by transport.",
+		}, []string{"transport"}),
 		droppedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_messages_dropped_total",
 			Help: "Messages not delivered to a recipient (or not routed at all), by reason.",
@@ -317,13 +321,17 @@ func New(reg prometheus.Registerer, series Series) *Metrics {
 		m.resumesBy.WithLabelValues(src)
 	}
 	reg.MustRegister(m.accepted, m.refused, m.closedConns, m.publishedTotal, m.publishFailedTotal,
-		m.receivedTotal, m.fanout, m.publishLatency, m.consumerLag, m.delivered, m.droppedTotal, m.bytesWritten, m.socketWrites, m.slowConsumers,
+		m.receivedTotal, m.fanout, m.publishLatency, m.consumerLag, m.deliveredVec, m.droppedTotal, m.bytesWritten, m.socketWrites, m.slowConsumers,
 		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.busAway, m.resumes, m.replayed)
 	m.resumes.WithLabelValues("resumed")
 	m.resumes.WithLabelValues("reset")
 	// Series that exist from the start, at 0, so that rate() sees their first event.
-	for _, code := range append(slices.Clone(m.closeCodes), 0) {
-		m.closedConns.WithLabelValues(m.closeCodeLabel(code))
+	for t, name := range transportNames {
+		m.accepted.WithLabelValues(name)
+		m.delivered[t] = m.deliveredVec.WithLabelValues(name)
+		for _, code := range append(slices.Clone(m.closeCodes), 0) {
+			m.closedConns.WithLabelValues(m.closeCodeLabel(code), name)
+		}
 	}
 	for _, r := range series.Refusals {
 		m.refused.WithLabelValues(r)
@@ -334,7 +342,7 @@ func New(reg prometheus.Registerer, series Series) *Metrics {
 	for _, r := range []string{DropSlowConsumer, DropClosed, DropWriteFailed, DropDuplicate, DropUndecodable, DropLagged, DropUnroutable} {
 		m.droppedTotal.WithLabelValues(r)
 	}
-	for _, s := range []string{SourceWS, SourceHTTP} {
+	for _, s := range []string{SourceWS, SourceHTTP, SourceClientHTTP} {
 		m.publishedTotal.WithLabelValues(s)
 		m.publishFailedTotal.WithLabelValues(s)
 		m.receivedTotal.WithLabelValues(s)
@@ -360,7 +368,7 @@ func (m *Metrics) Received(source string, fanout time.Duration) {
 		return
 	}
 	switch source {
-	case SourceWS, SourceHTTP:
+	case SourceWS, SourceHTTP, SourceClientHTTP:
 	default:
 		source = SourceAMQP
 	}
@@ -390,10 +398,23 @@ func (m *Metrics) SlowConsumer() {
 	}
 }
 
-// Accepted counts a WebSocket connection accepted (upgraded).
-func (m *Metrics) Accepted() {
+// Transport is a client connection's transport, a label of the connection and delivery
+// counters.
+type Transport uint8
+
+// The transports.
+const (
+	TransportWS  Transport = iota // WebSocket
+	TransportSSE                  // Server-Sent Events
+	transports
+)
+
+var transportNames = [transports]string{"ws", "sse"}
+
+// Accepted counts a connection accepted (upgraded, or its stream begun), by transport.
+func (m *Metrics) Accepted(t Transport) {
 	if m != nil {
-		m.accepted.Inc()
+		m.accepted.WithLabelValues(transportNames[t]).Inc()
 	}
 }
 
@@ -414,10 +435,10 @@ func (m *Metrics) closeCodeLabel(code int) string {
 	return "other"
 }
 
-// Closed counts a connection closed, by the close code it ended with.
-func (m *Metrics) Closed(code int) {
+// Closed counts a connection of transport t closed, by the close code it ended with.
+func (m *Metrics) Closed(code int, t Transport) {
 	if m != nil {
-		m.closedConns.WithLabelValues(m.closeCodeLabel(code)).Inc()
+		m.closedConns.WithLabelValues(m.closeCodeLabel(code), transportNames[t]).Inc()
 	}
 }
 
@@ -443,14 +464,14 @@ func (m *Metrics) ClientError(code string) {
 }
 
 // Wrote counts one write of n bytes to a client socket, which carried delivered message
-// frames (replies are written, but not delivered).
-func (m *Metrics) Wrote(n, delivered int) {
+// frames (replies are written, but not delivered), to a connection of transport t.
+func (m *Metrics) Wrote(n, delivered int, t Transport) {
 	if m == nil {
 		return
 	}
 	m.bytesWritten.Add(float64(n))
 	m.socketWrites.Inc()
-	m.delivered.Add(float64(delivered))
+	m.delivered[t].Add(float64(delivered))
 }
 
 // DeliveryLatency observes the time from a message's publish to its write to a client

@@ -87,13 +87,23 @@ type Frame struct {
 	// itself where compressing does not make it smaller. once guards it.
 	once     sync.Once
 	deflated []byte
+
+	// ResumeAfter is, on a reply that tells where a client's stream stands (the
+	// welcome of a client that resumes nothing), the offset a client that reconnects
+	// resumes after: the id of its Server-Sent Event. message.NoOffset on the others
+	// (a message's id is its Offset).
+	ResumeAfter int64
+	// event is the frame as a Server-Sent Event (EventBytes), made by the first writer
+	// of an SSE connection and shared by every other; eventOnce guards it.
+	eventOnce sync.Once
+	event     []byte
 }
 
 // NewFrame frames payload as a final, unmasked text frame (RFC 6455 section 5.2: the
 // server never masks).
 func NewFrame(payload []byte, offset int64, published time.Time) *Frame {
 	wire := AppendHeader(make([]byte, 0, 10+len(payload)), Fin|OpText, len(payload))
-	return &Frame{Wire: append(wire, payload...), Offset: offset, Published: published}
+	return &Frame{Wire: append(wire, payload...), Offset: offset, Published: published, ResumeAfter: message.NoOffset}
 }
 
 // Reply encodes v, a frame answering one client (a JSON object), as a Frame.
@@ -142,16 +152,33 @@ func (f *Frame) Payload() []byte {
 // permessage-deflate where the connection negotiated it (Deflate not nil). A transport
 // chooses its connection's Encoding; the writer asks it for the bytes of each frame,
 // which are made once per message for every connection of the same encoding.
+//
+// A Server-Sent Events connection (Events set) gets each frame as an event instead
+// (EventBytes), made once per message for every such connection, and its pings as
+// comments.
 type Encoding struct {
 	Deflate *Deflater // nil: frames go as made
+	Events  bool      // frames go as Server-Sent Events
 }
 
 // Bytes returns the bytes of f as they go to a connection of this encoding.
 func (e Encoding) Bytes(f *Frame) []byte {
 	if e.Deflate == nil {
+		if e.Events {
+			return f.EventBytes()
+		}
 		return f.Wire
 	}
 	return e.Deflate.wireOf(f)
+}
+
+// AppendPing appends the ping numbered seq in this encoding: a WebSocket ping, or for
+// Server-Sent Events a comment (a heartbeat no EventSource dispatches).
+func (e Encoding) AppendPing(buf []byte, seq uint32) []byte {
+	if e.Events {
+		return append(buf, Heartbeat...)
+	}
+	return AppendPing(buf, seq)
 }
 
 // Deflater compresses frames for the connections that negotiated permessage-deflate:

@@ -44,9 +44,9 @@ func BenchmarkEnqueue(b *testing.B) {
 
 // realQueue returns a queue writing to a real loopback socket, idle, whose client reads
 // and discards everything.
-func realQueue(b *testing.B) *Queue {
+func realQueue(b *testing.B, enc wire.Encoding) *Queue {
 	b.Helper()
-	q, _, client := newQueue(b, benchWriter(b), wire.Encoding{})
+	q, _, client := newQueue(b, benchWriter(b), enc)
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
@@ -65,7 +65,7 @@ func realQueue(b *testing.B) *Queue {
 func BenchmarkWriteBatch(b *testing.B) {
 	for _, size := range []int{1, 4, 16, 64} {
 		b.Run("frames="+strconv.Itoa(size), func(b *testing.B) {
-			q := realQueue(b)
+			q := realQueue(b, wire.Encoding{})
 			batch := make([]*wire.Frame, size)
 			for i := range batch {
 				batch[i] = benchFrame(int64(i))
@@ -84,9 +84,20 @@ func BenchmarkWriteBatch(b *testing.B) {
 // BenchmarkWriteTurn is a writer worker's turn at a connection with one frame queued (the
 // common case of a broadcast at a low rate per connection): take the queue, one
 // non-blocking write to a real loopback socket, hand the connection back. ns/op is the
-// cost of one delivery's write, syscall included, with no goroutine.
+// cost of one delivery's write, syscall included, with no goroutine: to a WebSocket
+// connection, and to a Server-Sent Events one (whose event bytes the frame makes once,
+// for every such recipient: the turn only copies them).
 func BenchmarkWriteTurn(b *testing.B) {
-	q := realQueue(b)
+	for _, tt := range []struct {
+		name string
+		enc  wire.Encoding
+	}{{"ws", wire.Encoding{}}, {"sse", wire.Encoding{Events: true}}} {
+		b.Run(tt.name, func(b *testing.B) { benchWriteTurn(b, tt.enc) })
+	}
+}
+
+func benchWriteTurn(b *testing.B, enc wire.Encoding) {
+	q := realQueue(b, enc)
 	if !q.sock.Direct() {
 		b.Skip("no non-blocking writes on this platform")
 	}

@@ -408,7 +408,7 @@ func (q *Queue) writeBatch(batch []*wire.Frame, ping uint32) (int, error) {
 	}
 	data := len(buf)
 	if ping != 0 {
-		buf = wire.AppendPing(buf, ping)
+		buf = q.enc.AppendPing(buf, ping)
 	}
 	if len(buf) > 0 {
 		if _, err := q.sock.Write(buf); err != nil {
@@ -529,7 +529,7 @@ func (q *Queue) appendBatch(buf []byte, frames []*wire.Frame, ping uint32) ([]by
 	}
 	n := len(buf)
 	if ping != 0 {
-		buf = wire.AppendPing(buf, ping)
+		buf = q.enc.AppendPing(buf, ping)
 	}
 	return buf, n
 }
@@ -566,7 +566,11 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int) {
 			}
 		}
 	}
-	m.Wrote(n, delivered)
+	t := metrics.TransportWS
+	if q.enc.Events {
+		t = metrics.TransportSSE
+	}
+	m.Wrote(n, delivered, t)
 }
 
 // finishTurn ends a writer's turn: it keeps the batch's slice for the next queue, wakes a
