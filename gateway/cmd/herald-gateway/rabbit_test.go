@@ -336,8 +336,13 @@ func TestResumeOnRabbitMQ(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	// Learn the offsets: a client replaying everything retained.
-	all := newClient(t, "all", "channels=r&since=-1", func() []*proc { return []*proc{a} })
+	// A second gateway, started now: it has delivered none of this, so its tail of the log
+	// holds at most the stream's last chunk and every resume below reads the stream (a's
+	// tail, filled live, still holds all 200).
+	b := startGateway(t, "gw-b", url, exchange, stream, "--stream-max-bytes", "12000", "--stream-segment-bytes", "4000")
+	warmUp(t, a, b)
+	// Learn the offsets: a client replaying everything the stream retains.
+	all := newClient(t, "all", "channels=r&since=-1", func() []*proc { return []*proc{b} })
 	all.waitFor(t, ids[len(ids)-1:], 15*time.Second)
 	got := all.deliveries()
 	oldest, newest := got[0].Offset, got[len(got)-1].Offset
@@ -351,9 +356,6 @@ func TestResumeOnRabbitMQ(t *testing.T) {
 		retained[d.Offset] = i
 	}
 
-	// A second gateway, started now: it has delivered none of this.
-	b := startGateway(t, "gw-b", url, exchange, stream, "--stream-max-bytes", "12000", "--stream-segment-bytes", "4000")
-	warmUp(t, a, b)
 	cases := []struct {
 		name      string
 		since     int64
