@@ -723,11 +723,16 @@ func TestBrowserDemoChatNames(t *testing.T) {
 	}
 	samA := openDemo(t, b, g, "sam A", "name=sam")
 	samB := openDemo(t, b, g, "sam B", "name=sam")
+	// A tab that joins late shows the recent conversation first (history on subscribe).
+	samB.waitFor("the recent conversation", `document.querySelectorAll("#chat li.msg").length === 2`)
 	samA.say("I am the first sam")
-	samB.waitFor("sam A's message", `document.querySelectorAll("#chat li.msg").length === 1`)
+	samB.waitFor("sam A's message", `document.querySelectorAll("#chat li.msg").length === 3`)
 	samA.waitFor("its own message", `document.querySelectorAll("#chat li.msg.mine").length === 1`)
-	if got := samB.chat(); len(got) != 1 || got[0].Mine || !got[0].Guest || got[0].Who != "sam" {
-		t.Errorf("sam B sees %+v, want sam A's message as a guest's, not its own", got)
+	got := samB.chat()
+	if len(got) != 3 || got[0].Text != "hello from a guest called bob" || got[1].Text != "hello from alice" || got[0].Mine || got[1].Mine {
+		t.Errorf("sam B sees %+v, want the two earlier messages (not its own) before sam A's", got)
+	} else if got[2].Mine || !got[2].Guest || got[2].Who != "sam" || got[2].Text != "I am the first sam" {
+		t.Errorf("sam B sees %+v last, want sam A's message as a guest's, not its own", got[2])
 	}
 	shot(t, alice, "herald-demo-names.png")
 }
