@@ -7,7 +7,6 @@ import (
 
 	"github.com/heraldgw/herald/gateway/internal/tail"
 	"github.com/heraldgw/herald/gateway/internal/wire"
-	"github.com/heraldgw/herald/producer/message"
 )
 
 // historyAnswer is GET /api/history's answer: a channel's newest messages that this
@@ -29,9 +28,8 @@ func (s *Server) serveHistory(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	ch := q.Get("channel")
-	if !message.ValidChannel(ch) {
-		writeError(w, http.StatusBadRequest, CodeBadRequest, "channel must be 1 to 128 characters of A-Z a-z 0-9 _ - . : /")
+	ch, ok := queryChannel(w, q)
+	if !ok {
 		return
 	}
 	limit := s.cfg.HistoryMax

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime"
 	"strconv"
 	"strings"
@@ -785,6 +786,16 @@ func (s *Server) apiAllowed(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// queryChannel returns the query's channel, or answers 400 when it is not a valid one.
+func queryChannel(w http.ResponseWriter, q url.Values) (string, bool) {
+	ch := q.Get("channel")
+	if !message.ValidChannel(ch) {
+		writeError(w, http.StatusBadRequest, CodeBadRequest, "channel must be 1 to 128 characters of A-Z a-z 0-9 _ - . : /")
+		return "", false
+	}
+	return ch, true
+}
+
 // servePresence is GET /api/presence?channel=C[&limit=N][&after=U]: a page of who is
 // online on C over every gateway (ChannelPresence).
 func (s *Server) servePresence(w http.ResponseWriter, r *http.Request) {
@@ -792,9 +803,8 @@ func (s *Server) servePresence(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	ch := q.Get("channel")
-	if !message.ValidChannel(ch) {
-		writeError(w, http.StatusBadRequest, CodeBadRequest, "channel must be 1 to 128 characters of A-Z a-z 0-9 _ - . : /")
+	ch, ok := queryChannel(w, q)
+	if !ok {
 		return
 	}
 	limit := 0
