@@ -544,7 +544,8 @@ export type HeraldOptions = {
     transport?: "websocket" | "sse" | undefined;
     /**
      * how many WebSocket opens in a row may fail (no
-     * welcome) before the client falls back to SSE for good; 0 never falls back
+     * welcome) before the client falls back to SSE for good; 0 never falls back, nor does
+     * a runtime without EventSource
      */
     sseFallbackAfter?: number | undefined;
     /**

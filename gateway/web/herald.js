@@ -473,7 +473,8 @@ export class HeraldError extends Error {
  *   with POSTs to `/api/client/` to send) from the start; by default WebSocket, with a
  *   fall back to SSE after `sseFallbackAfter` failed opens
  * @property {number} [sseFallbackAfter=3] how many WebSocket opens in a row may fail (no
- *   welcome) before the client falls back to SSE for good; 0 never falls back
+ *   welcome) before the client falls back to SSE for good; 0 never falls back, nor does
+ *   a runtime without EventSource
  * @property {typeof EventSource} [EventSource] the EventSource constructor (tests);
  *   default globalThis.EventSource
  * @property {typeof fetch} [fetch] the fetch function for the SSE transport's POSTs
@@ -1071,7 +1072,9 @@ export class Herald extends EventTarget {
       if (ws !== this.#ws) return;
       this.#detach();
       const limit = this.#opts.sseFallbackAfter ?? 3;
-      if (!welcomed && this.#transport === "websocket" && limit > 0 && ++this.#wsFailures >= limit) {
+      // Only where there is an EventSource to fall back to (browsers; not Node's runtime).
+      const canSSE = typeof (this.#opts.EventSource ?? globalThis.EventSource) === "function";
+      if (!welcomed && this.#transport === "websocket" && limit > 0 && canSSE && ++this.#wsFailures >= limit) {
         this.#transport = "sse"; // WebSocket does not get through: Server-Sent Events from now on
       }
       this.#closed(ev.code, ev.reason ?? "", 0);

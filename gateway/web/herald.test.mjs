@@ -371,6 +371,48 @@ test("Herald's backoff grows while connections fail and resets after a stable on
   assert.deepEqual(await delays(60000), [3, 7, 15, 31], "no reset after a short connection");
 });
 
+test("Herald falls back to SSE after sseFallbackAfter failed WebSocket opens, and resumes from its offset there", async (t) => {
+  const streams = [];
+  class FakeEventSource {
+    constructor(url, init) {
+      this.url = new URL(url);
+      this.init = init;
+      this.listeners = {};
+      this.closed = false;
+      streams.push(this);
+    }
+    addEventListener(name, fn) {
+      (this.listeners[name] ??= []).push(fn);
+    }
+    close() {
+      this.closed = true;
+    }
+    emit(name, data) {
+      for (const fn of this.listeners[name] ?? []) fn({ data: JSON.stringify(data) });
+    }
+  }
+  const c = client({ channels: ["room"], sseFallbackAfter: 2, EventSource: FakeEventSource, fetch: async () => new Response("{}") });
+  t.after(() => c.h.close());
+  await until("socket 0", () => c.fake.all.length === 1);
+  c.socket(0).welcome(4);
+  c.socket(0).frame(msg(5));
+  c.socket(0).serverClose(1006); // opened once: not a failure
+  for (let i = 1; i <= 2; i++) {
+    await until(`socket ${i}`, () => c.fake.all.length === i + 1);
+    c.socket(i).serverClose(1006); // handshake failed: never opened
+  }
+  await until("an event stream", () => streams.length === 1);
+  assert.equal(c.fake.all.length, 3, "no WebSocket after the fallback");
+  const es = streams[0];
+  assert.equal(es.url.pathname, "/sse");
+  assert.equal(es.url.searchParams.get("channels"), "room");
+  assert.equal(es.url.searchParams.get("since"), "5", "resumes from the last offset it saw");
+  assert.deepEqual(es.init, { withCredentials: true });
+  es.emit("resumed", { op: "resumed", offset: 5 });
+  es.emit("message", msg(6));
+  assert.deepEqual(c.offsets(), [5, 6]);
+});
+
 test("Herald.publish resolves on ack, rejects on error and on disconnect", async (t) => {
   const c = client();
   t.after(() => c.h.close());
