@@ -55,9 +55,11 @@ func TestFrameFloods(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := newTestGateway(t, gateway.Config{Limits: tt.limits}, nil)
+			// The baseline comes before any connection: a connection's read pump may
+			// start after its welcome, so one taken after a welcome can miss it.
+			baseline := goleak.IgnoreCurrent()
 			bystander := g.dial("channels=calm")
 			bystander.expect("welcome")
-			baseline := goleak.IgnoreCurrent()
 			r := g.rawDial("")
 			r.result() // welcome
 			flood := append([]byte(nil), tt.first...)
@@ -87,6 +89,8 @@ func TestFrameFloods(t *testing.T) {
 			bystanderServed(t, g, bystander, "calm", "still served")
 			r.nc.Close()
 			gwtest.WaitFor(t, "the flooder to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 1 })
+			bystander.ws.Close()
+			gwtest.WaitFor(t, "the bystander to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 0 })
 			goleak.VerifyNone(t, baseline)
 		})
 	}

@@ -372,9 +372,9 @@ func TestSilentClient(t *testing.T) {
 
 func TestMessageRateLimit(t *testing.T) {
 	g := newTestGateway(t, gateway.Config{Limits: gateway.Limits{MessageRate: 20, MessageBurst: 10, MaxViolations: 5}}, nil)
+	baseline := goleak.IgnoreCurrent() // before any connection (see TestFrameFloods)
 	bystander := g.dial("channels=calm")
 	bystander.expect("welcome")
-	baseline := goleak.IgnoreCurrent()
 
 	// A flood of subscribe/unsubscribe: the burst is served, then rate_limited (with
 	// the ref), then after MaxViolations more the connection is closed with 4029.
@@ -419,6 +419,8 @@ func TestMessageRateLimit(t *testing.T) {
 	if f := bystander.expect("message"); f["data"] != "ok" {
 		t.Errorf("bystander got %v", f)
 	}
+	bystander.ws.Close()
+	gwtest.WaitFor(t, "the bystander to finish", func() bool { return gwtest.Counter(t, g.reg, "herald_connections") == 0 })
 	goleak.VerifyNone(t, baseline)
 
 	// Within the rate: a client that keeps to it is never limited.
