@@ -22,7 +22,7 @@ func printResult(w io.Writer, r Result) {
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{name}, args...)...)
 	}
-	row("regime", "%s (%s, publisher %s)", r.Label, r.Target, r.Publisher)
+	row("regime", "%s (%s, transport %s, publisher %s)", r.Label, r.Target, r.Transport, r.Publisher)
 	row("connections made / failed", "%d / %d of %d in %.1fs", r.ConnsMade, r.ConnsFailed, r.Conns, r.ConnectSecs)
 	if len(r.ConnErrors) > 0 {
 		row("connection errors", "%s", countsString(r.ConnErrors))
@@ -43,6 +43,9 @@ func printResult(w io.Writer, r Result) {
 			row("publish errors", "%s", countsString(p.PublishErrKinds))
 		}
 		row("deliveries: expected / received / lost", "%d / %d / %d (%.4f%% lost)", p.Expected, p.Received, p.Lost, 100*float64(p.Lost)/float64(max(p.Expected, 1)))
+		if p.Dups > 0 {
+			row("duplicated (or disordered) events", "%d", p.Dups)
+		}
 		if len(p.ReceiversEnded) > 0 {
 			row("receivers ended early", "%s", countsString(p.ReceiversEnded))
 		}
