@@ -62,10 +62,11 @@ func dialSSE(ctx context.Context, sd *sourceDialer, addr, path string) (net.Conn
 		}
 		if body >= 0 {
 			stream := buf[body:]
-			if bytes.Contains(stream, []byte("event: error\n")) {
-				return nil, nil, fmt.Errorf("sse: stream refused: %.80s", bytes.TrimSpace(stream))
+			w := bytes.Index(stream, []byte("event: welcome\n"))
+			if e := bytes.Index(stream, []byte("event: error\n")); e >= 0 && (w < 0 || e < w) {
+				return nil, nil, fmt.Errorf("sse: stream refused: %.80s", bytes.TrimSpace(stream[e:]))
 			}
-			if i := bytes.Index(stream, []byte("event: welcome\n")); i >= 0 && bytes.Contains(stream[i:], []byte("\n\n")) {
+			if w >= 0 && bytes.Contains(stream[w:], []byte("\n\n")) {
 				_ = conn.SetDeadline(time.Time{})
 				ok = true
 				return conn, bytes.Clone(stream), nil
@@ -256,7 +257,8 @@ func (r *epollReceivers) addSSE(id int, conn net.Conn, stream []byte) error {
 	// not hear of it until the socket had more to read.
 	if why := r.events(rc, stream, time.Now()); why != "" {
 		syscall.Close(fd)
-		return errors.New(why)
+		r.cs.endedWhy(why) // it ended there
+		return nil
 	}
 	return r.register(rc)
 }
