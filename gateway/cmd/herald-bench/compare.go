@@ -271,6 +271,9 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 				fig(regime+": duplicated events (SSE only)", float64(p.Dups))
 			}
 			fig(regime+": tool CPU per delivery (us)", p.ToolCPUPerDelivUS)
+			if p.DelivPerWrite > 0 {
+				fig(regime+": deliveries per socket write", p.DelivPerWrite)
+			}
 		}
 		out = res
 	}

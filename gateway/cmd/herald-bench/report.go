@@ -62,6 +62,9 @@ func printResult(w io.Writer, r Result) {
 		if p.WireBytesPerDeliv > 0 {
 			row("bytes written per delivery", "%.1f (frames compressed in the window: %.0f)", p.WireBytesPerDeliv, p.CompressedFrames)
 		}
+		if p.DelivPerWrite > 0 {
+			row("deliveries per socket write", "%.2f", p.DelivPerWrite)
+		}
 		row("tool CPU", "%.2fs (%.0f%% of a core), %.2f us per delivery", p.ToolCPUSecs, p.ToolCPUPercent, p.ToolCPUPerDelivUS)
 		row("machine busy (all cores = 100%)", "%.0f%%, of which other processes %.0f%% of a core", p.MachineBusyPercent, p.OtherCPUPercent)
 		if p.Profile != "" {

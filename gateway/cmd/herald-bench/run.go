@@ -235,9 +235,12 @@ type PhaseResult struct {
 	ToolCPUPercent      float64 `json:"tool_cpu_percent"`
 	ToolCPUPerDelivUS   float64 `json:"tool_cpu_per_delivery_us"`
 	// From the gateway's /metrics over the window, where it has them (Herald does, the
-	// baseline not): bytes written to sockets per delivery, and frames compressed.
+	// baseline not): bytes written to sockets per delivery, frames compressed, and
+	// deliveries per socket write (how many frames or events each write carried: the
+	// more, the less CPU a delivery costs).
 	WireBytesPerDeliv  float64 `json:"wire_bytes_per_delivery,omitempty"`
 	CompressedFrames   float64 `json:"compressed_frames,omitempty"`
+	DelivPerWrite      float64 `json:"deliveries_per_write,omitempty"`
 	MachineBusyPercent float64 `json:"machine_busy_percent"`
 	OtherCPUPercent    float64 `json:"other_cpu_percent"`
 	Profile            string  `json:"profile,omitempty"`
@@ -475,6 +478,9 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		if m := scrapeCounters(s.cfg.Target, wireCounters...); m != nil && metricsStart != nil && winRecv > 0 {
 			ph.WireBytesPerDeliv = (m["herald_bytes_written_total"] - metricsStart["herald_bytes_written_total"]) / float64(winRecv)
 			ph.CompressedFrames = m["herald_compressed_frames_total"] - metricsStart["herald_compressed_frames_total"]
+			if w := m["herald_socket_writes_total"] - metricsStart["herald_socket_writes_total"]; w > 0 {
+				ph.DelivPerWrite = float64(winRecv) / w
+			}
 		}
 		busy, tot := machineCPU()
 		if tot > totStart {
@@ -618,7 +624,7 @@ func fetchProfile(base string, secs int, out string, stderr io.Writer) string {
 }
 
 // wireCounters are the gateway counters a phase reads over its window.
-var wireCounters = []string{"herald_bytes_written_total", "herald_compressed_frames_total"}
+var wireCounters = []string{"herald_bytes_written_total", "herald_compressed_frames_total", "herald_socket_writes_total"}
 
 // scrapeCounters reads unlabelled counters from the gateway's /metrics; nil when it has
 // no such endpoint (the baseline) or none of them.
