@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/heraldgw/herald/gateway/internal/gwtest"
 )
 
 // sseMsg is a message event as the gateway writes it: id, event name, and the data of a
@@ -39,9 +41,11 @@ var sseStream = "retry: 2000\n\n" +
 // so that lines and events are cut everywhere: it counts the three deliveries, the
 // duplicate, and ends at the error event with its close code.
 func TestSSEEventsInAnyPieces(t *testing.T) {
+	cs := newClientSet(newRecorder(1))
+	r := &epollReceivers{cs: cs, sse: true}
+	h := newHist()
 	for size := 1; size <= len(sseStream); size++ {
-		cs := newClientSet(newRecorder(1))
-		r := &epollReceivers{cs: cs, sse: true}
+		cs.dups.Store(0)
 		rc := &rawConn{id: 0, last: -1, ev: sseEvent{id: -1}}
 		why := ""
 		for rest := []byte(sseStream); len(rest) > 0 && why == ""; {
@@ -49,7 +53,7 @@ func TestSSEEventsInAnyPieces(t *testing.T) {
 			why = r.events(rc, bytes.Clone(rest[:n]), time.Now())
 			rest = rest[n:]
 		}
-		got := cs.rec.drain(newHist())
+		got := cs.rec.drain(h)
 		if got != 4 || cs.dups.Load() != 1 || why != "close 1001" || rc.last != 13 {
 			t.Fatalf("pieces of %d bytes: %d deliveries, %d dups, ended %q, last id %d; want 4, 1, close 1001, 13",
 				size, got, cs.dups.Load(), why, rc.last)
@@ -113,13 +117,7 @@ func TestSSEClientAccountsForEveryEvent(t *testing.T) {
 	if got := <-reqs; got != "GET /sse?channels=t-0 text/event-stream" {
 		t.Errorf("request %q, want GET /sse?channels=t-0 asking for text/event-stream", got)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for cs.endedCounts()["close 1001"] != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the stream did not end with its error event: ended %v, live %d", cs.endedCounts(), cs.live.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	gwtest.WaitFor(t, "the stream to end with its error event (close 1001)", func() bool { return cs.endedCounts()["close 1001"] == 1 })
 	h := newHist()
 	received, dups := rec.drain(h), cs.dups.Load()
 	if received != 4 || h.TotalCount() != 4 || h.Max() <= 0 || dups != 1 || cs.live.Load() != 0 {
