@@ -201,9 +201,9 @@ type sseRequest struct {
 // before, during and after the switch reach the page each once, in order, with their
 // offsets as event ids, by the browser's own Last-Event-ID alone.
 func TestBrowserSSEEventSourceResumesOnAnotherGateway(t *testing.T) {
-	b := newBrowser(t)
 	amqpURL := amqptest.URL(t)
 	exchange, stream := amqptest.Names(t, amqpURL)
+	b := newBrowser(t)
 
 	var mu sync.Mutex
 	var requests []sseRequest
