@@ -195,6 +195,83 @@ type sseRequest struct {
 	hasHeader   bool
 }
 
+// sseRecorder serves eventSourcePage at /page.html beside a gateway, and records the
+// GET /sse requests that the gateways receive.
+type sseRecorder struct {
+	mu   sync.Mutex
+	reqs []sseRequest // mu protects reqs
+}
+
+// serving returns the wrapper of the handler of the gateway called name.
+func (rec *sseRecorder) serving(name string) func(http.Handler) http.Handler {
+	return func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch r.URL.Path {
+			case "/page.html":
+				w.Header().Set("Content-Type", "text/html; charset=utf-8")
+				_, _ = io.WriteString(w, eventSourcePage)
+				return
+			case "/sse":
+				_, has := r.Header["Last-Event-Id"]
+				rec.mu.Lock()
+				rec.reqs = append(rec.reqs, sseRequest{name, r.Header.Get("Last-Event-ID"), has})
+				rec.mu.Unlock()
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+}
+
+func (rec *sseRecorder) requests() []sseRequest {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	return append([]sseRequest(nil), rec.reqs...)
+}
+
+// streamStory is what a page's log of its EventSource's events says.
+type streamStory struct {
+	messages   []frame  // the message events' data, in order
+	lastBefore string   // the id of the last message before the stream's first reopening
+	welcomes   []string // the node of each welcome
+	resumes    []string // "resumed since N" or "reset since N", for each
+	errors     []string // the code of each error event
+}
+
+// readStory decodes the page's log; a message event whose id is not its offset fails t.
+func readStory(t *testing.T, log []esEvent) streamStory {
+	t.Helper()
+	var s streamStory
+	reopened := false
+	for _, e := range log {
+		var f frame
+		if e.Data != "" {
+			if err := json.Unmarshal([]byte(e.Data), &f); err != nil {
+				t.Fatalf("%s event data %q: %v", e.Kind, e.Data, err)
+			}
+		}
+		switch e.Kind {
+		case "open":
+			reopened = len(s.messages) > 0
+		case "welcome":
+			s.welcomes = append(s.welcomes, f.str("node"))
+		case "resumed", "reset":
+			since, _ := f.num("since")
+			s.resumes = append(s.resumes, fmt.Sprintf("%s since %d", e.Kind, since))
+		case "error":
+			s.errors = append(s.errors, f.str("code"))
+		case "message":
+			if off, ok := f.num("offset"); !ok || e.ID != fmt.Sprint(off) {
+				t.Errorf("message %s: event id %q, want its offset %v", f.str("id"), e.ID, f["offset"])
+			}
+			s.messages = append(s.messages, f)
+			if !reopened {
+				s.lastBefore = e.ID
+			}
+		}
+	}
+	return s
+}
+
 // TestBrowserSSEEventSourceResumesOnAnotherGateway: a page with a plain EventSource
 // reads a stream from gateway A on RabbitMQ; A drains and stops, and gateway B (its own
 // stream consumer, the same exchange and stream) serves the same URL. Messages published
@@ -205,62 +282,31 @@ func TestBrowserSSEEventSourceResumesOnAnotherGateway(t *testing.T) {
 	exchange, stream := amqptest.Names(t, amqpURL)
 	b := newBrowser(t)
 
-	var mu sync.Mutex
-	var requests []sseRequest
-	serving := func(name string) func(http.Handler) http.Handler {
-		return func(h http.Handler) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				switch r.URL.Path {
-				case "/page.html":
-					w.Header().Set("Content-Type", "text/html; charset=utf-8")
-					_, _ = io.WriteString(w, eventSourcePage)
-					return
-				case "/sse":
-					_, has := r.Header["Last-Event-Id"]
-					mu.Lock()
-					requests = append(requests, sseRequest{name, r.Header.Get("Last-Event-ID"), has})
-					mu.Unlock()
-				}
-				h.ServeHTTP(w, r)
-			})
-		}
-	}
-	sseRequests := func() []sseRequest {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]sseRequest(nil), requests...)
-	}
-
-	a := startRabbitGateway(t, "gw-a", amqpURL, exchange, stream, "127.0.0.1:0", serving("gw-a"))
+	rec := &sseRecorder{}
+	a := startRabbitGateway(t, "gw-a", amqpURL, exchange, stream, "127.0.0.1:0", rec.serving("gw-a"))
 	base := "http://" + a.addr
 	p := openPage(t, b, "eventsource", base+"/page.html")
 	logOnFailure(t, p, "events")
 	p.waitFor("the welcome", `events.some((e) => e.kind === "welcome")`)
-	events := func() []esEvent {
-		var out []esEvent
-		p.eval(`events`, &out)
-		return out
-	}
-	messages := func() int {
-		var n int
-		p.eval(`events.filter((e) => e.kind === "message").length`, &n)
-		return n
-	}
+	count := func(kind string) string { return `events.filter((e) => e.kind === "` + kind + `").length` }
 
 	// want is what the page must end with: each message's id and text, in publish order.
 	type sent struct{ id, text string }
 	var want []sent
-	body := func(text string) string {
-		return fmt.Sprintf(`{"channel":"feed","data":%q}`, text)
+	publish := func(phase string, send func(text string) string) {
+		for i := range 5 {
+			text := fmt.Sprintf("%s %d", phase, i)
+			want = append(want, sent{send(text), text})
+		}
 	}
-	for i := range 5 {
-		text := fmt.Sprintf("before %d", i)
-		want = append(want, sent{publishTo(t, base, body(text)), text})
+	viaGateway := func(text string) string {
+		return publishTo(t, base, fmt.Sprintf(`{"channel":"feed","data":%q}`, text))
 	}
-	p.waitFor("the messages before the switch", `events.filter((e) => e.kind === "message").length === 5`)
+	publish("before", viaGateway)
+	p.waitFor("the messages before the switch", count("message")+` === 5`)
 
 	a.stop(t)
-	p.waitFor("the drain's error event", `events.some((e) => e.kind === "error")`)
+	p.waitFor("the drain's error event", count("error")+` === 1`)
 	// While no gateway serves: a backend publishes to the exchange itself.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -269,76 +315,32 @@ func TestBrowserSSEEventSourceResumesOnAnotherGateway(t *testing.T) {
 		t.Fatalf("producer: %v", err)
 	}
 	defer backend.Close()
-	for i := range 5 {
-		text := fmt.Sprintf("no gateway %d", i)
+	publish("no gateway", func(text string) string {
 		id, err := backend.Publish(ctx, producer.Message{Channel: "feed", Data: json.RawMessage(fmt.Sprintf("%q", text))})
 		if err != nil {
 			t.Fatalf("publish %q: %v", text, err)
 		}
-		want = append(want, sent{id, text})
-	}
-	if n := messages(); n != 5 {
-		t.Fatalf("the page has %d messages with no gateway serving it, want the 5 from before", n)
-	}
+		return id
+	})
 
 	// Gateway B on the same address: A's URL, another gateway. Published through B as
 	// soon as it listens (the page comes back up to its retry interval later), and after
 	// the page is back.
-	g := startRabbitGateway(t, "gw-b", amqpURL, exchange, stream, a.addr, serving("gw-b"))
-	for i := range 5 {
-		text := fmt.Sprintf("gateway b %d", i)
-		want = append(want, sent{publishTo(t, base, body(text)), text})
-	}
-	p.waitFor("the stream open again", `events.filter((e) => e.kind === "open").length === 2 && es.readyState === 1`)
-	for i := range 5 {
-		text := fmt.Sprintf("after %d", i)
-		want = append(want, sent{publishTo(t, base, body(text)), text})
-	}
+	g := startRabbitGateway(t, "gw-b", amqpURL, exchange, stream, a.addr, rec.serving("gw-b"))
+	publish("gateway b", viaGateway)
+	p.waitFor("the stream open again", count("open")+` === 2 && es.readyState === 1`)
+	publish("after", viaGateway)
 	// The stream is one ordered sequence: a duplicate or a straggler would come before
 	// the last message.
 	p.waitFor("the last message", fmt.Sprintf(`events.some((e) => e.kind === "message" && JSON.parse(e.data).id === %s)`,
 		jsString(want[len(want)-1].id)))
 
-	log := events()
-	var got []frame
-	var lastBefore string // the id of the last event before the switch
-	var nodes, resumed []string
-	reconnected := false
-	for _, e := range log {
-		switch e.Kind {
-		case "open":
-			if len(got) > 0 {
-				reconnected = true
-			}
-		case "welcome", "resumed", "reset":
-			var f frame
-			_ = json.Unmarshal([]byte(e.Data), &f)
-			if e.Kind == "welcome" {
-				nodes = append(nodes, f.str("node"))
-			} else {
-				since, _ := f.num("since")
-				resumed = append(resumed, fmt.Sprintf("%s since %d", e.Kind, since))
-			}
-		case "message":
-			var f frame
-			if err := json.Unmarshal([]byte(e.Data), &f); err != nil {
-				t.Fatalf("message event data %q: %v", e.Data, err)
-			}
-			off, ok := f.num("offset")
-			if !ok || e.ID != fmt.Sprint(off) {
-				t.Errorf("message %s: event id %q, want its offset %v", f.str("id"), e.ID, f["offset"])
-			}
-			got = append(got, f)
-			if !reconnected {
-				lastBefore = e.ID
-			}
-		case "error":
-			var f frame
-			_ = json.Unmarshal([]byte(e.Data), &f)
-			if f.str("code") != "going_away" {
-				t.Errorf("the stream ended with error event %s, want going_away (the drain)", e.Data)
-			}
-		}
+	var log []esEvent
+	p.eval(`events`, &log)
+	story := readStory(t, log)
+	got, lastBefore := story.messages, story.lastBefore
+	if strings.Join(story.errors, " ") != "going_away" {
+		t.Errorf("the streams ended with error events %v, want one: going_away (the drain)", story.errors)
 	}
 	if len(got) != len(want) {
 		t.Errorf("the page got %d messages, want %d: each once", len(got), len(want))
@@ -354,13 +356,13 @@ func TestBrowserSSEEventSourceResumesOnAnotherGateway(t *testing.T) {
 			t.Errorf("message %d: got %s %q on %q, want %s %q on feed", i, f.str("id"), f.str("data"), f.str("channel"), want[i].id, want[i].text)
 		}
 	}
-	if strings.Join(nodes, " ") != "gw-a gw-b" || len(resumed) != 1 || resumed[0] != "resumed since "+lastBefore {
-		t.Errorf("welcomes from %v, then %v: want gw-a, then gw-b resuming since %s", nodes, resumed, lastBefore)
+	if strings.Join(story.welcomes, " ") != "gw-a gw-b" || strings.Join(story.resumes, " ") != "resumed since "+lastBefore {
+		t.Errorf("welcomes from %v, then %v: want gw-a, then gw-b resuming since %s", story.welcomes, story.resumes, lastBefore)
 	}
 
 	// Two streams: the first from A with no Last-Event-ID, the second from B with the
 	// browser's Last-Event-ID, the last message's offset before the switch.
-	reqs := sseRequests()
+	reqs := rec.requests()
 	if len(reqs) != 2 || reqs[0].gateway != "gw-a" || reqs[0].hasHeader || reqs[1].gateway != "gw-b" ||
 		reqs[1].lastEventID != lastBefore || lastBefore == "" {
 		t.Errorf("GET /sse requests %+v, want one to gw-a without Last-Event-ID, then one to gw-b with Last-Event-ID %q", reqs, lastBefore)
