@@ -207,12 +207,12 @@ type Result struct {
 	ServerCPUConnectUS float64 `json:"server_cpu_per_connect_us"`
 	// With -fill-tail: the cap asked, the tail when the baseline was read and once the
 	// connections had settled, and the gateway's Go memory at both moments.
-	TailCapBytes  int64      `json:"tail_cap_bytes,omitempty"`
-	TailFillSecs  float64    `json:"tail_fill_seconds,omitempty"`
-	TailBefore    *tailState `json:"tail_before,omitempty"`
-	TailIdle      *tailState `json:"tail_idle,omitempty"`
-	GoMemBefore   *goMem     `json:"go_mem_before,omitempty"`
-	GoMemIdle     *goMem     `json:"go_mem_idle,omitempty"`
+	TailCapBytes int64      `json:"tail_cap_bytes,omitempty"`
+	TailFillSecs float64    `json:"tail_fill_seconds,omitempty"`
+	TailBefore   *tailState `json:"tail_before,omitempty"`
+	TailIdle     *tailState `json:"tail_idle,omitempty"`
+	GoMemBefore  *goMem     `json:"go_mem_before,omitempty"`
+	GoMemIdle    *goMem     `json:"go_mem_idle,omitempty"`
 
 	Phase    *PhaseResult `json:"phase,omitempty"`
 	Warnings []string     `json:"warnings,omitempty"`

@@ -54,7 +54,8 @@ func parseByteSize(s string) (int64, error) {
 }
 
 // scrapeMetrics reads the gateway's Prometheus text at url and returns each metric's
-// value by name, the series of a labelled metric summed; nil when it cannot be read.
+// value by name, the series of a labelled metric summed, and each labelled series by
+// itself too, as written (name{label="value"}); nil when it cannot be read.
 func scrapeMetrics(url string) map[string]float64 {
 	c := &http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(url)
@@ -80,7 +81,11 @@ func scrapeMetrics(url string) map[string]float64 {
 			if j < i {
 				continue
 			}
+			series := line[:j+1]
 			name, rest, ok = line[:i], strings.TrimSpace(line[j+1:]), true
+			if f, err := strconv.ParseFloat(strings.Fields(rest + " x")[0], 64); err == nil {
+				out[series] = f
+			}
 		}
 		if !ok {
 			continue
@@ -145,15 +150,16 @@ func fillTail(ctx context.Context, f tailFill, stderr io.Writer) (tailState, err
 	var seq atomic.Int64
 	for {
 		if full(st, f.Bytes) {
-			fmt.Fprintf(stderr, "tail full: %d bytes (cap %d), %d messages, after %d published in %.1fs\n",
+			fmt.Fprintf(stderr, "tail full: %d bytes (goal %d), %d messages, after %d published in %.1fs\n",
 				st.Bytes, f.Bytes, st.Messages, seq.Load(), time.Since(start).Seconds())
 			return st, nil
 		}
-		// Publish a batch: enough to fill what is left, at most Batch.
-		n := f.Batch
+		// Publish a batch: enough to fill what is left, at most Batch; a few first, to
+		// learn what a message takes in the tail.
+		n := 16
 		if st.Messages > 0 {
 			per := st.Bytes / st.Messages
-			n = min(n, int((f.Bytes-st.Bytes)/per)+1)
+			n = min(f.Batch, int((f.Bytes-st.Bytes)/per)+1)
 		}
 		if err := publishBatch(ctx, p, n, max(f.Conns, 1), f.DataBytes, &seq); err != nil {
 			return st, fmt.Errorf("filling the tail: %w", err)
