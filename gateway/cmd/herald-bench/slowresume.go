@@ -127,7 +127,7 @@ func slowResumeCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.DurationVar(&cfg.Settle, "settle", cfg.Settle, "wait after the fill before the RSS baseline")
 	fs.IntVar(&cfg.ConnectRate, "connect-rate", cfg.ConnectRate, "connects per second")
 	fs.IntVar(&cfg.SourceAddrs, "source-addrs", cfg.SourceAddrs, "127.0.0.x addresses the clients dial from, from 127.0.0.2")
-	fs.StringVar(&cfg.HeapProfile, "heap-profile", cfg.HeapProfile, "file for a heap profile of the gateway (/debug/pprof/heap) when its write queues held the most (looked at each second, a profile at most each 3 seconds)")
+	fs.StringVar(&cfg.HeapProfile, "heap-profile", cfg.HeapProfile, "file for a heap profile of the gateway (/debug/pprof/heap) when its write queues held the most (looked at each second)")
 	fs.StringVar(&cfg.Out, "out", cfg.Out, "directory for the gateway's log and the result's JSON")
 	fs.BoolVar(&cfg.JSON, "json", cfg.JSON, "print the result as JSON")
 	fs.Float64Var(&cfg.QuietBelow, "quiet-below", cfg.QuietBelow, "before starting, wait until the machine is less busy than this percent (0: don't wait)")
@@ -228,7 +228,7 @@ func slowResume(ctx context.Context, cfg slowConfig, admin string, stderr io.Wri
 	go sc.connect(window)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	var lastScrape, lastProfile time.Time
+	var lastScrape time.Time
 	for window.Err() == nil {
 		select {
 		case <-window.Done():
@@ -244,9 +244,9 @@ func slowResume(ctx context.Context, cfg slowConfig, admin string, stderr io.Wri
 				if q := int64(m["herald_write_queue_bytes"]); q > res.QueuedBytesPeak {
 					res.QueuedBytesPeak = q
 					_, res.GoMemPeak, _ = tailAndMem(metricsURL)
-					// The profile of the fullest queues seen, at most one each 3 seconds.
-					if cfg.HeapProfile != "" && time.Since(lastProfile) >= 3*time.Second {
-						lastProfile = time.Now()
+					// The profile of the fullest queues seen (a profile takes the gateway
+					// a few milliseconds).
+					if cfg.HeapProfile != "" {
 						res.HeapProfile = fetchHeapProfile(admin, cfg.HeapProfile, stderr)
 						res.HeapProfileSecs = time.Since(t0).Seconds()
 					}
