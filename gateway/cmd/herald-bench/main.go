@@ -9,6 +9,7 @@
 //	herald-bench compare       start Herald and the baseline in turn (A B A B), run the regimes, print medians
 //	herald-bench drain         the drain storm: SIGTERM to a gateway, every client resumes on another
 //	herald-bench rolling       the rolling restart: each gateway in turn restarts, clients move and resume
+//	herald-bench slowresume    a full tail; clients resume with since=-1 and read slowly: RSS growth
 //	herald-bench amqp-cleanup  delete the exchange and stream of a RabbitMQ run
 //
 // Every subcommand takes -help. The regimes of issue 8 are presets of run (-preset):
@@ -17,7 +18,8 @@
 //	B      1,000 connections at 500 msg/s (500k deliveries/s)
 //	C      10,000 connections at 5 msg/s (50k deliveries/s)
 //	p99    1,000 connections at 200 msg/s (the p99 case; with -publisher amqp, the RabbitMQ case)
-//	idle   -conns connections, nothing published: RSS per idle connection
+//	idle   -conns connections, nothing published: RSS per idle connection (with -fill-tail,
+//	       from a baseline taken once the gateway's tail of the log is full)
 //
 // Build the binaries with ./build.sh (never measure under go run), then either let compare
 // start and stop the servers, each figure the median of the rounds:
@@ -92,6 +94,7 @@ Commands:
   compare  start Herald and the baseline in turn (A B A B), run the regimes, print medians
   drain    the drain storm: clients on gateway A, SIGTERM to A, every client resumes on B
   rolling  the rolling restart: each gateway in turn restarts; clients resume on the others
+  slowresume  a full tail, then clients resume with since=-1 and read slowly: the gateway's RSS growth
   amqp-cleanup  delete the exchange and stream of a RabbitMQ run
 
 Run "herald-bench <command> -help" for the flags of each.
@@ -122,6 +125,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = drainCmd(ctx, args, stdout, stderr)
 	case "rolling":
 		err = rollingCmd(ctx, args, stdout, stderr)
+	case "slowresume":
+		err = slowResumeCmd(ctx, args, stdout, stderr)
 	case fleetWorkerCmd:
 		err = fleetWorkerMain(os.Stdin, stdout)
 	case "amqp-cleanup":

@@ -45,6 +45,11 @@ type runConfig struct {
 	QuietBelow    float64
 	QuietWait     time.Duration
 	Pub           publisherConfig
+	// FillTail, when positive, is the gateway's cap of the tail of the log (its
+	// --tail-bytes, or --retain-bytes on the embedded bus): before the RSS baseline the
+	// run publishes until the tail is full, and reports it beside RSS per connection.
+	FillTail   byteSize
+	MetricsURL string
 }
 
 // presets are the regimes of issue 8. Flags given on the command line win over them.
@@ -123,6 +128,8 @@ func bindRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.StringVar(&c.Pub.APIKey, "api-key", c.Pub.APIKey, "bearer key of /api/publish")
 	fs.StringVar(&c.Pub.AMQPURL, "amqp-url", c.Pub.AMQPURL, "RabbitMQ URL for -publisher amqp")
 	fs.StringVar(&c.Pub.Exchange, "exchange", c.Pub.Exchange, "fanout exchange for -publisher amqp")
+	fs.Var(&c.FillTail, "fill-tail", "the gateway's tail cap (its -tail-bytes; -retain-bytes on the embedded bus), e.g. 16MiB: before the RSS baseline, publish -data-bytes messages through /api/publish (-api-key) until herald_tail_bytes is within two messages of it; 0: no fill")
+	fs.StringVar(&c.MetricsURL, "metrics-url", c.MetricsURL, "the gateway's /metrics (default: http://<target>/metrics; with -admin-addr the gateway serves it there only)")
 }
 
 func parseRunFlags(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (runConfig, error) {
@@ -156,6 +163,9 @@ func parseRunFlags(name string, args []string, stderr io.Writer, extra func(*fla
 		return c, errUsage
 	}
 	c.Pub.Target, c.Pub.Channel = c.Target, c.Channel
+	if c.MetricsURL == "" {
+		c.MetricsURL = "http://" + c.Target + "/metrics"
+	}
 	return c, nil
 }
 
@@ -195,6 +205,14 @@ type Result struct {
 	RSSPerIdleConnKiB  float64 `json:"rss_per_idle_conn_kib"`
 	RSSPeakLoadKiB     int64   `json:"rss_peak_load_kib,omitempty"`
 	ServerCPUConnectUS float64 `json:"server_cpu_per_connect_us"`
+	// With -fill-tail: the cap asked, the tail when the baseline was read and once the
+	// connections had settled, and the gateway's Go memory at both moments.
+	TailCapBytes int64      `json:"tail_cap_bytes,omitempty"`
+	TailFillSecs float64    `json:"tail_fill_seconds,omitempty"`
+	TailBefore   *tailState `json:"tail_before,omitempty"`
+	TailIdle     *tailState `json:"tail_idle,omitempty"`
+	GoMemBefore  *goMem     `json:"go_mem_before,omitempty"`
+	GoMemIdle    *goMem     `json:"go_mem_idle,omitempty"`
 
 	Phase    *PhaseResult `json:"phase,omitempty"`
 	Warnings []string     `json:"warnings,omitempty"`
@@ -298,6 +316,19 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 		}
 	}
 	s.res.ServerPID = s.pid
+	if cfg.FillTail > 0 {
+		began := time.Now()
+		if _, err := fillTail(ctx, tailFill{Target: cfg.Target, MetricsURL: cfg.MetricsURL, APIKey: cfg.Pub.APIKey,
+			Channel: cfg.Channel, Bytes: int64(cfg.FillTail), DataBytes: cfg.DataBytes, Conns: 16}, stderr); err != nil {
+			return nil, err
+		}
+		s.res.TailCapBytes, s.res.TailFillSecs = int64(cfg.FillTail), time.Since(began).Seconds()
+		// Let the garbage of the fill be collected before the baseline.
+		time.Sleep(cfg.Settle)
+		if s.res.TailBefore, s.res.GoMemBefore, err = tailAndMem(cfg.MetricsURL); err != nil {
+			return nil, err
+		}
+	}
 	var before procSample
 	if s.pid > 0 {
 		if before, err = readProc(s.pid); err != nil {
@@ -343,6 +374,12 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 			s.res.ServerCPUConnectUS = float64((idle.cpu - before.cpu).Microseconds()) / float64(cr.Made)
 		}
 		fmt.Fprintf(stderr, "idle: RSS %d KiB, %.1f KiB per connection\n", idle.rssKiB, s.res.RSSPerIdleConnKiB)
+	}
+	if cfg.FillTail > 0 {
+		if s.res.TailIdle, s.res.GoMemIdle, err = tailAndMem(cfg.MetricsURL); err != nil {
+			s.close()
+			return nil, err
+		}
 	}
 	if cfg.Stalled > 0 {
 		sdStalled := newSourceDialer(2, cfg.SourceAddrs)
