@@ -550,8 +550,9 @@ func (q *Queue) framesAfter(frames []*wire.Frame, n int) int {
 
 // wroteFrames counts frames written whole to the socket, n bytes of them: the messages
 // among them as delivered, with their delivery latency (a replayed message's age is not
-// one). It counts them in tally, which its writer flushes later (a worker's, at the end
-// of its pass), or, where tally is nil (a writeLoop goroutine), into the metrics at once.
+// one), and notes the live deliveries on the traces of traced messages (wire.Trace). It
+// counts them in tally, which its writer flushes later (a worker's, at the end of its
+// pass), or, where tally is nil (a writeLoop goroutine), into the metrics at once.
 func (q *Queue) wroteFrames(frames []*wire.Frame, n int, tally *metrics.Tally) {
 	m := q.w.metrics
 	if m == nil || len(frames) == 0 && n == 0 {
@@ -567,8 +568,11 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int, tally *metrics.Tally) {
 	for _, f := range frames {
 		if !f.Published.IsZero() {
 			delivered++
-			if !f.Replayed && f.Offset > replayed {
+			if !f.Replayed && f.Offset > replayed { // a live delivery
 				tally.DeliveryLatency(now.Sub(f.Published))
+				if f.Trace != nil {
+					f.Trace.Wrote(now)
+				}
 			}
 		}
 	}
