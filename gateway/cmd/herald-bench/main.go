@@ -64,6 +64,14 @@
 // lean: after the handshake a few goroutines read the raw sockets through epoll and parse
 // frames in place (-receiver gorilla reads with a goroutine per connection instead).
 //
+// Where the gateway keeps dispatch traces (herald-gateway --trace-dispatches N, served on
+// its admin listener), run -admin-url reads them after the phase and reports the p99
+// breakdown: where the messages' time went, from the publish to the last write (see
+// Breakdown). compare does it for every build that has the flag:
+//
+//	bin/herald-gateway -addr 127.0.0.101:18080 -api-key k -debug-addr 127.0.0.1:6060 -trace-dispatches 20000 &
+//	bin/herald-bench run -preset C -target 127.0.0.101:18080 -api-key k -admin-url http://127.0.0.1:6060
+//
 // It refuses targets outside 127.0.0.0/8, raises its descriptor limit to the hard limit,
 // and dials from 127.0.0.2 .. 127.0.0.17 in turn so that many connections do not run out
 // of ephemeral ports. Every run is bounded: M messages, then at most -drain-wait.

@@ -74,6 +74,9 @@ func printResult(w io.Writer, r Result) {
 		if p.Profile != "" {
 			row("CPU profile", "%s", p.Profile)
 		}
+		if p.Breakdown != nil {
+			row("p99 breakdown", "%s", p.Breakdown)
+		}
 	}
 	for _, w := range r.Warnings {
 		row("warning", "%s", w)

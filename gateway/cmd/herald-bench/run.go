@@ -40,6 +40,7 @@ type runConfig struct {
 	PID           int
 	PprofURL      string
 	PprofOut      string
+	AdminURL      string
 	JSON          bool
 	Receiver      string
 	QuietBelow    float64
@@ -119,6 +120,7 @@ func bindRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.IntVar(&c.PID, "pid", c.PID, "gateway process id (default: the process listening on the target port)")
 	fs.StringVar(&c.PprofURL, "pprof-url", c.PprofURL, "base URL of the gateway's net/http/pprof, to take a CPU profile over the window (e.g. http://127.0.0.1:6060)")
 	fs.StringVar(&c.PprofOut, "pprof-out", "cpu.pprof", "file for the CPU profile")
+	fs.StringVar(&c.AdminURL, "admin-url", c.AdminURL, "base URL of the gateway's admin listener, to read its dispatch traces after the phase (herald-gateway --trace-dispatches) for the p99 breakdown (e.g. http://127.0.0.1:6060)")
 	fs.BoolVar(&c.JSON, "json", c.JSON, "print the result as JSON instead of a table")
 	fs.Float64Var(&c.QuietBelow, "quiet-below", c.QuietBelow, "before connecting and before publishing, wait until the machine is less busy than this percent (0: don't wait)")
 	fs.DurationVar(&c.QuietWait, "quiet-wait", c.QuietWait, "longest wait for the machine to be quiet; then the run goes on, and says so")
@@ -252,6 +254,8 @@ type PhaseResult struct {
 	MachineBusyPercent float64 `json:"machine_busy_percent"`
 	OtherCPUPercent    float64 `json:"other_cpu_percent"`
 	Profile            string  `json:"profile,omitempty"`
+	// Breakdown is where the messages' time went (with -admin-url): see Breakdown.
+	Breakdown *Breakdown `json:"breakdown,omitempty"`
 }
 
 // session is a load run's connections, open until close.
@@ -436,7 +440,7 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 	pubDone := make(chan publishStats, 1)
 	start := time.Now()
 	go func() {
-		pubDone <- publishAt(pubCtx, s.pub, count, rate, s.cfg.Pub.Conns, s.cfg.DataBytes, s.cfg.DataText)
+		pubDone <- publishAt(pubCtx, s.pub, count, rate, s.cfg.Pub.Conns, s.cfg.DataBytes, s.cfg.DataText, warmup)
 	}()
 
 	interval, window := newHist(), newHist()
@@ -448,7 +452,7 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		gwStart, gwLast      procSample
 		selfStart, selfLast  = selfCPU(), selfCPU()
 		busyStart, totStart  int64
-		winStart             time.Time
+		winStart, winEnd     time.Time
 		metricsStart         map[string]float64
 		lastTick             = start
 		lastRecv             = time.Now()
@@ -472,8 +476,8 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		}
 	}
 	closeWindow := func() {
-		inWindow, windowDone = false, true
-		el := time.Since(winStart)
+		inWindow, windowDone, winEnd = false, true, time.Now()
+		el := winEnd.Sub(winStart)
 		ph.WindowSecs = el.Seconds()
 		ph.WindowDeliveries = winRecv
 		ph.DeliveriesPerSec = float64(winRecv) / el.Seconds()
@@ -570,6 +574,14 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 	}
 	if profDone != nil {
 		ph.Profile = <-profDone
+	}
+	if s.cfg.AdminURL != "" && windowDone {
+		if traces, err := fetchDispatches(s.cfg.AdminURL); err != nil {
+			fmt.Fprintf(s.stderr, "warning: no p99 breakdown: %v\n", err)
+		} else {
+			b := breakdown(traces, winStart, winEnd, float64(pst.Calls.ValueAtQuantile(99))/1e3)
+			ph.Breakdown = &b
+		}
 	}
 	return ph, nil
 }
