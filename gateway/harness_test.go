@@ -58,10 +58,17 @@ func newTestGateway(t *testing.T, cfg gateway.Config, pub gateway.Publisher) *te
 // newTestGatewayRetaining is newTestGateway with the embedded bus's retention set.
 func newTestGatewayRetaining(t *testing.T, cfg gateway.Config, pub gateway.Publisher, ecfg consumer.EmbeddedConfig) *testGateway {
 	t.Helper()
+	return newTestGatewayTracing(t, cfg, pub, ecfg, 0)
+}
+
+// newTestGatewayTracing is newTestGatewayRetaining with a hub that keeps the traces of
+// the newest traceDispatches messages (HubConfig.TraceDispatches).
+func newTestGatewayTracing(t *testing.T, cfg gateway.Config, pub gateway.Publisher, ecfg consumer.EmbeddedConfig, traceDispatches int) *testGateway {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	metrics := gateway.NewMetrics(reg)
 	hub := gateway.NewHub(gateway.HubConfig{Metrics: metrics, Logger: gwtest.Logger(t), Presence: cfg.Presence,
-		TailMessages: ecfg.RetainMessages, TailBytes: ecfg.RetainBytes})
+		TailMessages: ecfg.RetainMessages, TailBytes: ecfg.RetainBytes, TraceDispatches: traceDispatches})
 	g := &testGateway{t: t, reg: reg, hub: hub}
 	if cfg.Presence != nil {
 		ctx, cancel := context.WithCancel(context.Background())

@@ -60,6 +60,11 @@ type HubConfig struct {
 	// TailMessages, when positive, bounds the tail's messages too: the embedded bus's
 	// retention (--retain-messages), whose history the tail is. Default 0: no bound.
 	TailMessages int
+	// TraceDispatches, when positive, has the hub stamp every message's dispatch and
+	// keep the stamps of this many of the newest (Dispatches, GET /debug/dispatches on
+	// the admin listener): where a message's time went between its publish and its last
+	// write. Default 0: nothing stamped.
+	TraceDispatches int
 }
 
 // Hub routes each message the bus delivers to the connections it addresses: the listed
@@ -97,6 +102,9 @@ type Hub struct {
 	// dispatching goroutine, under mu (Dispatch's read lock, SetLogStart's write lock), so
 	// what it holds is ordered against fan-out and against joinAt's hand-over.
 	tail *tail.Log[*wire.Frame]
+
+	// traces holds the newest messages' stamps; nil unless HubConfig.TraceDispatches.
+	traces *dispatchTraces
 }
 
 // membership is a connection's state in the hub; protected by Hub.mu.
@@ -126,6 +134,9 @@ func NewHub(cfg HubConfig) *Hub {
 	}
 	if cfg.DedupWindow > 0 {
 		h.dedup = newDedup(cfg.DedupWindow, cfg.DedupMax)
+	}
+	if cfg.TraceDispatches > 0 {
+		h.traces = newDispatchTraces(cfg.TraceDispatches)
 	}
 	h.newest.Store(message.NoOffset)
 	return h
@@ -267,8 +278,12 @@ func (h *Hub) Dispatch(m message.Message) {
 		return
 	}
 	f := newMessageFrame(m, start)
+	if h.traces != nil {
+		f.Trace = &wire.Trace{ID: m.ID, Offset: m.Offset, Published: f.Published.UnixNano(), Dispatched: start.UnixNano()}
+	}
 
 	h.mu.RLock()
+	recipients := 0
 	switch routeOf(&m) {
 	case toUsers:
 		for i, u := range m.Users {
@@ -277,18 +292,25 @@ func (h *Hub) Dispatch(m message.Message) {
 			}
 			for c := range h.users[u] {
 				c.Enqueue(f)
+				recipients++
 			}
 		}
 	case toChannel:
 		for c, skip := range h.channels[m.Channel] {
 			if m.Offset > skip {
 				c.Enqueue(f)
+				recipients++
 			}
 		}
 	case toEveryone:
 		for c := range h.members {
 			c.Enqueue(f)
+			recipients++
 		}
+	}
+	if f.Trace != nil {
+		f.Trace.Enqueued, f.Trace.Recipients = time.Now().UnixNano(), recipients
+		h.traces.add(f.Trace)
 	}
 	if m.Offset >= 0 {
 		h.appendTail(&m, f)

@@ -360,6 +360,9 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	s.admin.HandleFunc("GET /healthz", serveHealth)
 	s.admin.HandleFunc("GET /readyz", s.serveReady)
 	s.admin.Handle("GET /metrics", metricsHandler)
+	if hub.traces != nil {
+		s.admin.HandleFunc("GET /debug/dispatches", s.serveDispatches)
+	}
 	// Last, once nothing can fail: its goroutines end with Shutdown.
 	s.writer = writer.New(writer.Config{QueueBytes: cfg.WriteQueueBytes, FlushInterval: cfg.FlushInterval,
 		Workers: cfg.WriteWorkers, Metrics: cfg.Metrics})

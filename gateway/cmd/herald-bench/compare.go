@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -78,8 +79,8 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.IntVar(&c.Runs, "runs", c.Runs, "rounds; each runs every regime on Herald then on the baseline (A B A B), and the table shows medians")
 	fs.StringVar(&c.Regimes, "regimes", c.Regimes, "comma-separated, from "+strings.Join(allRegimes, ",")+" (rabbit needs -amqp-url)")
 	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "API key both servers are started with")
-	fs.StringVar(&c.GatewayAddr, "gateway-addr", c.GatewayAddr, "address Herald listens on")
-	fs.StringVar(&c.BaseAddr, "baseline-addr", c.BaseAddr, "address the baseline listens on")
+	fs.StringVar(&c.GatewayAddr, "gateway-addr", c.GatewayAddr, "address Herald listens on (a build with -trace-dispatches gets its admin listener, for the p99 breakdown, on the next port, unless -pprof-addr)")
+	fs.StringVar(&c.BaseAddr, "baseline-addr", c.BaseAddr, "address the baseline listens on (with -baseline-herald, as -gateway-addr)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", "", "when set, Herald is started with -debug-addr this, and profiled (net/http/pprof) over the window of -pprof-regime in the first round")
 	fs.StringVar(&c.PprofRegime, "pprof-regime", c.PprofRegime, "regime to profile")
 	fs.StringVar(&c.AMQPURL, "amqp-url", "", "RabbitMQ URL for the rabbit regime; it uses a fresh exchange and stream and deletes them")
@@ -208,6 +209,18 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 	}
 	if isHerald {
 		args = append(args, loadLimitsOff(bin)...)
+		if traces(bin) && regime != "ramp" && regime != "idle19900" {
+			// The dispatch traces for the p99 breakdown, on the admin listener (the
+			// deprecated -debug-addr, which leaves /metrics on the public listener too,
+			// where the run reads it): the pprof address, else the port after addr's.
+			admin := slices.Index(args, "-debug-addr")
+			if admin < 0 {
+				args = append(args, "-debug-addr", nextPort(addr))
+				admin = len(args) - 2
+			}
+			args = append(args, "-trace-dispatches", strconv.Itoa(breakdownTraces))
+			cfg.AdminURL = "http://" + args[admin+1]
+		}
 	}
 	args = append(args, strings.Fields(extra)...)
 	logf, err := os.Create(filepath.Join(c.Out, "server-"+tag+".log"))
@@ -274,6 +287,9 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 			if p.DelivPerWrite > 0 {
 				fig(regime+": deliveries per socket write", p.DelivPerWrite)
 			}
+			if p.Breakdown != nil {
+				sum.addBreakdown(regime, sys, *p.Breakdown)
+			}
 		}
 		out = res
 	}
@@ -288,6 +304,19 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 // edgeLimits are herald-gateway's per-address limits, which a load from a few loopback
 // addresses would hit: they are turned off for a measurement of the data path.
 var edgeLimits = []string{"max-connections-per-ip", "handshake-rate"}
+
+// traces reports whether bin can keep dispatch traces (--trace-dispatches, in its -help).
+func traces(bin string) bool {
+	out, _ := exec.Command(bin, "-help").CombinedOutput()
+	return strings.Contains(string(out), "-trace-dispatches ")
+}
+
+// nextPort is addr with the port after its own.
+func nextPort(addr string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	return net.JoinHostPort(host, strconv.Itoa(n+1))
+}
 
 // loadLimitsOff returns the flags that turn off those of the edge limits that bin has
 // (older builds have none), found in its -help.
@@ -385,6 +414,55 @@ type compareSummary struct {
 	Figures  map[string]map[string][]float64 `json:"figures"`
 	Order    []string                        `json:"order"`
 	Failures []string                        `json:"failures,omitempty"`
+	// Breakdowns are the regimes' p99 breakdowns: regime -> system -> one per round.
+	Breakdowns map[string]map[string][]Breakdown `json:"breakdowns,omitempty"`
+	Regimes    []string                          `json:"regimes,omitempty"` // of Breakdowns, in order
+}
+
+func (s *compareSummary) addBreakdown(regime, sys string, b Breakdown) {
+	if s.Breakdowns == nil {
+		s.Breakdowns = map[string]map[string][]Breakdown{}
+	}
+	if s.Breakdowns[regime] == nil {
+		s.Breakdowns[regime] = map[string][]Breakdown{}
+		s.Regimes = append(s.Regimes, regime)
+	}
+	s.Breakdowns[regime][sys] = append(s.Breakdowns[regime][sys], b)
+}
+
+// medianBreakdown is the median of each figure of bs over the rounds.
+func medianBreakdown(bs []Breakdown) Breakdown {
+	fig := func(f func(Breakdown) float64) float64 {
+		vs := make([]float64, len(bs))
+		for i, b := range bs {
+			vs[i] = f(b)
+		}
+		return median(vs)
+	}
+	return Breakdown{
+		Messages:      int(fig(func(b Breakdown) float64 { return float64(b.Messages) })),
+		PublishP99Ms:  fig(func(b Breakdown) float64 { return b.PublishP99Ms }),
+		BusHubP99Ms:   fig(func(b Breakdown) float64 { return b.BusHubP99Ms }),
+		EnqueueP99Ms:  fig(func(b Breakdown) float64 { return b.EnqueueP99Ms }),
+		WriteP99Ms:    fig(func(b Breakdown) float64 { return b.WriteP99Ms }),
+		HubWriteP99Ms: fig(func(b Breakdown) float64 { return b.HubWriteP99Ms }),
+	}
+}
+
+// printBreakdowns prints one line per regime and system that has them: the median over
+// the rounds of each segment's p99.
+func (s *compareSummary) printBreakdowns(w io.Writer) {
+	if len(s.Regimes) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\np99 breakdown (median over the rounds of each segment's own p99, see Breakdown in breakdown.go):")
+	for _, regime := range s.Regimes {
+		for _, sys := range []string{sysHerald, sysBaseline} {
+			if bs := s.Breakdowns[regime][sys]; len(bs) > 0 {
+				fmt.Fprintf(w, "  %s, %s: %s\n", regime, sys, medianBreakdown(bs))
+			}
+		}
+	}
 }
 
 func (s *compareSummary) add(figure, sys string, v float64) {
@@ -438,6 +516,7 @@ func (s *compareSummary) print(w io.Writer) {
 		}
 	}
 	tw.Flush()
+	s.printBreakdowns(w)
 	for _, f := range s.Failures {
 		fmt.Fprintf(w, "failed: %s\n", f)
 	}

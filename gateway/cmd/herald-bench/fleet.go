@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"net"
 	"net/url"
 	"strconv"
 	"sync"
@@ -313,35 +314,47 @@ func (f *fleet) handshake(addr, path string) (int, []byte, error) {
 		return -1, nil, err
 	}
 	defer conn.Close()
+	rest, err := upgrade(conn, addr, path)
+	if err != nil {
+		return -1, nil, err
+	}
+	fd, err := takeFD(conn)
+	if err != nil {
+		return -1, nil, err
+	}
+	return fd, rest, nil
+}
+
+// upgrade makes the WebSocket handshake for path on conn by hand, within 10 seconds, and
+// returns the bytes that came after the response's headers. It leaves conn's deadline
+// cleared.
+func upgrade(conn net.Conn, addr, path string) ([]byte, error) {
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetDeadline(time.Time{})
 	var raw [16]byte
 	_, _ = rand.Read(raw[:])
 	key := base64.StdEncoding.EncodeToString(raw[:])
 	req := "GET " + path + " HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n\r\n"
 	if _, err := conn.Write([]byte(req)); err != nil {
-		return -1, nil, err
+		return nil, err
 	}
 	buf := make([]byte, 0, 4096)
 	for {
 		if end := bytes.Index(buf, []byte("\r\n\r\n")); end >= 0 {
 			head, rest := buf[:end], buf[end+4:]
 			if err := checkUpgrade(head, key); err != nil {
-				return -1, nil, err
+				return nil, err
 			}
-			fd, err := takeFD(conn)
-			if err != nil {
-				return -1, nil, err
-			}
-			return fd, bytes.Clone(rest), nil
+			return bytes.Clone(rest), nil
 		}
 		if len(buf) == cap(buf) {
-			return -1, nil, errors.New("handshake: response headers too long")
+			return nil, errors.New("handshake: response headers too long")
 		}
 		n, err := conn.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if err != nil {
-			return -1, nil, fmt.Errorf("handshake: %w", err)
+			return nil, fmt.Errorf("handshake: %w", err)
 		}
 	}
 }

@@ -9,6 +9,7 @@
 //	herald-bench compare       start Herald and the baseline in turn (A B A B), run the regimes, print medians
 //	herald-bench drain         the drain storm: SIGTERM to a gateway, every client resumes on another
 //	herald-bench rolling       the rolling restart: each gateway in turn restarts, clients move and resume
+//	herald-bench slowresume    a full tail; clients resume with since=-1 and read slowly: RSS growth
 //	herald-bench amqp-cleanup  delete the exchange and stream of a RabbitMQ run
 //
 // Every subcommand takes -help. The regimes of issue 8 are presets of run (-preset):
@@ -17,7 +18,8 @@
 //	B      1,000 connections at 500 msg/s (500k deliveries/s)
 //	C      10,000 connections at 5 msg/s (50k deliveries/s)
 //	p99    1,000 connections at 200 msg/s (the p99 case; with -publisher amqp, the RabbitMQ case)
-//	idle   -conns connections, nothing published: RSS per idle connection
+//	idle   -conns connections, nothing published: RSS per idle connection (with -fill-tail,
+//	       from a baseline taken once the gateway's tail of the log is full)
 //
 // Build the binaries with ./build.sh (never measure under go run), then either let compare
 // start and stop the servers, each figure the median of the rounds:
@@ -66,6 +68,14 @@
 // -transport sse they open GET /sse instead, by hand, and the same loops parse the event
 // stream (sse.go): a message event is a delivery, accounted for as a frame is.
 //
+// Where the gateway keeps dispatch traces (herald-gateway --trace-dispatches N, served on
+// its admin listener), run -admin-url reads them after the phase and reports the p99
+// breakdown: where the messages' time went, from the publish to the last write (see
+// Breakdown). compare does it for every build that has the flag:
+//
+//	bin/herald-gateway -addr 127.0.0.101:18080 -api-key k -debug-addr 127.0.0.1:6060 -trace-dispatches 20000 &
+//	bin/herald-bench run -preset C -target 127.0.0.101:18080 -api-key k -admin-url http://127.0.0.1:6060
+//
 // It refuses targets outside 127.0.0.0/8, raises its descriptor limit to the hard limit,
 // and dials from 127.0.0.2 .. 127.0.0.17 in turn so that many connections do not run out
 // of ephemeral ports. Every run is bounded: M messages, then at most -drain-wait.
@@ -96,6 +106,7 @@ Commands:
   compare  start Herald and the baseline in turn (A B A B), run the regimes, print medians
   drain    the drain storm: clients on gateway A, SIGTERM to A, every client resumes on B
   rolling  the rolling restart: each gateway in turn restarts; clients resume on the others
+  slowresume  a full tail, then clients resume with since=-1 and read slowly: the gateway's RSS growth
   amqp-cleanup  delete the exchange and stream of a RabbitMQ run
 
 Run "herald-bench <command> -help" for the flags of each.
@@ -126,6 +137,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = drainCmd(ctx, args, stdout, stderr)
 	case "rolling":
 		err = rollingCmd(ctx, args, stdout, stderr)
+	case "slowresume":
+		err = slowResumeCmd(ctx, args, stdout, stderr)
 	case fleetWorkerCmd:
 		err = fleetWorkerMain(os.Stdin, stdout)
 	case "amqp-cleanup":

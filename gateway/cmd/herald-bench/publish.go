@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/gorilla/websocket"
 
 	"github.com/heraldgw/herald/producer"
@@ -241,13 +242,18 @@ type publishStats struct {
 	Elapsed   time.Duration // from the first scheduled send to the last call's return
 	MaxBehind time.Duration // the furthest a send started after its scheduled time
 	ErrorKind map[string]int
+	// Calls holds the durations of the calls that succeeded, in microseconds, from
+	// those sent after the warm-up: from the send until the bus accepted the message.
+	Calls *hdrhistogram.Histogram
 }
 
 // publishAt sends count messages at rate per second from workers goroutines, each
 // message at its scheduled time (start + seq/rate) or as soon after as a worker is free.
-func publishAt(ctx context.Context, p publisher, count int, rate float64, workers, size int, text bool) publishStats {
+// It times the calls sent warmup after the start or later.
+func publishAt(ctx context.Context, p publisher, count int, rate float64, workers, size int, text bool, warmup time.Duration) publishStats {
 	var st publishStats
 	st.ErrorKind = map[string]int{}
+	st.Calls = newHist()
 	var mu sync.Mutex
 	var sent, errs atomic.Int64
 	var behind atomic.Int64
@@ -257,6 +263,12 @@ func publishAt(ctx context.Context, p publisher, count int, rate float64, worker
 	for range max(workers, 1) {
 		wg.Go(func() {
 			buf := make([]byte, 0, size+64)
+			calls := newHist()
+			defer func() {
+				mu.Lock()
+				st.Calls.Merge(calls)
+				mu.Unlock()
+			}()
 			for {
 				seq := nextSeq.Add(1) - 1
 				if seq >= int64(count) || ctx.Err() != nil {
@@ -280,6 +292,8 @@ func publishAt(ctx context.Context, p publisher, count int, rate float64, worker
 					mu.Lock()
 					st.ErrorKind[shortErr(err)]++
 					mu.Unlock()
+				} else if now.Sub(start) >= warmup {
+					_ = calls.RecordValue(min(max(time.Since(now).Microseconds(), histMin), histMax))
 				}
 			}
 		})

@@ -36,6 +36,16 @@ func printResult(w io.Writer, r Result) {
 		row("server RSS per idle connection", "%.2f KiB", r.RSSPerIdleConnKiB)
 		row("server CPU per connect", "%.0f us", r.ServerCPUConnectUS)
 	}
+	if t := r.TailBefore; t != nil {
+		row("tail at the baseline (cap)", "%d bytes = %.1f MiB, %d messages (cap %.1f MiB; filled in %.1fs)", t.Bytes, float64(t.Bytes)/(1<<20), t.Messages, float64(r.TailCapBytes)/(1<<20), r.TailFillSecs)
+		if i := r.TailIdle; i != nil {
+			row("tail with the connections idle", "%d bytes = %.1f MiB, %d messages", i.Bytes, float64(i.Bytes)/(1<<20), i.Messages)
+		}
+	}
+	if b, i := r.GoMemBefore, r.GoMemIdle; b != nil && i != nil {
+		row("Go heap in use / free unreleased / stacks", "before %d / %d / %d KiB, idle %d / %d / %d KiB",
+			b.HeapInuseKiB, b.HeapFreeKiB, b.StackInuseKiB, i.HeapInuseKiB, i.HeapFreeKiB, i.StackInuseKiB)
+	}
 	if p := r.Phase; p != nil {
 		row("rate", "%.0f msg/s x %d receivers = %.0f deliveries/s asked", p.Rate, p.Receivers, p.Rate*float64(p.Receivers))
 		row("published: sent / accepted / errors", "%d / %d / %d (%.1f msg/s, at most %.1f ms behind)", p.Sent, p.Accepted, p.PublishErrors, p.PublishRate, p.PublisherBehind)
@@ -69,6 +79,9 @@ func printResult(w io.Writer, r Result) {
 		row("machine busy (all cores = 100%)", "%.0f%%, of which other processes %.0f%% of a core", p.MachineBusyPercent, p.OtherCPUPercent)
 		if p.Profile != "" {
 			row("CPU profile", "%s", p.Profile)
+		}
+		if p.Breakdown != nil {
+			row("p99 breakdown", "%s", p.Breakdown)
 		}
 	}
 	for _, w := range r.Warnings {

@@ -40,12 +40,18 @@ type runConfig struct {
 	PID           int
 	PprofURL      string
 	PprofOut      string
+	AdminURL      string
 	JSON          bool
 	Receiver      string
 	Transport     string
 	QuietBelow    float64
 	QuietWait     time.Duration
 	Pub           publisherConfig
+	// FillTail, when positive, is the gateway's cap of the tail of the log (its
+	// --tail-bytes, or --retain-bytes on the embedded bus): before the RSS baseline the
+	// run publishes until the tail is full, and reports it beside RSS per connection.
+	FillTail   byteSize
+	MetricsURL string
 }
 
 // presets are the regimes of issue 8. Flags given on the command line win over them.
@@ -116,6 +122,7 @@ func bindRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.IntVar(&c.PID, "pid", c.PID, "gateway process id (default: the process listening on the target port)")
 	fs.StringVar(&c.PprofURL, "pprof-url", c.PprofURL, "base URL of the gateway's net/http/pprof, to take a CPU profile over the window (e.g. http://127.0.0.1:6060)")
 	fs.StringVar(&c.PprofOut, "pprof-out", "cpu.pprof", "file for the CPU profile")
+	fs.StringVar(&c.AdminURL, "admin-url", c.AdminURL, "base URL of the gateway's admin listener, to read its dispatch traces after the phase (herald-gateway --trace-dispatches) for the p99 breakdown (e.g. http://127.0.0.1:6060)")
 	fs.BoolVar(&c.JSON, "json", c.JSON, "print the result as JSON instead of a table")
 	fs.Float64Var(&c.QuietBelow, "quiet-below", c.QuietBelow, "before connecting and before publishing, wait until the machine is less busy than this percent (0: don't wait)")
 	fs.DurationVar(&c.QuietWait, "quiet-wait", c.QuietWait, "longest wait for the machine to be quiet; then the run goes on, and says so")
@@ -126,6 +133,8 @@ func bindRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.StringVar(&c.Pub.APIKey, "api-key", c.Pub.APIKey, "bearer key of /api/publish")
 	fs.StringVar(&c.Pub.AMQPURL, "amqp-url", c.Pub.AMQPURL, "RabbitMQ URL for -publisher amqp")
 	fs.StringVar(&c.Pub.Exchange, "exchange", c.Pub.Exchange, "fanout exchange for -publisher amqp")
+	fs.Var(&c.FillTail, "fill-tail", "the gateway's tail cap (its -tail-bytes; -retain-bytes on the embedded bus), e.g. 16MiB: before the RSS baseline, publish -data-bytes messages through /api/publish (-api-key) until herald_tail_bytes is within two messages of it; 0: no fill")
+	fs.StringVar(&c.MetricsURL, "metrics-url", c.MetricsURL, "the gateway's /metrics (default: http://<target>/metrics; with -admin-addr the gateway serves it there only)")
 }
 
 func parseRunFlags(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (runConfig, error) {
@@ -159,6 +168,9 @@ func parseRunFlags(name string, args []string, stderr io.Writer, extra func(*fla
 		return c, errUsage
 	}
 	c.Pub.Target, c.Pub.Channel = c.Target, c.Channel
+	if c.MetricsURL == "" {
+		c.MetricsURL = "http://" + c.Target + "/metrics"
+	}
 	return c, nil
 }
 
@@ -199,6 +211,14 @@ type Result struct {
 	RSSPerIdleConnKiB  float64 `json:"rss_per_idle_conn_kib"`
 	RSSPeakLoadKiB     int64   `json:"rss_peak_load_kib,omitempty"`
 	ServerCPUConnectUS float64 `json:"server_cpu_per_connect_us"`
+	// With -fill-tail: the cap asked, the tail when the baseline was read and once the
+	// connections had settled, and the gateway's Go memory at both moments.
+	TailCapBytes int64      `json:"tail_cap_bytes,omitempty"`
+	TailFillSecs float64    `json:"tail_fill_seconds,omitempty"`
+	TailBefore   *tailState `json:"tail_before,omitempty"`
+	TailIdle     *tailState `json:"tail_idle,omitempty"`
+	GoMemBefore  *goMem     `json:"go_mem_before,omitempty"`
+	GoMemIdle    *goMem     `json:"go_mem_idle,omitempty"`
 
 	Phase    *PhaseResult `json:"phase,omitempty"`
 	Warnings []string     `json:"warnings,omitempty"`
@@ -244,6 +264,8 @@ type PhaseResult struct {
 	MachineBusyPercent float64 `json:"machine_busy_percent"`
 	OtherCPUPercent    float64 `json:"other_cpu_percent"`
 	Profile            string  `json:"profile,omitempty"`
+	// Breakdown is where the messages' time went (with -admin-url): see Breakdown.
+	Breakdown *Breakdown `json:"breakdown,omitempty"`
 }
 
 // session is a load run's connections, open until close.
@@ -317,6 +339,19 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 		}
 	}
 	s.res.ServerPID = s.pid
+	if cfg.FillTail > 0 {
+		began := time.Now()
+		if _, err := fillTail(ctx, tailFill{Target: cfg.Target, MetricsURL: cfg.MetricsURL, APIKey: cfg.Pub.APIKey,
+			Channel: cfg.Channel, Bytes: int64(cfg.FillTail), DataBytes: cfg.DataBytes, Conns: 16}, stderr); err != nil {
+			return nil, err
+		}
+		s.res.TailCapBytes, s.res.TailFillSecs = int64(cfg.FillTail), time.Since(began).Seconds()
+		// Let the garbage of the fill be collected before the baseline.
+		time.Sleep(cfg.Settle)
+		if s.res.TailBefore, s.res.GoMemBefore, err = tailAndMem(cfg.MetricsURL); err != nil {
+			return nil, err
+		}
+	}
 	var before procSample
 	if s.pid > 0 {
 		if before, err = readProc(s.pid); err != nil {
@@ -367,6 +402,12 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 			s.res.ServerCPUConnectUS = float64((idle.cpu - before.cpu).Microseconds()) / float64(cr.Made)
 		}
 		fmt.Fprintf(stderr, "idle: RSS %d KiB, %.1f KiB per connection\n", idle.rssKiB, s.res.RSSPerIdleConnKiB)
+	}
+	if cfg.FillTail > 0 {
+		if s.res.TailIdle, s.res.GoMemIdle, err = tailAndMem(cfg.MetricsURL); err != nil {
+			s.close()
+			return nil, err
+		}
 	}
 	if cfg.Stalled > 0 {
 		sdStalled := newSourceDialer(2, cfg.SourceAddrs)
@@ -427,7 +468,7 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 	pubDone := make(chan publishStats, 1)
 	start := time.Now()
 	go func() {
-		pubDone <- publishAt(pubCtx, s.pub, count, rate, s.cfg.Pub.Conns, s.cfg.DataBytes, s.cfg.DataText)
+		pubDone <- publishAt(pubCtx, s.pub, count, rate, s.cfg.Pub.Conns, s.cfg.DataBytes, s.cfg.DataText, warmup)
 	}()
 
 	interval, window := newHist(), newHist()
@@ -439,7 +480,7 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		gwStart, gwLast      procSample
 		selfStart, selfLast  = selfCPU(), selfCPU()
 		busyStart, totStart  int64
-		winStart             time.Time
+		winStart, winEnd     time.Time
 		metricsStart         map[string]float64
 		lastTick             = start
 		lastRecv             = time.Now()
@@ -463,8 +504,8 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		}
 	}
 	closeWindow := func() {
-		inWindow, windowDone = false, true
-		el := time.Since(winStart)
+		inWindow, windowDone, winEnd = false, true, time.Now()
+		el := winEnd.Sub(winStart)
 		ph.WindowSecs = el.Seconds()
 		ph.WindowDeliveries = winRecv
 		ph.DeliveriesPerSec = float64(winRecv) / el.Seconds()
@@ -565,6 +606,14 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 	}
 	if profDone != nil {
 		ph.Profile = <-profDone
+	}
+	if s.cfg.AdminURL != "" && windowDone {
+		if traces, err := fetchDispatches(s.cfg.AdminURL); err != nil {
+			fmt.Fprintf(s.stderr, "warning: no p99 breakdown: %v\n", err)
+		} else {
+			b := breakdown(traces, winStart, winEnd, float64(pst.Calls.ValueAtQuantile(99))/1e3)
+			ph.Breakdown = &b
+		}
 	}
 	return ph, nil
 }

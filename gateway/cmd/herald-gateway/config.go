@@ -119,6 +119,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	e.bool(&g.DisableClientPublish, "no-client-publish", "refuse publish ops from WebSocket clients")
 	e.bool(&g.InsecureUserParam, "insecure-user-param", "INSECURE, demos and tests only: take the user from ?user= with no authentication")
 	e.str(&c.Listen.DebugAddr, "debug-addr", "", "deprecated, use --admin-addr: the same listener, but /metrics stays on the public one too")
+	e.int(&c.Hub.TraceDispatches, "trace-dispatches", 0, "stamp every message's way through the gateway (its publish, the hub's dispatch, its last enqueue, its last write) and keep the newest this many, served as JSON by GET /debug/dispatches on the admin listener (--admin-addr); 0: off, nothing stamped")
 	e.secret(&a.Secret, "jwt-secret", "HS256 shared secret that verifies client tokens (JWT); one of --jwt-secret, --jwt-public-key, --jwks-url turns authentication on")
 	e.str(&c.JWTPublicKey, "jwt-public-key", "", "PEM file of the RSA (RS256) or ECDSA P-256 (ES256) public key that verifies client tokens")
 	e.str(&c.JWKS.URL, "jwks-url", "", "URL of a JSON Web Key Set whose keys (by kid) verify client tokens")

@@ -84,7 +84,7 @@ type Metrics struct {
 	socketWrites       prometheus.Counter
 	slowConsumers      prometheus.Counter
 	clientErrors       *prometheus.CounterVec
-	latency            prometheus.Histogram
+	latency            *latencyHistogram // added to in batches: Tally, Flush
 	busReconnects      prometheus.Counter
 	busDisconnects     prometheus.Counter
 	busAway            prometheus.Counter
@@ -271,11 +271,9 @@ func New(reg prometheus.Registerer, series Series) *Metrics {
 			Name: "herald_client_errors_total",
 			Help: "Error frames sent to clients, by code.",
 		}, []string{"code"}),
-		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "herald_delivery_latency_seconds",
-			Help:    "Time from a message's publish (where the publisher gave no time: from its receipt by this gateway) to its write to a client socket.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}),
+		latency: &latencyHistogram{desc: prometheus.NewDesc("herald_delivery_latency_seconds",
+			"Time from a message's publish (where the publisher gave no time: from its receipt by this gateway) to its write to a client socket.",
+			nil, nil)},
 		busReconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_bus_reconnects_total",
 			Help: "Times a connection to the broker was re-established after a loss.",
@@ -463,23 +461,101 @@ func (m *Metrics) ClientError(code string) {
 	}
 }
 
-// Wrote counts one write of n bytes to a client socket, which carried delivered message
-// frames (replies are written, but not delivered), to a connection of transport t.
-func (m *Metrics) Wrote(n, delivered int, t Transport) {
-	if m == nil {
-		return
-	}
-	m.bytesWritten.Add(float64(n))
-	m.socketWrites.Inc()
-	m.delivered[t].Add(float64(delivered))
+// latencyBuckets are the upper bounds of herald_delivery_latency_seconds's buckets, in
+// seconds.
+var latencyBuckets = [...]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// Tally is what one writer wrote since it last flushed it into the Metrics (Flush): the
+// socket writes, their bytes, the message frames delivered by transport, and each
+// delivery latency in its bucket. A writer worker fills one over a pass through its ready
+// connections and flushes it once at the end, so that the shared counters and histogram
+// take a few atomic adds and one lock per pass instead of per write; no write and no
+// latency is left out. A Tally is the writer's own: not safe for concurrent use. Its zero
+// value is empty.
+type Tally struct {
+	bytes, writes int
+	delivered     [transports]int
+	// latency counts the observations of each bucket (not cumulative), the last one
+	// those above every bound; latencySum is their sum in seconds.
+	latency    [len(latencyBuckets) + 1]uint64
+	latencySum float64
+	observed   uint64
 }
 
-// DeliveryLatency observes the time from a message's publish to its write to a client
+// Wrote counts one write of n bytes to a client socket, which carried delivered message
+// frames (replies are written, but not delivered), to a connection of transport tr.
+func (t *Tally) Wrote(n, delivered int, tr Transport) {
+	t.bytes += n
+	t.writes++
+	t.delivered[tr] += delivered
+}
+
+// DeliveryLatency notes the time from a message's publish to its write to a client
 // socket.
-func (m *Metrics) DeliveryLatency(d time.Duration) {
-	if m != nil {
-		m.latency.Observe(d.Seconds())
+func (t *Tally) DeliveryLatency(d time.Duration) {
+	s := d.Seconds()
+	i := 0
+	for i < len(latencyBuckets) && s > latencyBuckets[i] { // a bucket holds what is <= its bound
+		i++
 	}
+	t.latency[i]++
+	t.latencySum += s
+	t.observed++
+}
+
+// Flush adds what t holds to the counters and the latency histogram, and empties t.
+func (m *Metrics) Flush(t *Tally) {
+	if m != nil && t.writes > 0 {
+		m.bytesWritten.Add(float64(t.bytes))
+		m.socketWrites.Add(float64(t.writes))
+		for tr, n := range t.delivered {
+			if n > 0 {
+				m.delivered[tr].Add(float64(n))
+			}
+		}
+	}
+	if m != nil && t.observed > 0 {
+		m.latency.add(t)
+	}
+	*t = Tally{}
+}
+
+// latencyHistogram is herald_delivery_latency_seconds: a histogram that writers add to a
+// Tally at a time (Metrics.Flush), under a lock taken once per flush, where a
+// prometheus.Histogram would take atomic adds shared by every writer at each observation.
+// It exposes what a prometheus.Histogram with the same buckets would.
+type latencyHistogram struct {
+	desc *prometheus.Desc
+
+	mu     sync.Mutex // protects the fields below
+	counts [len(latencyBuckets) + 1]uint64
+	count  uint64
+	sum    float64
+}
+
+func (h *latencyHistogram) add(t *Tally) {
+	h.mu.Lock()
+	for i, n := range t.latency {
+		h.counts[i] += n
+	}
+	h.count += t.observed
+	h.sum += t.latencySum
+	h.mu.Unlock()
+}
+
+func (h *latencyHistogram) Describe(ch chan<- *prometheus.Desc) { ch <- h.desc }
+
+func (h *latencyHistogram) Collect(ch chan<- prometheus.Metric) {
+	buckets := make(map[float64]uint64, len(latencyBuckets))
+	h.mu.Lock()
+	var cumulative uint64
+	for i, bound := range latencyBuckets {
+		cumulative += h.counts[i]
+		buckets[bound] = cumulative
+	}
+	count, sum := h.count, h.sum
+	h.mu.Unlock()
+	ch <- prometheus.MustNewConstHistogram(h.desc, count, sum, buckets)
 }
 
 // Resumed counts a resume request and the messages it replayed.

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldgw/herald/producer/message"
@@ -97,7 +98,42 @@ type Frame struct {
 	// of an SSE connection and shared by every other; eventOnce guards it.
 	eventOnce sync.Once
 	event     []byte
+
+	// Trace, on a message frame the hub traces (HubConfig.TraceDispatches), is where the
+	// writers note the message's last write; nil on every other frame.
+	Trace *Trace
 }
+
+// Trace is the way of one message through the gateway, stamped for the dispatch
+// breakdown (GET /debug/dispatches on the admin listener): when it was published, when
+// the hub began to dispatch it, when it had queued it to its last recipient, and when a
+// writer wrote it to its last recipient's socket. Times are Unix nanoseconds. The hub
+// sets every field but the last write before it makes the trace readable; the writers
+// only note writes (Wrote), which may come before and after.
+type Trace struct {
+	ID         string
+	Offset     int64
+	Recipients int   // the connections it was queued to
+	Published  int64 // the message's publish time (where it has none: Dispatched)
+	Dispatched int64 // the hub began its dispatch
+	Enqueued   int64 // the hub had queued it to every recipient
+	lastWrite  atomic.Int64
+}
+
+// Wrote notes a write of the message to a socket at now: the latest such time is kept.
+// Safe for concurrent use.
+func (t *Trace) Wrote(now time.Time) {
+	n := now.UnixNano()
+	for {
+		last := t.lastWrite.Load()
+		if n <= last || t.lastWrite.CompareAndSwap(last, n) {
+			return
+		}
+	}
+}
+
+// LastWrite is the time of the latest write noted; 0 before the first.
+func (t *Trace) LastWrite() int64 { return t.lastWrite.Load() }
 
 // NewFrame frames payload as a final, unmasked text frame (RFC 6455 section 5.2: the
 // server never masks).

@@ -86,24 +86,34 @@ func BenchmarkWriteBatch(b *testing.B) {
 // non-blocking write to a real loopback socket, hand the connection back. ns/op is the
 // cost of one delivery's write, syscall included, with no goroutine: to a WebSocket
 // connection, and to a Server-Sent Events one (whose event bytes the frame makes once,
-// for every such recipient: the turn only copies them).
+// for every such recipient: the turn only copies them). The turns are counted into the
+// metrics every 64 turns, as a worker flushes its tally at the end of a pass through its
+// ready connections. ws-traced is ws with the frame traced (--trace-dispatches).
 func BenchmarkWriteTurn(b *testing.B) {
 	for _, tt := range []struct {
-		name string
-		enc  wire.Encoding
-	}{{"ws", wire.Encoding{}}, {"sse", wire.Encoding{Events: true}}} {
-		b.Run(tt.name, func(b *testing.B) { benchWriteTurn(b, tt.enc) })
+		name  string
+		enc   wire.Encoding
+		trace bool
+	}{{"ws", wire.Encoding{}, false}, {"sse", wire.Encoding{Events: true}, false}, {"ws-traced", wire.Encoding{}, true}} {
+		b.Run(tt.name, func(b *testing.B) { benchWriteTurn(b, tt.enc, tt.trace) })
 	}
 }
 
-func benchWriteTurn(b *testing.B, enc wire.Encoding) {
+// benchWriteTurn runs the turns; with trace, the frame is one the hub traces
+// (--trace-dispatches), whose last write each turn notes.
+func benchWriteTurn(b *testing.B, enc wire.Encoding, trace bool) {
 	q := realQueue(b, enc)
 	if !q.sock.Direct() {
 		b.Skip("no non-blocking writes on this platform")
 	}
 	f := benchFrame(1)
+	if trace {
+		f.Trace = &wire.Trace{}
+	}
 	var buf []byte
+	var tally metrics.Tally
 	b.ReportAllocs()
+	i := 0
 	for b.Loop() {
 		q.mu.Lock()
 		q.frames = append(q.frames, f)
@@ -111,6 +121,9 @@ func benchWriteTurn(b *testing.B, enc wire.Encoding) {
 		q.writing = true // as startWriter does before it submits q to a worker
 		q.writers.Add(1)
 		q.mu.Unlock()
-		buf = q.writeTurn(buf[:0])
+		buf = q.writeTurn(buf[:0], &tally)
+		if i++; i%64 == 0 {
+			q.w.metrics.Flush(&tally)
+		}
 	}
 }

@@ -323,7 +323,7 @@ func (q *Queue) writeLoop(first *writeTask) {
 		if first.partial {
 			rest := first.frames[len(first.frames)-first.restFrames:]
 			if err = q.sock.Flush(); err == nil {
-				q.wroteFrames(rest, first.restData)
+				q.wroteFrames(rest, first.restData, nil)
 			} else {
 				unsent = len(rest)
 			}
@@ -402,7 +402,7 @@ func (q *Queue) writeBatch(batch []*wire.Frame, ping uint32) (int, error) {
 			if _, err := q.sock.Write(buf); err != nil {
 				return start, err
 			}
-			q.wroteFrames(batch[start:i+1], len(buf))
+			q.wroteFrames(batch[start:i+1], len(buf), nil)
 			buf, start = buf[:0], i+1
 		}
 	}
@@ -414,7 +414,7 @@ func (q *Queue) writeBatch(batch []*wire.Frame, ping uint32) (int, error) {
 		if _, err := q.sock.Write(buf); err != nil {
 			return start, err
 		}
-		q.wroteFrames(batch[start:], data)
+		q.wroteFrames(batch[start:], data, nil)
 	}
 	*bp = buf
 	return len(batch), nil
@@ -468,11 +468,12 @@ type writeTask struct {
 }
 
 // writeTurn is a worker's turn at q: it writes what q has queued in one non-blocking
-// write, built in buf (the worker's buffer, returned for reuse), then hands q to the
-// flusher or a worker again if more is queued. A close frame to send, a queue longer than
+// write, built in buf (the worker's buffer, returned for reuse), counts it in tally (the
+// worker's, flushed by the worker), then hands q to the flusher or a worker again if more
+// is queued. A close frame to send, a queue longer than
 // one batch, or a socket that did not take the whole write hands q to a writeLoop
 // goroutine instead, which may wait for the socket.
-func (q *Queue) writeTurn(buf []byte) []byte {
+func (q *Queue) writeTurn(buf []byte, tally *metrics.Tally) []byte {
 	owned := true // this turn is q's writer, until it hands over or ends
 	defer q.recoverWriter(&owned)
 	q.mu.Lock()
@@ -500,7 +501,7 @@ func (q *Queue) writeTurn(buf []byte) []byte {
 	buf, data := q.appendBatch(buf, t.frames, t.ping)
 	n, err := q.sock.TryWrite(buf)
 	unwritten := q.framesAfter(t.frames, n)
-	q.wroteFrames(t.frames[:len(t.frames)-unwritten], min(n, data))
+	q.wroteFrames(t.frames[:len(t.frames)-unwritten], min(n, data), tally)
 	if err == nil && n < len(buf) {
 		// The socket took part (or none) of it, and keeps the rest: a goroutine flushes
 		// it, waiting for the socket, and goes on as q's writer.
@@ -549,11 +550,17 @@ func (q *Queue) framesAfter(frames []*wire.Frame, n int) int {
 
 // wroteFrames counts frames written whole to the socket, n bytes of them: the messages
 // among them as delivered, with their delivery latency (a replayed message's age is not
-// one).
-func (q *Queue) wroteFrames(frames []*wire.Frame, n int) {
+// one), and notes the live deliveries on the traces of traced messages (wire.Trace). It
+// counts them in tally, which its writer flushes later (a worker's, at the end of its
+// pass), or, where tally is nil (a writeLoop goroutine), into the metrics at once.
+func (q *Queue) wroteFrames(frames []*wire.Frame, n int, tally *metrics.Tally) {
 	m := q.w.metrics
 	if m == nil || len(frames) == 0 && n == 0 {
 		return
+	}
+	var own metrics.Tally
+	if tally == nil {
+		tally = &own
 	}
 	now := time.Now()
 	delivered := 0
@@ -561,8 +568,11 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int) {
 	for _, f := range frames {
 		if !f.Published.IsZero() {
 			delivered++
-			if !f.Replayed && f.Offset > replayed {
-				m.DeliveryLatency(now.Sub(f.Published))
+			if !f.Replayed && f.Offset > replayed { // a live delivery
+				tally.DeliveryLatency(now.Sub(f.Published))
+				if f.Trace != nil {
+					f.Trace.Wrote(now)
+				}
 			}
 		}
 	}
@@ -570,7 +580,10 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int) {
 	if q.enc.Events {
 		t = metrics.TransportSSE
 	}
-	m.Wrote(n, delivered, t)
+	tally.Wrote(n, delivered, t)
+	if tally == &own {
+		m.Flush(&own)
+	}
 }
 
 // finishTurn ends a writer's turn: it keeps the batch's slice for the next queue, wakes a

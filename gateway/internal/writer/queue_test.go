@@ -121,15 +121,31 @@ func TestPanicInAWriterWorker(t *testing.T) {
 
 // TestWritesCountDeliveries: a write counts its bytes, one socket write, and the message
 // frames in it as delivered (not the replies), with a delivery latency for each but a
-// replayed one (its age is not a delivery latency).
+// replayed one (its age is not a delivery latency): at once for a writeLoop goroutine (no
+// tally), and at the flush for a worker, which counts into its tally until then.
 func TestWritesCountDeliveries(t *testing.T) {
+	t.Run("goroutine", func(t *testing.T) { testWritesCountDeliveries(t, false) })
+	t.Run("worker", func(t *testing.T) { testWritesCountDeliveries(t, true) })
+}
+
+func testWritesCountDeliveries(t *testing.T, worker bool) {
 	reg := prometheus.NewRegistry()
-	q := &Queue{w: New(Config{QueueBytes: 1 << 20, Metrics: metrics.New(reg, metrics.Series{})})}
+	m := metrics.New(reg, metrics.Series{})
+	q := &Queue{w: New(Config{QueueBytes: 1 << 20, Metrics: m})}
 	live := wire.NewFrame([]byte(`1`), 3, time.Now().Add(-time.Millisecond))
 	replayed := wire.NewFrame([]byte(`2`), 4, time.Now().Add(-time.Hour))
 	replayed.Replayed = true
 	reply := wire.Reply(map[string]string{"op": "ack"})
-	q.wroteFrames([]*wire.Frame{live, replayed, reply}, 100)
+	if worker {
+		var tally metrics.Tally
+		q.wroteFrames([]*wire.Frame{live, replayed, reply}, 100, &tally)
+		if n := gwtest.Counter(t, reg, "herald_socket_writes_total"); n != 0 {
+			t.Errorf("herald_socket_writes_total before the worker's flush: got %v, want 0", n)
+		}
+		m.Flush(&tally)
+	} else {
+		q.wroteFrames([]*wire.Frame{live, replayed, reply}, 100, nil)
+	}
 	if n := gwtest.Counter(t, reg, "herald_messages_delivered_total"); n != 2 {
 		t.Errorf("herald_messages_delivered_total: got %v, want 2", n)
 	}

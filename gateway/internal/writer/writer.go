@@ -72,7 +72,7 @@ func New(cfg Config) *Writer {
 		w.flusher = newFlusher(cfg.FlushInterval)
 	}
 	if cfg.Workers > 0 {
-		w.pool = newPool(cfg.Workers)
+		w.pool = newPool(cfg.Workers, cfg.Metrics)
 	}
 	return w
 }
@@ -129,6 +129,7 @@ type pool struct {
 
 // worker is one worker's queue of ready connections.
 type worker struct {
+	metrics *metrics.Metrics
 	// mu protects ready: queues waiting for this worker, each owned by it (its writing
 	// flag set) until the worker is done with it.
 	mu    sync.Mutex
@@ -136,10 +137,10 @@ type worker struct {
 	wake  chan struct{} // room for one signal: there is something in ready
 }
 
-func newPool(n int) *pool {
+func newPool(n int, m *metrics.Metrics) *pool {
 	p := &pool{workers: make([]*worker, n), stop: make(chan struct{})}
 	for i := range p.workers {
-		w := &worker{wake: make(chan struct{}, 1)}
+		w := &worker{metrics: m, wake: make(chan struct{}, 1)}
 		p.workers[i] = w
 		p.wg.Go(func() { w.run(p.stop) })
 	}
@@ -162,10 +163,13 @@ func (p *pool) submit(q *Queue) {
 	}
 }
 
-// run writes the queues handed to w until stop is closed.
+// run writes the queues handed to w until stop is closed. What it writes is counted in
+// its tally over a pass through the queues ready, and flushed into the metrics at the
+// pass's end: one flush per pass, however many writes (see metrics.Tally).
 func (w *worker) run(stop <-chan struct{}) {
 	var batch []*Queue
 	var buf []byte // the worker's write buffer, reused for every connection
+	var tally metrics.Tally
 	for {
 		w.mu.Lock()
 		batch, w.ready = w.ready, batch[:0]
@@ -179,9 +183,10 @@ func (w *worker) run(stop <-chan struct{}) {
 			}
 		}
 		for i, q := range batch {
-			buf = q.writeTurn(buf[:0])
+			buf = q.writeTurn(buf[:0], &tally)
 			batch[i] = nil
 		}
+		w.metrics.Flush(&tally)
 		if cap(buf) > maxPooledBatch {
 			buf = nil
 		}
