@@ -57,12 +57,17 @@ type clientSet struct {
 	// receiver has a goroutine reading with gorilla's NextReader.
 	ep *epollReceivers
 
-	mu      sync.Mutex // protects conns, closes
+	mu      sync.Mutex // protects conns, closes, stalled, stalledSSE
 	conns   []*websocket.Conn
 	closes  map[string]int // why receivers ended before the run did: close code or error
 	stalled []*websocket.Conn
+	// stalledSSE is the stalled clients' event streams (-transport sse).
+	stalledSSE []net.Conn
 
 	live atomic.Int64 // receivers reading now
+	// dups counts the message events (SSE) whose id was not above the last id their
+	// stream had: duplicates, or out of order. WebSocket frames are not checked.
+	dups atomic.Int64
 	wg   sync.WaitGroup
 	done atomic.Bool // set when the run closes the clients: ends are not counted
 }
@@ -119,11 +124,38 @@ type connectResult struct {
 	Elapsed time.Duration
 }
 
-// connect opens n connections to wsURL at most rate per second, with up to 128 dialing
-// at once, and hands each to onConn (called from the dialing goroutines). progress, when
-// not nil, is called once a second with the count so far.
-func connect(ctx context.Context, d *websocket.Dialer, wsURL string, n, rate int,
-	onConn func(i int, ws *websocket.Conn), progress func(made, failed int)) connectResult {
+// opener opens connection i and hands it over, or fails.
+type opener func(ctx context.Context, i int) error
+
+// wsOpener opens WebSocket connections to wsURL with d and hands each to onConn.
+func wsOpener(d *websocket.Dialer, wsURL string, onConn func(i int, ws *websocket.Conn)) opener {
+	return func(ctx context.Context, i int) error {
+		ws, err := dialOne(ctx, d, wsURL)
+		if err != nil {
+			return err
+		}
+		onConn(i, ws)
+		return nil
+	}
+}
+
+// sseOpener opens event streams (GET path) on addr from sd and hands each to onConn with
+// the stream's bytes read so far.
+func sseOpener(sd *sourceDialer, addr, path string, onConn func(i int, conn net.Conn, stream []byte)) opener {
+	return func(ctx context.Context, i int) error {
+		conn, stream, err := dialSSE(ctx, sd, addr, path)
+		if err != nil {
+			return err
+		}
+		onConn(i, conn, stream)
+		return nil
+	}
+}
+
+// connect opens n connections with open, at most rate per second, with up to 128 opening
+// at once (open is called from the opening goroutines). progress, when not nil, is called
+// once a second with the count so far.
+func connect(ctx context.Context, open opener, n, rate int, progress func(made, failed int)) connectResult {
 	res := connectResult{Errors: map[string]int{}}
 	start := time.Now()
 	var mu sync.Mutex
@@ -133,8 +165,7 @@ func connect(ctx context.Context, d *websocket.Dialer, wsURL string, n, rate int
 	for range min(128, max(n, 1)) {
 		wg.Go(func() {
 			for i := range jobs {
-				ws, err := dialOne(ctx, d, wsURL)
-				if err != nil {
+				if err := open(ctx, i); err != nil {
 					failed.Add(1)
 					mu.Lock()
 					res.Errors[shortErr(err)]++
@@ -142,7 +173,6 @@ func connect(ctx context.Context, d *websocket.Dialer, wsURL string, n, rate int
 					continue
 				}
 				made.Add(1)
-				onConn(i, ws)
 			}
 		})
 	}
@@ -212,6 +242,19 @@ func (cs *clientSet) addReceiver(i int, ws *websocket.Conn) {
 func (cs *clientSet) addStalled(_ int, ws *websocket.Conn) {
 	cs.mu.Lock()
 	cs.stalled = append(cs.stalled, ws)
+	cs.mu.Unlock()
+}
+
+// addSSEReceiver hands an event stream to the epoll receivers, with what was read of it.
+func (cs *clientSet) addSSEReceiver(i int, conn net.Conn, stream []byte) {
+	if err := cs.ep.addSSE(i, conn, stream); err != nil {
+		cs.endedWhy("take over stream: " + err.Error())
+	}
+}
+
+func (cs *clientSet) addStalledSSE(_ int, conn net.Conn, _ []byte) {
+	cs.mu.Lock()
+	cs.stalledSSE = append(cs.stalledSSE, conn)
 	cs.mu.Unlock()
 }
 
@@ -288,9 +331,13 @@ func (cs *clientSet) close(wait time.Duration) {
 	}
 	cs.mu.Lock()
 	all := append(cs.conns, cs.stalled...)
+	streams := cs.stalledSSE
 	cs.mu.Unlock()
 	for _, ws := range all {
 		_ = ws.Close()
+	}
+	for _, c := range streams {
+		_ = c.Close()
 	}
 	ch := make(chan struct{})
 	go func() { cs.wg.Wait(); close(ch) }()

@@ -32,20 +32,25 @@ type compareConfig struct {
 	// main before a change): it is started with Herald's flags and runs every regime, so
 	// that two builds are measured side by side.
 	BaselineHerald bool
-	Runs           int
-	Regimes        string
-	APIKey         string
-	GatewayAddr    string
-	BaseAddr       string
-	PprofAddr      string
-	PprofRegime    string
-	AMQPURL        string
-	Floor          bool
-	FloorReader    string
-	QuietBelow     float64
-	QuietWait      time.Duration
-	Out            string
-	JSON           bool
+	// Transport and BaselineTransport are how the load's clients receive from Herald and
+	// from the baseline: ws or sse. With the same binary as both (and -baseline-herald),
+	// they measure SSE against WebSocket side by side.
+	Transport         string
+	BaselineTransport string
+	Runs              int
+	Regimes           string
+	APIKey            string
+	GatewayAddr       string
+	BaseAddr          string
+	PprofAddr         string
+	PprofRegime       string
+	AMQPURL           string
+	Floor             bool
+	FloorReader       string
+	QuietBelow        float64
+	QuietWait         time.Duration
+	Out               string
+	JSON              bool
 }
 
 // systems compared, in the order they run within a round.
@@ -54,9 +59,10 @@ const (
 	sysBaseline = "baseline"
 )
 
-// allRegimes are what compare can run. idle19900 holds 19,900 idle connections; C also
-// gives the RSS per idle connection at 10,000; rabbit runs Herald alone on RabbitMQ.
-var allRegimes = []string{"idle19900", "A", "B", "C", "p99", "ramp", "rabbit"}
+// allRegimes are what compare can run. idle19900 and idle10000 hold that many idle
+// connections; C also gives the RSS per idle connection at 10,000; rabbit runs Herald
+// alone on RabbitMQ.
+var allRegimes = []string{"idle19900", "idle10000", "A", "B", "C", "p99", "ramp", "rabbit"}
 
 func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c := compareConfig{Runs: 3, Regimes: "idle19900,A,B,C,p99,ramp", APIKey: "bench-key",
@@ -68,6 +74,8 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&c.BaselineBin, "baseline-bin", "bin/baseline", "the classic gorilla hub binary (./gateway/cmd/herald-bench/baseline)")
 	fs.StringVar(&c.BaselineArg, "baseline-args", "", "extra flags for the baseline, space-separated")
 	fs.BoolVar(&c.BaselineHerald, "baseline-herald", false, "the baseline binary is another herald-gateway build (e.g. main before a change): start it with Herald's flags and run every regime on it")
+	fs.StringVar(&c.Transport, "transport", "ws", "how the clients receive from Herald: ws or sse")
+	fs.StringVar(&c.BaselineTransport, "baseline-transport", "ws", "how the clients receive from the baseline: ws, or sse when it is a herald-gateway build (-baseline-herald)")
 	fs.IntVar(&c.Runs, "runs", c.Runs, "rounds; each runs every regime on Herald then on the baseline (A B A B), and the table shows medians")
 	fs.StringVar(&c.Regimes, "regimes", c.Regimes, "comma-separated, from "+strings.Join(allRegimes, ",")+" (rabbit needs -amqp-url)")
 	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "API key both servers are started with")
@@ -83,6 +91,16 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&c.Out, "out", c.Out, "directory for each run's JSON, the plots and the profile")
 	fs.BoolVar(&c.JSON, "json", false, "print the summary as JSON")
 	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	for _, t := range []string{c.Transport, c.BaselineTransport} {
+		if t != "ws" && t != "sse" {
+			fmt.Fprintf(stderr, "herald-bench compare: unknown transport %q: want ws or sse\n", t)
+			return errUsage
+		}
+	}
+	if c.BaselineTransport == "sse" && !c.BaselineHerald {
+		fmt.Fprintln(stderr, "herald-bench compare: the classic baseline has no /sse: -baseline-transport sse needs -baseline-herald")
 		return errUsage
 	}
 	regimes := strings.Split(c.Regimes, ",")
@@ -141,18 +159,22 @@ func compareCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if c.BaselineHerald {
 		fmt.Fprintf(stdout, "baseline: %s, another herald-gateway build\n", c.BaselineBin)
 	}
+	if c.Transport != "ws" || c.BaselineTransport != "ws" {
+		fmt.Fprintf(stdout, "transport: herald %s, baseline %s\n", c.Transport, c.BaselineTransport)
+	}
 	sum.print(stdout)
 	return nil
 }
 
 // runOne starts sys, runs one regime against it, stops it, and adds the figures to sum.
 func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys string, sum *compareSummary, stderr io.Writer) error {
-	addr, bin, extra := c.GatewayAddr, c.GatewayBin, c.GatewayArgs
+	addr, bin, extra, transport := c.GatewayAddr, c.GatewayBin, c.GatewayArgs, c.Transport
 	if sys == sysBaseline {
-		addr, bin, extra = c.BaseAddr, c.BaselineBin, c.BaselineArg
+		addr, bin, extra, transport = c.BaseAddr, c.BaselineBin, c.BaselineArg, c.BaselineTransport
 	}
 	args := []string{"-addr", addr, "-api-key", c.APIKey}
 	cfg := defaultRunConfig()
+	cfg.Transport = transport
 	cfg.Target, cfg.Pub.Target, cfg.Pub.APIKey = addr, addr, c.APIKey
 	cfg.QuietBelow, cfg.QuietWait = c.QuietBelow, c.QuietWait
 	tag := fmt.Sprintf("%s-%s-%d", regime, sys, round)
@@ -170,6 +192,8 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 	switch regime {
 	case "idle19900":
 		cfg.Preset, cfg.Conns, cfg.Rate = "idle19900", 19900, 0
+	case "idle10000":
+		cfg.Preset, cfg.Conns, cfg.Rate = "idle10000", 10000, 0
 	case "rabbit":
 		presets["p99"](&cfg)
 		cfg.Preset = "rabbit"
@@ -245,6 +269,8 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 		switch regime {
 		case "idle19900":
 			fig("RSS per idle conn at 19,900 (KiB)", res.RSSPerIdleConnKiB)
+		case "idle10000":
+			fig("idle10000: RSS per idle conn (KiB)", res.RSSPerIdleConnKiB)
 		case "C":
 			fig("RSS per idle conn at 10,000 (KiB)", res.RSSPerIdleConnKiB)
 		}
@@ -254,7 +280,13 @@ func (c *compareConfig) runOne(ctx context.Context, round int, regime, sys strin
 			fig(regime+": p50 (ms)", p.Latency.P50Ms)
 			fig(regime+": p99 (ms)", p.Latency.P99Ms)
 			fig(regime+": lost deliveries", float64(p.Lost))
+			if c.Transport == "sse" || c.BaselineTransport == "sse" {
+				fig(regime+": duplicated events (SSE only)", float64(p.Dups))
+			}
 			fig(regime+": tool CPU per delivery (us)", p.ToolCPUPerDelivUS)
+			if p.DelivPerWrite > 0 {
+				fig(regime+": deliveries per socket write", p.DelivPerWrite)
+			}
 			if p.Breakdown != nil {
 				sum.addBreakdown(regime, sys, *p.Breakdown)
 			}

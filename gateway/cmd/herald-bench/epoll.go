@@ -22,8 +22,10 @@ import (
 // frame, and one read takes every frame the socket holds. After the handshake (done by
 // gorilla), a connection's socket is taken over as a raw descriptor and its frames are
 // parsed here: a server's frames are unmasked; pings are answered with masked pongs.
+// With sse, the connections are event streams, and their events are parsed (sse.go).
 type epollReceivers struct {
 	cs     *clientSet
+	sse    bool
 	loops  []*epollLoop
 	next   atomic.Uint64
 	byFD   []atomic.Pointer[rawConn] // indexed by descriptor
@@ -70,11 +72,14 @@ func (f *inflater) inflate(p []byte) ([]byte, error) {
 type rawConn struct {
 	fd      int
 	id      int
-	pending []byte // the start of a frame not yet read whole
+	pending []byte // the start of a frame (or of an event stream's line) not yet read whole
+	// Of an event stream: the last id it had (-1 before any), and the event under way.
+	last int64
+	ev   sseEvent
 }
 
-func newEpollReceivers(cs *clientSet, loops int) (*epollReceivers, error) {
-	r := &epollReceivers{cs: cs, byFD: make([]atomic.Pointer[rawConn], noFileLimit()+1)}
+func newEpollReceivers(cs *clientSet, loops int, sse bool) (*epollReceivers, error) {
+	r := &epollReceivers{cs: cs, sse: sse, byFD: make([]atomic.Pointer[rawConn], noFileLimit()+1)}
 	for range max(loops, 1) {
 		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 		if err != nil {
@@ -96,11 +101,16 @@ func (r *epollReceivers) add(id int, ws *websocket.Conn) error {
 		return err
 	}
 	_ = ws.Close()
+	return r.register(&rawConn{fd: fd, id: id})
+}
+
+// register has a loop read rc's socket from now on; on an error, it closes the socket.
+func (r *epollReceivers) register(rc *rawConn) error {
+	fd := rc.fd
 	if fd >= len(r.byFD) {
 		syscall.Close(fd)
 		return fmt.Errorf("descriptor %d over the table", fd)
 	}
-	rc := &rawConn{fd: fd, id: id}
 	r.byFD[fd].Store(rc)
 	l := r.loops[r.next.Add(1)%uint64(len(r.loops))]
 	r.cs.live.Add(1)
@@ -130,7 +140,13 @@ func (r *epollReceivers) run(l *epollLoop) {
 			if rc == nil {
 				continue
 			}
-			if why := r.read(rc, buf, &l.inf); why != "" {
+			var why string
+			if r.sse {
+				why = r.readSSE(rc, buf)
+			} else {
+				why = r.read(rc, buf, &l.inf)
+			}
+			if why != "" {
 				r.drop(l, rc, why)
 			}
 		}

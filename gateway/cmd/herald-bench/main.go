@@ -28,6 +28,8 @@
 //	bin/herald-bench compare -gateway-bin bin/herald-gateway -baseline-bin bin/baseline -runs 3
 //	bin/herald-bench compare -regimes rabbit -runs 3 -amqp-url amqp://guest:guest@127.0.0.1:5672/
 //	bin/herald-bench compare -regimes C -runs 1 -pprof-addr 127.0.0.1:6060   # + cpu-C-herald-1.pprof
+//	bin/herald-bench compare -gateway-bin bin/herald-gateway -baseline-bin bin/herald-gateway -baseline-herald \
+//	    -transport sse -baseline-transport ws -regimes idle10000,C -floor=false   # SSE against WebSocket
 //
 // or start a server and run against it:
 //
@@ -62,7 +64,9 @@
 // processes used, and before connecting and before publishing it waits (-quiet-below) for
 // the machine to be quiet, since the load shares the cores with the server. Receivers are
 // lean: after the handshake a few goroutines read the raw sockets through epoll and parse
-// frames in place (-receiver gorilla reads with a goroutine per connection instead).
+// frames in place (-receiver gorilla reads with a goroutine per connection instead). With
+// -transport sse they open GET /sse instead, by hand, and the same loops parse the event
+// stream (sse.go): a message event is a delivery, accounted for as a frame is.
 //
 // Where the gateway keeps dispatch traces (herald-gateway --trace-dispatches N, served on
 // its admin listener), run -admin-url reads them after the phase and reports the p99

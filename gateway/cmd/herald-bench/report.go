@@ -22,7 +22,7 @@ func printResult(w io.Writer, r Result) {
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{name}, args...)...)
 	}
-	row("regime", "%s (%s, publisher %s)", r.Label, r.Target, r.Publisher)
+	row("regime", "%s (%s, transport %s, publisher %s)", r.Label, r.Target, r.Transport, r.Publisher)
 	row("connections made / failed", "%d / %d of %d in %.1fs", r.ConnsMade, r.ConnsFailed, r.Conns, r.ConnectSecs)
 	if len(r.ConnErrors) > 0 {
 		row("connection errors", "%s", countsString(r.ConnErrors))
@@ -53,6 +53,9 @@ func printResult(w io.Writer, r Result) {
 			row("publish errors", "%s", countsString(p.PublishErrKinds))
 		}
 		row("deliveries: expected / received / lost", "%d / %d / %d (%.4f%% lost)", p.Expected, p.Received, p.Lost, 100*float64(p.Lost)/float64(max(p.Expected, 1)))
+		if p.Dups > 0 {
+			row("duplicated (or disordered) events", "%d", p.Dups)
+		}
 		if len(p.ReceiversEnded) > 0 {
 			row("receivers ended early", "%s", countsString(p.ReceiversEnded))
 		}
@@ -68,6 +71,9 @@ func printResult(w io.Writer, r Result) {
 		}
 		if p.WireBytesPerDeliv > 0 {
 			row("bytes written per delivery", "%.1f (frames compressed in the window: %.0f)", p.WireBytesPerDeliv, p.CompressedFrames)
+		}
+		if p.DelivPerWrite > 0 {
+			row("deliveries per socket write", "%.2f", p.DelivPerWrite)
 		}
 		row("tool CPU", "%.2fs (%.0f%% of a core), %.2f us per delivery", p.ToolCPUSecs, p.ToolCPUPercent, p.ToolCPUPerDelivUS)
 		row("machine busy (all cores = 100%)", "%.0f%%, of which other processes %.0f%% of a core", p.MachineBusyPercent, p.OtherCPUPercent)

@@ -43,6 +43,7 @@ type runConfig struct {
 	AdminURL      string
 	JSON          bool
 	Receiver      string
+	Transport     string
 	QuietBelow    float64
 	QuietWait     time.Duration
 	Pub           publisherConfig
@@ -77,6 +78,7 @@ func defaultRunConfig() runConfig {
 		Settle:        3 * time.Second,
 		DrainWait:     15 * time.Second,
 		Receiver:      "epoll",
+		Transport:     "ws",
 		QuietBelow:    20,
 		QuietWait:     3 * time.Minute,
 		Pub:           publisherConfig{Kind: "http", Exchange: "herald", Conns: 4},
@@ -125,6 +127,7 @@ func bindRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.Float64Var(&c.QuietBelow, "quiet-below", c.QuietBelow, "before connecting and before publishing, wait until the machine is less busy than this percent (0: don't wait)")
 	fs.DurationVar(&c.QuietWait, "quiet-wait", c.QuietWait, "longest wait for the machine to be quiet; then the run goes on, and says so")
 	fs.StringVar(&c.Receiver, "receiver", c.Receiver, "how clients read: epoll (a few goroutines read raw sockets; least CPU) or gorilla (a goroutine per connection with NextReader)")
+	fs.StringVar(&c.Transport, "transport", c.Transport, "how clients receive: ws (GET /ws, WebSocket frames) or sse (GET /sse, Server-Sent Events; read with -receiver epoll)")
 	fs.StringVar(&c.Pub.Kind, "publisher", c.Pub.Kind, "how to publish: http (/api/publish), amqp (producer package) or ws (publish op)")
 	fs.IntVar(&c.Pub.Conns, "publish-conns", c.Pub.Conns, "publishes in flight at once (HTTP connections, AMQP confirms, WebSocket connections)")
 	fs.StringVar(&c.Pub.APIKey, "api-key", c.Pub.APIKey, "bearer key of /api/publish")
@@ -192,6 +195,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 type Result struct {
 	Label       string         `json:"label"`
 	Target      string         `json:"target"`
+	Transport   string         `json:"transport"`
 	Publisher   string         `json:"publisher"`
 	Conns       int            `json:"conns"`
 	ConnsMade   int            `json:"conns_made"`
@@ -234,7 +238,10 @@ type PhaseResult struct {
 	Expected        int64          `json:"expected"`
 	Received        int64          `json:"received"`
 	Lost            int64          `json:"lost"`
-	ReceiversEnded  map[string]int `json:"receivers_ended,omitempty"`
+	// Dups is the message events (SSE only) whose id was not above the one before on
+	// their stream; Lost counts the deliveries missing once they are taken away.
+	Dups           int64          `json:"dups,omitempty"`
+	ReceiversEnded map[string]int `json:"receivers_ended,omitempty"`
 
 	WindowSecs       float64        `json:"window_seconds"`
 	WindowDeliveries int64          `json:"window_deliveries"`
@@ -248,9 +255,12 @@ type PhaseResult struct {
 	ToolCPUPercent      float64 `json:"tool_cpu_percent"`
 	ToolCPUPerDelivUS   float64 `json:"tool_cpu_per_delivery_us"`
 	// From the gateway's /metrics over the window, where it has them (Herald does, the
-	// baseline not): bytes written to sockets per delivery, and frames compressed.
+	// baseline not): bytes written to sockets per delivery, frames compressed, and
+	// deliveries per socket write (how many frames or events each write carried: the
+	// more, the less CPU a delivery costs).
 	WireBytesPerDeliv  float64 `json:"wire_bytes_per_delivery,omitempty"`
 	CompressedFrames   float64 `json:"compressed_frames,omitempty"`
+	DelivPerWrite      float64 `json:"deliveries_per_write,omitempty"`
 	MachineBusyPercent float64 `json:"machine_busy_percent"`
 	OtherCPUPercent    float64 `json:"other_cpu_percent"`
 	Profile            string  `json:"profile,omitempty"`
@@ -299,9 +309,18 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 	cfg.Pub.Target, cfg.Pub.Channel = cfg.Target, cfg.Channel
 	s := &session{cfg: cfg, stderr: stderr, rec: newRecorder(64)}
 	s.cs = newClientSet(s.rec)
+	sse := cfg.Transport == "sse"
+	switch {
+	case cfg.Transport != "ws" && !sse:
+		return nil, fmt.Errorf("unknown transport %q: want ws or sse", cfg.Transport)
+	case sse && cfg.Receiver != "epoll":
+		return nil, errors.New("-transport sse reads with -receiver epoll only")
+	case sse && cfg.Compression:
+		return nil, errors.New("-transport sse has no compression")
+	}
 	switch cfg.Receiver {
 	case "epoll":
-		if s.cs.ep, err = newEpollReceivers(s.cs, 2); err != nil {
+		if s.cs.ep, err = newEpollReceivers(s.cs, 2, sse); err != nil {
 			return nil, err
 		}
 	case "gorilla":
@@ -312,7 +331,7 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 	if label == "" {
 		label = "custom"
 	}
-	s.res = Result{Label: label, Target: cfg.Target, Publisher: cfg.Pub.Kind, Conns: cfg.Conns, Stalled: cfg.Stalled}
+	s.res = Result{Label: label, Target: cfg.Target, Transport: cfg.Transport, Publisher: cfg.Pub.Kind, Conns: cfg.Conns, Stalled: cfg.Stalled}
 	s.pid = cfg.PID
 	if s.pid == 0 {
 		if s.pid, err = findListener(ip, port); err != nil {
@@ -346,8 +365,13 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 	}
 	sd := newSourceDialer(2, cfg.SourceAddrs)
 	url := wsURL(cfg.Target, cfg.Channel)
+	open := wsOpener(wsDialer(sd, 2048, cfg.Compression), url, s.cs.addReceiver)
+	if sse {
+		url = "http://" + cfg.Target + ssePath(cfg.Channel)
+		open = sseOpener(sd, cfg.Target, ssePath(cfg.Channel), s.cs.addSSEReceiver)
+	}
 	fmt.Fprintf(stderr, "connecting %d clients to %s (pid %d, RSS %d KiB)\n", cfg.Conns, url, s.pid, before.rssKiB)
-	cr := connect(ctx, wsDialer(sd, 2048, cfg.Compression), url, cfg.Conns, cfg.ConnectRate, s.cs.addReceiver, func(made, failed int) {
+	cr := connect(ctx, open, cfg.Conns, cfg.ConnectRate, func(made, failed int) {
 		fmt.Fprintf(stderr, "  connected %d/%d, failed %d\n", made, cfg.Conns, failed)
 	})
 	s.res.ConnsMade, s.res.ConnsFailed, s.res.ConnectSecs = cr.Made, cr.Failed, cr.Elapsed.Seconds()
@@ -388,7 +412,11 @@ func openSession(ctx context.Context, cfg runConfig, stderr io.Writer) (*session
 	if cfg.Stalled > 0 {
 		sdStalled := newSourceDialer(2, cfg.SourceAddrs)
 		sdStalled.rcvBuf = cfg.StalledRcvBuf
-		scr := connect(ctx, wsDialer(sdStalled, 1024, cfg.Compression), url, cfg.Stalled, cfg.ConnectRate, s.cs.addStalled, nil)
+		openStalled := wsOpener(wsDialer(sdStalled, 1024, cfg.Compression), url, s.cs.addStalled)
+		if sse {
+			openStalled = sseOpener(sdStalled, cfg.Target, ssePath(cfg.Channel), s.cs.addStalledSSE)
+		}
+		scr := connect(ctx, openStalled, cfg.Stalled, cfg.ConnectRate, nil)
 		s.res.StalledMade = scr.Made
 		fmt.Fprintf(stderr, "stalled clients: %d connected, %d failed\n", scr.Made, scr.Failed)
 	}
@@ -432,7 +460,7 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 	s.waitQuiet(ctx)
 	receivers := s.cs.live.Load()
 	ph.Receivers = receivers
-	acc0 := s.pub.accepted()
+	acc0, dups0 := s.pub.accepted(), s.cs.dups.Load()
 	s.rec.drain(newHist()) // forget deliveries from before this phase
 
 	pubCtx, stopPub := context.WithCancel(ctx)
@@ -491,6 +519,9 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		if m := scrapeCounters(s.cfg.Target, wireCounters...); m != nil && metricsStart != nil && winRecv > 0 {
 			ph.WireBytesPerDeliv = (m["herald_bytes_written_total"] - metricsStart["herald_bytes_written_total"]) / float64(winRecv)
 			ph.CompressedFrames = m["herald_compressed_frames_total"] - metricsStart["herald_compressed_frames_total"]
+			if w := m["herald_socket_writes_total"] - metricsStart["herald_socket_writes_total"]; w > 0 {
+				ph.DelivPerWrite = float64(winRecv) / w
+			}
 		}
 		busy, tot := machineCPU()
 		if tot > totStart {
@@ -563,7 +594,8 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 	ph.PublisherBehind = float64(pst.MaxBehind.Microseconds()) / 1e3
 	ph.Expected = ph.Accepted * receivers
 	ph.Received = phaseRecv
-	ph.Lost = max(ph.Expected-ph.Received, 0)
+	ph.Dups = s.cs.dups.Load() - dups0
+	ph.Lost = lost(ph.Expected, ph.Received, ph.Dups)
 	if ended := s.cs.endedCounts(); len(ended) > 0 {
 		ph.ReceiversEnded = ended
 	}
@@ -584,6 +616,12 @@ func (s *session) phase(ctx context.Context, rate float64, duration, warmup time
 		}
 	}
 	return ph, nil
+}
+
+// lost is how many of expected deliveries did not come, when received counts dups
+// deliveries that were duplicates.
+func lost(expected, received, dups int64) int64 {
+	return max(expected-(received-dups), 0)
 }
 
 // progress prints one line about the last second to stderr.
@@ -635,7 +673,7 @@ func fetchProfile(base string, secs int, out string, stderr io.Writer) string {
 }
 
 // wireCounters are the gateway counters a phase reads over its window.
-var wireCounters = []string{"herald_bytes_written_total", "herald_compressed_frames_total"}
+var wireCounters = []string{"herald_bytes_written_total", "herald_compressed_frames_total", "herald_socket_writes_total"}
 
 // scrapeCounters reads unlabelled counters from the gateway's /metrics; nil when it has
 // no such endpoint (the baseline) or none of them.
