@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -648,28 +647,34 @@ func (s *session) progress(el, since time.Duration, total, n int64, h *hdrhistog
 // writes it to out. It returns out, or "" when it failed (and says why on stderr).
 func fetchProfile(base string, secs int, out string, stderr io.Writer) string {
 	u := strings.TrimSuffix(base, "/") + fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs)
-	c := &http.Client{Timeout: time.Duration(secs+30) * time.Second}
-	resp, err := c.Get(u)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("HTTP %d", resp.StatusCode)
-		resp.Body.Close()
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "warning: CPU profile from %s: %v\n", u, err)
-		return ""
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(out)
-	if err == nil {
-		_, err = io.Copy(f, resp.Body)
-		err = errors.Join(err, f.Close())
-	}
-	if err != nil {
+	if err := download(u, time.Duration(secs+30)*time.Second, out); err != nil {
 		fmt.Fprintf(stderr, "warning: CPU profile: %v\n", err)
 		return ""
 	}
 	fmt.Fprintf(stderr, "CPU profile (%ds) written to %s\n", secs, out)
 	return out
+}
+
+// download writes what a GET of url answers to the file out, within timeout.
+func download(url string, timeout time.Duration, out string) error {
+	c := &http.Client{Timeout: timeout}
+	resp, err := c.Get(url)
+	if err != nil {
+		return fmt.Errorf("get %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("get %s: HTTP %d", url, resp.StatusCode)
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return fmt.Errorf("save %s: %w", url, err)
+	}
+	_, err = io.Copy(f, resp.Body)
+	if err = errors.Join(err, f.Close()); err != nil {
+		return fmt.Errorf("save %s: %w", url, err)
+	}
+	return nil
 }
 
 // wireCounters are the gateway counters a phase reads over its window.
@@ -678,27 +683,11 @@ var wireCounters = []string{"herald_bytes_written_total", "herald_compressed_fra
 // scrapeCounters reads unlabelled counters from the gateway's /metrics; nil when it has
 // no such endpoint (the baseline) or none of them.
 func scrapeCounters(target string, names ...string) map[string]float64 {
-	c := &http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + target + "/metrics")
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return nil
-	}
+	all := scrapeMetrics("http://" + target + "/metrics")
 	out := map[string]float64{}
-	for _, line := range strings.Split(string(data), "\n") {
-		for _, name := range names {
-			if v, ok := strings.CutPrefix(line, name+" "); ok {
-				if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
-					out[name] = f
-				}
-			}
+	for _, name := range names {
+		if v, ok := all[name]; ok {
+			out[name] = v
 		}
 	}
 	if len(out) == 0 {

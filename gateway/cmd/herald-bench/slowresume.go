@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -314,23 +313,7 @@ func slowResume(ctx context.Context, cfg slowConfig, admin string, stderr io.Wri
 // fetchHeapProfile writes the gateway's heap profile to out; it returns out, or "" when
 // it failed (and says why).
 func fetchHeapProfile(admin, out string, stderr io.Writer) string {
-	c := &http.Client{Timeout: 30 * time.Second}
-	resp, err := c.Get(admin + "/debug/pprof/heap")
-	if err == nil && resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		err = fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "warning: heap profile: %v\n", err)
-		return ""
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(out)
-	if err == nil {
-		_, err = io.Copy(f, resp.Body)
-		err = errors.Join(err, f.Close())
-	}
-	if err != nil {
+	if err := download(admin+"/debug/pprof/heap", 30*time.Second, out); err != nil {
 		fmt.Fprintf(stderr, "warning: heap profile: %v\n", err)
 		return ""
 	}
