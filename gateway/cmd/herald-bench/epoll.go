@@ -153,21 +153,30 @@ func (r *epollReceivers) run(l *epollLoop) {
 	}
 }
 
+// readOnce reads what the non-blocking socket fd holds, once, into buf: the bytes read,
+// or none and why the connection ended ("" when there was nothing to read yet).
+func readOnce(fd int, buf []byte) ([]byte, string) {
+	n, err := syscall.Read(fd, buf)
+	if err != nil {
+		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
+			return nil, ""
+		}
+		return nil, "read: " + err.Error()
+	}
+	if n == 0 {
+		return nil, "EOF"
+	}
+	return buf[:n], ""
+}
+
 // read reads what the socket holds once and handles every whole frame in it. It returns
 // why the connection ended, or "" while it goes on.
 func (r *epollReceivers) read(rc *rawConn, buf []byte, inf *inflater) string {
-	n, err := syscall.Read(rc.fd, buf)
-	if err != nil {
-		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
-			return ""
-		}
-		return "read: " + err.Error()
-	}
-	if n == 0 {
-		return "EOF"
+	data, why := readOnce(rc.fd, buf)
+	if len(data) == 0 {
+		return why
 	}
 	now := time.Now()
-	data := buf[:n]
 	if len(rc.pending) > 0 {
 		rc.pending = append(rc.pending, data...)
 		data = rc.pending

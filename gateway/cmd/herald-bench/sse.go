@@ -124,17 +124,11 @@ type sseEvent struct {
 // readSSE reads what an event stream's socket holds once and handles every whole line
 // in it. It returns why the stream ended, or "" while it goes on.
 func (r *epollReceivers) readSSE(rc *rawConn, buf []byte) string {
-	n, err := syscall.Read(rc.fd, buf)
-	if err != nil {
-		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
-			return ""
-		}
-		return "read: " + err.Error()
+	data, why := readOnce(rc.fd, buf)
+	if len(data) == 0 {
+		return why
 	}
-	if n == 0 {
-		return "EOF"
-	}
-	return r.events(rc, buf[:n], time.Now())
+	return r.events(rc, data, time.Now())
 }
 
 // events handles the whole lines in data (after the line rc had pending) and keeps the
