@@ -80,7 +80,6 @@ func newResumer(history Log, hub *Hub, m *Metrics, extendEvery time.Duration, re
 				return nil, 0, false
 			}
 			f := newMessageFrame(msg, time.Time{})
-			f.Replayed = true
 			return f, f.Size() + frameOverhead, true
 		},
 		Readers: readers,

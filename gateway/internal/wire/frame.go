@@ -77,11 +77,10 @@ type Frame struct {
 	Wire []byte // the WebSocket frame as it goes on the wire
 	// Offset is the message's offset in the bus's log; message.NoOffset for replies.
 	Offset int64
-	// Published is when the message was published (zero for replies), for latency.
+	// Published is when the message was published (zero for replies), for latency. A
+	// frame replayed to a resuming client is delivered, but its age is not a delivery
+	// latency: its queue knows it by its offset (writer.Queue's replayed).
 	Published time.Time
-	// Replayed frames carry a message from the log to a resuming client: delivered, but
-	// their age is not a delivery latency.
-	Replayed bool
 
 	// deflated is the frame compressed with permessage-deflate (RFC 7692), made by the
 	// first writer of a connection that negotiated it and shared by every other; Wire

@@ -57,8 +57,9 @@ type Queue struct {
 	// scheduled is true while q waits in the flusher for the next tick.
 	scheduled  bool
 	roomWanted bool // a replay waits for the writer to make room
-	// replayed is the newest offset EnqueueReplay queued: a frame at or below it may be a
-	// shared live frame replayed from memory, whose age is not a delivery latency.
+	// replayed is the newest offset EnqueueReplay or EnqueueHistory queued: a frame at or
+	// below it is a replayed one (read from the log, or a live frame shared from the tail
+	// in memory), whose age is not a delivery latency.
 	replayed atomic.Int64
 }
 
@@ -568,7 +569,7 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int, tally *metrics.Tally) {
 	for _, f := range frames {
 		if !f.Published.IsZero() {
 			delivered++
-			if !f.Replayed && f.Offset > replayed { // a live delivery
+			if f.Offset > replayed { // a live delivery
 				tally.DeliveryLatency(now.Sub(f.Published))
 				if f.Trace != nil {
 					f.Trace.Wrote(now)

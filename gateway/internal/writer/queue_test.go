@@ -132,9 +132,9 @@ func testWritesCountDeliveries(t *testing.T, worker bool) {
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, metrics.Series{})
 	q := &Queue{w: New(Config{QueueBytes: 1 << 20, Metrics: m})}
-	live := wire.NewFrame([]byte(`1`), 3, time.Now().Add(-time.Millisecond))
 	replayed := wire.NewFrame([]byte(`2`), 4, time.Now().Add(-time.Hour))
-	replayed.Replayed = true
+	q.replayed.Store(replayed.Offset) // as EnqueueReplay notes it
+	live := wire.NewFrame([]byte(`1`), 5, time.Now().Add(-time.Millisecond))
 	reply := wire.Reply(map[string]string{"op": "ack"})
 	if worker {
 		var tally metrics.Tally
