@@ -114,13 +114,19 @@ type Config struct {
 	CompressionMinBytes int
 	// CompressionLevel is the deflate level, 1 (fastest) to 9 (smallest). Default 1.
 	CompressionLevel int
-	// WriteWorkers is how many writer workers write the connections' queues (see
-	// writerPool): one message's fan-out is written from that many cores at once, with no
-	// goroutine per write. Default GOMAXPROCS-1, at least 1: one core is left to the read
-	// pumps, the bus and the rest of the process (with a worker on every core of a small
-	// machine, workers and the rest preempt each other, and each write costs more).
+	// WriteWorkers is how many writer workers write the connections' queues, with no
+	// goroutine per write (see the writer package's pool). Default GOMAXPROCS: one per
+	// core, of which the first writes alone until its backlog is deep (WriteSpreadAfter).
 	// Negative gives every write a goroutine of its own instead (the way to compare).
 	WriteWorkers int
+	// WriteSpreadAfter is the writer's spread policy: the first worker writes every
+	// connection alone while its backlog of connections to write would take it less than
+	// this, and shares a longer one (one message's fan-out to ten thousand, say) with the
+	// other workers, one contiguous share each. A worker on every core of a small machine
+	// preempts the read pumps and the rest, and each write costs more, so the others join
+	// only when the backlog makes the wait worth it. Default 20ms; negative: every backlog
+	// is shared.
+	WriteSpreadAfter time.Duration
 	// DrainBatch is how many connections Shutdown closes at a time. Default 500.
 	DrainBatch int
 	// DrainInterval is the pause between Shutdown's batches. Default 50ms.
@@ -165,6 +171,7 @@ const (
 	DefaultPongTimeout         = 10 * time.Second
 	DefaultPublishTimeout      = 5 * time.Second
 	DefaultFlushInterval       = 10 * time.Millisecond
+	DefaultWriteSpreadAfter    = 20 * time.Millisecond
 	DefaultCompressionMinBytes = 256
 	DefaultCompressionLevel    = flate.BestSpeed
 	DefaultDrainBatch          = 500
@@ -207,7 +214,10 @@ func (c *Config) setDefaults() {
 		c.CompressionLevel = DefaultCompressionLevel
 	}
 	if c.WriteWorkers == 0 {
-		c.WriteWorkers = max(runtime.GOMAXPROCS(0)-1, 1)
+		c.WriteWorkers = runtime.GOMAXPROCS(0)
+	}
+	if c.WriteSpreadAfter == 0 {
+		c.WriteSpreadAfter = DefaultWriteSpreadAfter
 	}
 	if c.DrainBatch <= 0 {
 		c.DrainBatch = DefaultDrainBatch
@@ -365,7 +375,7 @@ func NewServer(cfg Config, hub *Hub, pub Publisher, bus BusHealth) (*Server, err
 	}
 	// Last, once nothing can fail: its goroutines end with Shutdown.
 	s.writer = writer.New(writer.Config{QueueBytes: cfg.WriteQueueBytes, FlushInterval: cfg.FlushInterval,
-		Workers: cfg.WriteWorkers, Metrics: cfg.Metrics})
+		Workers: cfg.WriteWorkers, SpreadAfter: cfg.WriteSpreadAfter, Metrics: cfg.Metrics})
 	return s, nil
 }
 

@@ -44,11 +44,11 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 			"HERALD_PRESENCE_CHANNELS": "room,chat:*", "HERALD_PRESENCE_EXCLUDE": "chat:secret",
 			"HERALD_PRESENCE_INTERVAL": "250ms", "HERALD_PRESENCE_TTL": "20s", "HERALD_NO_USER_PRESENCE": "true",
 			"HERALD_COMPRESSION": "true", "HERALD_COMPRESSION_LEVEL": "6", "HERALD_COMPRESSION_MIN_BYTES": "512",
-			"HERALD_WRITE_WORKERS": "3",
+			"HERALD_WRITE_WORKERS": "3", "HERALD_WRITE_SPREAD_AFTER": "5ms",
 		}, func(c config) string {
 			if !slices.Equal(c.Presence.Channels, []string{"room", "chat:*"}) || !slices.Equal(c.Presence.Exclude, []string{"chat:secret"}) || c.Presence.Interval != 250*time.Millisecond ||
 				c.Presence.TTL != 20*time.Second || !c.Presence.NoUsers || c.Presence.SnapshotInterval != 5*time.Second ||
-				!c.Gateway.Compression || c.Gateway.CompressionLevel != 6 || c.Gateway.CompressionMinBytes != 512 || c.Gateway.WriteWorkers != 3 {
+				!c.Gateway.Compression || c.Gateway.CompressionLevel != 6 || c.Gateway.CompressionMinBytes != 512 || c.Gateway.WriteWorkers != 3 || c.Gateway.WriteSpreadAfter != 5*time.Millisecond {
 				return "presence, compression or writer settings not applied"
 			}
 			return ""

@@ -82,6 +82,8 @@ type Metrics struct {
 	droppedTotal       *prometheus.CounterVec
 	bytesWritten       prometheus.Counter
 	socketWrites       prometheus.Counter
+	spreads            prometheus.Counter
+	spreadQueues       prometheus.Counter
 	slowConsumers      prometheus.Counter
 	clientErrors       *prometheus.CounterVec
 	latency            *latencyHistogram // added to in batches: Tally, Flush
@@ -263,6 +265,14 @@ func New(reg prometheus.Registerer, series Series) *Metrics {
 			Name: "herald_socket_writes_total",
 			Help: "Writes of data frames to client sockets: herald_messages_delivered_total over this is how many frames each write carried.",
 		}),
+		spreads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_write_spreads_total",
+			Help: "Helper writer workers woken by the home worker, for a backlog that would take it longer than --write-spread-after to write alone.",
+		}),
+		spreadQueues: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_write_spread_queues_total",
+			Help: "Connections' queues written by the helper writer workers (herald_socket_writes_total counts every worker's writes).",
+		}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_slow_consumers_total",
 			Help: "Connections closed with 4008 because their write queue overflowed.",
@@ -320,7 +330,7 @@ func New(reg prometheus.Registerer, series Series) *Metrics {
 	}
 	reg.MustRegister(m.accepted, m.refused, m.closedConns, m.publishedTotal, m.publishFailedTotal,
 		m.receivedTotal, m.fanout, m.publishLatency, m.consumerLag, m.deliveredVec, m.droppedTotal, m.bytesWritten, m.socketWrites, m.slowConsumers,
-		m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.busAway, m.resumes, m.replayed)
+		m.spreads, m.spreadQueues, m.clientErrors, m.latency, m.busReconnects, m.busDisconnects, m.busAway, m.resumes, m.replayed)
 	m.resumes.WithLabelValues("resumed")
 	m.resumes.WithLabelValues("reset")
 	// Series that exist from the start, at 0, so that rate() sees their first event.
@@ -501,6 +511,20 @@ func (t *Tally) DeliveryLatency(d time.Duration) {
 	t.latency[i]++
 	t.latencySum += s
 	t.observed++
+}
+
+// Spread counts helper writer workers woken for a deep backlog.
+func (m *Metrics) Spread(helpers int) {
+	if m != nil {
+		m.spreads.Add(float64(helpers))
+	}
+}
+
+// Helped counts queues a helper writer worker took to write.
+func (m *Metrics) Helped(queues int) {
+	if m != nil {
+		m.spreadQueues.Add(float64(queues))
+	}
 }
 
 // Flush adds what t holds to the counters and the latency histogram, and empties t.

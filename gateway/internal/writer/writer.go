@@ -33,8 +33,8 @@
 package writer
 
 import (
+	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/heraldgw/herald/gateway/internal/metrics"
@@ -51,6 +51,11 @@ type Config struct {
 	// Workers is how many writer workers write the queues; zero or negative: every write
 	// gets a goroutine of its own.
 	Workers int
+	// SpreadAfter is the spread policy's target (see pool): the first worker writes every
+	// queue alone while its backlog takes it less than this to write, and shares a backlog
+	// that would take longer with the other workers. Zero or negative: every backlog is
+	// shared.
+	SpreadAfter time.Duration
 	// Metrics counts writes, deliveries and drops. Default: counted nowhere.
 	Metrics *metrics.Metrics
 }
@@ -72,7 +77,7 @@ func New(cfg Config) *Writer {
 		w.flusher = newFlusher(cfg.FlushInterval)
 	}
 	if cfg.Workers > 0 {
-		w.pool = newPool(cfg.Workers, cfg.Metrics)
+		w.pool = newPool(cfg.Workers, cfg.SpreadAfter, cfg.Metrics)
 	}
 	return w
 }
@@ -111,86 +116,215 @@ type Owner interface {
 	WriteFailed(err error)
 }
 
-// pool is a fixed set of writer workers (by default one per core but one) that write the
-// connections' queued frames. A connection with something to write is handed to one of
-// them (round robin, so that one message's fan-out is spread over every worker); the
-// worker takes its queue and writes it in one non-blocking write. A socket that cannot
-// take the whole write at once keeps the rest (Socket.pending), and the connection goes
-// to a goroutine of its own (writeLoop) that waits for the socket; that goroutine also
-// sends close frames. A worker so never waits on one client, and the common case (the
-// socket takes the write) costs no goroutine. Connections without raw socket access (TLS)
+// pool is a fixed set of writer workers (by default one per core) that write the
+// connections' queued frames. A connection with something to write joins the pool's
+// ready list (one list, first in first out); a worker takes queues from its front a chunk
+// at a time and writes each in one non-blocking write. A socket that cannot take the
+// whole write at once keeps the rest (Socket.pending), and the connection goes to a
+// goroutine of its own (writeLoop) that waits for the socket; that goroutine also sends
+// close frames. A worker so never waits on one client, and the common case (the socket
+// takes the write) costs no goroutine. Connections without raw socket access (TLS)
 // always get the goroutine.
+//
+// # The spread policy
+//
+// One core writes while it keeps up; every core writes a deep backlog. The first worker,
+// the home worker, is the one woken when the list gets its first queue. After taking each
+// chunk it looks at the backlog left in the list: while that would take it at most
+// spreadAfter to write alone (the backlog times its own time per write, measured in its
+// thread's CPU time, so that a core shared with other work does not make a backlog look
+// deeper; a backlog holds each connection once, so it is at most the connections), the
+// other workers sleep, and no write pays for a second core's contention (a worker on each
+// core preempts the read pumps and, on a small machine, the clients, and each write then
+// costs more). A deeper backlog, such as one message's fan-out to ten thousand sockets,
+// wakes as many other workers (helpers) as it has spreadAfters of work, up to all of them;
+// each takes chunks from the same list until it is empty, then sleeps. So a wide fan-out
+// is written from every core within a chunk of its start, in order, and a narrow one from
+// one. spreadAfter zero wakes every helper whenever a chunk leaves a backlog.
 type pool struct {
-	workers []*worker
-	next    atomic.Uint32
-	wg      sync.WaitGroup
-	stop    chan struct{}
-}
+	home    *worker
+	helpers []*worker
+	// spreadAfter is the policy's target; perWrite is the home worker's time per write, a
+	// moving average it alone keeps (learn).
+	spreadAfter, perWrite time.Duration
+	metrics               *metrics.Metrics
 
-// worker is one worker's queue of ready connections.
-type worker struct {
-	metrics *metrics.Metrics
-	// mu protects ready: queues waiting for this worker, each owned by it (its writing
-	// flag set) until the worker is done with it.
+	// mu protects ready and head: ready[head:] are the queues waiting for a worker, each
+	// owned by the pool (its writing flag set) until a worker has written it.
 	mu    sync.Mutex
 	ready []*Queue
-	wake  chan struct{} // room for one signal: there is something in ready
+	head  int
+
+	wg   sync.WaitGroup
+	stop chan struct{}
 }
 
-func newPool(n int, m *metrics.Metrics) *pool {
-	p := &pool{workers: make([]*worker, n), stop: make(chan struct{})}
-	for i := range p.workers {
-		w := &worker{metrics: m, wake: make(chan struct{}, 1)}
-		p.workers[i] = w
-		p.wg.Go(func() { w.run(p.stop) })
+// worker is one writer worker: its wake signal and its buffers.
+type worker struct {
+	wake  chan struct{} // room for one signal: look at the ready list
+	chunk []*Queue      // the queues taken, reused
+}
+
+// chunkSize is how many queues a worker takes from the ready list at a time: the home
+// worker looks at the backlog between chunks, and a helper joins within one.
+const chunkSize = 64
+
+// initialPerWrite is the home worker's guess of its time per write until it has
+// measured one: about what a small write to a loopback socket costs.
+const initialPerWrite = 10 * time.Microsecond
+
+// minMeasuredChunk is the shortest chunk whose time per write the home worker learns
+// from: a chunk of a few writes measures mostly its own start.
+const minMeasuredChunk = 16
+
+func newPool(n int, spreadAfter time.Duration, m *metrics.Metrics) *pool {
+	p := &pool{spreadAfter: max(spreadAfter, 0), perWrite: initialPerWrite, metrics: m, stop: make(chan struct{})}
+	p.home = newWorker()
+	p.wg.Go(p.runHome)
+	for range n - 1 {
+		h := newWorker()
+		p.helpers = append(p.helpers, h)
+		p.wg.Go(func() { p.runHelper(h) })
 	}
 	return p
 }
 
-// submit hands q, whose writing flag the caller has just set, to a worker. It never
-// blocks. The caller holds q.mu.
+func newWorker() *worker {
+	return &worker{wake: make(chan struct{}, 1), chunk: make([]*Queue, 0, chunkSize)}
+}
+
+// submit adds q, whose writing flag the caller has just set, to the ready list, and
+// wakes the home worker if the list was empty. It never blocks. The caller holds q.mu.
 func (p *pool) submit(q *Queue) {
-	w := p.workers[p.next.Add(1)%uint32(len(p.workers))]
-	w.mu.Lock()
-	w.ready = append(w.ready, q)
-	first := len(w.ready) == 1
-	w.mu.Unlock()
+	p.mu.Lock()
+	first := p.head == len(p.ready)
+	p.ready = append(p.ready, q)
+	p.mu.Unlock()
 	if first {
+		signal(p.home.wake)
+	}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// take moves up to chunkSize queues from the front of the ready list into w.chunk and
+// returns how many are left behind them.
+func (p *pool) take(w *worker) (left int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := min(chunkSize, len(p.ready)-p.head)
+	w.chunk = append(w.chunk[:0], p.ready[p.head:p.head+n]...)
+	clear(p.ready[p.head : p.head+n])
+	p.head += n
+	switch {
+	case p.head == len(p.ready):
+		p.ready, p.head = p.ready[:0], 0
+	case p.head >= 4096 && p.head > len(p.ready)/2:
+		// A list that never empties: move what is left to the front, so it does not
+		// grow for good.
+		k := copy(p.ready, p.ready[p.head:])
+		clear(p.ready[k:])
+		p.ready, p.head = p.ready[:k], 0
+	}
+	return len(p.ready) - p.head
+}
+
+// helpersFor is how many helpers a backlog of left queues wakes: one for each
+// spreadAfter of writing it holds at the home worker's pace, up to all of them.
+func (p *pool) helpersFor(left int) int {
+	if left == 0 || len(p.helpers) == 0 {
+		return 0
+	}
+	work := time.Duration(left) * p.perWrite
+	if work <= p.spreadAfter {
+		return 0
+	}
+	if p.spreadAfter == 0 {
+		return len(p.helpers)
+	}
+	return int(min(work/p.spreadAfter, time.Duration(len(p.helpers))))
+}
+
+// learn moves perWrite towards what a chunk of n writes that took took measured (the
+// home worker's CPU time, workClock): a moving average over chunks, each weighing as much
+// as its writes, up to a quarter. Chunks too short to tell are left out.
+func (p *pool) learn(n int, took time.Duration) {
+	if n >= minMeasuredChunk && took > 0 {
+		p.perWrite += (took/time.Duration(n) - p.perWrite) * time.Duration(n) / (4 * chunkSize)
+	}
+}
+
+// runHome is the home worker: it writes the ready list a chunk at a time, wakes helpers
+// for a deep backlog, and learns its time per write. What it writes is counted in its
+// tally and flushed into the metrics once per chunk (see metrics.Tally).
+func (p *pool) runHome() {
+	runtime.LockOSThread() // its thread's CPU clock is its own (workClock)
+	defer runtime.UnlockOSThread()
+	w := p.home
+	var buf []byte // the worker's write buffer, reused for every connection
+	var tally metrics.Tally
+	for {
+		left := p.take(w)
+		if len(w.chunk) == 0 {
+			select {
+			case <-w.wake:
+				continue
+			case <-p.stop:
+				return
+			}
+		}
+		if k := p.helpersFor(left); k > 0 {
+			p.metrics.Spread(k)
+			for _, h := range p.helpers[:k] {
+				signal(h.wake)
+			}
+		}
+		n := len(w.chunk)
+		start, timed := workClock()
+		timed = timed && n >= minMeasuredChunk
+		buf = w.write(buf, &tally)
+		if end, ok := workClock(); timed && ok {
+			p.learn(n, end-start)
+		}
+		p.metrics.Flush(&tally)
+	}
+}
+
+// runHelper is a helper: woken for a deep backlog, it writes the ready list a chunk at a
+// time until it is empty, then sleeps.
+func (p *pool) runHelper(w *worker) {
+	var buf []byte
+	var tally metrics.Tally
+	for {
 		select {
-		case w.wake <- struct{}{}:
-		default:
+		case <-w.wake:
+		case <-p.stop:
+			return
+		}
+		for p.take(w); len(w.chunk) > 0; p.take(w) {
+			p.metrics.Helped(len(w.chunk))
+			buf = w.write(buf, &tally)
+			p.metrics.Flush(&tally)
 		}
 	}
 }
 
-// run writes the queues handed to w until stop is closed. What it writes is counted in
-// its tally over a pass through the queues ready, and flushed into the metrics at the
-// pass's end: one flush per pass, however many writes (see metrics.Tally).
-func (w *worker) run(stop <-chan struct{}) {
-	var batch []*Queue
-	var buf []byte // the worker's write buffer, reused for every connection
-	var tally metrics.Tally
-	for {
-		w.mu.Lock()
-		batch, w.ready = w.ready, batch[:0]
-		w.mu.Unlock()
-		if len(batch) == 0 {
-			select {
-			case <-w.wake:
-				continue
-			case <-stop:
-				return
-			}
-		}
-		for i, q := range batch {
-			buf = q.writeTurn(buf[:0], &tally)
-			batch[i] = nil
-		}
-		w.metrics.Flush(&tally)
-		if cap(buf) > maxPooledBatch {
-			buf = nil
-		}
+// write is a worker's turn at each queue of its chunk, in buf (its buffer, returned for
+// reuse).
+func (w *worker) write(buf []byte, tally *metrics.Tally) []byte {
+	for i, q := range w.chunk {
+		buf = q.writeTurn(buf[:0], tally)
+		w.chunk[i] = nil
 	}
+	if cap(buf) > maxPooledBatch {
+		buf = nil
+	}
+	return buf
 }
 
 // close stops the workers. Queues still waiting are not written to (Writer.Close is
