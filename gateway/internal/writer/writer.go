@@ -284,12 +284,14 @@ func (p *pool) runHome() {
 				signal(h.wake)
 			}
 		}
-		n := len(w.chunk)
-		start, timed := workClock()
-		timed = timed && n >= minMeasuredChunk
-		buf = w.write(buf, &tally)
-		if end, ok := workClock(); timed && ok {
-			p.learn(n, end-start)
+		if n := len(w.chunk); n >= minMeasuredChunk {
+			start, ok := workClock()
+			buf = w.write(buf, &tally)
+			if end, ok2 := workClock(); ok && ok2 {
+				p.learn(n, end-start)
+			}
+		} else {
+			buf = w.write(buf, &tally)
 		}
 		p.metrics.Flush(&tally)
 	}
