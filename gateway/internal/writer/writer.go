@@ -173,6 +173,11 @@ const chunkSize = 64
 // measured one: about what a small write to a loopback socket costs.
 const initialPerWrite = 10 * time.Microsecond
 
+// timeEvery is how often the home worker times a chunk (one in timeEvery of those long
+// enough): a read of the thread's clock is a system call, 1.5-2 µs on the 2-core VM of
+// BENCHMARKS.md (BenchmarkWorkClock), and the pace moves slowly.
+const timeEvery = 4
+
 // minMeasuredChunk is the shortest chunk whose time per write the home worker learns
 // from: a chunk of a few writes measures mostly its own start.
 const minMeasuredChunk = 16
@@ -268,6 +273,7 @@ func (p *pool) runHome() {
 	w := p.home
 	var buf []byte // the worker's write buffer, reused for every connection
 	var tally metrics.Tally
+	var chunks uint // chunks taken, for timeEvery
 	for {
 		left := p.take(w)
 		if len(w.chunk) == 0 {
@@ -284,14 +290,15 @@ func (p *pool) runHome() {
 				signal(h.wake)
 			}
 		}
-		if n := len(w.chunk); n >= minMeasuredChunk {
+		if chunks++; len(w.chunk) < minMeasuredChunk || chunks%timeEvery != 0 {
+			buf = w.write(buf, &tally)
+		} else {
+			n := len(w.chunk)
 			start, ok := workClock()
 			buf = w.write(buf, &tally)
 			if end, ok2 := workClock(); ok && ok2 {
 				p.learn(n, end-start)
 			}
-		} else {
-			buf = w.write(buf, &tally)
 		}
 		p.metrics.Flush(&tally)
 	}
