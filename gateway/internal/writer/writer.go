@@ -33,7 +33,6 @@
 package writer
 
 import (
-	"runtime"
 	"sync"
 	"time"
 
@@ -268,8 +267,6 @@ func (p *pool) learn(n int, took time.Duration) {
 // for a deep backlog, and learns its time per write. What it writes is counted in its
 // tally and flushed into the metrics once per chunk (see metrics.Tally).
 func (p *pool) runHome() {
-	runtime.LockOSThread() // its thread's CPU clock is its own (workClock)
-	defer runtime.UnlockOSThread()
 	w := p.home
 	var buf []byte // the worker's write buffer, reused for every connection
 	var tally metrics.Tally
@@ -293,10 +290,13 @@ func (p *pool) runHome() {
 		if chunks++; len(w.chunk) < minMeasuredChunk || chunks%timeEvery != 0 {
 			buf = w.write(buf, &tally)
 		} else {
-			n := len(w.chunk)
+			n, wall := len(w.chunk), time.Now()
 			start, ok := workClock()
 			buf = w.write(buf, &tally)
-			if end, ok2 := workClock(); ok && ok2 {
+			// The goroutine may have moved to another thread during the chunk (it is
+			// not locked to one): a reading that is not within the chunk's wall time
+			// is another thread's, and left out.
+			if end, ok2 := workClock(); ok && ok2 && end > start && end-start <= time.Since(wall) {
 				p.learn(n, end-start)
 			}
 		}
