@@ -594,10 +594,7 @@ func (q *Queue) wroteFrames(frames []*wire.Frame, n int, tally *metrics.Tally) {
 // ends and finishes it; writing then stays true, so no writer starts again.
 func (q *Queue) finishTurn(t writeTask, err error, unsent int, last bool) {
 	if t.room {
-		select {
-		case q.room <- struct{}{}:
-		default:
-		}
+		signal(q.room)
 	}
 	clear(t.frames)
 	q.mu.Lock()

@@ -209,6 +209,8 @@ func (p *pool) submit(q *Queue) {
 	}
 }
 
+// signal puts a signal in c, a channel with room for one, unless one is waiting there
+// already: it never blocks.
 func signal(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
